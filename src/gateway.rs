@@ -1,0 +1,186 @@
+//! The library's front door: a [`Gateway`] is a hub plus the app's event handlers, and yields an
+//! axum [`Router`] to serve alone or nest into an existing app.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use switchyard::{Config, Gateway};
+//! let gateway = Gateway::builder(Config::default())
+//!     .on("message", |ctx, _data| async move {
+//!         let _ = ctx.emit("response", "Message received!").await;
+//!     })
+//!     .build();
+//! let app = axum::Router::new().nest("/realtime", gateway.router());
+//! # let _ = app;
+//! # }
+//! ```
+//!
+//! Handlers run in the order a session's events arrive: the transport that read an event awaits
+//! its handler before reading the next, so one session's events are handled one at a time, in
+//! order, while different sessions run concurrently.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::hub::{Hub, HubError};
+use crate::protocol::{Cursor, Envelope, Sid};
+use crate::transport;
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+type Handler = Arc<dyn Fn(Context, Value) -> BoxFuture + Send + Sync>;
+
+/// What a handler knows about the event it handles, and its way to answer.
+#[derive(Clone)]
+pub struct Context {
+    sid: Sid,
+    event: Arc<str>,
+    hub: Hub,
+}
+
+impl Context {
+    /// The session the event came from.
+    pub fn sid(&self) -> &Sid {
+        &self.sid
+    }
+
+    /// The name of the event being handled.
+    pub fn event(&self) -> &str {
+        &self.event
+    }
+
+    /// The hub, to emit to other sessions.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Emits an event to the session the handled event came from.
+    pub async fn emit(&self, event: &str, data: impl Serialize) -> Result<Cursor, HubError> {
+        let data = serde_json::to_value(data).unwrap_or(Value::Null);
+        self.hub.emit(&self.sid, event, &data).await
+    }
+}
+
+/// Collects handlers and settings; [`GatewayBuilder::build`] starts the hub.
+pub struct GatewayBuilder {
+    config: Config,
+    handlers: HashMap<String, Handler>,
+    fallback: Option<Handler>,
+    shutdown: CancellationToken,
+}
+
+impl GatewayBuilder {
+    /// Registers the handler of one event name (a later registration replaces an earlier one).
+    pub fn on<F, Fut>(mut self, event: &str, handler: F) -> Self
+    where
+        F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.handlers.insert(event.to_owned(), Arc::new(move |ctx, data| Box::pin(handler(ctx, data))));
+        self
+    }
+
+    /// Registers the handler of every event no other handler claims. Without one, such events
+    /// are answered with an `error` event naming them, so a client never waits in silence.
+    pub fn fallback<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.fallback = Some(Arc::new(move |ctx, data| Box::pin(handler(ctx, data))));
+        self
+    }
+
+    /// Ties the gateway's lifetime to `token`: cancelling it ends every transport and the
+    /// expiry task. By default the gateway has a token of its own ([`Gateway::shutdown`]).
+    pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
+    }
+
+    /// Builds the gateway and starts its expiry task; call it inside a tokio runtime.
+    pub fn build(self) -> Gateway {
+        let hub = Hub::new(self.config.hub(), self.shutdown.clone());
+        hub.spawn_expiry();
+        Gateway {
+            hub,
+            inner: Arc::new(Shared {
+                config: self.config,
+                handlers: self.handlers,
+                fallback: self.fallback,
+                shutdown: self.shutdown,
+            }),
+        }
+    }
+}
+
+/// A running gateway: cheap to clone, shared by every transport handler.
+#[derive(Clone)]
+pub struct Gateway {
+    hub: Hub,
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    config: Config,
+    handlers: HashMap<String, Handler>,
+    fallback: Option<Handler>,
+    /// Cancelled by [`Gateway::shutdown`] (or by the owner of a token passed to the builder).
+    shutdown: CancellationToken,
+}
+
+impl Gateway {
+    pub fn builder(config: Config) -> GatewayBuilder {
+        GatewayBuilder { config, handlers: HashMap::new(), fallback: None, shutdown: CancellationToken::new() }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Ends every transport (clients are told to resume) and stops background tasks.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// The gateway's routes: `/ws`, `/sse` (GET stream, POST send) and `/poll` (GET, and POST as
+    /// an alias of `POST /sse`). Nest it under any prefix.
+    pub fn router(&self) -> Router {
+        transport::router(self.clone())
+    }
+
+    /// Runs the handler of each envelope in turn, for one session.
+    pub async fn dispatch(&self, sid: &Sid, envelopes: Vec<Envelope>) {
+        for Envelope { event, data } in envelopes {
+            let handler = self.inner.handlers.get(&event).or(self.inner.fallback.as_ref());
+            let ctx = Context { sid: sid.clone(), event: event.as_str().into(), hub: self.hub.clone() };
+            match handler {
+                Some(handler) => handler(ctx, data).await,
+                None => {
+                    tracing::debug!(sid = sid.short(), event, "no handler");
+                    let notice = json!({"error": format!("no handler for event `{event}`"), "event": event});
+                    let _ = self.hub.emit(sid, "error", &notice).await;
+                }
+            }
+        }
+    }
+
+    /// Tells the session, in its own event stream, that something it sent was refused.
+    pub async fn report_error(&self, sid: &Sid, error: impl std::fmt::Display) {
+        let _ = self.hub.emit(sid, "error", &json!({ "error": error.to_string() })).await;
+    }
+}

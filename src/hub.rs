@@ -1,0 +1,538 @@
+//! The session hub: the only place a session is created, found, fed or removed.
+//!
+//! Every transport (WebSocket, SSE, long-polling) and the app reach sessions through the
+//! [`Hub`] handle and nothing else:
+//!
+//! * [`Hub::attach`] gives a transport an [`Attachment`]: the session's outgoing events, starting
+//!   with a `session` hello, then a replay of everything after the client's cursor, then live
+//!   events. Attaching detaches whatever transport held the session before (newest wins).
+//! * [`Hub::emit`] appends an event to a session and wakes its attachment, if any.
+//! * Dropping an [`Attachment`] detaches it; the session then lives for the grace period, and the
+//!   expiry task ([`Hub::spawn_expiry`]) removes it when that runs out.
+//!
+//! Why it is shaped so:
+//!
+//! * **The buffer is the queue.** Each session keeps its most recent events in one bounded ring,
+//!   whether or not a transport wrote them, because the server cannot know what a dropped client
+//!   really received. An attachment does not have its own queue: it keeps a position in that ring
+//!   and copies out what lies after it when woken. So a slow or stalled reader costs nothing but
+//!   its position; when the ring moves past that position the reader gets an explicit `gap`
+//!   notice instead of the lost events, never silence.
+//! * **No global lock on the per-event path.** The session table is split into shards, each
+//!   behind its own `RwLock` taken only briefly (read for lookups); each session has its own
+//!   `Mutex`, held for a few pointer copies and never across an `.await` or a socket write.
+//! * **A seam for many nodes.** The interface speaks only in sids, cursors, [`Envelope`]-like
+//!   values and async calls, so a Redis-backed hub (pub/sub for wake-ups, streams for the ring)
+//!   can provide the same methods without touching transports or app code.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{Cursor, Sid};
+
+/// Number of shards in the session table; a power of two well above the core count so that
+/// session creation on one shard rarely waits for another.
+const SHARDS: usize = 64;
+
+/// How many events an attachment copies out of the ring per lock.
+const BATCH: usize = 64;
+
+/// Longest accepted event name; names travel in SSE `event:` lines and WebSocket frames.
+pub const MAX_EVENT_NAME: usize = 128;
+
+/// Settings the hub needs; the rest of the configuration belongs to the transports.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// How long a session outlives its last transport.
+    pub grace: Duration,
+    /// How many recent events each session keeps for replay.
+    pub buffer: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig { grace: Duration::from_secs(30), buffer: 1024 }
+    }
+}
+
+/// The kinds of transport a client can hold a session with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Sse,
+    Polling,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::Polling => "polling",
+        }
+    }
+}
+
+/// Why an attachment stopped delivering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Another transport attached to the same session; the client holds that one now.
+    Superseded,
+    /// The server is shutting down; the client should resume, here or elsewhere.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Superseded => "superseded",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why an attach could not continue the session the client asked for. The client gets a fresh
+/// session and a `gap` notice carrying this reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapReason {
+    /// The sid names no live session: it expired, or never existed.
+    Expired,
+    /// The sid is not of the shape this server hands out.
+    InvalidSid,
+    /// The cursor is malformed, names another session, or lies beyond what was ever sent.
+    BadCursor,
+}
+
+impl GapReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::Expired => "expired",
+            GapReason::InvalidSid => "invalid_sid",
+            GapReason::BadCursor => "bad_cursor",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            GapReason::Expired => "the session expired or never existed; this is a new session",
+            GapReason::InvalidSid => "the session id is malformed; this is a new session",
+            GapReason::BadCursor => "the cursor does not belong to this session's history; this is a new session",
+        }
+    }
+}
+
+/// Errors the hub reports to its callers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("unknown or expired session")]
+    NoSession,
+    #[error("invalid event name: {0}")]
+    EventName(&'static str),
+}
+
+/// One outgoing event or notice, rendered once and shared by every write and replay of it.
+#[derive(Debug)]
+pub struct Event {
+    /// For events, the event's number (1, 2, ...). For notices, the number of the last event
+    /// before it: the notice's cursor is the resume point just after that event.
+    pub seq: u64,
+    /// Notices (`session`, `gap`) are per transport: never buffered, never replayed.
+    pub notice: bool,
+    pub name: Box<str>,
+    /// The event's data as JSON text.
+    pub data: Box<str>,
+}
+
+impl Event {
+    pub fn cursor(&self, sid: &Sid) -> Cursor {
+        Cursor { sid: sid.clone(), seq: self.seq, notice: self.notice }
+    }
+
+    fn notice(seq: u64, name: &str, data: Value) -> Arc<Event> {
+        Arc::new(Event { seq, notice: true, name: name.into(), data: data.to_string().into() })
+    }
+}
+
+/// The cheap, cloneable handle to the session table.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: HubConfig,
+    shards: Box<[RwLock<HashMap<Sid, Arc<Session>>>]>,
+    hasher: RandomState,
+    /// Source of attachment ids; an attachment compares its id with the session's to learn
+    /// whether it has been superseded.
+    next_attachment: AtomicU64,
+    /// Cancelled when the server shuts down: every attachment ends with
+    /// [`CloseReason::Shutdown`] and the expiry task stops.
+    shutdown: CancellationToken,
+}
+
+struct Session {
+    sid: Sid,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Number of the last event emitted (0: none yet).
+    last_seq: u64,
+    /// The most recent events, oldest first, at most `HubConfig::buffer` of them. Allocated on
+    /// the first emit, not at creation, so idle sessions cost no ring.
+    ring: VecDeque<Arc<Event>>,
+    /// The highest event number handed to any attachment: where an attach without a cursor
+    /// resumes.
+    delivered: u64,
+    /// The transport holding the session, if any.
+    attached: Option<Attached>,
+    /// The kind of the most recent attachment, so a long-poll that follows a long-poll is a
+    /// continuation rather than a new transport.
+    last_transport: Option<Transport>,
+    /// When the session lost its last transport; `None` while attached.
+    detached_at: Option<Instant>,
+    /// Set, under this lock, when the expiry task removes the session, so that a caller that
+    /// found the session just before treats it as gone.
+    removed: bool,
+}
+
+struct Attached {
+    id: u64,
+    /// Woken on every emit and when the attachment is superseded. The other end is held by the
+    /// [`Attachment`] with the same id.
+    wake: Arc<Notify>,
+}
+
+impl Hub {
+    pub fn new(config: HubConfig, shutdown: CancellationToken) -> Hub {
+        assert!(config.buffer > 0, "the session buffer must hold at least one event");
+        let shards = (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect();
+        Hub {
+            inner: Arc::new(Inner {
+                config,
+                shards,
+                hasher: RandomState::new(),
+                next_attachment: AtomicU64::new(1),
+                shutdown,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    fn shard(&self, sid: &Sid) -> &RwLock<HashMap<Sid, Arc<Session>>> {
+        let index = self.inner.hasher.hash_one(sid) as usize % SHARDS;
+        &self.inner.shards[index]
+    }
+
+    fn find(&self, sid: &Sid) -> Option<Arc<Session>> {
+        self.shard(sid).read().unwrap_or_else(|e| e.into_inner()).get(sid).cloned()
+    }
+
+    fn create(&self) -> Arc<Session> {
+        let sid = Sid::random();
+        let session = Arc::new(Session {
+            sid: sid.clone(),
+            state: Mutex::new(State {
+                last_seq: 0,
+                ring: VecDeque::new(),
+                delivered: 0,
+                attached: None,
+                last_transport: None,
+                // Created for an attach that follows at once: not in a grace period yet.
+                detached_at: None,
+                removed: false,
+            }),
+        });
+        self.shard(&sid).write().unwrap_or_else(|e| e.into_inner()).insert(sid, session.clone());
+        session
+    }
+
+    /// Number of live sessions (attached or in their grace period).
+    pub fn len(&self) -> usize {
+        self.inner.shards.iter().map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `sid` names a live session. Transports that only send (POST) use this to answer
+    /// 404 before running any handler.
+    pub async fn contains(&self, sid: &Sid) -> bool {
+        self.find(sid).is_some_and(|s| !lock(&s.state).removed)
+    }
+
+    /// Appends an event to a session's ring and wakes its transport. Returns the event's cursor.
+    pub async fn emit(&self, sid: &Sid, name: &str, data: &Value) -> Result<Cursor, HubError> {
+        validate_event_name(name)?;
+        let session = self.find(sid).ok_or(HubError::NoSession)?;
+        let data = data.to_string().into_boxed_str();
+        let mut state = lock(&session.state);
+        if state.removed {
+            return Err(HubError::NoSession);
+        }
+        state.last_seq += 1;
+        let seq = state.last_seq;
+        if state.ring.len() == self.inner.config.buffer {
+            state.ring.pop_front();
+        }
+        state.ring.push_back(Arc::new(Event { seq, notice: false, name: name.into(), data }));
+        if let Some(attached) = &state.attached {
+            attached.wake.notify_one();
+        }
+        Ok(Cursor::event(session.sid.clone(), seq))
+    }
+
+    /// Attaches a transport to a session.
+    ///
+    /// * No `sid` and no `cursor`: a new session.
+    /// * A `sid` (or only a `cursor`, which names its session): that session, resumed after the
+    ///   cursor, or, without a cursor, after the last event any transport was handed.
+    /// * A sid or cursor that cannot be honoured: a new session whose first events are `session`
+    ///   and a `gap` notice saying why.
+    ///
+    /// `sid` and `cursor` are the raw strings from the request: parsing them is part of the
+    /// decision, since a malformed one still gets the client a working session.
+    pub async fn attach(&self, transport: Transport, sid: Option<&str>, cursor: Option<&str>) -> Attachment {
+        let resolved = self.resolve(sid, cursor);
+        let attached = match resolved {
+            Ok(Some((session, start))) => self.attach_to(session, transport, Some(start), None),
+            Ok(None) => self.attach_to(self.create(), transport, None, None),
+            Err(reason) => self.attach_to(self.create(), transport, None, Some(reason)),
+        };
+        // `None`: the expiry task removed the session between lookup and lock.
+        attached.unwrap_or_else(|| {
+            self.attach_to(self.create(), transport, None, Some(GapReason::Expired))
+                .expect("a session just created is not expired: it is created attached")
+        })
+    }
+
+    /// Attaches to a session found (`found` is `Some(start)`) or just created (`None`).
+    fn attach_to(
+        &self,
+        session: Arc<Session>,
+        transport: Transport,
+        found: Option<Option<u64>>,
+        gap: Option<GapReason>,
+    ) -> Option<Attachment> {
+        let id = self.inner.next_attachment.fetch_add(1, Ordering::Relaxed);
+        let wake = Arc::new(Notify::new());
+        let mut state = lock(&session.state);
+        if state.removed {
+            return None;
+        }
+        let start = found.flatten();
+        let position = start.unwrap_or(state.delivered);
+        // A poll that resumes from a poll's cursor continues the same transport: no new hello.
+        let continuation = transport == Transport::Polling
+            && state.last_transport == Some(Transport::Polling)
+            && start.is_some();
+        if let Some(old) = state.attached.replace(Attached { id, wake: wake.clone() }) {
+            old.wake.notify_one();
+        }
+        state.last_transport = Some(transport);
+        state.detached_at = None;
+        drop(state);
+
+        let mut pending = VecDeque::new();
+        if !continuation {
+            pending.push_back(Event::notice(
+                position,
+                "session",
+                json!({"sid": session.sid.as_str(), "transport": transport.as_str(), "resumed": found.is_some()}),
+            ));
+        }
+        if let Some(reason) = gap {
+            pending.push_back(Event::notice(
+                position,
+                "gap",
+                json!({"reason": reason.as_str(), "message": reason.message()}),
+            ));
+        }
+        tracing::debug!(sid = session.sid.short(), transport = transport.as_str(), position, ?gap, "attached");
+        Some(Attachment { hub: self.clone(), session, id, wake, position, pending, transport })
+    }
+
+    /// Finds the session and start position an attach asks for. `Ok(None)`: a new session was
+    /// asked for. `Err`: the request cannot be honoured and why.
+    #[allow(clippy::type_complexity)]
+    fn resolve(&self, sid: Option<&str>, cursor: Option<&str>) -> Result<Option<(Arc<Session>, Option<u64>)>, GapReason> {
+        let cursor = match cursor {
+            None => None,
+            Some(raw) => Some(raw.parse::<Cursor>().map_err(|_| GapReason::BadCursor)?),
+        };
+        let sid = match (sid, &cursor) {
+            (Some(raw), _) => raw.parse::<Sid>().map_err(|_| GapReason::InvalidSid)?,
+            (None, Some(cursor)) => cursor.sid.clone(),
+            (None, None) => return Ok(None),
+        };
+        let session = self.find(&sid).ok_or(GapReason::Expired)?;
+        let Some(cursor) = cursor else {
+            return Ok(Some((session, None)));
+        };
+        let placeable = cursor.sid == sid && cursor.seq <= lock(&session.state).last_seq;
+        if !placeable {
+            return Err(GapReason::BadCursor);
+        }
+        Ok(Some((session, Some(cursor.seq))))
+    }
+
+    /// Removes every session whose grace period has run out. Returns how many were removed.
+    pub fn expire(&self, now: Instant) -> usize {
+        let grace = self.inner.config.grace;
+        let mut removed = 0;
+        for shard in self.inner.shards.iter() {
+            let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
+            table.retain(|_, session| {
+                let mut state = lock(&session.state);
+                let expired = state.detached_at.is_some_and(|t| now.duration_since(t) >= grace);
+                if expired {
+                    state.removed = true;
+                    state.ring = VecDeque::new();
+                    removed += 1;
+                    tracing::debug!(sid = session.sid.short(), "session expired");
+                }
+                !expired
+            });
+        }
+        removed
+    }
+
+    /// Starts the background task that expires sessions, checking a few times per grace period.
+    /// It stops when the hub's shutdown token is cancelled.
+    pub fn spawn_expiry(&self) -> tokio::task::JoinHandle<()> {
+        let hub = self.clone();
+        let period = (self.inner.config.grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = hub.inner.shutdown.cancelled() => break,
+                    _ = tick.tick() => { hub.expire(Instant::now()); }
+                }
+            }
+        })
+    }
+}
+
+/// A transport's hold on a session: the stream of what to write to the client.
+///
+/// Dropping it detaches the transport (if it still holds the session) and starts the grace
+/// period.
+pub struct Attachment {
+    hub: Hub,
+    session: Arc<Session>,
+    id: u64,
+    /// Shared with the session's [`Attached`] entry while this attachment holds the session.
+    wake: Arc<Notify>,
+    /// Number of the last event handed out.
+    position: u64,
+    /// Events copied out of the ring (or notices), not yet handed out.
+    pending: VecDeque<Arc<Event>>,
+    transport: Transport,
+}
+
+impl Attachment {
+    pub fn sid(&self) -> &Sid {
+        &self.session.sid
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// The next event to write, waiting for one if need be. Ends when the attachment is
+    /// superseded or the server shuts down.
+    pub async fn recv(&mut self) -> Result<Arc<Event>, CloseReason> {
+        loop {
+            if let Some(event) = self.try_recv()? {
+                return Ok(event);
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = self.hub.inner.shutdown.cancelled() => return Err(CloseReason::Shutdown),
+            }
+        }
+    }
+
+    /// The next event to write if one is ready, without waiting.
+    pub fn try_recv(&mut self) -> Result<Option<Arc<Event>>, CloseReason> {
+        if let Some(event) = self.pending.pop_front() {
+            return Ok(Some(event));
+        }
+        if self.hub.inner.shutdown.is_cancelled() {
+            return Err(CloseReason::Shutdown);
+        }
+        let mut state = lock(&self.session.state);
+        if state.attached.as_ref().map(|a| a.id) != Some(self.id) {
+            return Err(CloseReason::Superseded);
+        }
+        if state.last_seq > self.position {
+            // A non-empty ring holds events up to `last_seq`, the oldest being `first`.
+            let first = state.ring.front().map_or(state.last_seq + 1, |e| e.seq);
+            if self.position + 1 < first {
+                let lost = first - 1 - self.position;
+                self.position = first - 1;
+                self.pending.push_back(Event::notice(
+                    self.position,
+                    "gap",
+                    json!({"reason": "overflow", "lost": lost,
+                           "message": format!("{lost} events were dropped from the session buffer before they could be delivered")}),
+                ));
+            }
+            let skip = (self.position + 1 - first) as usize;
+            self.pending.extend(state.ring.iter().skip(skip).take(BATCH).cloned());
+            if let Some(last) = self.pending.back() {
+                self.position = self.position.max(last.seq);
+            }
+            state.delivered = state.delivered.max(self.position);
+        }
+        drop(state);
+        Ok(self.pending.pop_front())
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let mut state = lock(&self.session.state);
+        if state.attached.as_ref().is_some_and(|a| a.id == self.id) {
+            state.attached = None;
+            state.detached_at = Some(Instant::now());
+            tracing::debug!(sid = self.session.sid.short(), transport = self.transport.as_str(), "detached");
+        }
+    }
+}
+
+/// Event names travel in SSE `event:` lines, so they must not hold line breaks; other control
+/// characters and unbounded lengths are refused as well.
+pub fn validate_event_name(name: &str) -> Result<(), HubError> {
+    if name.is_empty() {
+        return Err(HubError::EventName("empty"));
+    }
+    if name.len() > MAX_EVENT_NAME {
+        return Err(HubError::EventName("longer than 128 bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(HubError::EventName("contains control characters"));
+    }
+    Ok(())
+}
+
+/// Session locks are never held across a panic-prone call, but a poisoned lock must not take
+/// the whole hub down with it.
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,249 @@
+//! The wire protocol: envelopes, session ids and cursors.
+//!
+//! This module is pure: no I/O, no tokio, no locks. Everything that turns client bytes into
+//! typed values lives here so it can be unit-tested and fuzzed on its own, and so every
+//! transport parses input the same way.
+//!
+//! * An [`Envelope`] is `{"event": NAME, "data": ANY}`. Clients send one envelope or a JSON
+//!   array of envelopes; the server sends one envelope at a time and adds `"id": CURSOR`.
+//! * A [`Sid`] is a session id: 128 random bits from the OS CSPRNG, base64url without padding
+//!   (22 characters).
+//! * A [`Cursor`] names a position in a session's event sequence. It carries the sid, so a bare
+//!   browser `EventSource` that only knows its `Last-Event-ID` can find its session again.
+//!   Events take positions `SID.1`, `SID.2`, ...; notices (`session`, `gap`) are resume points
+//!   written `SID.N~`, which sort after event `N` and before event `N + 1`. Resuming from either
+//!   form replays every event after `N`, so a notice's cursor is itself a valid resume point.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::TryRngCore;
+use serde_json::Value;
+
+/// Length of a sid in characters: 16 bytes in base64url without padding.
+pub const SID_LEN: usize = 22;
+
+/// A session id. Cheap to clone (it is 22 ASCII bytes) and safe to put in URLs.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sid(Box<str>);
+
+impl Sid {
+    /// A fresh, unguessable sid: 128 bits from the operating system's CSPRNG.
+    pub fn random() -> Sid {
+        let mut bytes = [0u8; 16];
+        rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("OS random source");
+        Sid(URL_SAFE_NO_PAD.encode(bytes).into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A shortened form for logs: enough to correlate lines, useless to hijack a session.
+    pub fn short(&self) -> &str {
+        &self.0[..6]
+    }
+}
+
+impl FromStr for Sid {
+    type Err = ProtocolError;
+
+    /// Accepts exactly the shape [`Sid::random`] produces; anything else cannot name a session.
+    fn from_str(s: &str) -> Result<Sid, ProtocolError> {
+        let ok = s.len() == SID_LEN
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(Sid(s.into()))
+        } else {
+            Err(ProtocolError::BadSid)
+        }
+    }
+}
+
+impl fmt::Display for Sid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Sid {
+    /// Debug output is what ends up in logs by accident, so it is shortened too.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sid({}…)", self.short())
+    }
+}
+
+/// A position in a session's event sequence.
+///
+/// `seq` is the number of the last event at or before this position (0 before the first
+/// event). `notice` marks a resume point written by a notice, which sorts after event `seq`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Cursor {
+    pub sid: Sid,
+    pub seq: u64,
+    pub notice: bool,
+}
+
+impl Cursor {
+    pub fn event(sid: Sid, seq: u64) -> Cursor {
+        Cursor { sid, seq, notice: false }
+    }
+
+    pub fn notice(sid: Sid, seq: u64) -> Cursor {
+        Cursor { sid, seq, notice: true }
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}{}", self.sid, self.seq, if self.notice { "~" } else { "" })
+    }
+}
+
+impl fmt::Debug for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cursor({}….{}{})", self.sid.short(), self.seq, if self.notice { "~" } else { "" })
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = ProtocolError;
+
+    fn from_str(s: &str) -> Result<Cursor, ProtocolError> {
+        let (sid, pos) = s.split_once('.').ok_or(ProtocolError::BadCursor)?;
+        let sid: Sid = sid.parse().map_err(|_| ProtocolError::BadCursor)?;
+        let (digits, notice) = match pos.strip_suffix('~') {
+            Some(digits) => (digits, true),
+            None => (pos, false),
+        };
+        // Only canonical decimal: no sign, no leading zeros, so one position has one spelling.
+        let canonical = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        if !canonical {
+            return Err(ProtocolError::BadCursor);
+        }
+        let seq = digits.parse().map_err(|_| ProtocolError::BadCursor)?;
+        // Position 0 is only ever a notice: no event has number 0.
+        if seq == 0 && !notice {
+            return Err(ProtocolError::BadCursor);
+        }
+        Ok(Cursor { sid, seq, notice })
+    }
+}
+
+/// One event as a client sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub event: String,
+    pub data: Value,
+}
+
+/// What is wrong with client input, phrased for the client.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    #[error("{0}")]
+    Shape(String),
+    #[error("malformed session id")]
+    BadSid,
+    #[error("malformed cursor")]
+    BadCursor,
+}
+
+/// Parses a client body: one envelope object or a non-empty array of them.
+pub fn parse_envelopes(text: &str) -> Result<Vec<Envelope>, ProtocolError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| ProtocolError::Json(e.to_string()))?;
+    match value {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(ProtocolError::Shape("empty array: expected at least one envelope".into()));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| envelope_from_value(item, Some(i)))
+                .collect()
+        }
+        other => Ok(vec![envelope_from_value(other, None)?]),
+    }
+}
+
+fn envelope_from_value(value: Value, index: Option<usize>) -> Result<Envelope, ProtocolError> {
+    let at = |msg: String| match index {
+        Some(i) => ProtocolError::Shape(format!("envelope {i}: {msg}")),
+        None => ProtocolError::Shape(msg),
+    };
+    let Value::Object(mut map) = value else {
+        return Err(at("expected an object {\"event\": NAME, \"data\": ANY}".into()));
+    };
+    let event = match map.remove("event") {
+        Some(Value::String(name)) if !name.is_empty() => name,
+        Some(Value::String(_)) => return Err(at("field `event` is empty".into())),
+        Some(_) => return Err(at("field `event` must be a string".into())),
+        None => return Err(at("missing field `event`".into())),
+    };
+    let data = map.remove("data").unwrap_or(Value::Null);
+    // `id` is what the server puts on its own envelopes; a client echoing one back is harmless.
+    map.remove("id");
+    if let Some(field) = map.keys().next() {
+        return Err(at(format!("unknown field `{field}`: an envelope has only `event` and `data`")));
+    }
+    Ok(Envelope { event, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sids_are_random_urlsafe_and_22_chars() {
+        let a = Sid::random();
+        let b = Sid::random();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), SID_LEN);
+        assert_eq!(a.as_str().parse::<Sid>().unwrap(), a);
+        assert!("short".parse::<Sid>().is_err());
+        assert!("aaaaaaaaaaaaaaaaaaaaa/".parse::<Sid>().is_err());
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_non_canonical_forms() {
+        let sid = Sid::random();
+        for c in [Cursor::event(sid.clone(), 7), Cursor::notice(sid.clone(), 0), Cursor::notice(sid.clone(), 9)] {
+            assert_eq!(c.to_string().parse::<Cursor>().unwrap(), c);
+        }
+        for bad in ["", "x", &format!("{sid}."), &format!("{sid}.07"), &format!("{sid}.-1"),
+                    &format!("{sid}.0"), &format!("{sid}.1~~"), &format!("{sid}.99999999999999999999999"),
+                    "abc.1"] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn parses_one_envelope_or_a_batch() {
+        assert_eq!(
+            parse_envelopes(r#"{"event":"message","data":"hi"}"#).unwrap(),
+            vec![Envelope { event: "message".into(), data: json!("hi") }]
+        );
+        let batch = parse_envelopes(r#"[{"event":"a","data":1},{"event":"b"}]"#).unwrap();
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch[1].data, Value::Null);
+    }
+
+    #[test]
+    fn shape_errors_name_the_problem() {
+        let err = |s: &str| parse_envelopes(s).unwrap_err().to_string();
+        assert!(err("{").starts_with("malformed JSON"));
+        assert!(err("[]").contains("empty array"));
+        assert!(err("42").contains("expected an object"));
+        assert!(err(r#"{"data":1}"#).contains("missing field `event`"));
+        assert!(err(r#"{"event":3}"#).contains("must be a string"));
+        assert!(err(r#"[{"event":"a"},{"event":"b","x":1}]"#).contains("envelope 1: unknown field `x`"));
+    }
+}

@@ -1,0 +1,59 @@
+//! `GET /poll`: long-polling, the last rung for paths that hold streamed responses back.
+//!
+//! Each request attaches to the session like any transport (newest wins, cursors, resume),
+//! answers at once with every pending event as a JSON array, or waits up to the poll timeout for
+//! at least one and answers `[]` if none came. The client polls again with the last cursor it
+//! saw; a poll that continues a poll gets no new `session` hello. A poll cut short because
+//! another transport took the session answers `409`, so the client stops polling.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
+use super::{envelope_json, AttachQuery};
+use crate::error::Error;
+use crate::gateway::Gateway;
+use crate::hub::{Attachment, CloseReason, Transport};
+
+/// Most events one poll answer carries; the rest wait for the next poll.
+const MAX_PER_POLL: usize = 256;
+
+pub async fn poll(
+    State(gateway): State<Gateway>,
+    query: Result<Query<AttachQuery>, QueryRejection>,
+) -> Result<Response, Error> {
+    let Query(query) = query?;
+    let mut attachment =
+        gateway.hub().attach(Transport::Polling, query.sid.as_deref(), query.last_event_id.as_deref()).await;
+    let mut frames = Vec::new();
+    drain(&mut attachment, &mut frames)?;
+    if frames.is_empty() {
+        match tokio::time::timeout(gateway.config().poll_timeout, attachment.recv()).await {
+            Ok(Ok(event)) => {
+                frames.push(envelope_json(&event, attachment.sid()));
+                drain(&mut attachment, &mut frames)?;
+            }
+            Ok(Err(CloseReason::Superseded)) => return Err(Error::Superseded),
+            Ok(Err(CloseReason::Shutdown)) | Err(_) => {}
+        }
+    }
+    let body = format!("[{}]", frames.join(","));
+    let mut response = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    Ok(response)
+}
+
+/// Moves every ready event into `frames`. Superseded with nothing gathered is a 409; with events
+/// gathered, they are still answered (the client drops any it sees again by cursor).
+fn drain(attachment: &mut Attachment, frames: &mut Vec<String>) -> Result<(), Error> {
+    while frames.len() < MAX_PER_POLL {
+        match attachment.try_recv() {
+            Ok(Some(event)) => frames.push(envelope_json(&event, attachment.sid())),
+            Ok(None) | Err(CloseReason::Shutdown) => break,
+            Err(CloseReason::Superseded) if frames.is_empty() => return Err(Error::Superseded),
+            Err(CloseReason::Superseded) => break,
+        }
+    }
+    Ok(())
+}

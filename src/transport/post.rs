@@ -1,0 +1,83 @@
+//! `POST /sse?sid=SID` (and its alias `POST /poll`): events from the client over plain HTTP.
+//!
+//! The body is one envelope or a JSON array of envelopes, or, as `text/plain`, the text of one
+//! `message` event, so that `curl -d` is enough to talk to a session. Envelopes are handled in
+//! order before the answer (`202`), so a client that waits for each answer keeps its order.
+
+use axum::body::{to_bytes, Body};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::AttachQuery;
+use crate::error::Error;
+use crate::gateway::Gateway;
+use crate::protocol::{parse_envelopes, Envelope, Sid};
+
+pub async fn send(
+    State(gateway): State<Gateway>,
+    query: Result<Query<AttachQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), Error> {
+    let Query(query) = query?;
+    let sid = query.sid.ok_or_else(|| Error::BadRequest("missing query parameter `sid`".into()))?;
+    let sid: Sid = sid.parse().map_err(|_| Error::NoSession)?;
+    if !gateway.hub().contains(&sid).await {
+        return Err(Error::NoSession);
+    }
+    let limit = gateway.config().max_body;
+    let bytes = to_bytes(body, limit).await.map_err(|err| {
+        if is_length_limit(&err) {
+            Error::TooLarge(limit)
+        } else {
+            Error::BadRequest(format!("could not read the request body: {err}"))
+        }
+    })?;
+    let envelopes = parse_body(&headers, &bytes)?;
+    let accepted = envelopes.len();
+    gateway.dispatch(&sid, envelopes).await;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
+}
+
+/// Reads the body according to its content type. `curl -d` sends
+/// `application/x-www-form-urlencoded`; its body is read as JSON too, so the bare command works.
+fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<Envelope>, Error> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime: Option<mime::Mime> = content_type.parse().ok();
+    let essence = mime.as_ref().map(|m| m.essence_str().to_ascii_lowercase());
+    let text = |bytes: &[u8]| {
+        std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| Error::BadRequest("body is not valid UTF-8".into()))
+    };
+    match essence.as_deref() {
+        Some("text/plain") => {
+            let charset = mime.as_ref().and_then(|m| m.get_param(mime::CHARSET)).map(|c| c.as_str().to_ascii_lowercase());
+            if let Some(charset) = charset.filter(|c| c != "utf-8" && c != "us-ascii") {
+                return Err(Error::UnsupportedMediaType(format!("text/plain; charset={charset}")));
+            }
+            Ok(vec![Envelope { event: "message".into(), data: Value::String(text(bytes)?) }])
+        }
+        None if content_type.is_empty() => parse_json(&text(bytes)?),
+        Some("application/json" | "application/x-www-form-urlencoded") => parse_json(&text(bytes)?),
+        _ => Err(Error::UnsupportedMediaType(content_type.to_owned())),
+    }
+}
+
+fn parse_json(text: &str) -> Result<Vec<Envelope>, Error> {
+    parse_envelopes(text).map_err(|err| Error::BadRequest(err.to_string()))
+}
+
+/// `to_bytes` reports an over-long body as an error whose chain holds a `LengthLimitError`,
+/// whether the client sent a `Content-Length` or streamed the body chunked.
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}

@@ -1,0 +1,59 @@
+//! `GET /sse`: the session's events as a Server-Sent Events stream.
+//!
+//! Each event is written as `id: CURSOR`, `event: NAME`, `data: JSON` and a blank line, the
+//! format a browser `EventSource` reads natively. A browser that lost the stream reconnects by
+//! itself with `Last-Event-ID`, and since cursors name their session, that header alone resumes
+//! the right session with nothing lost.
+//!
+//! The response is built for hostile paths: `Cache-Control: no-cache, no-transform` and
+//! `X-Accel-Buffering: no` ask proxies not to hold it back, it is never compressed, the
+//! `session` hello goes out at once so browsers fire `open` and proxies start forwarding, and a
+//! comment line every keep-alive interval keeps idle proxies from cutting it and finds dead
+//! connections (the write fails, the stream is dropped, the session is detached).
+
+use std::convert::Infallible;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+
+use super::AttachQuery;
+use crate::error::Error;
+use crate::gateway::Gateway;
+use crate::hub::Transport;
+
+pub async fn stream(
+    State(gateway): State<Gateway>,
+    query: Result<Query<AttachQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let Query(query) = query?;
+    // A browser's own reconnect carries the newest cursor in the header; the URL may still hold
+    // the one the page started from.
+    let cursor = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .or(query.last_event_id);
+    let mut attachment = gateway.hub().attach(Transport::Sse, query.sid.as_deref(), cursor.as_deref()).await;
+    let sid = attachment.sid().clone();
+    let events = async_stream::stream! {
+        while let Ok(event) = attachment.recv().await {
+            yield Ok::<_, Infallible>(
+                SseEvent::default()
+                    .id(event.cursor(&sid).to_string())
+                    .event(&*event.name)
+                    .data(&*event.data),
+            );
+        }
+    };
+    let keep_alive = KeepAlive::new().interval(gateway.config().keepalive).text("keep-alive");
+    let mut response = Sse::new(events).keep_alive(keep_alive).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}

@@ -1,0 +1,113 @@
+//! `GET /ws`: the session over one WebSocket, both directions.
+//!
+//! One task per socket runs [`serve_socket`]: it writes what the attachment yields, reads client
+//! frames (one envelope, or a JSON array of envelopes, per text frame) and hands them to the
+//! gateway's handlers, and pings the peer so a dead one is found and the session detached.
+//! The loop is generic over `Sink`/`Stream`, so it does not care where the frames come from.
+//!
+//! Close codes the client sees: `4000 superseded` (another transport took the session: do not
+//! reconnect this one), `1001` (server going away: resume), `1011` (server fault: resume).
+
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+
+use super::{envelope_json, AttachQuery};
+use crate::error::Error;
+use crate::gateway::Gateway;
+use crate::hub::{Attachment, CloseReason, Transport};
+use crate::protocol::parse_envelopes;
+
+/// Close code telling the client another transport holds its session now.
+pub const CLOSE_SUPERSEDED: u16 = 4000;
+const CLOSE_GOING_AWAY: u16 = 1001;
+
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(gateway): State<Gateway>,
+    query: Result<Query<AttachQuery>, QueryRejection>,
+) -> Result<Response, Error> {
+    let Query(query) = query?;
+    let max = gateway.config().max_body;
+    Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket: WebSocket| async move {
+        let attachment =
+            gateway.hub().attach(Transport::WebSocket, query.sid.as_deref(), query.last_event_id.as_deref()).await;
+        let (sink, stream) = socket.split();
+        serve_socket(gateway, attachment, sink, stream).await;
+    }))
+}
+
+/// Serves one attached socket until the peer leaves, goes silent, or the attachment ends.
+pub async fn serve_socket<W, R>(gateway: Gateway, mut attachment: Attachment, mut sink: W, mut stream: R)
+where
+    W: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let ping_every = gateway.config().ws_ping;
+    let mut ping = interval_at(Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let sid = attachment.sid().clone();
+
+    let close = loop {
+        tokio::select! {
+            next = attachment.recv() => match next {
+                Ok(event) => {
+                    if sink.feed(Message::Text(envelope_json(&event, &sid).into())).await.is_err() {
+                        break None;
+                    }
+                    // Write whatever else is ready before one flush.
+                    let mut failed = false;
+                    while let Ok(Some(event)) = attachment.try_recv() {
+                        if sink.feed(Message::Text(envelope_json(&event, &sid).into())).await.is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if failed || sink.flush().await.is_err() {
+                        break None;
+                    }
+                }
+                Err(CloseReason::Superseded) => break Some((CLOSE_SUPERSEDED, "superseded")),
+                Err(CloseReason::Shutdown) => break Some((CLOSE_GOING_AWAY, "server shutting down")),
+            },
+            frame = stream.next() => {
+                last_heard = Instant::now();
+                match frame {
+                    Some(Ok(Message::Text(text))) => match parse_envelopes(text.as_str()) {
+                        Ok(envelopes) => gateway.dispatch(&sid, envelopes).await,
+                        Err(err) => gateway.report_error(&sid, err).await,
+                    },
+                    Some(Ok(Message::Binary(_))) => {
+                        gateway.report_error(&sid, "binary frames are not supported: send JSON envelopes as text frames").await;
+                    }
+                    // Pongs only prove the peer is alive; pings are answered by the socket layer.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Err(err)) => {
+                        tracing::debug!(sid = sid.short(), %err, "websocket read failed");
+                        break None;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > ping_every * 2 {
+                    tracing::debug!(sid = sid.short(), "websocket peer silent; dropping it");
+                    break None;
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame { code, reason: reason.into() };
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+    }
+}
