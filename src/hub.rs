@@ -161,6 +161,19 @@ impl Event {
     }
 }
 
+/// What [`Hub::info`] tells about a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionInfo {
+    /// The transport holding the session, if one does.
+    pub transport: Option<Transport>,
+    /// Number of the last event emitted to it.
+    pub last_seq: u64,
+    /// How many events its buffer holds.
+    pub buffered: usize,
+    /// How long it has been without a transport.
+    pub detached_for: Option<Duration>,
+}
+
 /// The cheap, cloneable handle to the session table.
 #[derive(Clone)]
 pub struct Hub {
@@ -272,6 +285,21 @@ impl Hub {
     /// 404 before running any handler.
     pub async fn contains(&self, sid: &Sid) -> bool {
         self.find(sid).is_some_and(|s| !lock(&s.state).removed)
+    }
+
+    /// A snapshot of one session, for debugging and tests.
+    pub fn info(&self, sid: &Sid) -> Option<SessionInfo> {
+        let session = self.find(sid)?;
+        let state = lock(&session.state);
+        if state.removed {
+            return None;
+        }
+        Some(SessionInfo {
+            transport: state.attached.as_ref().and(state.last_transport),
+            last_seq: state.last_seq,
+            buffered: state.ring.len(),
+            detached_for: state.detached_at.map(|t| t.elapsed()),
+        })
     }
 
     /// Appends an event to a session's ring and wakes its transport. Returns the event's cursor.
@@ -535,4 +563,113 @@ pub fn validate_event_name(name: &str) -> Result<(), HubError> {
 /// the whole hub down with it.
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(buffer: usize) -> Hub {
+        Hub::new(HubConfig { grace: Duration::from_secs(30), buffer }, CancellationToken::new())
+    }
+
+    async fn next(attachment: &mut Attachment) -> (String, u64, bool, String) {
+        let event = tokio::time::timeout(Duration::from_secs(1), attachment.recv()).await.expect("an event").expect("attached");
+        (event.name.to_string(), event.seq, event.notice, event.data.to_string())
+    }
+
+    #[tokio::test]
+    async fn events_get_strictly_increasing_cursors_and_replay_after_a_cursor() {
+        let hub = hub(16);
+        let mut a = hub.attach(Transport::Sse, None, None).await;
+        let sid = a.sid().clone();
+        assert_eq!(next(&mut a).await.0, "session");
+        let mut cursors = Vec::new();
+        for i in 0..5 {
+            cursors.push(hub.emit(&sid, "n", &json!(i)).await.unwrap());
+        }
+        assert!(cursors.windows(2).all(|w| w[0].seq < w[1].seq));
+        for i in 0..5 {
+            assert_eq!(next(&mut a).await.3, i.to_string());
+        }
+        drop(a);
+        let cursor = cursors[1].to_string();
+        let mut b = hub.attach(Transport::WebSocket, Some(sid.as_str()), Some(&cursor)).await;
+        let hello = next(&mut b).await;
+        assert_eq!((hello.0.as_str(), hello.1, hello.2), ("session", 2, true));
+        for i in 2..5 {
+            assert_eq!(next(&mut b).await.3, i.to_string());
+        }
+        assert!(b.try_recv().unwrap().is_none(), "nothing beyond the last event");
+    }
+
+    #[tokio::test]
+    async fn an_unread_attachment_overtaken_by_the_ring_gets_an_exact_gap() {
+        let hub = hub(3);
+        let mut a = hub.attach(Transport::Sse, None, None).await;
+        let sid = a.sid().clone();
+        next(&mut a).await;
+        for i in 1..=10 {
+            hub.emit(&sid, "n", &json!(i)).await.unwrap();
+        }
+        let gap = next(&mut a).await;
+        assert_eq!((gap.0.as_str(), gap.1, gap.2), ("gap", 7, true));
+        assert!(gap.3.contains("\"lost\":7"), "{}", gap.3);
+        for i in 8..=10 {
+            assert_eq!(next(&mut a).await.1, i);
+        }
+        assert_eq!(hub.info(&sid).unwrap().buffered, 3);
+    }
+
+    #[tokio::test]
+    async fn a_new_attachment_supersedes_the_old_one() {
+        let hub = hub(8);
+        let mut a = hub.attach(Transport::WebSocket, None, None).await;
+        let sid = a.sid().clone();
+        next(&mut a).await;
+        let mut b = hub.attach(Transport::Sse, Some(sid.as_str()), None).await;
+        assert_eq!(a.recv().await.unwrap_err(), CloseReason::Superseded);
+        hub.emit(&sid, "n", &json!(1)).await.unwrap();
+        next(&mut b).await;
+        assert_eq!(next(&mut b).await.3, "1");
+        // Dropping the superseded attachment does not detach the new one.
+        drop(a);
+        assert_eq!(hub.info(&sid).unwrap().transport, Some(Transport::Sse));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn detached_sessions_expire_after_the_grace_period_and_attached_ones_never() {
+        let hub = hub(8);
+        let a = hub.attach(Transport::Sse, None, None).await;
+        let kept = hub.attach(Transport::Sse, None, None).await;
+        let sid = a.sid().clone();
+        drop(a);
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(hub.expire(Instant::now()), 0);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(hub.expire(Instant::now()), 1);
+        assert!(!hub.contains(&sid).await);
+        assert_eq!(hub.emit(&sid, "n", &json!(1)).await, Err(HubError::NoSession));
+        assert!(hub.contains(kept.sid()).await);
+        assert_eq!(hub.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_every_attachment() {
+        let token = CancellationToken::new();
+        let hub = Hub::new(HubConfig::default(), token.clone());
+        let mut a = hub.attach(Transport::Sse, None, None).await;
+        next(&mut a).await;
+        token.cancel();
+        assert_eq!(a.recv().await.unwrap_err(), CloseReason::Shutdown);
+    }
+
+    #[tokio::test]
+    async fn event_names_that_would_break_framing_are_refused() {
+        let hub = hub(8);
+        let a = hub.attach(Transport::Sse, None, None).await;
+        for bad in ["", "a\nb", "a\rb", &"x".repeat(129)] {
+            assert!(matches!(hub.emit(a.sid(), bad, &json!(1)).await, Err(HubError::EventName(_))), "{bad:?}");
+        }
+    }
 }

@@ -1,0 +1,210 @@
+//! Test support: a real switchyard on 127.0.0.1:0, and real clients for each transport.
+//!
+//! Every wait is bounded by [`WAIT`] and says what it waited for when it fails.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures_util::{SinkExt, Stream, StreamExt};
+use serde_json::Value;
+use switchyard::{app, server, Config, Gateway};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Longest any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A server event as a client sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub event: String,
+    pub data: Value,
+    pub id: String,
+}
+
+/// A running server: the binary's app (seed handlers plus an `echo` handler that answers with
+/// the data it got, so tests can tell replies apart).
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub gateway: Gateway,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::with_config(Config::default()).await
+    }
+
+    pub async fn with_config(config: Config) -> TestServer {
+        let gateway = app::seed(Gateway::builder(config))
+            .on("echo", |ctx, data| async move {
+                ctx.emit("echo", data).await.expect("session is live");
+            })
+            .build();
+        let static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
+        let router = server::app(&gateway, &static_dir);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = gateway.clone();
+        tokio::spawn(async move {
+            server::run(listener, router, served, std::future::pending()).await.unwrap();
+        });
+        TestServer { addr, gateway, http: reqwest::Client::new() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub async fn sse(&self, path: &str) -> SseClient {
+        self.sse_with(path, None).await
+    }
+
+    pub async fn sse_with(&self, path: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut request = self.http.get(self.url(path));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = within("SSE response headers", request.send()).await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        SseClient { headers: response.headers().clone(), events: Box::pin(response.bytes_stream().eventsource()) }
+    }
+
+    pub async fn ws(&self, path: &str) -> WsClient {
+        let (socket, _) = within("WebSocket handshake", tokio_tungstenite::connect_async(self.ws_url(path)))
+            .await
+            .expect("WebSocket handshake");
+        WsClient { socket }
+    }
+
+    /// POSTs a JSON body to a session; returns the status and the JSON answer.
+    pub async fn post_json(&self, sid: &str, body: &str) -> (u16, Value) {
+        self.post(sid, "application/json", body.to_owned()).await
+    }
+
+    pub async fn post(&self, sid: &str, content_type: &str, body: String) -> (u16, Value) {
+        let response = within(
+            "POST answer",
+            self.http.post(self.url(&format!("/sse?sid={sid}"))).header("content-type", content_type).body(body).send(),
+        )
+        .await
+        .unwrap();
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// One long-poll; returns the status and the events.
+    pub async fn poll(&self, query: &str) -> (u16, Vec<Received>) {
+        let response = within("poll answer", self.http.get(self.url(&format!("/poll{query}"))).send()).await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        let events = match body {
+            Value::Array(items) => items.into_iter().map(received_from_envelope).collect(),
+            _ => Vec::new(),
+        };
+        (status, events)
+    }
+}
+
+pub fn received_from_envelope(v: Value) -> Received {
+    Received {
+        event: v["event"].as_str().expect("event name").to_owned(),
+        data: v["data"].clone(),
+        id: v["id"].as_str().expect("event id").to_owned(),
+    }
+}
+
+
+/// An SSE client parsing the stream with a spec-following EventSource parser.
+pub struct SseClient {
+    pub headers: reqwest::header::HeaderMap,
+    events: Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>> + Send>>,
+}
+
+impl SseClient {
+    pub async fn next(&mut self) -> Received {
+        self.try_next().await.expect("SSE stream ended")
+    }
+
+    /// The next event, or `None` when the server ended the stream.
+    pub async fn try_next(&mut self) -> Option<Received> {
+        let event = within("an SSE event", self.events.next()).await?;
+        let event = event.expect("SSE parse");
+        Some(Received { event: event.event, data: serde_json::from_str(&event.data).expect("data is JSON"), id: event.id })
+    }
+
+    /// The session hello, checked; returns the sid.
+    pub async fn hello(&mut self) -> String {
+        hello_sid(self.next().await, "sse")
+    }
+
+    /// Waits until the server ends the stream, failing if an event arrives first.
+    pub async fn expect_end(&mut self) {
+        if let Some(event) = self.try_next().await {
+            panic!("expected the stream to end, got {event:?}");
+        }
+    }
+}
+
+pub fn hello_sid(event: Received, transport: &str) -> String {
+    assert_eq!(event.event, "session", "first event must be the session hello: {event:?}");
+    assert_eq!(event.data["transport"], transport);
+    event.data["sid"].as_str().expect("sid in hello").to_owned()
+}
+
+/// A WebSocket client (tokio-tungstenite).
+pub struct WsClient {
+    pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    pub async fn send(&mut self, text: &str) {
+        within("WebSocket send", self.socket.send(Message::text(text))).await.unwrap();
+    }
+
+    pub async fn next(&mut self) -> Received {
+        loop {
+            let message = within("a WebSocket frame", self.socket.next()).await.expect("socket open").expect("frame");
+            match message {
+                Message::Text(text) => return received_from_envelope(serde_json::from_str(text.as_str()).expect("JSON frame")),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    pub async fn hello(&mut self) -> String {
+        hello_sid(self.next().await, "websocket")
+    }
+
+    /// Waits for the server's close frame and returns its code and reason.
+    pub async fn expect_close(&mut self) -> (CloseCode, String) {
+        loop {
+            match within("a close frame", self.socket.next()).await {
+                Some(Ok(Message::Close(Some(frame)))) => return (frame.code, frame.reason.to_string()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// The sequence number in an event cursor `SID.N`.
+pub fn seq(id: &str) -> u64 {
+    id.rsplit_once('.').unwrap().1.trim_end_matches('~').parse().unwrap()
+}
