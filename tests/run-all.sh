@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the tests need that cargo does not (Debian packages, only when missing), then
+# runs every test. `.ci/run` calls exactly this; so does the README.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# package -> a file it installs
+declare -A needs=(
+  [chromium]=/usr/bin/chromium
+  [chromium-driver]=/usr/bin/chromedriver
+  [squid]=/usr/sbin/squid
+  [nginx]=/usr/sbin/nginx
+)
+missing=()
+for pkg in "${!needs[@]}"; do
+  [ -x "${needs[$pkg]}" ] || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# One build shared by every test binary; test binaries run one at a time, their tests in
+# parallel.
+cargo test --locked --all-features -- --test-threads="${SWITCHYARD_TEST_THREADS:-4}"
