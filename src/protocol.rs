@@ -154,8 +154,46 @@ pub enum ProtocolError {
     BadCursor,
 }
 
-/// Parses a client body: one envelope object or a non-empty array of them.
+/// Bounds on what one client body or frame may hold. Each is configurable; the defaults suit a
+/// chat-like app and refuse what only an attacker would send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Most envelopes in one batch (array).
+    pub max_batch: usize,
+    /// Deepest nesting of arrays and objects inside `data`.
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_batch: 100, max_depth: 32 }
+    }
+}
+
+/// Longest event name, in bytes; names travel in SSE `event:` lines and WebSocket frames.
+pub const MAX_EVENT_NAME: usize = 128;
+
+/// Event names travel in SSE `event:` lines, so they must not hold line breaks; other control
+/// characters and unbounded lengths are refused as well. Returns what is wrong.
+pub fn check_event_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("is empty")
+    } else if name.len() > MAX_EVENT_NAME {
+        Err("is longer than 128 bytes")
+    } else if name.chars().any(char::is_control) {
+        Err("contains control characters")
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses a client body with the default [`Limits`].
 pub fn parse_envelopes(text: &str) -> Result<Vec<Envelope>, ProtocolError> {
+    parse_envelopes_with(text, &Limits::default())
+}
+
+/// Parses a client body: one envelope object or a non-empty array of them, within `limits`.
+pub fn parse_envelopes_with(text: &str, limits: &Limits) -> Result<Vec<Envelope>, ProtocolError> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| ProtocolError::Json(e.to_string()))?;
     match value {
@@ -163,17 +201,24 @@ pub fn parse_envelopes(text: &str) -> Result<Vec<Envelope>, ProtocolError> {
             if items.is_empty() {
                 return Err(ProtocolError::Shape("empty array: expected at least one envelope".into()));
             }
+            if items.len() > limits.max_batch {
+                return Err(ProtocolError::Shape(format!(
+                    "batch of {} envelopes: at most {} per batch",
+                    items.len(),
+                    limits.max_batch
+                )));
+            }
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| envelope_from_value(item, Some(i)))
+                .map(|(i, item)| envelope_from_value(item, Some(i), limits))
                 .collect()
         }
-        other => Ok(vec![envelope_from_value(other, None)?]),
+        other => Ok(vec![envelope_from_value(other, None, limits)?]),
     }
 }
 
-fn envelope_from_value(value: Value, index: Option<usize>) -> Result<Envelope, ProtocolError> {
+fn envelope_from_value(value: Value, index: Option<usize>, limits: &Limits) -> Result<Envelope, ProtocolError> {
     let at = |msg: String| match index {
         Some(i) => ProtocolError::Shape(format!("envelope {i}: {msg}")),
         None => ProtocolError::Shape(msg),
@@ -182,18 +227,30 @@ fn envelope_from_value(value: Value, index: Option<usize>) -> Result<Envelope, P
         return Err(at("expected an object {\"event\": NAME, \"data\": ANY}".into()));
     };
     let event = match map.remove("event") {
-        Some(Value::String(name)) if !name.is_empty() => name,
-        Some(Value::String(_)) => return Err(at("field `event` is empty".into())),
+        Some(Value::String(name)) => name,
         Some(_) => return Err(at("field `event` must be a string".into())),
         None => return Err(at("missing field `event`".into())),
     };
+    check_event_name(&event).map_err(|why| at(format!("field `event` {why}")))?;
     let data = map.remove("data").unwrap_or(Value::Null);
+    if depth(&data) > limits.max_depth {
+        return Err(at(format!("field `data` is nested deeper than {} levels", limits.max_depth)));
+    }
     // `id` is what the server puts on its own envelopes; a client echoing one back is harmless.
     map.remove("id");
     if let Some(field) = map.keys().next() {
         return Err(at(format!("unknown field `{field}`: an envelope has only `event` and `data`")));
     }
     Ok(Envelope { event, data })
+}
+
+/// Nesting depth of a JSON value: 0 for scalars, 1 for a flat array or object.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 #[cfg(test)]
@@ -245,5 +302,23 @@ mod tests {
         assert!(err(r#"{"data":1}"#).contains("missing field `event`"));
         assert!(err(r#"{"event":3}"#).contains("must be a string"));
         assert!(err(r#"[{"event":"a"},{"event":"b","x":1}]"#).contains("envelope 1: unknown field `x`"));
+        assert!(err(r#"{"event":""}"#).contains("`event` is empty"));
+        assert!(err(r#"{"event":"a\nb"}"#).contains("control characters"));
+        assert!(err(&format!(r#"{{"event":"{}"}}"#, "x".repeat(129))).contains("longer than 128"));
+    }
+
+    #[test]
+    fn limits_bound_batches_and_nesting() {
+        let limits = Limits { max_batch: 3, max_depth: 4 };
+        let batch = |n: usize| format!("[{}]", vec![r#"{"event":"a"}"#; n].join(","));
+        assert_eq!(parse_envelopes_with(&batch(3), &limits).unwrap().len(), 3);
+        let err = parse_envelopes_with(&batch(4), &limits).unwrap_err().to_string();
+        assert!(err.contains("at most 3 per batch"), "{err}");
+        let nested = |n: usize| format!(r#"{{"event":"a","data":{}1{}}}"#, "[".repeat(n), "]".repeat(n));
+        assert!(parse_envelopes_with(&nested(4), &limits).is_ok());
+        let err = parse_envelopes_with(&nested(5), &limits).unwrap_err().to_string();
+        assert!(err.contains("nested deeper than 4"), "{err}");
+        // Far past serde_json's own recursion limit: still a clean error.
+        assert!(parse_envelopes(&nested(10_000)).is_err());
     }
 }
