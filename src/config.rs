@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::hub::HubConfig;
+use crate::protocol::Limits;
 
 /// Settings of the gateway itself (hub and transports).
 #[derive(Debug, Clone)]
@@ -26,6 +27,20 @@ pub struct Config {
     pub poll_timeout: Duration,
     /// Largest accepted POST body and WebSocket message, in bytes.
     pub max_body: usize,
+    /// Bounds on envelopes in one body or frame.
+    pub limits: Limits,
+    /// Most live sessions; new ones beyond it get 503.
+    pub max_sessions: usize,
+    /// How long an attached transport may leave events unread before it is detached.
+    pub slow_client_timeout: Duration,
+    /// Sustained POSTs per second per session, and the burst allowed above it (429 beyond).
+    pub send_rate: u32,
+    pub send_burst: u32,
+    /// Browser origins allowed besides the server's own and loopback ones (exact
+    /// `scheme://host[:port]` strings; `*` allows any).
+    pub allowed_origins: Vec<String>,
+    /// Longest a client may take to send a request's headers (slowloris guard).
+    pub header_timeout: Duration,
 }
 
 impl Default for Config {
@@ -37,13 +52,27 @@ impl Default for Config {
             ws_ping: Duration::from_secs(20),
             poll_timeout: Duration::from_secs(25),
             max_body: 64 * 1024,
+            limits: Limits::default(),
+            max_sessions: 100_000,
+            slow_client_timeout: Duration::from_secs(30),
+            send_rate: 200,
+            send_burst: 400,
+            allowed_origins: Vec::new(),
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
 
 impl Config {
     pub fn hub(&self) -> HubConfig {
-        HubConfig { grace: self.grace, buffer: self.buffer }
+        HubConfig {
+            grace: self.grace,
+            buffer: self.buffer,
+            max_sessions: self.max_sessions,
+            slow_client_timeout: self.slow_client_timeout,
+            send_rate: self.send_rate,
+            send_burst: self.send_burst,
+        }
     }
 }
 
@@ -79,6 +108,47 @@ pub struct Cli {
     #[arg(long, env = "SWITCHYARD_MAX_BODY", default_value_t = 65536)]
     pub max_body: usize,
 
+    /// Most envelopes in one batch (JSON array).
+    #[arg(long, env = "SWITCHYARD_MAX_BATCH", default_value_t = 100)]
+    pub max_batch: usize,
+
+    /// Deepest nesting of arrays/objects inside an envelope's `data`.
+    #[arg(long, env = "SWITCHYARD_MAX_DEPTH", default_value_t = 32)]
+    pub max_depth: usize,
+
+    /// Most live sessions (attached or in their grace period); beyond it new sessions get 503.
+    #[arg(long, env = "SWITCHYARD_MAX_SESSIONS", default_value_t = 100_000)]
+    pub max_sessions: usize,
+
+    /// How long an attached transport may leave events unread before it is detached.
+    #[arg(long, env = "SWITCHYARD_SLOW_CLIENT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub slow_client_timeout: Duration,
+
+    /// Sustained POST requests per second allowed per session (429 beyond the burst).
+    #[arg(long, env = "SWITCHYARD_SEND_RATE", default_value_t = 200)]
+    pub send_rate: u32,
+
+    /// POST requests a session may send in a burst above the sustained rate.
+    #[arg(long, env = "SWITCHYARD_SEND_BURST", default_value_t = 400)]
+    pub send_burst: u32,
+
+    /// Browser origins allowed besides the server's own and loopback ones, comma-separated
+    /// (`https://app.example.com,https://admin.example.com`; `*` allows any).
+    #[arg(long, env = "SWITCHYARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Longest a client may take to send a request's headers.
+    #[arg(long, env = "SWITCHYARD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, longest to wait for clients to leave before exiting.
+    #[arg(long, env = "SWITCHYARD_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+
+    /// The application behind the gateway (forwarding, hooks) and the publish API's key.
+    #[command(flatten)]
+    pub upstream: UpstreamArgs,
+
     /// Directory of the demo page and browser client.
     #[arg(long, env = "SWITCHYARD_STATIC_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/static"))]
     pub static_dir: PathBuf,
@@ -93,6 +163,70 @@ impl Cli {
             ws_ping: self.ws_ping,
             poll_timeout: self.poll_timeout,
             max_body: self.max_body,
+            limits: Limits { max_batch: self.max_batch, max_depth: self.max_depth },
+            max_sessions: self.max_sessions,
+            slow_client_timeout: self.slow_client_timeout,
+            send_rate: self.send_rate,
+            send_burst: self.send_burst,
+            allowed_origins: self.allowed_origins.clone(),
+            header_timeout: self.header_timeout,
         }
+    }
+}
+
+/// Flags of the application behind the gateway: where events and lifecycle hooks go, and the
+/// publish API's key.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpstreamArgs {
+    /// Forward every client event no built-in handler claims to this URL (HTTP POST, JSON); the
+    /// answer is a list of actions. With it, the binary runs no default app: the upstream is the app.
+    #[arg(long = "upstream", env = "SWITCHYARD_UPSTREAM", value_name = "URL")]
+    pub events: Option<String>,
+
+    /// POST an `open` hook here when a session is created; a non-2xx answer refuses the session.
+    #[arg(long = "upstream-on-open", env = "SWITCHYARD_UPSTREAM_ON_OPEN", value_name = "URL")]
+    pub on_open: Option<String>,
+
+    /// POST an `expire` hook here when a session expires.
+    #[arg(long = "upstream-on-expire", env = "SWITCHYARD_UPSTREAM_ON_EXPIRE", value_name = "URL")]
+    pub on_expire: Option<String>,
+
+    /// Longest wait for a whole answer from the application.
+    #[arg(long = "upstream-timeout", env = "SWITCHYARD_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Longest wait for a TCP connection to the application.
+    #[arg(long = "upstream-connect-timeout", env = "SWITCHYARD_UPSTREAM_CONNECT_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Most requests in flight to the application, over all sessions.
+    #[arg(long = "upstream-max-in-flight", env = "SWITCHYARD_UPSTREAM_MAX_IN_FLIGHT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+
+    /// Most events of one session waiting for, or in flight to, the application.
+    #[arg(long = "upstream-max-per-session", env = "SWITCHYARD_UPSTREAM_MAX_PER_SESSION", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_per_session: u32,
+
+    /// Bearer key of the publish API (`/api/...`). Without one the API is served only when
+    /// bound to a loopback address. Prefer the environment variable: flags show in `ps`.
+    #[arg(long = "api-key", env = "SWITCHYARD_API_KEY", value_name = "KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+impl UpstreamArgs {
+    /// The upstream client's settings, or `None` when no application URL is configured.
+    pub fn config(&self) -> Option<crate::upstream::UpstreamConfig> {
+        if self.events.is_none() && self.on_open.is_none() && self.on_expire.is_none() {
+            return None;
+        }
+        Some(crate::upstream::UpstreamConfig {
+            events: self.events.clone(),
+            on_open: self.on_open.clone(),
+            on_expire: self.on_expire.clone(),
+            connect_timeout: self.connect_timeout,
+            timeout: self.timeout,
+            max_in_flight: self.max_in_flight as usize,
+            max_per_session: self.max_per_session as usize,
+        })
     }
 }

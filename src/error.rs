@@ -3,10 +3,12 @@
 //! Client mistakes are 4xx with a JSON body `{"error": "<what is wrong>"}` that says what to fix;
 //! nothing a client sends can produce a 500.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+
+use crate::hub::HubError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -25,6 +27,21 @@ pub enum Error {
     /// A long-poll was cut short because another transport attached to its session.
     #[error("superseded: another transport attached to this session")]
     Superseded,
+    /// The session limit is reached; try again later.
+    #[error("the server holds as many sessions as it may; retry later")]
+    Full,
+    /// The session sends faster than its budget allows.
+    #[error("too many requests for this session; slow down")]
+    RateLimited,
+    /// The publish API was called without the right bearer key.
+    #[error("missing or wrong API key: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    /// The publish API is off: no key is configured and the server is not bound to loopback.
+    #[error("the publish API is disabled: start the gateway with --api-key (or bind it to a loopback address)")]
+    ApiDisabled,
+    /// The application's open hook refused the session.
+    #[error("session refused by the application: {0}")]
+    Refused(String),
 }
 
 impl Error {
@@ -35,13 +52,42 @@ impl Error {
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Superseded => StatusCode::CONFLICT,
+            Error::Full => StatusCode::SERVICE_UNAVAILABLE,
+            Error::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::ApiDisabled | Error::Refused(_) => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for the statuses where waiting helps.
+    fn retry_after(&self) -> Option<&'static str> {
+        match self {
+            Error::Full => Some("5"),
+            Error::RateLimited => Some("1"),
+            _ => None,
         }
     }
 }
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+        let mut response = (self.status(), Json(json!({ "error": self.to_string() }))).into_response();
+        if let Some(seconds) = self.retry_after() {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+        }
+        response
+    }
+}
+
+impl From<HubError> for Error {
+    fn from(err: HubError) -> Error {
+        match err {
+            HubError::NoSession => Error::NoSession,
+            HubError::Full => Error::Full,
+            HubError::RateLimited => Error::RateLimited,
+            HubError::EventName(why) => Error::BadRequest(format!("event name {why}")),
+            HubError::RoomName(why) => Error::BadRequest(format!("room name {why}")),
+        }
     }
 }
 

@@ -29,12 +29,25 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::hub::{Hub, HubError};
+use crate::error::Error;
+use crate::hub::{Attachment, Hub, HubError, Transport};
 use crate::protocol::{Cursor, Envelope, Sid};
 use crate::transport;
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 type Handler = Arc<dyn Fn(Context, Value) -> BoxFuture + Send + Sync>;
+type OpenHook = Arc<dyn Fn(Opening) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// What an open hook knows about a session being created: enough to authorize it.
+pub struct Opening {
+    pub sid: Sid,
+    pub transport: Transport,
+    /// The headers of the request that created the session (cookies, `Authorization`, ...).
+    pub headers: axum::http::HeaderMap,
+    /// The raw query string of that request, if any.
+    pub query: Option<String>,
+    pub hub: Hub,
+}
 
 /// What a handler knows about the event it handles, and its way to answer.
 #[derive(Clone)]
@@ -73,6 +86,7 @@ pub struct GatewayBuilder {
     handlers: HashMap<String, Handler>,
     fallback: Option<Handler>,
     shutdown: CancellationToken,
+    open: Option<OpenHook>,
 }
 
 impl GatewayBuilder {
@@ -97,6 +111,19 @@ impl GatewayBuilder {
         self
     }
 
+    /// Registers a hook run when a transport creates a session, before the client is served:
+    /// `Err(reason)` removes the session and refuses the request that created it with
+    /// `403 {"error": "session refused by the application: REASON"}` (a WebSocket is refused
+    /// before the upgrade).
+    pub fn on_open<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Opening) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.open = Some(Arc::new(move |opening| Box::pin(hook(opening))));
+        self
+    }
+
     /// Ties the gateway's lifetime to `token`: cancelling it ends every transport and the
     /// expiry task. By default the gateway has a token of its own ([`Gateway::shutdown`]).
     pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
@@ -114,6 +141,7 @@ impl GatewayBuilder {
                 config: self.config,
                 handlers: self.handlers,
                 fallback: self.fallback,
+                open: self.open,
                 shutdown: self.shutdown,
             }),
         }
@@ -131,13 +159,15 @@ struct Shared {
     config: Config,
     handlers: HashMap<String, Handler>,
     fallback: Option<Handler>,
+    /// Run for each session a transport creates; see [`GatewayBuilder::on_open`].
+    open: Option<OpenHook>,
     /// Cancelled by [`Gateway::shutdown`] (or by the owner of a token passed to the builder).
     shutdown: CancellationToken,
 }
 
 impl Gateway {
     pub fn builder(config: Config) -> GatewayBuilder {
-        GatewayBuilder { config, handlers: HashMap::new(), fallback: None, shutdown: CancellationToken::new() }
+        GatewayBuilder { config, handlers: HashMap::new(), fallback: None, shutdown: CancellationToken::new(), open: None }
     }
 
     pub fn hub(&self) -> &Hub {
@@ -177,6 +207,25 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// Runs the open hook for a session the attachment just created; transports call it after
+    /// every attach, before serving. On refusal the session is removed and the error says why.
+    pub async fn admit(&self, attachment: &Attachment, headers: &axum::http::HeaderMap, query: Option<&str>) -> Result<(), Error> {
+        let Some(hook) = self.inner.open.as_ref().filter(|_| attachment.is_fresh()) else {
+            return Ok(());
+        };
+        let opening = Opening {
+            sid: attachment.sid().clone(),
+            transport: attachment.transport(),
+            headers: headers.clone(),
+            query: query.map(str::to_owned),
+            hub: self.hub.clone(),
+        };
+        hook(opening).await.map_err(|reason| {
+            self.hub.remove(attachment.sid());
+            Error::Refused(reason)
+        })
     }
 
     /// Tells the session, in its own event stream, that something it sent was refused.

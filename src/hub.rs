@@ -25,18 +25,18 @@
 //!   values and async calls, so a Redis-backed hub (pub/sub for wake-ups, streams for the ring)
 //!   can provide the same methods without touching transports or app code.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{Cursor, Sid};
+use crate::protocol::{check_event_name, Cursor, Sid};
 
 /// Number of shards in the session table; a power of two well above the core count so that
 /// session creation on one shard rarely waits for another.
@@ -45,9 +45,6 @@ const SHARDS: usize = 64;
 /// How many events an attachment copies out of the ring per lock.
 const BATCH: usize = 64;
 
-/// Longest accepted event name; names travel in SSE `event:` lines and WebSocket frames.
-pub const MAX_EVENT_NAME: usize = 128;
-
 /// Settings the hub needs; the rest of the configuration belongs to the transports.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -55,11 +52,27 @@ pub struct HubConfig {
     pub grace: Duration,
     /// How many recent events each session keeps for replay.
     pub buffer: usize,
+    /// Most live sessions; attaching beyond it is refused ([`HubError::Full`]).
+    pub max_sessions: usize,
+    /// How long an attached transport may leave ready events unread before it is detached as a
+    /// slow consumer.
+    pub slow_client_timeout: Duration,
+    /// Sustained rate of client sends (POST requests) per session, per second; [`Hub::admit`].
+    pub send_rate: u32,
+    /// How many sends a session may make in a burst above `send_rate`.
+    pub send_burst: u32,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { grace: Duration::from_secs(30), buffer: 1024 }
+        HubConfig {
+            grace: Duration::from_secs(30),
+            buffer: 1024,
+            max_sessions: 100_000,
+            slow_client_timeout: Duration::from_secs(30),
+            send_rate: 200,
+            send_burst: 400,
+        }
     }
 }
 
@@ -88,6 +101,9 @@ pub enum CloseReason {
     Superseded,
     /// The server is shutting down; the client should resume, here or elsewhere.
     Shutdown,
+    /// The transport left events unread for too long, or the buffer moved past what it had
+    /// read; the client should resume (and will get a `gap` notice if events were lost).
+    SlowConsumer,
 }
 
 impl CloseReason {
@@ -95,6 +111,7 @@ impl CloseReason {
         match self {
             CloseReason::Superseded => "superseded",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::SlowConsumer => "slow consumer",
         }
     }
 }
@@ -134,8 +151,14 @@ impl GapReason {
 pub enum HubError {
     #[error("unknown or expired session")]
     NoSession,
+    #[error("too many sessions")]
+    Full,
+    #[error("too many sends for this session; slow down")]
+    RateLimited,
     #[error("invalid event name: {0}")]
     EventName(&'static str),
+    #[error("invalid room name: {0}")]
+    RoomName(&'static str),
 }
 
 /// One outgoing event or notice, rendered once and shared by every write and replay of it.
@@ -172,6 +195,10 @@ pub struct SessionInfo {
     pub buffered: usize,
     /// How long it has been without a transport.
     pub detached_for: Option<Duration>,
+    /// When the transport holding the session attached, if one does.
+    pub attached_since: Option<SystemTime>,
+    /// The rooms the session is a member of, sorted.
+    pub rooms: Vec<String>,
 }
 
 /// The cheap, cloneable handle to the session table.
@@ -187,9 +214,16 @@ struct Inner {
     /// Source of attachment ids; an attachment compares its id with the session's to learn
     /// whether it has been superseded.
     next_attachment: AtomicU64,
+    /// Number of sessions in the table, kept beside it so the cap check takes no shard lock.
+    live: AtomicUsize,
     /// Cancelled when the server shuts down: every attachment ends with
     /// [`CloseReason::Shutdown`] and the expiry task stops.
     shutdown: CancellationToken,
+    /// Room name -> members, sharded like the session table (see the rooms section).
+    rooms: Box<[RwLock<HashMap<Arc<str>, HashMap<Sid, Arc<Session>>>>]>,
+    /// Senders of [`Hub::watch_expired`]: each gets the sid of every session the expiry task
+    /// removes. A sender whose receiver is gone is dropped at the next expiry.
+    expired_txs: Mutex<Vec<mpsc::UnboundedSender<Expired>>>,
 }
 
 struct Session {
@@ -216,6 +250,16 @@ struct State {
     /// Set, under this lock, when the expiry task removes the session, so that a caller that
     /// found the session just before treats it as gone.
     removed: bool,
+    /// When the current (or last) transport attached, for [`Hub::info`].
+    attached_since: Option<SystemTime>,
+    /// The rooms this session is in; mirrored by the hub's room table (see the rooms section).
+    rooms: BTreeSet<Arc<str>>,
+    /// The last attachment the hub detached on its own, and why; that attachment reports this
+    /// reason instead of [`CloseReason::Superseded`].
+    evicted: Option<(u64, CloseReason)>,
+    /// Token bucket of [`Hub::admit`]: tokens left, and when they were last topped up.
+    send_tokens: f64,
+    send_refill: Instant,
 }
 
 struct Attached {
@@ -223,6 +267,11 @@ struct Attached {
     /// Woken on every emit and when the attachment is superseded. The other end is held by the
     /// [`Attachment`] with the same id.
     wake: Arc<Notify>,
+    /// Number of the last event the attachment copied out of the ring.
+    read_upto: u64,
+    /// Since when events have been waiting that the attachment has not read; `None` while it
+    /// keeps up. Checked by the expiry task against `slow_client_timeout`.
+    behind_since: Option<Instant>,
 }
 
 impl Hub {
@@ -235,7 +284,10 @@ impl Hub {
                 shards,
                 hasher: RandomState::new(),
                 next_attachment: AtomicU64::new(1),
+                live: AtomicUsize::new(0),
                 shutdown,
+                rooms: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+                expired_txs: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -253,7 +305,13 @@ impl Hub {
         self.shard(sid).read().unwrap_or_else(|e| e.into_inner()).get(sid).cloned()
     }
 
-    fn create(&self) -> Arc<Session> {
+    fn create(&self) -> Result<Arc<Session>, HubError> {
+        let max = self.inner.config.max_sessions;
+        if self.inner.live.fetch_add(1, Ordering::Relaxed) >= max {
+            self.inner.live.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(max, "session limit reached; refusing a new session");
+            return Err(HubError::Full);
+        }
         let sid = Sid::random();
         let session = Arc::new(Session {
             sid: sid.clone(),
@@ -266,15 +324,40 @@ impl Hub {
                 // Created for an attach that follows at once: not in a grace period yet.
                 detached_at: None,
                 removed: false,
+                attached_since: None,
+                rooms: BTreeSet::new(),
+                evicted: None,
+                send_tokens: f64::from(self.inner.config.send_burst),
+                send_refill: Instant::now(),
             }),
         });
         self.shard(&sid).write().unwrap_or_else(|e| e.into_inner()).insert(sid, session.clone());
-        session
+        Ok(session)
     }
 
     /// Number of live sessions (attached or in their grace period).
     pub fn len(&self) -> usize {
-        self.inner.shards.iter().map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len()).sum()
+        self.inner.live.load(Ordering::Relaxed)
+    }
+
+    /// Takes one send from the session's budget (a token bucket of `send_rate` per second and
+    /// `send_burst` deep), or refuses it with [`HubError::RateLimited`].
+    pub fn admit(&self, sid: &Sid) -> Result<(), HubError> {
+        let session = self.find(sid).ok_or(HubError::NoSession)?;
+        let mut state = lock(&session.state);
+        if state.removed {
+            return Err(HubError::NoSession);
+        }
+        let config = &self.inner.config;
+        let now = Instant::now();
+        let refill = now.duration_since(state.send_refill).as_secs_f64() * f64::from(config.send_rate);
+        state.send_tokens = (state.send_tokens + refill).min(f64::from(config.send_burst));
+        state.send_refill = now;
+        if state.send_tokens < 1.0 {
+            return Err(HubError::RateLimited);
+        }
+        state.send_tokens -= 1.0;
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -299,6 +382,8 @@ impl Hub {
             last_seq: state.last_seq,
             buffered: state.ring.len(),
             detached_for: state.detached_at.map(|t| t.elapsed()),
+            attached_since: state.attached.as_ref().and(state.attached_since),
+            rooms: state.rooms.iter().map(|r| r.to_string()).collect(),
         })
     }
 
@@ -306,21 +391,32 @@ impl Hub {
     pub async fn emit(&self, sid: &Sid, name: &str, data: &Value) -> Result<Cursor, HubError> {
         validate_event_name(name)?;
         let session = self.find(sid).ok_or(HubError::NoSession)?;
-        let data = data.to_string().into_boxed_str();
+        let seq = self.append(&session, name, data.to_string().into_boxed_str()).ok_or(HubError::NoSession)?;
+        Ok(Cursor::event(session.sid.clone(), seq))
+    }
+
+    /// Appends an event to a session's ring and wakes its transport; `None` if the session is
+    /// gone. The one write path of every emit, to one session or many (rooms).
+    fn append(&self, session: &Session, name: &str, data: Box<str>) -> Option<u64> {
         let mut state = lock(&session.state);
         if state.removed {
-            return Err(HubError::NoSession);
+            return None;
         }
         state.last_seq += 1;
         let seq = state.last_seq;
         if state.ring.len() == self.inner.config.buffer {
-            state.ring.pop_front();
+            let dropped = state.ring.pop_front().map_or(0, |e| e.seq);
+            // The attached reader has not even copied out the event now lost: it cannot keep up.
+            if state.attached.as_ref().is_some_and(|a| a.read_upto < dropped) {
+                evict(&mut state, CloseReason::SlowConsumer, &session.sid);
+            }
         }
         state.ring.push_back(Arc::new(Event { seq, notice: false, name: name.into(), data }));
-        if let Some(attached) = &state.attached {
+        if let Some(attached) = &mut state.attached {
+            attached.behind_since.get_or_insert_with(Instant::now);
             attached.wake.notify_one();
         }
-        Ok(Cursor::event(session.sid.clone(), seq))
+        Some(seq)
     }
 
     /// Attaches a transport to a session.
@@ -333,18 +429,27 @@ impl Hub {
     ///
     /// `sid` and `cursor` are the raw strings from the request: parsing them is part of the
     /// decision, since a malformed one still gets the client a working session.
-    pub async fn attach(&self, transport: Transport, sid: Option<&str>, cursor: Option<&str>) -> Attachment {
+    ///
+    /// Fails only when a new session is needed and the session limit is reached.
+    pub async fn attach(
+        &self,
+        transport: Transport,
+        sid: Option<&str>,
+        cursor: Option<&str>,
+    ) -> Result<Attachment, HubError> {
         let resolved = self.resolve(sid, cursor);
         let attached = match resolved {
             Ok(Some((session, start))) => self.attach_to(session, transport, Some(start), None),
-            Ok(None) => self.attach_to(self.create(), transport, None, None),
-            Err(reason) => self.attach_to(self.create(), transport, None, Some(reason)),
+            Ok(None) => self.attach_to(self.create()?, transport, None, None),
+            Err(reason) => self.attach_to(self.create()?, transport, None, Some(reason)),
         };
         // `None`: the expiry task removed the session between lookup and lock.
-        attached.unwrap_or_else(|| {
-            self.attach_to(self.create(), transport, None, Some(GapReason::Expired))
-                .expect("a session just created is not expired: it is created attached")
-        })
+        match attached {
+            Some(attachment) => Ok(attachment),
+            None => Ok(self
+                .attach_to(self.create()?, transport, None, Some(GapReason::Expired))
+                .expect("a session just created is not expired: it is created attached")),
+        }
     }
 
     /// Attaches to a session found (`found` is `Some(start)`) or just created (`None`).
@@ -367,11 +472,14 @@ impl Hub {
         let continuation = transport == Transport::Polling
             && state.last_transport == Some(Transport::Polling)
             && start.is_some();
-        if let Some(old) = state.attached.replace(Attached { id, wake: wake.clone() }) {
+        let behind_since = (state.last_seq > position).then(Instant::now);
+        let attached = Attached { id, wake: wake.clone(), read_upto: position, behind_since };
+        if let Some(old) = state.attached.replace(attached) {
             old.wake.notify_one();
         }
         state.last_transport = Some(transport);
         state.detached_at = None;
+        state.attached_since = Some(SystemTime::now());
         drop(state);
 
         let mut pending = VecDeque::new();
@@ -390,7 +498,18 @@ impl Hub {
             ));
         }
         tracing::debug!(sid = session.sid.short(), transport = transport.as_str(), position, ?gap, "attached");
-        Some(Attachment { hub: self.clone(), session, id, wake, position, pending, transport })
+        let fresh = found.is_none();
+        Some(Attachment {
+            hub: self.clone(),
+            session,
+            id,
+            wake,
+            position,
+            pending,
+            transport,
+            fresh,
+            said_goodbye: false,
+        })
     }
 
     /// Finds the session and start position an attach asks for. `Ok(None)`: a new session was
@@ -420,21 +539,35 @@ impl Hub {
     /// Removes every session whose grace period has run out. Returns how many were removed.
     pub fn expire(&self, now: Instant) -> usize {
         let grace = self.inner.config.grace;
+        let slow = self.inner.config.slow_client_timeout;
         let mut removed = 0;
+        let mut gone = Vec::new();
         for shard in self.inner.shards.iter() {
             let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
             table.retain(|_, session| {
                 let mut state = lock(&session.state);
+                let stalled = state
+                    .attached
+                    .as_ref()
+                    .and_then(|a| a.behind_since)
+                    .is_some_and(|t| now.duration_since(t) >= slow);
+                if stalled {
+                    evict(&mut state, CloseReason::SlowConsumer, &session.sid);
+                }
                 let expired = state.detached_at.is_some_and(|t| now.duration_since(t) >= grace);
                 if expired {
                     state.removed = true;
                     state.ring = VecDeque::new();
                     removed += 1;
+                    gone.push((session.sid.clone(), std::mem::take(&mut state.rooms)));
                     tracing::debug!(sid = session.sid.short(), "session expired");
                 }
                 !expired
             });
         }
+        self.inner.live.fetch_sub(removed, Ordering::Relaxed);
+        // Room tables and watchers are touched with no session table lock held.
+        self.forget(gone, true);
         removed
     }
 
@@ -456,6 +589,196 @@ impl Hub {
     }
 }
 
+// -------------------------------------------------------------------------------------------
+// Rooms
+//
+// A room is a name and a set of sessions. Membership is kept twice: in each session's state (so
+// it goes when the session goes, and `info` shows it) and in the sharded room table (so a
+// broadcast finds its members without scanning every session). Both copies change together and
+// only here, always taking the session lock first and the room shard second; nothing takes a
+// session lock while holding a room shard, so the two cannot deadlock.
+//
+// A broadcast copies its member list out of the room shard (one pointer clone per member),
+// releases the shard, then appends to each member's ring. No lock is held from one member to the
+// next, and nothing here writes a socket: an append only wakes the member's attachment, whose
+// transport writes in its own task. So a broadcast costs O(members) and one slow reader slows
+// no one else. Membership belongs to the session, not to a transport, so it survives switches.
+// -------------------------------------------------------------------------------------------
+
+/// Longest room name, in bytes.
+pub const MAX_ROOM_NAME: usize = 128;
+
+/// Room names travel in URLs and JSON; like event names they are bounded and free of control
+/// characters.
+pub fn check_room_name(name: &str) -> Result<(), HubError> {
+    if name.is_empty() {
+        Err(HubError::RoomName("is empty"))
+    } else if name.len() > MAX_ROOM_NAME {
+        Err(HubError::RoomName("is longer than 128 bytes"))
+    } else if name.chars().any(char::is_control) {
+        Err(HubError::RoomName("contains control characters"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Where a published event goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One session.
+    Sid(Sid),
+    /// Every member of a room.
+    Room(String),
+    /// Every live session.
+    All,
+}
+
+/// A session the expiry task removed, as [`Hub::watch_expired`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub sid: Sid,
+    /// The rooms it was in when it expired (it is in none now).
+    pub rooms: Vec<String>,
+}
+
+type RoomTable = HashMap<Arc<str>, HashMap<Sid, Arc<Session>>>;
+
+impl Hub {
+    fn room_shard(&self, room: &str) -> &RwLock<RoomTable> {
+        let index = self.inner.hasher.hash_one(room) as usize % SHARDS;
+        &self.inner.rooms[index]
+    }
+
+    /// Adds a session to a room. Returns `false` if it was a member already.
+    pub fn join(&self, sid: &Sid, room: &str) -> Result<bool, HubError> {
+        check_room_name(room)?;
+        let session = self.find(sid).ok_or(HubError::NoSession)?;
+        let mut state = lock(&session.state);
+        if state.removed {
+            return Err(HubError::NoSession);
+        }
+        let room: Arc<str> = room.into();
+        if !state.rooms.insert(room.clone()) {
+            return Ok(false);
+        }
+        let mut table = self.room_shard(&room).write().unwrap_or_else(|e| e.into_inner());
+        table.entry(room).or_default().insert(sid.clone(), session.clone());
+        Ok(true)
+    }
+
+    /// Takes a session out of a room. Returns `false` if it was not a member.
+    pub fn leave(&self, sid: &Sid, room: &str) -> Result<bool, HubError> {
+        let session = self.find(sid).ok_or(HubError::NoSession)?;
+        let mut state = lock(&session.state);
+        if state.removed {
+            return Err(HubError::NoSession);
+        }
+        if !state.rooms.remove(room) {
+            return Ok(false);
+        }
+        self.drop_member(sid, room);
+        Ok(true)
+    }
+
+    /// The sids of a room's members, in no particular order (empty for an unknown room).
+    pub fn members(&self, room: &str) -> Vec<Sid> {
+        let table = self.room_shard(room).read().unwrap_or_else(|e| e.into_inner());
+        table.get(room).map(|members| members.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Emits an event to every member of a room. Returns how many sessions it was appended to.
+    pub async fn emit_room(&self, room: &str, name: &str, data: &Value) -> Result<usize, HubError> {
+        validate_event_name(name)?;
+        let members: Vec<Arc<Session>> = {
+            let table = self.room_shard(room).read().unwrap_or_else(|e| e.into_inner());
+            table.get(room).map(|members| members.values().cloned().collect()).unwrap_or_default()
+        };
+        Ok(self.fan_out(&members, name, data))
+    }
+
+    /// Emits an event to every live session. Returns how many sessions it was appended to.
+    pub async fn emit_all(&self, name: &str, data: &Value) -> Result<usize, HubError> {
+        validate_event_name(name)?;
+        let mut count = 0;
+        for shard in self.inner.shards.iter() {
+            let sessions: Vec<Arc<Session>> = shard.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+            count += self.fan_out(&sessions, name, data);
+        }
+        Ok(count)
+    }
+
+    /// Emits to a [`Target`]. Returns how many sessions the event was appended to; a `Sid`
+    /// target that is gone is [`HubError::NoSession`], an empty room is `Ok(0)`.
+    pub async fn publish(&self, target: &Target, name: &str, data: &Value) -> Result<usize, HubError> {
+        match target {
+            Target::Sid(sid) => self.emit(sid, name, data).await.map(|_| 1),
+            Target::Room(room) => self.emit_room(room, name, data).await,
+            Target::All => self.emit_all(name, data).await,
+        }
+    }
+
+    /// Removes a session at once, without a grace period and without telling
+    /// [`Hub::watch_expired`] (used when an open hook refuses a session that never opened).
+    pub fn remove(&self, sid: &Sid) -> bool {
+        let Some(session) = self.shard(sid).write().unwrap_or_else(|e| e.into_inner()).remove(sid) else {
+            return false;
+        };
+        let rooms = {
+            let mut state = lock(&session.state);
+            state.removed = true;
+            state.ring = VecDeque::new();
+            if let Some(attached) = state.attached.take() {
+                attached.wake.notify_one();
+            }
+            std::mem::take(&mut state.rooms)
+        };
+        self.forget(vec![(sid.clone(), rooms)], false);
+        true
+    }
+
+    /// A stream of the sessions the expiry task removes, for lifecycle hooks. Each call makes a
+    /// new subscriber; dropping the receiver unsubscribes.
+    pub fn watch_expired(&self) -> mpsc::UnboundedReceiver<Expired> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inner.expired_txs.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        rx
+    }
+
+    /// Takes removed sessions out of the room table and, for expiries, tells the watchers.
+    fn forget(&self, gone: Vec<(Sid, BTreeSet<Arc<str>>)>, expired: bool) {
+        for (sid, rooms) in &gone {
+            for room in rooms {
+                self.drop_member(sid, room);
+            }
+        }
+        if expired && !gone.is_empty() {
+            let mut txs = self.inner.expired_txs.lock().unwrap_or_else(|e| e.into_inner());
+            txs.retain(|tx| {
+                gone.iter().all(|(sid, rooms)| {
+                    let rooms = rooms.iter().map(|r| r.to_string()).collect();
+                    tx.send(Expired { sid: sid.clone(), rooms }).is_ok()
+                })
+            });
+        }
+    }
+
+    fn drop_member(&self, sid: &Sid, room: &str) {
+        let mut table = self.room_shard(room).write().unwrap_or_else(|e| e.into_inner());
+        if let Some(members) = table.get_mut(room) {
+            members.remove(sid);
+            if members.is_empty() {
+                table.remove(room);
+            }
+        }
+    }
+
+    /// Appends one event to each session; the data is rendered once.
+    fn fan_out(&self, sessions: &[Arc<Session>], name: &str, data: &Value) -> usize {
+        let data = data.to_string();
+        sessions.iter().filter(|session| self.append(session, name, data.as_str().into()).is_some()).count()
+    }
+}
+
 /// A transport's hold on a session: the stream of what to write to the client.
 ///
 /// Dropping it detaches the transport (if it still holds the session) and starts the grace
@@ -471,6 +794,10 @@ pub struct Attachment {
     /// Events copied out of the ring (or notices), not yet handed out.
     pending: VecDeque<Arc<Event>>,
     transport: Transport,
+    /// Whether this attach created the session (rather than resuming one).
+    fresh: bool,
+    /// Whether the `reconnect` notice of a shutdown has been handed out.
+    said_goodbye: bool,
 }
 
 impl Attachment {
@@ -482,6 +809,12 @@ impl Attachment {
         self.transport
     }
 
+    /// Whether this attach created its session (a new client, or one whose session could not be
+    /// resumed), as opposed to resuming a live one. Open hooks run only for fresh sessions.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
     /// The next event to write, waiting for one if need be. Ends when the attachment is
     /// superseded or the server shuts down.
     pub async fn recv(&mut self) -> Result<Arc<Event>, CloseReason> {
@@ -491,22 +824,29 @@ impl Attachment {
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = self.hub.inner.shutdown.cancelled() => return Err(CloseReason::Shutdown),
+                // `try_recv` sees the cancellation: it flushes what is ready, then says goodbye.
+                _ = self.hub.inner.shutdown.cancelled() => {}
             }
         }
     }
 
     /// The next event to write if one is ready, without waiting.
+    ///
+    /// When the server shuts down, the attachment hands out what is ready, then a `reconnect`
+    /// notice (so clients resume, here or on another instance), then ends.
     pub fn try_recv(&mut self) -> Result<Option<Arc<Event>>, CloseReason> {
         if let Some(event) = self.pending.pop_front() {
             return Ok(Some(event));
         }
-        if self.hub.inner.shutdown.is_cancelled() {
+        if self.said_goodbye {
             return Err(CloseReason::Shutdown);
         }
         let mut state = lock(&self.session.state);
         if state.attached.as_ref().map(|a| a.id) != Some(self.id) {
-            return Err(CloseReason::Superseded);
+            return Err(match state.evicted {
+                Some((id, reason)) if id == self.id => reason,
+                _ => CloseReason::Superseded,
+            });
         }
         if state.last_seq > self.position {
             // A non-empty ring holds events up to `last_seq`, the oldest being `first`.
@@ -527,8 +867,21 @@ impl Attachment {
                 self.position = self.position.max(last.seq);
             }
             state.delivered = state.delivered.max(self.position);
+            let (position, caught_up) = (self.position, self.position == state.last_seq);
+            if let Some(attached) = &mut state.attached {
+                attached.read_upto = position;
+                attached.behind_since = if caught_up { None } else { Some(Instant::now()) };
+            }
         }
         drop(state);
+        if self.pending.is_empty() && self.hub.inner.shutdown.is_cancelled() {
+            self.said_goodbye = true;
+            self.pending.push_back(Event::notice(
+                self.position,
+                "reconnect",
+                json!({"reason": "shutdown", "message": "the server is restarting; resume from your last cursor"}),
+            ));
+        }
         Ok(self.pending.pop_front())
     }
 }
@@ -544,19 +897,19 @@ impl Drop for Attachment {
     }
 }
 
-/// Event names travel in SSE `event:` lines, so they must not hold line breaks; other control
-/// characters and unbounded lengths are refused as well.
+/// Detaches the attached transport on the hub's own initiative; it ends with `reason`.
+fn evict(state: &mut State, reason: CloseReason, sid: &Sid) {
+    if let Some(attached) = state.attached.take() {
+        tracing::info!(sid = sid.short(), reason = reason.as_str(), "detaching transport");
+        state.evicted = Some((attached.id, reason));
+        state.detached_at = Some(Instant::now());
+        attached.wake.notify_one();
+    }
+}
+
+/// Refuses names that would break SSE framing or are unbounded (see [`check_event_name`]).
 pub fn validate_event_name(name: &str) -> Result<(), HubError> {
-    if name.is_empty() {
-        return Err(HubError::EventName("empty"));
-    }
-    if name.len() > MAX_EVENT_NAME {
-        return Err(HubError::EventName("longer than 128 bytes"));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(HubError::EventName("contains control characters"));
-    }
-    Ok(())
+    check_event_name(name).map_err(HubError::EventName)
 }
 
 /// Session locks are never held across a panic-prone call, but a poisoned lock must not take
@@ -570,7 +923,7 @@ mod tests {
     use super::*;
 
     fn hub(buffer: usize) -> Hub {
-        Hub::new(HubConfig { grace: Duration::from_secs(30), buffer }, CancellationToken::new())
+        Hub::new(HubConfig { buffer, ..HubConfig::default() }, CancellationToken::new())
     }
 
     async fn next(attachment: &mut Attachment) -> (String, u64, bool, String) {
@@ -581,7 +934,7 @@ mod tests {
     #[tokio::test]
     async fn events_get_strictly_increasing_cursors_and_replay_after_a_cursor() {
         let hub = hub(16);
-        let mut a = hub.attach(Transport::Sse, None, None).await;
+        let mut a = hub.attach(Transport::Sse, None, None).await.unwrap();
         let sid = a.sid().clone();
         assert_eq!(next(&mut a).await.0, "session");
         let mut cursors = Vec::new();
@@ -594,7 +947,7 @@ mod tests {
         }
         drop(a);
         let cursor = cursors[1].to_string();
-        let mut b = hub.attach(Transport::WebSocket, Some(sid.as_str()), Some(&cursor)).await;
+        let mut b = hub.attach(Transport::WebSocket, Some(sid.as_str()), Some(&cursor)).await.unwrap();
         let hello = next(&mut b).await;
         assert_eq!((hello.0.as_str(), hello.1, hello.2), ("session", 2, true));
         for i in 2..5 {
@@ -604,30 +957,57 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unread_attachment_overtaken_by_the_ring_gets_an_exact_gap() {
+    async fn a_reader_overtaken_by_the_ring_is_detached_and_told_what_it_lost_on_resume() {
         let hub = hub(3);
-        let mut a = hub.attach(Transport::Sse, None, None).await;
+        let mut a = hub.attach(Transport::Sse, None, None).await.unwrap();
         let sid = a.sid().clone();
-        next(&mut a).await;
+        let hello = a.recv().await.unwrap().cursor(&sid).to_string();
         for i in 1..=10 {
             hub.emit(&sid, "n", &json!(i)).await.unwrap();
         }
-        let gap = next(&mut a).await;
+        // Event 1 left the ring before the reader copied it out: it is too slow to keep.
+        assert_eq!(a.recv().await.unwrap_err(), CloseReason::SlowConsumer);
+        assert_eq!(hub.info(&sid).unwrap().transport, None);
+        drop(a);
+        let mut b = hub.attach(Transport::Sse, Some(sid.as_str()), Some(&hello)).await.unwrap();
+        next(&mut b).await;
+        let gap = next(&mut b).await;
         assert_eq!((gap.0.as_str(), gap.1, gap.2), ("gap", 7, true));
         assert!(gap.3.contains("\"lost\":7"), "{}", gap.3);
         for i in 8..=10 {
-            assert_eq!(next(&mut a).await.1, i);
+            assert_eq!(next(&mut b).await.1, i);
         }
         assert_eq!(hub.info(&sid).unwrap().buffered, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_leaves_events_unread_is_detached_after_the_timeout() {
+        let hub = Hub::new(
+            HubConfig { slow_client_timeout: Duration::from_secs(5), ..HubConfig::default() },
+            CancellationToken::new(),
+        );
+        let mut a = hub.attach(Transport::Sse, None, None).await.unwrap();
+        let sid = a.sid().clone();
+        next(&mut a).await;
+        hub.emit(&sid, "n", &json!(1)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        hub.expire(Instant::now());
+        // Reading in time keeps it attached.
+        assert_eq!(next(&mut a).await.1, 1);
+        hub.emit(&sid, "n", &json!(2)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        hub.expire(Instant::now());
+        assert_eq!(a.recv().await.unwrap_err(), CloseReason::SlowConsumer);
+        assert!(hub.contains(&sid).await, "the session stays for its grace period");
     }
 
     #[tokio::test]
     async fn a_new_attachment_supersedes_the_old_one() {
         let hub = hub(8);
-        let mut a = hub.attach(Transport::WebSocket, None, None).await;
+        let mut a = hub.attach(Transport::WebSocket, None, None).await.unwrap();
         let sid = a.sid().clone();
         next(&mut a).await;
-        let mut b = hub.attach(Transport::Sse, Some(sid.as_str()), None).await;
+        let mut b = hub.attach(Transport::Sse, Some(sid.as_str()), None).await.unwrap();
         assert_eq!(a.recv().await.unwrap_err(), CloseReason::Superseded);
         hub.emit(&sid, "n", &json!(1)).await.unwrap();
         next(&mut b).await;
@@ -640,8 +1020,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn detached_sessions_expire_after_the_grace_period_and_attached_ones_never() {
         let hub = hub(8);
-        let a = hub.attach(Transport::Sse, None, None).await;
-        let kept = hub.attach(Transport::Sse, None, None).await;
+        let a = hub.attach(Transport::Sse, None, None).await.unwrap();
+        let kept = hub.attach(Transport::Sse, None, None).await.unwrap();
         let sid = a.sid().clone();
         drop(a);
         tokio::time::advance(Duration::from_secs(29)).await;
@@ -655,19 +1035,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn shutdown_ends_every_attachment() {
+    async fn shutdown_flushes_then_asks_clients_to_reconnect() {
         let token = CancellationToken::new();
         let hub = Hub::new(HubConfig::default(), token.clone());
-        let mut a = hub.attach(Transport::Sse, None, None).await;
+        let mut a = hub.attach(Transport::Sse, None, None).await.unwrap();
         next(&mut a).await;
+        hub.emit(a.sid(), "n", &json!("last words")).await.unwrap();
         token.cancel();
+        // What was ready still goes out, then the notice to resume, then the end.
+        assert_eq!(next(&mut a).await.3, "\"last words\"");
+        let farewell = next(&mut a).await;
+        assert_eq!((farewell.0.as_str(), farewell.1, farewell.2), ("reconnect", 1, true));
         assert_eq!(a.recv().await.unwrap_err(), CloseReason::Shutdown);
     }
 
     #[tokio::test]
     async fn event_names_that_would_break_framing_are_refused() {
         let hub = hub(8);
-        let a = hub.attach(Transport::Sse, None, None).await;
+        let a = hub.attach(Transport::Sse, None, None).await.unwrap();
         for bad in ["", "a\nb", "a\rb", &"x".repeat(129)] {
             assert!(matches!(hub.emit(a.sid(), bad, &json!(1)).await, Err(HubError::EventName(_))), "{bad:?}");
         }

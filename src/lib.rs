@@ -6,7 +6,10 @@
 //! * [`gateway`]: the library's front door: register handlers, get an axum `Router`.
 //! * [`app`]: the default app (the seed's `message` -> `response`).
 //! * [`server`]: the binary's router and `run(listener, shutdown)`.
+//! * [`upstream`]: forwarding events to an application over HTTP, and its lifecycle hooks.
+//! * [`api`]: the publish API (`/api/...`): the application pushes to sessions and rooms.
 
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod error;
@@ -15,9 +18,10 @@ pub mod hub;
 pub mod protocol;
 pub mod server;
 pub mod transport;
+pub mod upstream;
 
 pub use config::Config;
 pub use error::Error;
-pub use gateway::{Context, Gateway, GatewayBuilder};
-pub use hub::{Hub, Transport};
+pub use gateway::{Context, Gateway, GatewayBuilder, Opening};
+pub use hub::{Hub, Target, Transport};
 pub use protocol::{Cursor, Envelope, Sid};

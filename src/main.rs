@@ -3,6 +3,8 @@
 use anyhow::Context as _;
 use clap::Parser;
 use switchyard::config::Cli;
+use switchyard::api::{self, ApiAccess};
+use switchyard::upstream::Upstream;
 use switchyard::{app, server, Gateway};
 use tracing_subscriber::EnvFilter;
 
@@ -12,8 +14,25 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let cli = Cli::parse();
-    let gateway = app::seed(Gateway::builder(cli.config())).build();
-    let router = server::app(&gateway, &cli.static_dir);
+    let upstream = cli.upstream.config().map(Upstream::new);
+    let builder = Gateway::builder(cli.config());
+    let builder = match &upstream {
+        // With --upstream the application behind the gateway is the app: no built-in handlers.
+        Some(upstream) if upstream.config().events.is_some() => upstream.install(builder),
+        Some(upstream) => upstream.install(app::seed(builder)),
+        None => app::seed(builder),
+    };
+    let gateway = builder.build();
+    if let Some(upstream) = &upstream {
+        upstream.spawn_expire_hook(gateway.hub(), gateway.shutdown_token().clone());
+        tracing::info!(events = ?upstream.config().events, on_open = ?upstream.config().on_open,
+                       on_expire = ?upstream.config().on_expire, "forwarding to the application");
+    }
+    let access = ApiAccess::new(cli.upstream.api_key.as_deref(), cli.bind);
+    if access == ApiAccess::Disabled {
+        tracing::warn!("publish API disabled: no --api-key and not bound to loopback");
+    }
+    let router = server::app(&gateway, &cli.static_dir).nest("/api", api::router(gateway.clone(), access));
     let listener = tokio::net::TcpListener::bind(cli.bind).await.with_context(|| format!("binding {}", cli.bind))?;
     tracing::info!(addr = %listener.local_addr()?, "switchyard listening; demo page at http://{}/", listener.local_addr()?);
     server::run(listener, router, gateway, shutdown_signal()).await.context("serving")?;

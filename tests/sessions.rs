@@ -202,30 +202,44 @@ async fn buffer_overflow_is_announced_with_a_gap_before_continuing() {
 }
 
 #[tokio::test]
-async fn a_reader_outpaced_by_the_ring_is_told_what_it_lost() {
-    // The attachment keeps its place in the ring; if the ring moves past it, it is told.
+async fn a_reader_outpaced_by_the_ring_is_detached_and_told_what_it_lost_on_resume() {
     let server = TestServer::with_config(Config { buffer: 2, ..Config::default() }).await;
     let mut ws = server.ws("/ws").await;
     let sid = ws.hello().await;
     emit(&server, &sid, json!(1)).await;
-    assert_eq!(ws.next().await.data, json!(1));
+    let one = ws.next().await;
+    assert_eq!(one.data, json!(1));
+    // 199 events in one go into a 2-event ring: the socket cannot have read them all.
     let hub = server.gateway.hub().clone();
     let parsed: Sid = sid.parse().unwrap();
-    // Emit faster than one batch is written: the writer may or may not keep up, but whatever it
-    // writes is in order and any loss is announced.
     for i in 2..=200 {
         hub.emit(&parsed, "news", &json!(i)).await.unwrap();
     }
-    let mut expected = 2;
-    while expected <= 200 {
-        let event = ws.next().await;
-        if event.event == "gap" {
-            expected += event.data["lost"].as_u64().unwrap();
-            continue;
+    // Whatever the socket got before it was detached is in order; then it is closed as slow.
+    let mut last = one;
+    loop {
+        match within("a frame", futures_util::StreamExt::next(&mut ws.socket)).await.unwrap().unwrap() {
+            tokio_tungstenite::tungstenite::Message::Text(text) => {
+                let event = received_from_envelope(serde_json::from_str(text.as_str()).unwrap());
+                assert_eq!(seq(&event.id), seq(&last.id) + 1, "in order, no silent loss");
+                last = event;
+            }
+            tokio_tungstenite::tungstenite::Message::Close(Some(frame)) => {
+                assert_eq!((u16::from(frame.code), frame.reason.as_str()), (4001, "slow consumer"));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(event.data, json!(expected));
-        expected += 1;
     }
+    // Resuming from the last event seen: an exact gap notice, then the ring's events.
+    let mut sse = server.sse(&format!("/sse?sid={sid}&last_event_id={}", last.id)).await;
+    sse.hello().await;
+    let gap = sse.next().await;
+    assert_eq!(gap.event, "gap");
+    assert_eq!(gap.data["reason"], "overflow");
+    assert_eq!(gap.data["lost"].as_u64().unwrap(), 198 - seq(&last.id));
+    assert_eq!(sse.next().await.data, json!(199));
+    assert_eq!(sse.next().await.data, json!(200));
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 
 use super::{envelope_json, AttachQuery};
@@ -21,11 +21,14 @@ const MAX_PER_POLL: usize = 256;
 
 pub async fn poll(
     State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    uri: Uri,
     query: Result<Query<AttachQuery>, QueryRejection>,
 ) -> Result<Response, Error> {
     let Query(query) = query?;
     let mut attachment =
-        gateway.hub().attach(Transport::Polling, query.sid.as_deref(), query.last_event_id.as_deref()).await;
+        gateway.hub().attach(Transport::Polling, query.sid.as_deref(), query.last_event_id.as_deref()).await?;
+    gateway.admit(&attachment, &headers, uri.query()).await?;
     let mut frames = Vec::new();
     drain(&mut attachment, &mut frames)?;
     if frames.is_empty() {
@@ -35,7 +38,7 @@ pub async fn poll(
                 drain(&mut attachment, &mut frames)?;
             }
             Ok(Err(CloseReason::Superseded)) => return Err(Error::Superseded),
-            Ok(Err(CloseReason::Shutdown)) | Err(_) => {}
+            Ok(Err(CloseReason::Shutdown | CloseReason::SlowConsumer)) | Err(_) => {}
         }
     }
     let body = format!("[{}]", frames.join(","));
@@ -50,7 +53,7 @@ fn drain(attachment: &mut Attachment, frames: &mut Vec<String>) -> Result<(), Er
     while frames.len() < MAX_PER_POLL {
         match attachment.try_recv() {
             Ok(Some(event)) => frames.push(envelope_json(&event, attachment.sid())),
-            Ok(None) | Err(CloseReason::Shutdown) => break,
+            Ok(None) | Err(CloseReason::Shutdown | CloseReason::SlowConsumer) => break,
             Err(CloseReason::Superseded) if frames.is_empty() => return Err(Error::Superseded),
             Err(CloseReason::Superseded) => break,
         }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::AttachQuery;
 use crate::error::Error;
 use crate::gateway::Gateway;
-use crate::protocol::{parse_envelopes, Envelope, Sid};
+use crate::protocol::{parse_envelopes_with, Envelope, Limits, Sid};
 
 pub async fn send(
     State(gateway): State<Gateway>,
@@ -25,9 +25,7 @@ pub async fn send(
     let Query(query) = query?;
     let sid = query.sid.ok_or_else(|| Error::BadRequest("missing query parameter `sid`".into()))?;
     let sid: Sid = sid.parse().map_err(|_| Error::NoSession)?;
-    if !gateway.hub().contains(&sid).await {
-        return Err(Error::NoSession);
-    }
+    gateway.hub().admit(&sid)?;
     let limit = gateway.config().max_body;
     let bytes = to_bytes(body, limit).await.map_err(|err| {
         if is_length_limit(&err) {
@@ -36,7 +34,7 @@ pub async fn send(
             Error::BadRequest(format!("could not read the request body: {err}"))
         }
     })?;
-    let envelopes = parse_body(&headers, &bytes)?;
+    let envelopes = parse_body(&headers, &bytes, &gateway.config().limits)?;
     let accepted = envelopes.len();
     gateway.dispatch(&sid, envelopes).await;
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
@@ -44,7 +42,7 @@ pub async fn send(
 
 /// Reads the body according to its content type. `curl -d` sends
 /// `application/x-www-form-urlencoded`; its body is read as JSON too, so the bare command works.
-fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<Envelope>, Error> {
+fn parse_body(headers: &HeaderMap, bytes: &[u8], limits: &Limits) -> Result<Vec<Envelope>, Error> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime: Option<mime::Mime> = content_type.parse().ok();
     let essence = mime.as_ref().map(|m| m.essence_str().to_ascii_lowercase());
@@ -59,14 +57,14 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<Envelope>, Error>
             }
             Ok(vec![Envelope { event: "message".into(), data: Value::String(text(bytes)?) }])
         }
-        None if content_type.is_empty() => parse_json(&text(bytes)?),
-        Some("application/json" | "application/x-www-form-urlencoded") => parse_json(&text(bytes)?),
+        None if content_type.is_empty() => parse_json(&text(bytes)?, limits),
+        Some("application/json" | "application/x-www-form-urlencoded") => parse_json(&text(bytes)?, limits),
         _ => Err(Error::UnsupportedMediaType(content_type.to_owned())),
     }
 }
 
-fn parse_json(text: &str) -> Result<Vec<Envelope>, Error> {
-    parse_envelopes(text).map_err(|err| Error::BadRequest(err.to_string()))
+fn parse_json(text: &str, limits: &Limits) -> Result<Vec<Envelope>, Error> {
+    parse_envelopes_with(text, limits).map_err(|err| Error::BadRequest(err.to_string()))
 }
 
 /// `to_bytes` reports an over-long body as an error whose chain holds a `LengthLimitError`,

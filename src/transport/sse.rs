@@ -15,7 +15,7 @@ use std::convert::Infallible;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 
@@ -28,6 +28,7 @@ pub async fn stream(
     State(gateway): State<Gateway>,
     query: Result<Query<AttachQuery>, QueryRejection>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> Result<Response, Error> {
     let Query(query) = query?;
     // A browser's own reconnect carries the newest cursor in the header; the URL may still hold
@@ -38,7 +39,8 @@ pub async fn stream(
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
         .or(query.last_event_id);
-    let mut attachment = gateway.hub().attach(Transport::Sse, query.sid.as_deref(), cursor.as_deref()).await;
+    let mut attachment = gateway.hub().attach(Transport::Sse, query.sid.as_deref(), cursor.as_deref()).await?;
+    gateway.admit(&attachment, &headers, uri.query()).await?;
     let sid = attachment.sid().clone();
     let events = async_stream::stream! {
         while let Ok(event) = attachment.recv().await {

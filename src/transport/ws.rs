@@ -6,13 +6,15 @@
 //! The loop is generic over `Sink`/`Stream`, so it does not care where the frames come from.
 //!
 //! Close codes the client sees: `4000 superseded` (another transport took the session: do not
-//! reconnect this one), `1001` (server going away: resume), `1011` (server fault: resume).
+//! reconnect this one), `4001 slow consumer` (detached for reading too slowly: resume), `1001`
+//! (server going away: resume), `1009` (message too big), `1007` (invalid UTF-8).
 
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
@@ -21,22 +23,30 @@ use super::{envelope_json, AttachQuery};
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::hub::{Attachment, CloseReason, Transport};
-use crate::protocol::parse_envelopes;
+use crate::protocol::parse_envelopes_with;
 
 /// Close code telling the client another transport holds its session now.
 pub const CLOSE_SUPERSEDED: u16 = 4000;
+/// Close code telling the client it read too slowly and was detached: resume.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
 const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_INVALID_DATA: u16 = 1007;
 
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    uri: Uri,
     query: Result<Query<AttachQuery>, QueryRejection>,
 ) -> Result<Response, Error> {
     let Query(query) = query?;
     let max = gateway.config().max_body;
+    // Attach before upgrading, so that a full server answers 503 rather than accept and close.
+    let attachment =
+        gateway.hub().attach(Transport::WebSocket, query.sid.as_deref(), query.last_event_id.as_deref()).await?;
+    gateway.admit(&attachment, &headers, uri.query()).await?;
     Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket: WebSocket| async move {
-        let attachment =
-            gateway.hub().attach(Transport::WebSocket, query.sid.as_deref(), query.last_event_id.as_deref()).await;
         let (sink, stream) = socket.split();
         serve_socket(gateway, attachment, sink, stream).await;
     }))
@@ -75,11 +85,12 @@ where
                 }
                 Err(CloseReason::Superseded) => break Some((CLOSE_SUPERSEDED, "superseded")),
                 Err(CloseReason::Shutdown) => break Some((CLOSE_GOING_AWAY, "server shutting down")),
+                Err(CloseReason::SlowConsumer) => break Some((CLOSE_SLOW_CONSUMER, "slow consumer")),
             },
             frame = stream.next() => {
                 last_heard = Instant::now();
                 match frame {
-                    Some(Ok(Message::Text(text))) => match parse_envelopes(text.as_str()) {
+                    Some(Ok(Message::Text(text))) => match parse_envelopes_with(text.as_str(), &gateway.config().limits) {
                         Ok(envelopes) => gateway.dispatch(&sid, envelopes).await,
                         Err(err) => gateway.report_error(&sid, err).await,
                     },
@@ -91,7 +102,7 @@ where
                     Some(Ok(Message::Close(_))) | None => break None,
                     Some(Err(err)) => {
                         tracing::debug!(sid = sid.short(), %err, "websocket read failed");
-                        break None;
+                        break read_error_close(&err);
                     }
                 }
             }
@@ -110,4 +121,20 @@ where
         let frame = CloseFrame { code, reason: reason.into() };
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
     }
+}
+
+/// The close frame owed to a peer whose frame could not be read: RFC 6455 names a code for a
+/// message over the size limit (1009) and for text that is not UTF-8 (1007). Other read errors
+/// mean the connection is gone; nothing is owed.
+fn read_error_close(err: &axum::Error) -> Option<(u16, &'static str)> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        match e.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Capacity(_)) => return Some((CLOSE_TOO_BIG, "message too big")),
+            Some(tungstenite::Error::Utf8(_)) => return Some((CLOSE_INVALID_DATA, "text frame is not valid UTF-8")),
+            Some(_) => return None,
+            None => source = e.source(),
+        }
+    }
+    None
 }

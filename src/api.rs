@@ -1,0 +1,224 @@
+//! The publish API: how the application pushes to sessions when it wants, and manages rooms.
+//!
+//! | route | does |
+//! |---|---|
+//! | `POST /api/emit` | `{"to": {"sid": S} \| {"room": R} \| {"all": true}, "event": N, "data": D}` |
+//! | `GET /api/rooms/{room}/members` | the room's member sids |
+//! | `POST /api/rooms/{room}/members` | `{"sid": S}` joins the room |
+//! | `DELETE /api/rooms/{room}/members/{sid}` | leaves it (also `DELETE .../members` with `{"sid": S}`) |
+//! | `GET /api/sessions/{sid}` | transport, attached since, buffered count, last cursor, rooms |
+//!
+//! Every route wants `Authorization: Bearer KEY`. Without a configured key the API is served
+//! only when the gateway listens on a loopback address (then only local processes reach it);
+//! otherwise it answers `403` to everything, so it is never open to the network by accident.
+//! Everything goes through the hub, so an event published to a session between transports is
+//! buffered and delivered like any other.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+use crate::error::Error;
+use crate::gateway::Gateway;
+use crate::hub::check_room_name;
+use crate::protocol::{check_event_name, Cursor, Sid};
+use crate::upstream::parse_target;
+
+/// Who may call the API.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ApiAccess {
+    /// Callers must send this bearer key.
+    Key(Arc<str>),
+    /// No key configured and bound to loopback: only local processes can reach the API.
+    Loopback,
+    /// No key configured and reachable from the network: the API refuses everything.
+    Disabled,
+}
+
+impl ApiAccess {
+    /// The access a gateway bound to `bind` gets with `key` (an empty key counts as none).
+    pub fn new(key: Option<&str>, bind: SocketAddr) -> ApiAccess {
+        match key.filter(|k| !k.is_empty()) {
+            Some(key) => ApiAccess::Key(key.into()),
+            None if bind.ip().is_loopback() => ApiAccess::Loopback,
+            None => ApiAccess::Disabled,
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiAccess {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ApiAccess::Key(_) => "Key(..)",
+            ApiAccess::Loopback => "Loopback",
+            ApiAccess::Disabled => "Disabled",
+        })
+    }
+}
+
+/// The API's routes, to nest under `/api`.
+pub fn router(gateway: Gateway, access: ApiAccess) -> Router {
+    Router::new()
+        .route("/emit", post(emit))
+        .route("/rooms/{room}/members", get(members).post(join).delete(leave_by_body))
+        .route("/rooms/{room}/members/{sid}", delete(leave))
+        .route("/sessions/{sid}", get(session))
+        .layer(middleware::from_fn_with_state(access, authorize))
+        .with_state(gateway)
+}
+
+async fn authorize(State(access): State<ApiAccess>, request: Request, next: Next) -> Response {
+    match &access {
+        ApiAccess::Loopback => next.run(request).await,
+        ApiAccess::Disabled => Error::ApiDisabled.into_response(),
+        ApiAccess::Key(key) => {
+            let offered = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if constant_time_eq(offered.as_bytes(), key.as_bytes()) {
+                next.run(request).await
+            } else {
+                let mut response = Error::Unauthorized.into_response();
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"switchyard\""));
+                response
+            }
+        }
+    }
+}
+
+/// Compares without an early exit, so the time taken says nothing about how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn emit(State(gateway): State<Gateway>, body: Result<Json<Value>, JsonRejection>) -> Result<Json<Value>, Error> {
+    let mut body = object(body)?;
+    let to = body.remove("to").ok_or_else(|| bad("missing field `to`: {\"sid\": SID}, {\"room\": ROOM} or {\"all\": true}"))?;
+    let target = parse_target(to).map_err(Error::BadRequest)?;
+    let event = match body.remove("event") {
+        Some(Value::String(event)) => event,
+        Some(_) => return Err(bad("field `event` must be a string")),
+        None => return Err(bad("missing field `event`")),
+    };
+    check_event_name(&event).map_err(|why| Error::BadRequest(format!("field `event` {why}")))?;
+    let data = body.remove("data").unwrap_or(Value::Null);
+    no_more_fields(&body)?;
+    let delivered = gateway.hub().publish(&target, &event, &data).await?;
+    Ok(Json(json!({ "delivered": delivered })))
+}
+
+async fn members(State(gateway): State<Gateway>, Path(room): Path<String>) -> Result<Json<Value>, Error> {
+    check_room_name(&room)?;
+    let mut members: Vec<String> = gateway.hub().members(&room).iter().map(|sid| sid.to_string()).collect();
+    members.sort();
+    Ok(Json(json!({ "room": room, "members": members })))
+}
+
+async fn join(
+    State(gateway): State<Gateway>,
+    Path(room): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, Error> {
+    let sid = sid_from_body(body)?;
+    let joined = gateway.hub().join(&sid, &room)?;
+    Ok(Json(json!({ "room": room, "sid": sid.as_str(), "joined": joined })))
+}
+
+async fn leave(State(gateway): State<Gateway>, Path((room, sid)): Path<(String, String)>) -> Result<Json<Value>, Error> {
+    let sid: Sid = sid.parse().map_err(|_| Error::NoSession)?;
+    left(&gateway, &room, &sid)
+}
+
+async fn leave_by_body(
+    State(gateway): State<Gateway>,
+    Path(room): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, Error> {
+    let sid = sid_from_body(body)?;
+    left(&gateway, &room, &sid)
+}
+
+fn left(gateway: &Gateway, room: &str, sid: &Sid) -> Result<Json<Value>, Error> {
+    check_room_name(room)?;
+    let left = gateway.hub().leave(sid, room)?;
+    Ok(Json(json!({ "room": room, "sid": sid.as_str(), "left": left })))
+}
+
+async fn session(State(gateway): State<Gateway>, Path(sid): Path<String>) -> Result<Json<Value>, Error> {
+    let sid: Sid = sid.parse().map_err(|_| Error::NoSession)?;
+    let info = gateway.hub().info(&sid).ok_or(Error::NoSession)?;
+    Ok(Json(json!({
+        "sid": sid.as_str(),
+        "transport": info.transport.map(|t| t.as_str()),
+        "connected_since": info.attached_since.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+        "detached_for_ms": info.detached_for.map(|d| d.as_millis() as u64),
+        "buffered": info.buffered,
+        "last_cursor": Cursor::event(sid.clone(), info.last_seq).to_string(),
+        "rooms": info.rooms,
+    })))
+}
+
+fn sid_from_body(body: Result<Json<Value>, JsonRejection>) -> Result<Sid, Error> {
+    let mut body = object(body)?;
+    let sid = match body.remove("sid") {
+        Some(Value::String(sid)) => sid,
+        Some(_) => return Err(bad("field `sid` must be a string")),
+        None => return Err(bad("missing field `sid`")),
+    };
+    no_more_fields(&body)?;
+    sid.parse().map_err(|_| Error::NoSession)
+}
+
+fn object(body: Result<Json<Value>, JsonRejection>) -> Result<Map<String, Value>, Error> {
+    match body.map_err(|rejection| Error::BadRequest(rejection.body_text()))? {
+        Json(Value::Object(map)) => Ok(map),
+        Json(_) => Err(bad("expected a JSON object")),
+    }
+}
+
+fn no_more_fields(body: &Map<String, Value>) -> Result<(), Error> {
+    match body.keys().next() {
+        Some(field) => Err(Error::BadRequest(format!("unknown field `{field}`"))),
+        None => Ok(()),
+    }
+}
+
+fn bad(message: &str) -> Error {
+    Error::BadRequest(message.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_key_the_api_is_served_only_on_loopback() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(ApiAccess::new(None, addr("127.0.0.1:3000")), ApiAccess::Loopback);
+        assert_eq!(ApiAccess::new(None, addr("[::1]:3000")), ApiAccess::Loopback);
+        assert_eq!(ApiAccess::new(None, addr("0.0.0.0:3000")), ApiAccess::Disabled);
+        assert_eq!(ApiAccess::new(Some(""), addr("10.0.0.1:3000")), ApiAccess::Disabled);
+        assert_eq!(ApiAccess::new(Some("k"), addr("0.0.0.0:3000")), ApiAccess::Key("k".into()));
+        assert_eq!(format!("{:?}", ApiAccess::new(Some("secret"), addr("0.0.0.0:1"))), "Key(..)");
+    }
+
+    #[test]
+    fn key_comparison_needs_the_whole_key() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        assert!(!constant_time_eq(b"", b"abc"));
+    }
+}
