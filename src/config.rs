@@ -41,6 +41,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Longest a client may take to send a request's headers (slowloris guard).
     pub header_timeout: Duration,
+    /// On shutdown, longest to wait for connections to finish before returning.
+    pub drain: Duration,
 }
 
 impl Default for Config {
@@ -59,6 +61,7 @@ impl Default for Config {
             send_burst: 400,
             allowed_origins: Vec::new(),
             header_timeout: Duration::from_secs(10),
+            drain: Duration::from_secs(10),
         }
     }
 }
@@ -170,6 +173,7 @@ impl Cli {
             send_burst: self.send_burst,
             allowed_origins: self.allowed_origins.clone(),
             header_timeout: self.header_timeout,
+            drain: self.drain,
         }
     }
 }

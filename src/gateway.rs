@@ -27,6 +27,7 @@ use axum::Router;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -143,6 +144,7 @@ impl GatewayBuilder {
                 fallback: self.fallback,
                 open: self.open,
                 shutdown: self.shutdown,
+                sockets: TaskTracker::new(),
             }),
         }
     }
@@ -163,6 +165,9 @@ struct Shared {
     open: Option<OpenHook>,
     /// Cancelled by [`Gateway::shutdown`] (or by the owner of a token passed to the builder).
     shutdown: CancellationToken,
+    /// The per-socket tasks of upgraded WebSockets, which outlive the HTTP request that started
+    /// them; [`Gateway::drained`] waits for them.
+    sockets: TaskTracker,
 }
 
 impl Gateway {
@@ -185,6 +190,18 @@ impl Gateway {
 
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.inner.shutdown
+    }
+
+    /// Runs a WebSocket's task so that [`Gateway::drained`] waits for it.
+    pub(crate) fn track_socket<F: Future<Output = ()>>(&self, task: F) -> impl Future<Output = ()> {
+        self.inner.sockets.track_future(task)
+    }
+
+    /// Completes when the gateway is shut down and every WebSocket task has closed its socket.
+    pub async fn drained(&self) {
+        self.inner.shutdown.cancelled().await;
+        self.inner.sockets.close();
+        self.inner.sockets.wait().await;
     }
 
     /// The gateway's routes: `/ws`, `/sse` (GET stream, POST send) and `/poll` (GET, and POST as

@@ -1,14 +1,30 @@
-//! The served application: the gateway's routes plus the demo page, and the accept loop.
+//! The served application and its accept loop.
 //!
 //! `main` and the tests serve the same [`app`] through the same [`run`], so a test that binds
 //! 127.0.0.1:0 exercises exactly what the binary serves.
+//!
+//! The accept loop is hyper-util's connection builder rather than `axum::serve`, for three things
+//! a gateway on the open internet needs and `axum::serve` does not offer:
+//!
+//! * a **header read timeout**, so a client that opens a connection and sends headers slowly,
+//!   or nothing at all (slowloris), is dropped instead of holding a file descriptor forever;
+//! * a clean answer when the process runs out of **file descriptors**: one descriptor is kept in
+//!   reserve, and on `EMFILE` it is released to accept the waiting connection, answer `503` with
+//!   `Retry-After`, close it and take the reserve back, so the accept loop neither spins nor
+//!   leaves clients hanging;
+//! * a **drain** on shutdown that covers upgraded WebSockets as well as HTTP connections.
 
 use std::future::Future;
 use std::io;
 use std::path::Path;
+use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio_util::task::TaskTracker;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tower_http::services::ServeDir;
 
@@ -19,28 +35,110 @@ pub fn app(gateway: &Gateway, static_dir: &Path) -> Router {
     gateway.router().fallback_service(ServeDir::new(static_dir))
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then shuts the gateway down (every
-/// transport ends, telling clients to resume) and waits for connections to finish.
+/// Serves `router` on `listener` until `shutdown` completes (or the gateway is shut down), then
+/// stops accepting, shuts the gateway down (every client is told to reconnect and its transport
+/// closed) and waits for connections to finish. Returns once they have.
 pub async fn run(
     listener: TcpListener,
     router: Router,
     gateway: Gateway,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    // Replies are small and latency matters more than packet count.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::warn!(%err, "could not set TCP_NODELAY");
-        }
-    });
+    // HTTP/1.1 only: browsers speak HTTP/2 only over TLS, which a terminating proxy in front of
+    // the gateway handles; and hyper's HTTP/1 server applies the header timeout from the first
+    // byte on, where version sniffing would wait unbounded for that byte.
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(gateway.config().header_timeout).keep_alive(true);
+    let connections = TaskTracker::new();
+    let mut reserve = Reserve::take();
     let token = gateway.shutdown_token().clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = token.cancelled() => {}
+    tokio::pin!(shutdown);
+
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            _ = token.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) if is_out_of_descriptors(&err) => {
+                    reserve.refuse_one(&listener).await;
+                    continue;
+                }
+                Err(err) => {
+                    // Per-connection failures (the peer reset before accept): nothing to do.
+                    tracing::debug!(%err, "accept failed");
+                    continue;
+                }
+            },
+        };
+        // Replies are small and latency matters more than packet count.
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "could not set TCP_NODELAY");
+        }
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder.serve_connection(TokioIo::new(tcp), service).with_upgrades();
+        let token = token.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = token.cancelled() => {
+                    // Finish the request in flight (an SSE stream ends once the gateway has
+                    // said goodbye), then close instead of waiting for another.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = result {
+                tracing::debug!(%err, "connection ended with an error");
             }
-            gateway.shutdown();
-        })
-        .await
+        });
+    }
+
+    drop(listener);
+    gateway.shutdown();
+    // HTTP connections (SSE streams, polls, POSTs) finish their responses; upgraded sockets are
+    // not connections hyper still tracks, so the gateway's own task tracker covers them.
+    let drain = gateway.config().drain;
+    connections.close();
+    let drained = async { tokio::join!(connections.wait(), gateway.drained()) };
+    if tokio::time::timeout(drain, drained).await.is_err() {
+        tracing::warn!(?drain, "connections still open after the drain time; leaving them");
+    }
+    Ok(())
+}
+
+/// `EMFILE` (this process) or `ENFILE` (the whole system) from `accept`.
+fn is_out_of_descriptors(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(24) | Some(23))
+}
+
+/// One file descriptor held back for answering when all others are in use.
+struct Reserve(Option<std::fs::File>);
+
+impl Reserve {
+    fn take() -> Reserve {
+        Reserve(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Accepts one waiting connection with the reserved descriptor, answers 503 and closes it.
+    async fn refuse_one(&mut self, listener: &TcpListener) {
+        tracing::warn!("out of file descriptors: refusing a connection with 503 (raise the open-file limit or lower --max-sessions)");
+        if self.0.take().is_some() {
+            if let Ok(Ok((mut tcp, _))) = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await {
+                let body = r#"{"error":"the server is out of connections; retry later"}"#;
+                let response = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 5\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tokio::time::timeout(Duration::from_millis(100), tcp.write_all(response.as_bytes())).await;
+            }
+            *self = Reserve::take();
+        }
+        if self.0.is_none() {
+            // Nothing to answer with: wait for descriptors to come back rather than spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            *self = Reserve::take();
+        }
+    }
 }

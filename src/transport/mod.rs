@@ -10,11 +10,13 @@
 //! A transport only moves bytes: it asks the hub for an attachment, writes what the attachment
 //! yields, and hands what it reads to [`Gateway::dispatch`]. Session logic stays in the hub.
 
+pub mod origin;
 mod poll;
 mod post;
 mod sse;
 mod ws;
 
+use axum::middleware;
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
@@ -24,11 +26,14 @@ use crate::hub::Event;
 use crate::protocol::Sid;
 
 pub fn router(gateway: Gateway) -> Router {
+    let policy = origin::OriginPolicy::new(&gateway.config().allowed_origins);
     Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/sse", get(sse::stream).post(post::send))
         .route("/poll", get(poll::poll).post(post::send))
         .with_state(gateway)
+        .layer(policy.cors())
+        .layer(middleware::from_fn_with_state(policy, origin::guard))
 }
 
 /// The query of every attaching request: which session, and where to resume.

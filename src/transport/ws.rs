@@ -46,9 +46,9 @@ pub async fn upgrade(
     let attachment =
         gateway.hub().attach(Transport::WebSocket, query.sid.as_deref(), query.last_event_id.as_deref()).await?;
     gateway.admit(&attachment, &headers, uri.query()).await?;
-    Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket: WebSocket| async move {
+    Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket: WebSocket| {
         let (sink, stream) = socket.split();
-        serve_socket(gateway, attachment, sink, stream).await;
+        gateway.track_socket(serve_socket(gateway.clone(), attachment, sink, stream))
     }))
 }
 

@@ -1,0 +1,118 @@
+//! Who may talk to the gateway from a browser: the `Origin` check and CORS.
+//!
+//! A browser attaches the page's origin to every WebSocket handshake and cross-origin request.
+//! Without a check, any site a user visits could open a WebSocket to the gateway with the
+//! user's cookies (cross-site WebSocket hijacking) or POST into a session. So every gateway
+//! route refuses, with `403`, a request whose `Origin` is not allowed:
+//!
+//! * the server's own origin (the `Origin` host equals the `Host` header),
+//! * loopback origins (`localhost`, `127.0.0.0/8`, `[::1]`), for development,
+//! * the configured `--allowed-origins` (exact `scheme://host[:port]`, or `*` for any).
+//!
+//! Requests without `Origin` (curl, servers, native apps) are not browsers and pass. Allowed
+//! cross-origin requests get CORS headers (tower-http's `CorsLayer`), including preflights.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// The origins configured beyond the server's own and loopback ones.
+#[derive(Debug, Clone)]
+pub struct OriginPolicy {
+    allowed: Arc<[String]>,
+    any: bool,
+}
+
+impl OriginPolicy {
+    pub fn new(allowed: &[String]) -> OriginPolicy {
+        let allowed: Vec<String> =
+            allowed.iter().map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase()).filter(|o| !o.is_empty()).collect();
+        OriginPolicy { any: allowed.iter().any(|o| o == "*"), allowed: allowed.into() }
+    }
+
+    /// Whether a request from `origin`, addressed to `host`, may proceed.
+    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        if self.any {
+            return true;
+        }
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        if self.allowed.iter().any(|o| *o == origin) {
+            return true;
+        }
+        let Some(authority) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) else {
+            return false; // "null" (sandboxed frames, file: pages) and other schemes
+        };
+        if host.is_some_and(|host| host.eq_ignore_ascii_case(authority)) {
+            return true;
+        }
+        is_loopback(authority)
+    }
+
+    /// CORS headers for allowed cross-origin requests and answers to their preflights.
+    pub fn cors(&self) -> CorsLayer {
+        let policy = self.clone();
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::predicate(move |origin, parts| {
+                let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok());
+                origin.to_str().is_ok_and(|o| policy.allows(o, host))
+            }))
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::HeaderName::from_static("last-event-id")])
+            .max_age(std::time::Duration::from_secs(600))
+    }
+}
+
+/// `host[:port]` of an origin is a loopback address or `localhost`.
+fn is_loopback(authority: &str) -> bool {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { authority })
+    };
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Middleware: refuses requests whose `Origin` the policy does not allow.
+pub async fn guard(policy: axum::extract::State<OriginPolicy>, request: Request, next: Next) -> Response {
+    let origin = request.headers().get(header::ORIGIN).map(|v| v.to_str().ok());
+    if let Some(origin) = origin {
+        let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        let allowed = origin.is_some_and(|o| policy.allows(o, host));
+        if !allowed {
+            let shown = origin.unwrap_or("<not text>");
+            tracing::info!(origin = shown, path = request.uri().path(), "refused a request from a foreign origin");
+            let body = json!({"error": format!("origin {shown} is not allowed to use this gateway")});
+            return (StatusCode::FORBIDDEN, Json(body)).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_loopback_and_configured_origins_pass_others_do_not() {
+        let policy = OriginPolicy::new(&["https://app.example.com".to_owned()]);
+        let host = Some("gateway.example.com:8080");
+        assert!(policy.allows("http://gateway.example.com:8080", host));
+        assert!(policy.allows("https://app.example.com", host));
+        assert!(policy.allows("https://APP.example.com/", host));
+        for loopback in ["http://localhost:3000", "http://127.0.0.1", "http://127.1.2.3:9", "http://[::1]:3000"] {
+            assert!(policy.allows(loopback, host), "{loopback}");
+        }
+        for foreign in ["https://evil.example", "null", "http://gateway.example.com:9999", "http://localhost.evil.example",
+                        "http://127.0.0.1.evil.example", "file://", "https://app.example.com.evil"] {
+            assert!(!policy.allows(foreign, host), "{foreign}");
+        }
+        assert!(OriginPolicy::new(&["*".to_owned()]).allows("https://evil.example", host));
+    }
+}

@@ -1,0 +1,321 @@
+//! Hostile and careless clients: bad input, floods, foreign origins, stuck readers, shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchyard::{Config, Sid};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn a_cross_site_websocket_hijack_is_refused() {
+    let server = TestServer::start().await;
+    let mut request = server.ws_url("/ws").into_client_request().unwrap();
+    request.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
+    let err = tokio_tungstenite::connect_async(request).await.expect_err("foreign origin must be refused");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), 403);
+            let body = String::from_utf8(response.body().clone().unwrap_or_default()).unwrap();
+            assert!(body.contains("https://evil.example"), "{body}");
+        }
+        other => panic!("expected an HTTP 403, got {other}"),
+    }
+    // The page's own origin and loopback origins are fine.
+    let mut request = server.ws_url("/ws").into_client_request().unwrap();
+    request.headers_mut().insert("origin", format!("http://{}", server.addr).parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("own origin");
+    assert!(matches!(socket.next().await, Some(Ok(Message::Text(_)))));
+}
+
+#[tokio::test]
+async fn foreign_origins_cannot_stream_poll_or_post_and_allowed_ones_get_cors() {
+    let server = TestServer::with_config(Config {
+        allowed_origins: vec!["https://app.example.com".into()],
+        ..Config::default()
+    })
+    .await;
+    let mut sse = server.sse("/sse").await;
+    let sid = sse.hello().await;
+    for (method, path) in [("GET", "/sse".to_owned()), ("GET", "/poll".to_owned()), ("POST", format!("/sse?sid={sid}"))] {
+        let response = server
+            .http
+            .request(method.parse().unwrap(), server.url(&path))
+            .header("origin", "https://evil.example")
+            .header("content-type", "text/plain")
+            .body("hijack")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{method} {path}");
+        assert!(response.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("not allowed"));
+    }
+    // Nothing reached the session.
+    server.post_json(&sid, r#"{"event":"echo","data":"own"}"#).await;
+    assert_eq!(sse.next().await.data, json!("own"));
+
+    // A configured origin: preflight and the request itself carry CORS headers.
+    let preflight = server
+        .http
+        .request(reqwest::Method::OPTIONS, server.url(&format!("/sse?sid={sid}")))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "https://app.example.com");
+    let response = server
+        .http
+        .post(server.url(&format!("/sse?sid={sid}")))
+        .header("origin", "https://app.example.com")
+        .header("content-type", "application/json")
+        .body(r#"{"event":"echo","data":"cors"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(sse.next().await.data, json!("cors"));
+}
+
+#[tokio::test]
+async fn websocket_frames_over_the_limit_or_not_utf8_get_the_rfc_close_codes() {
+    let server = TestServer::with_config(Config { max_body: 1024, ..Config::default() }).await;
+    let mut ws = server.ws("/ws").await;
+    ws.hello().await;
+    ws.send(&json!({"event": "echo", "data": "x".repeat(2000)}).to_string()).await;
+    let (code, _) = ws.expect_close().await;
+    assert_eq!(u16::from(code), 1009);
+
+    let mut ws = server.ws("/ws").await;
+    ws.hello().await;
+    let frame = Frame::message(vec![0xff, 0xfe, 0x80], OpCode::Data(Data::Text), true);
+    ws.socket.send(Message::Frame(frame)).await.unwrap();
+    let (code, _) = ws.expect_close().await;
+    assert_eq!(u16::from(code), 1007);
+
+    // A binary frame is refused with an error event; the socket stays usable.
+    let mut ws = server.ws("/ws").await;
+    ws.hello().await;
+    ws.socket.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    let error = ws.next().await;
+    assert_eq!(error.event, "error");
+    assert!(error.data["error"].as_str().unwrap().contains("binary"));
+    ws.send(r#"{"event":"echo","data":"still here"}"#).await;
+    assert_eq!(ws.next().await.data, json!("still here"));
+}
+
+#[tokio::test]
+async fn batch_size_and_nesting_limits_are_enforced_on_every_transport() {
+    let server = TestServer::start().await;
+    let mut sse = server.sse("/sse").await;
+    let sid = sse.hello().await;
+    let batch = Value::Array(vec![json!({"event": "echo"}); 101]).to_string();
+    let (status, body) = server.post_json(&sid, &batch).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("at most 100"), "{body}");
+    let deep = format!(r#"{{"event":"echo","data":{}{}}}"#, "[".repeat(40), "]".repeat(40));
+    let (status, body) = server.post_json(&sid, &deep).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("nested deeper than 32"), "{body}");
+    let mut ws = server.ws("/ws").await;
+    ws.hello().await;
+    ws.send(&deep).await;
+    let error = ws.next().await;
+    assert_eq!(error.event, "error");
+    assert!(error.data["error"].as_str().unwrap().contains("nested deeper"));
+}
+
+#[tokio::test]
+async fn beyond_the_session_cap_new_sessions_get_503_with_retry_after() {
+    let server = TestServer::with_config(Config { max_sessions: 2, ..Config::default() }).await;
+    let mut a = server.sse("/sse").await;
+    let sid_a = a.hello().await;
+    let mut b = server.ws("/ws").await;
+    b.hello().await;
+    for path in ["/sse", "/poll"] {
+        let response = server.http.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 503, "{path}");
+        assert_eq!(response.headers()["retry-after"], "5");
+    }
+    match tokio_tungstenite::connect_async(server.ws_url("/ws")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            assert_eq!(response.headers()["retry-after"], "5");
+        }
+        other => panic!("expected a 503 handshake answer, got {other:?}"),
+    }
+    // Existing sessions keep working, and may switch transports.
+    drop(a);
+    let mut a = server.ws(&format!("/ws?sid={sid_a}")).await;
+    assert_eq!(a.hello().await, sid_a);
+}
+
+#[tokio::test]
+async fn a_session_posting_too_fast_gets_429_with_retry_after() {
+    let server = TestServer::with_config(Config { send_rate: 1, send_burst: 3, ..Config::default() }).await;
+    let mut sse = server.sse("/sse").await;
+    let sid = sse.hello().await;
+    for _ in 0..3 {
+        assert_eq!(server.post_json(&sid, r#"{"event":"message"}"#).await.0, 202);
+    }
+    let response = server.http.post(server.url(&format!("/sse?sid={sid}"))).body(r#"{"event":"message"}"#).send().await.unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+    // Another session is not affected.
+    let mut other = server.sse("/sse").await;
+    let other_sid = other.hello().await;
+    assert_eq!(server.post_json(&other_sid, r#"{"event":"message"}"#).await.0, 202);
+}
+
+#[tokio::test]
+async fn a_client_that_sends_headers_slowly_is_dropped_and_others_are_served() {
+    let server = TestServer::with_config(Config { header_timeout: Duration::from_millis(300), ..Config::default() }).await;
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    // Meanwhile the server serves everyone else.
+    let mut sse = server.sse("/sse").await;
+    sse.hello().await;
+    for conn in [&mut slow, &mut idle] {
+        let mut buf = [0u8; 256];
+        // Closed, or answered 408 Request Timeout and closed: either way the descriptor is freed.
+        within("the server to drop a slow client", async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn stuck_readers_are_detached_and_memory_stays_bounded_while_others_are_served() {
+    const STUCK: usize = 200;
+    const EVENT: usize = 512;
+    let server = TestServer::with_config(Config {
+        buffer: 128,
+        slow_client_timeout: Duration::from_millis(500),
+        ..Config::default()
+    })
+    .await;
+    let hub = server.gateway.hub().clone();
+    // 200 clients that open a stream, read its first bytes (to learn their sid), then never read.
+    let mut stuck = Vec::new();
+    for _ in 0..STUCK {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut tcp = socket.connect(server.addr).await.unwrap();
+        tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+        let mut head = Vec::new();
+        let sid = within("a stuck client's hello", async {
+            let mut buf = [0u8; 1024];
+            loop {
+                let n = tcp.read(&mut buf).await.unwrap();
+                head.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&head);
+                if let Some(at) = text.find("\"sid\":\"") {
+                    if text.len() >= at + 7 + 22 {
+                        return text[at + 7..at + 7 + 22].to_owned();
+                    }
+                }
+            }
+        })
+        .await;
+        stuck.push((tcp, sid.parse::<Sid>().unwrap()));
+    }
+    let mut healthy = server.sse("/sse").await;
+    let healthy_sid = healthy.hello().await;
+    let payload = json!("x".repeat(EVENT));
+    let flood = |rounds: usize| {
+        let hub = hub.clone();
+        let sids: Vec<Sid> = stuck.iter().map(|(_, sid)| sid.clone()).collect();
+        let payload = payload.clone();
+        async move {
+            for _ in 0..rounds {
+                for sid in &sids {
+                    let _ = hub.emit(sid, "flood", &payload).await;
+                }
+            }
+        }
+    };
+    flood(400).await; // three rings' worth per session
+    let rss_after_first = rss_kib();
+    // The healthy client is served while the stuck ones are flooded.
+    server.post_json(&healthy_sid, r#"{"event":"echo","data":"alive"}"#).await;
+    assert_eq!(healthy.next().await.data, json!("alive"));
+    flood(400).await;
+    let rss_after_second = rss_kib();
+    // Twice the traffic, same memory: every ring is full and bounded.
+    let growth = rss_after_second.saturating_sub(rss_after_first);
+    println!("server+test RSS: {rss_after_first} KiB after 400 events/session, {rss_after_second} KiB after 800 (growth {growth} KiB)");
+    let ring_bound_kib = (STUCK * 128 * (EVENT + 200)) / 1024;
+    assert!(growth < ring_bound_kib / 2, "memory grew by {growth} KiB between floods");
+    // Each stuck session is detached as a slow consumer, and keeps its session for resuming.
+    within("stuck sessions to be detached", async {
+        while stuck.iter().any(|(_, sid)| hub.info(sid).and_then(|i| i.transport).is_some()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let (_, sid) = &stuck[0];
+    let mut resumed = server.sse(&format!("/sse?sid={sid}&last_event_id={sid}.0~")).await;
+    resumed.hello().await;
+    let gap = resumed.next().await;
+    assert_eq!((gap.event.as_str(), &gap.data["reason"]), ("gap", &json!("overflow")));
+    assert_eq!(gap.data["lost"], 800 - 128);
+}
+
+/// Resident set size of this process (server and clients), in KiB.
+fn rss_kib() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn shutdown_tells_every_transport_to_reconnect_then_closes_it() {
+    let server = TestServer::start().await;
+    let mut sse = server.sse("/sse").await;
+    let sse_sid = sse.hello().await;
+    let mut ws = server.ws("/ws").await;
+    ws.hello().await;
+    let (_, polled) = server.poll("").await;
+    let poll_hello = polled[0].clone();
+    let poll_sid = hello_sid(poll_hello.clone(), "polling");
+    let waiting = {
+        let url = server.url(&format!("/poll?sid={poll_sid}&last_event_id={}", poll_hello.id));
+        let http = server.http.clone();
+        tokio::spawn(async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() })
+    };
+    let parsed: Sid = poll_sid.parse().unwrap();
+    within("the poll to attach", async {
+        while server.gateway.hub().info(&parsed).and_then(|i| i.transport).is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    server.gateway.shutdown();
+    let farewell = sse.next().await;
+    assert_eq!((farewell.event.as_str(), &farewell.data["reason"]), ("reconnect", &json!("shutdown")));
+    assert!(farewell.id.starts_with(&sse_sid) && farewell.id.ends_with('~'), "a resume point: {}", farewell.id);
+    sse.expect_end().await;
+    assert_eq!(ws.next().await.event, "reconnect");
+    let (code, _) = ws.expect_close().await;
+    assert_eq!(u16::from(code), 1001);
+    let answer = within("the waiting poll", waiting).await.unwrap();
+    assert_eq!(answer[0]["event"], "reconnect");
+}
