@@ -723,6 +723,7 @@ impl Hub {
         let Some(session) = self.shard(sid).write().unwrap_or_else(|e| e.into_inner()).remove(sid) else {
             return false;
         };
+        self.inner.live.fetch_sub(1, Ordering::Relaxed);
         let rooms = {
             let mut state = lock(&session.state);
             state.removed = true;
@@ -1056,5 +1057,65 @@ mod tests {
         for bad in ["", "a\nb", "a\rb", &"x".repeat(129)] {
             assert!(matches!(hub.emit(a.sid(), bad, &json!(1)).await, Err(HubError::EventName(_))), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod room_tests {
+    use super::*;
+
+    fn hub() -> Hub {
+        Hub::new(HubConfig { grace: Duration::from_secs(30), buffer: 8, ..HubConfig::default() }, CancellationToken::new())
+    }
+
+    async fn session(hub: &Hub) -> (Sid, Attachment) {
+        let mut attachment = hub.attach(Transport::Sse, None, None).await.expect("room for a session");
+        attachment.try_recv().unwrap().expect("hello");
+        (attachment.sid().clone(), attachment)
+    }
+
+    fn names(attachment: &mut Attachment) -> Vec<String> {
+        std::iter::from_fn(|| attachment.try_recv().ok().flatten()).map(|e| e.data.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_room_broadcast_reaches_members_only_and_membership_is_mirrored() {
+        let hub = hub();
+        let (a, mut a_att) = session(&hub).await;
+        let (b, mut b_att) = session(&hub).await;
+        let (_, mut c_att) = session(&hub).await;
+        assert_eq!(hub.join(&a, "r"), Ok(true));
+        assert_eq!(hub.join(&a, "r"), Ok(false));
+        assert_eq!(hub.join(&b, "r"), Ok(true));
+        assert_eq!(hub.emit_room("r", "m", &json!(1)).await, Ok(2));
+        assert_eq!((names(&mut a_att), names(&mut b_att), names(&mut c_att)), (vec!["1".into()], vec!["1".into()], vec![]));
+        assert_eq!(hub.info(&a).unwrap().rooms, vec!["r".to_owned()]);
+        assert_eq!(hub.leave(&a, "r"), Ok(true));
+        assert_eq!(hub.leave(&a, "r"), Ok(false));
+        assert_eq!(hub.members("r"), vec![b.clone()]);
+        assert_eq!(hub.emit_all("m", &json!(2)).await, Ok(3));
+        assert!(matches!(hub.join(&a, ""), Err(HubError::RoomName(_))));
+        assert_eq!(hub.join(&Sid::random(), "r"), Err(HubError::NoSession));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_and_removal_drop_membership_and_expiry_is_reported() {
+        let hub = hub();
+        let mut expired = hub.watch_expired();
+        let (a, a_att) = session(&hub).await;
+        let (b, _b_att) = session(&hub).await;
+        hub.join(&a, "r").unwrap();
+        hub.join(&a, "s").unwrap();
+        hub.join(&b, "r").unwrap();
+        drop(a_att);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(hub.expire(Instant::now()), 1);
+        assert_eq!(expired.try_recv().unwrap(), Expired { sid: a.clone(), rooms: vec!["r".into(), "s".into()] });
+        assert_eq!(hub.members("r"), vec![b.clone()]);
+        assert!(hub.members("s").is_empty());
+        assert!(hub.remove(&b));
+        assert!(hub.members("r").is_empty());
+        assert!(expired.try_recv().is_err(), "a removal is not an expiry");
+        assert_eq!(hub.len(), 0);
     }
 }

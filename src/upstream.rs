@@ -650,7 +650,7 @@ mod tests {
         assert!(err(r#"[{"emit":"a","to":{"room":"r","all":true}}]"#).contains("exactly one"));
         assert!(err(r#"[{"emit":"a","to":{"all":false}}]"#).contains("must be true"));
         assert!(err(r#"[{"emit":"a","to":{"sid":"short"}}]"#).contains("not a session id"));
-        assert!(err(r#"[{"join":""}]"#).contains("room name is empty"));
+        assert!(err(r#"[{"join":""}]"#).contains("invalid room name: is empty"));
         assert!(err("42").contains("expected an array"));
     }
 

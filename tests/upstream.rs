@@ -1,0 +1,380 @@
+//! Forwarding to an application (`--upstream`): a real backend (a small axum app) on a real
+//! port, a real gateway in front of it, real WebSocket/SSE/POST clients.
+//!
+//! The backend's behaviour is chosen by event name, so each test can ask for a round trip, a
+//! failure of each kind, or a slow answer.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use common::*;
+use serde_json::{json, Value};
+use switchyard::api::{self, ApiAccess};
+use switchyard::upstream::{Upstream, UpstreamConfig};
+use switchyard::{server, Config, Gateway};
+
+/// What the backend received, in arrival order, per endpoint.
+#[derive(Clone, Default)]
+struct Seen {
+    events: Arc<Mutex<Vec<Value>>>,
+    opens: Arc<Mutex<Vec<Value>>>,
+    expires: Arc<Mutex<Vec<Value>>>,
+}
+
+struct Backend {
+    addr: SocketAddr,
+    seen: Seen,
+}
+
+impl Backend {
+    async fn start() -> Backend {
+        let seen = Seen::default();
+        let router = Router::new()
+            .route("/events", post(backend_event))
+            .route("/open", post(backend_open))
+            .route("/expire", post(backend_expire))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Backend { addr, seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn config(&self) -> UpstreamConfig {
+        UpstreamConfig {
+            events: Some(self.url("/events")),
+            on_open: Some(self.url("/open")),
+            on_expire: Some(self.url("/expire")),
+            timeout: Duration::from_millis(500),
+            ..UpstreamConfig::default()
+        }
+    }
+
+    /// The `event` requests of one session, as (event, data) pairs in arrival order.
+    fn events_of(&self, sid: &str) -> Vec<(String, Value)> {
+        let events = self.seen.events.lock().unwrap();
+        events
+            .iter()
+            .filter(|e| e["sid"] == sid)
+            .map(|e| (e["event"].as_str().unwrap().to_owned(), e["data"].clone()))
+            .collect()
+    }
+}
+
+async fn backend_event(State(seen): State<Seen>, Json(request): Json<Value>) -> Response {
+    seen.events.lock().unwrap().push(request.clone());
+    let data = request["data"].clone();
+    let actions = match request["event"].as_str().unwrap() {
+        "echo" => json!([{"emit": "echo", "data": data}]),
+        "seq" => {
+            // A little jitter, so that an ordering bug would show.
+            tokio::time::sleep(Duration::from_micros(rand::random::<u64>() % 2000)).await;
+            json!([{"emit": "ack", "data": data}])
+        }
+        "join" => json!({"v": 1, "actions": [{"join": data}, {"emit": "joined", "data": data}]}),
+        "say" => json!([{"emit": "chat", "data": data, "to": {"room": "r"}}]),
+        "tell" => json!([{"emit": "told", "data": data["text"], "to": {"sid": data["sid"]}}]),
+        "shout" => json!([{"emit": "shouted", "data": data, "to": {"all": true}}]),
+        "status" => return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        "garbage" => return "this is not JSON".into_response(),
+        "half_bad" => json!([{"emit": "applied", "data": 1}, {"shout": "nope"}]),
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            json!([])
+        }
+        "slowish" => {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            json!([{"emit": "done", "data": data}])
+        }
+        other => json!([{"emit": "unexpected", "data": other}]),
+    };
+    Json(actions).into_response()
+}
+
+async fn backend_open(State(seen): State<Seen>, Json(request): Json<Value>) -> Response {
+    seen.opens.lock().unwrap().push(request.clone());
+    if request["query"].as_str().is_some_and(|q| q.contains("deny")) {
+        return (StatusCode::FORBIDDEN, Json(json!({"error": "go away"}))).into_response();
+    }
+    Json(json!([{"join": "lobby"}])).into_response()
+}
+
+async fn backend_expire(State(seen): State<Seen>, Json(request): Json<Value>) -> Response {
+    seen.expires.lock().unwrap().push(request);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// A gateway forwarding to `upstream`, with the publish API open (loopback), on 127.0.0.1:0.
+async fn gateway(config: Config, upstream: UpstreamConfig) -> (TestServer, Upstream) {
+    let upstream = Upstream::new(upstream);
+    let gateway = upstream.install(Gateway::builder(config)).build();
+    upstream.spawn_expire_hook(gateway.hub(), gateway.shutdown_token().clone());
+    let static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
+    let router = server::app(&gateway, &static_dir).nest("/api", api::router(gateway.clone(), ApiAccess::Loopback));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = gateway.clone();
+    tokio::spawn(async move { server::run(listener, router, served, std::future::pending()).await.unwrap() });
+    (TestServer { addr, gateway, http: reqwest::Client::new() }, upstream)
+}
+
+/// Waits (bounded) until `check` holds, polling: for effects seen only by the backend.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    within(what, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn events_round_trip_through_the_app_over_websocket_and_sse() {
+    let backend = Backend::start().await;
+    let (server, upstream) = gateway(Config::default(), backend.config()).await;
+
+    let mut ws = server.ws("/ws").await;
+    let ws_sid = ws.hello().await;
+    ws.send(r#"{"event":"echo","data":{"n":1}}"#).await;
+    let reply = ws.next().await;
+    assert_eq!((reply.event.as_str(), &reply.data), ("echo", &json!({"n": 1})));
+
+    let mut sse = server.sse("/sse").await;
+    let sse_sid = sse.hello().await;
+    let (status, _) = server.post_json(&sse_sid, r#"[{"event":"echo","data":"a"},{"event":"echo","data":"b"}]"#).await;
+    assert_eq!(status, 202);
+    assert_eq!(sse.next().await.data, json!("a"));
+    assert_eq!(sse.next().await.data, json!("b"));
+
+    // The request carries the schema version, its kind, the session and the event, nothing else.
+    let first = backend.seen.events.lock().unwrap().iter().find(|e| e["sid"] == ws_sid).cloned().unwrap();
+    assert_eq!(first, json!({"v": 1, "type": "event", "sid": ws_sid, "event": "echo", "data": {"n": 1}}));
+    assert_eq!(backend.events_of(&sse_sid), vec![("echo".into(), json!("a")), ("echo".into(), json!("b"))]);
+    assert_eq!(upstream.stats().failures(), 0);
+    assert_eq!(upstream.stats().ok, 5, "two opens and three events");
+}
+
+#[tokio::test]
+async fn every_failure_mode_reaches_the_client_as_an_error_naming_the_event() {
+    let backend = Backend::start().await;
+    let (server, upstream) = gateway(Config::default(), backend.config()).await;
+    let mut sse = server.sse("/sse").await;
+    let sid = sse.hello().await;
+
+    for (event, reason) in [("status", "status"), ("garbage", "malformed"), ("half_bad", "malformed"), ("slow", "timeout")] {
+        let (status, _) = server.post_json(&sid, &format!(r#"{{"event":"{event}","data":null}}"#)).await;
+        assert_eq!(status, 202);
+        // A malformed answer applies nothing: `half_bad`'s valid first action must not arrive.
+        let error = sse.next().await;
+        assert_eq!(error.event, "error", "after `{event}`: {error:?}");
+        assert_eq!(error.data["event"], event);
+        assert_eq!(error.data["reason"], reason);
+        assert!(error.data["error"].as_str().unwrap().contains(&format!("`{event}`")), "{error:?}");
+    }
+    let stats = upstream.stats();
+    assert_eq!((stats.status, stats.malformed, stats.timeout, stats.unavailable), (1, 2, 1, 0));
+
+    // The session still works after every failure.
+    server.post_json(&sid, r#"{"event":"echo","data":"still here"}"#).await;
+    assert_eq!(sse.next().await.data, json!("still here"));
+}
+
+#[tokio::test]
+async fn an_app_that_is_down_is_reported_not_awaited() {
+    // A port that was just free: nothing listens there.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let config = UpstreamConfig { events: Some(format!("http://{dead}/events")), ..UpstreamConfig::default() };
+    let (server, upstream) = gateway(Config::default(), config).await;
+    let mut ws = server.ws("/ws").await;
+    ws.hello().await;
+    ws.send(r#"{"event":"message","data":"anyone?"}"#).await;
+    let error = ws.next().await;
+    assert_eq!((error.event.as_str(), &error.data["event"], &error.data["reason"]), ("error", &json!("message"), &json!("unavailable")));
+    assert_eq!(upstream.stats().unavailable, 1);
+}
+
+#[tokio::test]
+async fn events_reach_the_app_in_order_under_load() {
+    const SESSIONS: usize = 12;
+    const EVENTS: usize = 60;
+    let backend = Backend::start().await;
+    let (server, upstream) = gateway(Config::default(), backend.config()).await;
+    let server = Arc::new(server);
+
+    let mut tasks = Vec::new();
+    for i in 0..SESSIONS {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            let sid = if i % 2 == 0 {
+                // WebSocket: every frame sent at once, without waiting for replies.
+                let mut ws = server.ws("/ws").await;
+                let sid = ws.hello().await;
+                for n in 0..EVENTS {
+                    ws.send(&format!(r#"{{"event":"seq","data":{n}}}"#)).await;
+                }
+                while acks.len() < EVENTS {
+                    acks.push(ws.next().await.data);
+                }
+                sid
+            } else {
+                // SSE + POST: batches of ten, each POST as soon as the previous answers.
+                let mut sse = server.sse("/sse").await;
+                let sid = sse.hello().await;
+                for batch in 0..EVENTS / 10 {
+                    let body: Vec<Value> = (0..10).map(|k| json!({"event": "seq", "data": batch * 10 + k})).collect();
+                    let (status, _) = server.post_json(&sid, &Value::Array(body).to_string()).await;
+                    assert_eq!(status, 202);
+                }
+                while acks.len() < EVENTS {
+                    acks.push(sse.next().await.data);
+                }
+                sid
+            };
+            (sid, acks)
+        }));
+    }
+    let expected: Vec<Value> = (0..EVENTS).map(|n| json!(n)).collect();
+    for task in tasks {
+        let (sid, acks) = within("a session's acks", task).await.unwrap();
+        assert_eq!(acks, expected, "replies of {sid} out of order");
+        let seen: Vec<Value> = backend.events_of(&sid).into_iter().map(|(_, data)| data).collect();
+        assert_eq!(seen, expected, "events of {sid} reached the app out of order");
+    }
+    assert_eq!(upstream.stats().failures(), 0);
+}
+
+#[tokio::test]
+async fn a_session_past_its_in_flight_bound_is_told_it_is_busy() {
+    let backend = Backend::start().await;
+    let config = UpstreamConfig { max_per_session: 2, timeout: Duration::from_secs(5), ..backend.config() };
+    let (server, upstream) = gateway(Config::default(), config).await;
+    let server = Arc::new(server);
+    let mut sse = server.sse("/sse").await;
+    let sid = sse.hello().await;
+
+    // Six concurrent POSTs of a slow event: two fit (one in flight, one waiting), the rest are
+    // refused at once.
+    let posts: Vec<_> = (0..6)
+        .map(|n| {
+            let (server, sid) = (server.clone(), sid.clone());
+            tokio::spawn(async move { server.post_json(&sid, &format!(r#"{{"event":"slowish","data":{n}}}"#)).await.0 })
+        })
+        .collect();
+    for post in posts {
+        assert_eq!(within("a POST answer", post).await.unwrap(), 202);
+    }
+    let mut done = 0;
+    let mut busy = 0;
+    while done + busy < 6 {
+        let event = sse.next().await;
+        match event.event.as_str() {
+            "done" => done += 1,
+            "error" => {
+                assert_eq!((&event.data["reason"], &event.data["event"]), (&json!("busy"), &json!("slowish")));
+                busy += 1;
+            }
+            other => panic!("unexpected {other}: {event:?}"),
+        }
+    }
+    assert!(busy >= 1 && done >= 2, "done {done}, busy {busy}");
+    assert_eq!(upstream.stats().busy, busy);
+    assert_eq!(backend.events_of(&sid).len(), done as usize, "a refused event never reaches the app");
+}
+
+#[tokio::test]
+async fn actions_emit_to_another_session_to_a_room_and_to_everyone() {
+    let backend = Backend::start().await;
+    let (server, _) = gateway(Config::default(), backend.config()).await;
+    let mut a = server.ws("/ws").await;
+    let a_sid = a.hello().await;
+    let mut b = server.sse("/sse").await;
+    let b_sid = b.hello().await;
+
+    // `join` answers with {"v":1,"actions":[...]}: both shapes of an answer are read.
+    a.send(r#"{"event":"join","data":"r"}"#).await;
+    assert_eq!(a.next().await.event, "joined");
+    server.post_json(&b_sid, r#"{"event":"join","data":"r"}"#).await;
+    assert_eq!(b.next().await.event, "joined");
+
+    a.send(r#"{"event":"say","data":"hi room"}"#).await;
+    assert_eq!((a.next().await.event, b.next().await.data), ("chat".to_owned(), json!("hi room")));
+
+    server.post_json(&b_sid, &json!({"event": "tell", "data": {"sid": a_sid, "text": "psst"}}).to_string()).await;
+    let told = a.next().await;
+    assert_eq!((told.event.as_str(), &told.data), ("told", &json!("psst")));
+
+    a.send(r#"{"event":"shout","data":"everyone"}"#).await;
+    assert_eq!(a.next().await.event, "shouted");
+    assert_eq!(b.next().await.event, "shouted");
+}
+
+#[tokio::test]
+async fn the_open_hook_authorizes_and_the_expire_hook_cleans_up() {
+    let backend = Backend::start().await;
+    let config = Config { grace: Duration::from_millis(200), ..Config::default() };
+    let (server, _) = gateway(config, backend.config()).await;
+
+    // Refused on every transport, with the app's reason, and the session is gone.
+    for path in ["/sse?deny=1", "/poll?deny=1"] {
+        let response = server.http.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 403, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "session refused by the application: go away");
+    }
+    let refused = tokio_tungstenite::connect_async(server.ws_url("/ws?deny=1")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected the WebSocket to be refused with 403, got {other:?}"),
+    }
+    assert_eq!(server.gateway.hub().len(), 0, "refused sessions are removed");
+
+    // Admitted: the hook saw the page's query (not the gateway's own parameters) and headers,
+    // and its actions (join "lobby") were applied.
+    let mut sse = server.sse_with("/sse?token=abc", None).await;
+    let sid = sse.hello().await;
+    let open = backend.seen.opens.lock().unwrap().last().cloned().unwrap();
+    assert_eq!((&open["v"], &open["type"], &open["sid"], &open["transport"]), (&json!(1), &json!("open"), &json!(sid), &json!("sse")));
+    assert_eq!(open["query"], "token=abc");
+    assert!(open["headers"].is_object());
+    let info: Value = server.http.get(server.url(&format!("/api/sessions/{sid}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["rooms"], json!(["lobby"]));
+
+    // Resuming is not opening: no second hook.
+    let opens = backend.seen.opens.lock().unwrap().len();
+    drop(sse);
+    let mut again = server.sse(&format!("/sse?sid={sid}")).await;
+    assert_eq!(again.hello().await, sid);
+    assert_eq!(backend.seen.opens.lock().unwrap().len(), opens);
+    drop(again);
+
+    // Expiry: the app hears which session went and which rooms it left.
+    eventually("the expire hook", || backend.seen.expires.lock().unwrap().iter().any(|e| e["sid"] == sid)).await;
+    let expire = backend.seen.expires.lock().unwrap().iter().find(|e| e["sid"] == sid).cloned().unwrap();
+    assert_eq!(expire, json!({"v": 1, "type": "expire", "sid": sid, "rooms": ["lobby"]}));
+}
+
+#[tokio::test]
+async fn an_open_hook_that_cannot_be_reached_refuses_sessions() {
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let config = UpstreamConfig { on_open: Some(format!("http://{dead}/open")), ..UpstreamConfig::default() };
+    let (server, upstream) = gateway(Config::default(), config).await;
+    let response = server.http.get(server.url("/poll")).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("unreachable"), "{body}");
+    assert_eq!(upstream.stats().unavailable, 1);
+}
