@@ -1,0 +1,99 @@
+//! The real binary as an operator runs it: start, serve, SIGTERM, drain, exit.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+
+/// The binary on a free loopback port; returns the child and the address it logged.
+fn start_binary(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["--bind", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the switchyard binary");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("addr=") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(line[at + 5..].split_whitespace().next().unwrap().to_owned());
+                }
+            }
+            eprintln!("[switchyard] {line}");
+        }
+    });
+    let addr = rx.recv_timeout(WAIT).expect("the binary logs its listening address");
+    (child, addr)
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the process did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_clients_with_a_reconnect_notice_and_exits_cleanly() {
+    let (mut child, addr) = start_binary(&["--drain", "5s"]);
+    let http = reqwest::Client::new();
+    let page = http.get(format!("http://{addr}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200, "the demo page is served");
+
+    let response = http.get(format!("http://{addr}/sse")).send().await.unwrap();
+    let mut sse = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
+    let hello = within("SSE hello", sse.next()).await.unwrap().unwrap();
+    let sid = serde_json::from_str::<serde_json::Value>(&hello.data).unwrap()["sid"].as_str().unwrap().to_owned();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
+    within("WS hello", ws.next()).await.unwrap().unwrap();
+
+    // A POST whose body is still arriving when the signal comes: it must be finished, not cut.
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    body_tx.send(Ok(br#"{"event":"message","#.to_vec())).await.unwrap();
+    let in_flight = {
+        let url = format!("http://{addr}/sse?sid={sid}");
+        let http = http.clone();
+        let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(body_rx));
+        tokio::spawn(async move { http.post(url).header("content-type", "application/json").body(body).send().await })
+    };
+    // Nothing outside the process shows the request has reached the handler; give the loopback
+    // round trip ample time (a lost race fails the test loudly: the POST would be refused).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+
+    // Every attached client is told to resume, then its transport is closed cleanly.
+    let farewell = within("SSE reconnect notice", sse.next()).await.unwrap().unwrap();
+    assert_eq!(farewell.event, "reconnect");
+    assert!(within("SSE end", sse.next()).await.is_none(), "the stream ends after the notice");
+    let frame = within("WS reconnect notice", ws.next()).await.unwrap().unwrap();
+    assert!(frame.to_text().unwrap().contains(r#""event":"reconnect""#), "{frame:?}");
+    match within("WS close", ws.next()).await {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(close)))) => assert_eq!(u16::from(close.code), 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    // The in-flight POST completes.
+    body_tx.send(Ok(br#""data":"late"}"#.to_vec())).await.unwrap();
+    drop(body_tx);
+    let answer = within("the in-flight POST", in_flight).await.unwrap().expect("POST answered");
+    assert_eq!(answer.status(), 202);
+
+    let status = wait_exit(&mut child, Duration::from_secs(8));
+    assert!(status.success(), "exit status {status}");
+    assert!(http.get(format!("http://{addr}/sse")).send().await.is_err(), "nothing listens any more");
+}
