@@ -59,6 +59,22 @@ impl Error {
         }
     }
 
+    /// A short, fixed name of the variant, for metrics labels.
+    fn kind(&self) -> &'static str {
+        match self {
+            Error::BadRequest(_) => "bad_request",
+            Error::NoSession => "no_session",
+            Error::TooLarge(_) => "too_large",
+            Error::UnsupportedMediaType(_) => "unsupported_media_type",
+            Error::Superseded => "superseded",
+            Error::Full => "full",
+            Error::RateLimited => "rate_limited",
+            Error::Unauthorized => "unauthorized",
+            Error::ApiDisabled => "api_disabled",
+            Error::Refused(_) => "refused",
+        }
+    }
+
     /// Seconds a client should wait before retrying, for the statuses where waiting helps.
     fn retry_after(&self) -> Option<&'static str> {
         match self {
@@ -71,6 +87,7 @@ impl Error {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
+        metrics::counter!("switchyard_errors_total", "kind" => self.kind()).increment(1);
         let mut response = (self.status(), Json(json!({ "error": self.to_string() }))).into_response();
         if let Some(seconds) = self.retry_after() {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));

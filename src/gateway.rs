@@ -134,6 +134,7 @@ impl GatewayBuilder {
 
     /// Builds the gateway and starts its expiry task; call it inside a tokio runtime.
     pub fn build(self) -> Gateway {
+        crate::metrics::install();
         let hub = Hub::new(self.config.hub(), self.shutdown.clone());
         hub.spawn_expiry();
         Gateway {

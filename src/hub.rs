@@ -475,6 +475,7 @@ impl Hub {
         let behind_since = (state.last_seq > position).then(Instant::now);
         let attached = Attached { id, wake: wake.clone(), read_upto: position, behind_since };
         if let Some(old) = state.attached.replace(attached) {
+            metrics::counter!("switchyard_detaches_total", "reason" => "superseded").increment(1);
             old.wake.notify_one();
         }
         state.last_transport = Some(transport);
@@ -499,6 +500,16 @@ impl Hub {
         }
         tracing::debug!(sid = session.sid.short(), transport = transport.as_str(), position, ?gap, "attached");
         let fresh = found.is_none();
+        metrics::counter!("switchyard_attaches_total", "transport" => transport.as_str()).increment(1);
+        metrics::gauge!("switchyard_transports_open", "transport" => transport.as_str()).increment(1);
+        if fresh {
+            metrics::counter!("switchyard_sessions_created_total").increment(1);
+        } else if !continuation {
+            metrics::counter!("switchyard_resumes_total", "transport" => transport.as_str()).increment(1);
+        }
+        if let Some(reason) = gap {
+            metrics::counter!("switchyard_gaps_total", "reason" => reason.as_str()).increment(1);
+        }
         Some(Attachment {
             hub: self.clone(),
             session,
@@ -566,6 +577,7 @@ impl Hub {
             });
         }
         self.inner.live.fetch_sub(removed, Ordering::Relaxed);
+        metrics::counter!("switchyard_sessions_expired_total").increment(removed as u64);
         // Room tables and watchers are touched with no session table lock held.
         self.forget(gone, true);
         removed
@@ -854,6 +866,7 @@ impl Attachment {
             let first = state.ring.front().map_or(state.last_seq + 1, |e| e.seq);
             if self.position + 1 < first {
                 let lost = first - 1 - self.position;
+                metrics::counter!("switchyard_gaps_total", "reason" => "overflow").increment(1);
                 self.position = first - 1;
                 self.pending.push_back(Event::notice(
                     self.position,
@@ -889,8 +902,10 @@ impl Attachment {
 
 impl Drop for Attachment {
     fn drop(&mut self) {
+        metrics::gauge!("switchyard_transports_open", "transport" => self.transport.as_str()).decrement(1);
         let mut state = lock(&self.session.state);
         if state.attached.as_ref().is_some_and(|a| a.id == self.id) {
+            metrics::counter!("switchyard_detaches_total", "reason" => "closed").increment(1);
             state.attached = None;
             state.detached_at = Some(Instant::now());
             tracing::debug!(sid = self.session.sid.short(), transport = self.transport.as_str(), "detached");
@@ -902,6 +917,7 @@ impl Drop for Attachment {
 fn evict(state: &mut State, reason: CloseReason, sid: &Sid) {
     if let Some(attached) = state.attached.take() {
         tracing::info!(sid = sid.short(), reason = reason.as_str(), "detaching transport");
+        metrics::counter!("switchyard_detaches_total", "reason" => reason.as_str()).increment(1);
         state.evicted = Some((attached.id, reason));
         state.detached_at = Some(Instant::now());
         attached.wake.notify_one();

@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod transport;

@@ -319,3 +319,79 @@ async fn shutdown_tells_every_transport_to_reconnect_then_closes_it() {
     let answer = within("the waiting poll", waiting).await.unwrap();
     assert_eq!(answer[0]["event"], "reconnect");
 }
+
+#[tokio::test]
+async fn metrics_and_health_are_served_and_never_name_a_session() {
+    let logs = capture_logs();
+    let server = TestServer::with_config(Config { grace: Duration::from_millis(100), ..Config::default() }).await;
+    let health: Value = server.http.get(server.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    let mut ws = server.ws("/ws").await;
+    let sid = ws.hello().await;
+    ws.send(r#"{"event":"message","data":"hi"}"#).await;
+    ws.next().await;
+    assert_eq!(server.post_json("AAAAAAAAAAAAAAAAAAAAAA", r#"{"event":"message"}"#).await.0, 404);
+    assert_eq!(server.post_json(&sid, r#"{"event":"message"}"#).await.0, 202);
+    drop(ws);
+    let parsed: Sid = sid.parse().unwrap();
+    within("the session to expire", async {
+        while server.gateway.hub().contains(&parsed).await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let response = server.http.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    for needle in [
+        "switchyard_sessions ",
+        "switchyard_attaches_total{transport=\"websocket\"}",
+        "switchyard_transports_open{transport=\"websocket\"}",
+        "switchyard_sessions_created_total",
+        "switchyard_sessions_expired_total",
+        "switchyard_events_in_total{via=\"websocket\"}",
+        "switchyard_events_in_total{via=\"post\"}",
+        "switchyard_events_out_total{transport=\"websocket\"}",
+        "switchyard_bytes_out_total{transport=\"websocket\"}",
+        "switchyard_post_responses_total{status=\"404\"}",
+        "switchyard_post_responses_total{status=\"202\"}",
+        "switchyard_errors_total{kind=\"no_session\"}",
+        "switchyard_detaches_total{reason=\"closed\"}",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
+    }
+    assert!(!text.contains(&sid), "a sid in the metrics");
+    let logged = logs.lock().unwrap().clone();
+    let logged = String::from_utf8_lossy(&logged);
+    assert!(logged.contains(&sid[..6]), "the session's shortened sid is logged");
+    assert!(!logged.contains(&sid), "the full sid must never be logged");
+}
+
+/// Sends this test binary's debug logs into a buffer, once.
+fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("switchyard=debug")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(sink.clone()))
+            .init();
+        logs
+    })
+    .clone()
+}
+
+struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -22,6 +22,7 @@ use axum::Router;
 use serde::Deserialize;
 
 use crate::gateway::Gateway;
+use crate::metrics;
 use crate::hub::Event;
 use crate::protocol::Sid;
 
@@ -31,6 +32,8 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/sse", get(sse::stream).post(post::send))
         .route("/poll", get(poll::poll).post(post::send))
+        .route("/metrics", get(metrics::render))
+        .route("/healthz", get(metrics::healthz))
         .with_state(gateway)
         .layer(policy.cors())
         .layer(middleware::from_fn_with_state(policy, origin::guard))

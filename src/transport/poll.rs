@@ -41,6 +41,9 @@ pub async fn poll(
             Ok(Err(CloseReason::Shutdown | CloseReason::SlowConsumer)) | Err(_) => {}
         }
     }
+    for frame in &frames {
+        crate::metrics::event_out(Transport::Polling, frame.len());
+    }
     let body = format!("[{}]", frames.join(","));
     let mut response = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));

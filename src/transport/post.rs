@@ -8,6 +8,7 @@ use axum::body::{to_bytes, Body};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -18,6 +19,18 @@ use crate::protocol::{parse_envelopes_with, Envelope, Limits, Sid};
 
 pub async fn send(
     State(gateway): State<Gateway>,
+    query: Result<Query<AttachQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let response = accept(gateway, query, headers, body).await.into_response();
+    let status = response.status();
+    metrics::counter!("switchyard_post_responses_total", "status" => status.as_str().to_owned()).increment(1);
+    response
+}
+
+async fn accept(
+    gateway: Gateway,
     query: Result<Query<AttachQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
@@ -36,6 +49,7 @@ pub async fn send(
     })?;
     let envelopes = parse_body(&headers, &bytes, &gateway.config().limits)?;
     let accepted = envelopes.len();
+    crate::metrics::events_in("post", accepted);
     gateway.dispatch(&sid, envelopes).await;
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
 }

@@ -23,6 +23,7 @@ use super::AttachQuery;
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::hub::Transport;
+use crate::metrics;
 
 pub async fn stream(
     State(gateway): State<Gateway>,
@@ -44,6 +45,7 @@ pub async fn stream(
     let sid = attachment.sid().clone();
     let events = async_stream::stream! {
         while let Ok(event) = attachment.recv().await {
+            metrics::event_out(Transport::Sse, event.data.len());
             yield Ok::<_, Infallible>(
                 SseEvent::default()
                     .id(event.cursor(&sid).to_string())

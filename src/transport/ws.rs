@@ -22,7 +22,9 @@ use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use super::{envelope_json, AttachQuery};
 use crate::error::Error;
 use crate::gateway::Gateway;
-use crate::hub::{Attachment, CloseReason, Transport};
+use crate::hub::{Attachment, CloseReason, Event, Transport};
+use crate::metrics;
+use crate::protocol::Sid;
 use crate::protocol::parse_envelopes_with;
 
 /// Close code telling the client another transport holds its session now.
@@ -68,13 +70,13 @@ where
         tokio::select! {
             next = attachment.recv() => match next {
                 Ok(event) => {
-                    if sink.feed(Message::Text(envelope_json(&event, &sid).into())).await.is_err() {
+                    if sink.feed(frame(&event, &sid)).await.is_err() {
                         break None;
                     }
                     // Write whatever else is ready before one flush.
                     let mut failed = false;
                     while let Ok(Some(event)) = attachment.try_recv() {
-                        if sink.feed(Message::Text(envelope_json(&event, &sid).into())).await.is_err() {
+                        if sink.feed(frame(&event, &sid)).await.is_err() {
                             failed = true;
                             break;
                         }
@@ -91,7 +93,10 @@ where
                 last_heard = Instant::now();
                 match frame {
                     Some(Ok(Message::Text(text))) => match parse_envelopes_with(text.as_str(), &gateway.config().limits) {
-                        Ok(envelopes) => gateway.dispatch(&sid, envelopes).await,
+                        Ok(envelopes) => {
+                            metrics::events_in("websocket", envelopes.len());
+                            gateway.dispatch(&sid, envelopes).await
+                        }
                         Err(err) => gateway.report_error(&sid, err).await,
                     },
                     Some(Ok(Message::Binary(_))) => {
@@ -121,6 +126,13 @@ where
         let frame = CloseFrame { code, reason: reason.into() };
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
     }
+}
+
+/// One event as a text frame, counted.
+fn frame(event: &Event, sid: &Sid) -> Message {
+    let text = envelope_json(event, sid);
+    metrics::event_out(Transport::WebSocket, text.len());
+    Message::Text(text.into())
 }
 
 /// The close frame owed to a peer whose frame could not be read: RFC 6455 names a code for a
