@@ -43,6 +43,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// On shutdown, longest to wait for connections to finish before returning.
     pub drain: Duration,
+    /// With a secret, opening a session takes an HS256 JWT signed with it (see `auth`).
+    pub auth_secret: Option<String>,
 }
 
 impl Default for Config {
@@ -62,6 +64,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             header_timeout: Duration::from_secs(10),
             drain: Duration::from_secs(10),
+            auth_secret: None,
         }
     }
 }
@@ -152,6 +155,11 @@ pub struct Cli {
     #[command(flatten)]
     pub upstream: UpstreamArgs,
 
+    /// Secret of the HS256 JWTs that opening a session then requires (`Authorization: Bearer`
+    /// or `?token=`); the token's `sub` is attached to the session.
+    #[arg(long, env = "SWITCHYARD_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
     /// Directory of the demo page and browser client.
     #[arg(long, env = "SWITCHYARD_STATIC_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/static"))]
     pub static_dir: PathBuf,
@@ -174,6 +182,7 @@ impl Cli {
             allowed_origins: self.allowed_origins.clone(),
             header_timeout: self.header_timeout,
             drain: self.drain,
+            auth_secret: self.auth_secret.clone(),
         }
     }
 }
@@ -184,15 +193,15 @@ impl Cli {
 pub struct UpstreamArgs {
     /// Forward every client event no built-in handler claims to this URL (HTTP POST, JSON); the
     /// answer is a list of actions. With it, the binary runs no default app: the upstream is the app.
-    #[arg(long = "upstream", env = "SWITCHYARD_UPSTREAM", value_name = "URL")]
+    #[arg(long = "upstream", env = "SWITCHYARD_UPSTREAM", value_name = "URL", value_parser = http_url)]
     pub events: Option<String>,
 
     /// POST an `open` hook here when a session is created; a non-2xx answer refuses the session.
-    #[arg(long = "upstream-on-open", env = "SWITCHYARD_UPSTREAM_ON_OPEN", value_name = "URL")]
+    #[arg(long = "upstream-on-open", env = "SWITCHYARD_UPSTREAM_ON_OPEN", value_name = "URL", value_parser = http_url)]
     pub on_open: Option<String>,
 
     /// POST an `expire` hook here when a session expires.
-    #[arg(long = "upstream-on-expire", env = "SWITCHYARD_UPSTREAM_ON_EXPIRE", value_name = "URL")]
+    #[arg(long = "upstream-on-expire", env = "SWITCHYARD_UPSTREAM_ON_EXPIRE", value_name = "URL", value_parser = http_url)]
     pub on_expire: Option<String>,
 
     /// Longest wait for a whole answer from the application.
@@ -217,6 +226,17 @@ pub struct UpstreamArgs {
     pub api_key: Option<String>,
 }
 
+/// An application URL: plain `http://` (this build has no TLS client), checked at startup rather
+/// than at the first event.
+fn http_url(raw: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "http" if url.host().is_some() => Ok(raw.to_owned()),
+        "http" => Err("the URL has no host".into()),
+        other => Err(format!("scheme `{other}` is not supported: use http:// (put a TLS proxy next to the app if needed)")),
+    }
+}
+
 impl UpstreamArgs {
     /// The upstream client's settings, or `None` when no application URL is configured.
     pub fn config(&self) -> Option<crate::upstream::UpstreamConfig> {
@@ -232,5 +252,24 @@ impl UpstreamArgs {
             max_in_flight: self.max_in_flight as usize,
             max_per_session: self.max_per_session as usize,
         })
+    }
+}
+
+#[cfg(test)]
+mod upstream_args_tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls_are_checked_at_startup() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["switchyard"], args].concat());
+        let cli = parse(&["--upstream", "http://127.0.0.1:5000/events", "--api-key", "k"]).unwrap();
+        let upstream = cli.upstream.config().expect("an upstream is configured");
+        assert_eq!(upstream.events.as_deref(), Some("http://127.0.0.1:5000/events"));
+        assert_eq!((upstream.on_open, upstream.on_expire), (None, None));
+        assert_eq!(cli.upstream.api_key.as_deref(), Some("k"));
+        assert!(parse(&[]).unwrap().upstream.config().is_none());
+        for bad in ["https://app/events", "127.0.0.1:5000", "http://", "ftp://x/"] {
+            assert!(parse(&["--upstream", bad]).is_err(), "{bad}");
+        }
     }
 }

@@ -27,6 +27,9 @@ pub enum Error {
     /// A long-poll was cut short because another transport attached to its session.
     #[error("superseded: another transport attached to this session")]
     Superseded,
+    /// A session needs a valid token to open (auth on).
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthError),
     /// The session limit is reached; try again later.
     #[error("the server holds as many sessions as it may; retry later")]
     Full,
@@ -54,7 +57,7 @@ impl Error {
             Error::Superseded => StatusCode::CONFLICT,
             Error::Full => StatusCode::SERVICE_UNAVAILABLE,
             Error::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::Unauthorized | Error::Auth(_) => StatusCode::UNAUTHORIZED,
             Error::ApiDisabled | Error::Refused(_) => StatusCode::FORBIDDEN,
         }
     }
@@ -70,6 +73,7 @@ impl Error {
             Error::Full => "full",
             Error::RateLimited => "rate_limited",
             Error::Unauthorized => "unauthorized",
+            Error::Auth(_) => "auth",
             Error::ApiDisabled => "api_disabled",
             Error::Refused(_) => "refused",
         }

@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Auth, AuthError};
 use crate::config::Config;
 use crate::error::Error;
 use crate::hub::{Attachment, Hub, HubError, Transport};
@@ -56,9 +57,15 @@ pub struct Context {
     sid: Sid,
     event: Arc<str>,
     hub: Hub,
+    subject: Option<Arc<str>>,
 }
 
 impl Context {
+    /// Who the client is: the subject of the token that opened the session (auth on only).
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
+
     /// The session the event came from.
     pub fn sid(&self) -> &Sid {
         &self.sid
@@ -135,6 +142,7 @@ impl GatewayBuilder {
     /// Builds the gateway and starts its expiry task; call it inside a tokio runtime.
     pub fn build(self) -> Gateway {
         crate::metrics::install();
+        let auth = self.config.auth_secret.as_deref().map(Auth::new);
         let hub = Hub::new(self.config.hub(), self.shutdown.clone());
         hub.spawn_expiry();
         Gateway {
@@ -146,6 +154,7 @@ impl GatewayBuilder {
                 open: self.open,
                 shutdown: self.shutdown,
                 sockets: TaskTracker::new(),
+                auth,
             }),
         }
     }
@@ -169,6 +178,8 @@ struct Shared {
     /// The per-socket tasks of upgraded WebSockets, which outlive the HTTP request that started
     /// them; [`Gateway::drained`] waits for them.
     sockets: TaskTracker,
+    /// Token verification, when `auth_secret` is configured.
+    auth: Option<Auth>,
 }
 
 impl Gateway {
@@ -213,9 +224,10 @@ impl Gateway {
 
     /// Runs the handler of each envelope in turn, for one session.
     pub async fn dispatch(&self, sid: &Sid, envelopes: Vec<Envelope>) {
+        let subject = if self.inner.auth.is_some() { self.hub.subject(sid) } else { None };
         for Envelope { event, data } in envelopes {
             let handler = self.inner.handlers.get(&event).or(self.inner.fallback.as_ref());
-            let ctx = Context { sid: sid.clone(), event: event.as_str().into(), hub: self.hub.clone() };
+            let ctx = Context { sid: sid.clone(), event: event.as_str().into(), hub: self.hub.clone(), subject: subject.clone() };
             match handler {
                 Some(handler) => handler(ctx, data).await,
                 None => {
@@ -229,7 +241,11 @@ impl Gateway {
 
     /// Runs the open hook for a session the attachment just created; transports call it after
     /// every attach, before serving. On refusal the session is removed and the error says why.
+    ///
+    /// With auth on, a new session first needs a valid token, whose subject it keeps; a token
+    /// presented on a resume must name the session's subject (see [`crate::auth`]).
     pub async fn admit(&self, attachment: &Attachment, headers: &axum::http::HeaderMap, query: Option<&str>) -> Result<(), Error> {
+        self.authenticate(attachment, headers, query)?;
         let Some(hook) = self.inner.open.as_ref().filter(|_| attachment.is_fresh()) else {
             return Ok(());
         };
@@ -244,6 +260,36 @@ impl Gateway {
             self.hub.remove(attachment.sid());
             Error::Refused(reason)
         })
+    }
+
+    fn authenticate(&self, attachment: &Attachment, headers: &axum::http::HeaderMap, query: Option<&str>) -> Result<(), Error> {
+        let Some(auth) = &self.inner.auth else { return Ok(()) };
+        #[derive(serde::Deserialize)]
+        struct TokenQuery {
+            token: Option<String>,
+        }
+        let query_token = query.and_then(|q| serde_urlencoded::from_str::<TokenQuery>(q).ok()).and_then(|q| q.token);
+        let sid = attachment.sid();
+        let refuse = |err: AuthError| {
+            if attachment.is_fresh() {
+                self.hub.remove(sid);
+            }
+            tracing::info!(sid = sid.short(), %err, "refused a session");
+            Err(Error::Auth(err))
+        };
+        let identity = match crate::auth::token(headers, query_token.as_deref()).map(|t| auth.verify(t)).transpose() {
+            Ok(identity) => identity,
+            Err(err) => return refuse(err),
+        };
+        match identity {
+            Some(subject) if attachment.is_fresh() => {
+                self.hub.set_subject(sid, subject)?;
+                Ok(())
+            }
+            None if attachment.is_fresh() => refuse(AuthError::Missing),
+            Some(subject) if self.hub.subject(sid).as_deref() != Some(&*subject) => refuse(AuthError::WrongSubject),
+            _ => Ok(()),
+        }
     }
 
     /// Tells the session, in its own event stream, that something it sent was refused.

@@ -254,6 +254,8 @@ struct State {
     attached_since: Option<SystemTime>,
     /// The rooms this session is in; mirrored by the hub's room table (see the rooms section).
     rooms: BTreeSet<Arc<str>>,
+    /// Who the client is, when auth is on: the subject of the token that opened the session.
+    subject: Option<Arc<str>>,
     /// The last attachment the hub detached on its own, and why; that attachment reports this
     /// reason instead of [`CloseReason::Superseded`].
     evicted: Option<(u64, CloseReason)>,
@@ -329,6 +331,7 @@ impl Hub {
                 evicted: None,
                 send_tokens: f64::from(self.inner.config.send_burst),
                 send_refill: Instant::now(),
+                subject: None,
             }),
         });
         self.shard(&sid).write().unwrap_or_else(|e| e.into_inner()).insert(sid, session.clone());
@@ -368,6 +371,20 @@ impl Hub {
     /// 404 before running any handler.
     pub async fn contains(&self, sid: &Sid) -> bool {
         self.find(sid).is_some_and(|s| !lock(&s.state).removed)
+    }
+
+    /// Records who opened the session (the auth subject); handlers see it in their context.
+    pub fn set_subject(&self, sid: &Sid, subject: Arc<str>) -> Result<(), HubError> {
+        let session = self.find(sid).ok_or(HubError::NoSession)?;
+        lock(&session.state).subject = Some(subject);
+        Ok(())
+    }
+
+    /// Who opened the session, if auth is on.
+    pub fn subject(&self, sid: &Sid) -> Option<Arc<str>> {
+        let session = self.find(sid)?;
+        let subject = lock(&session.state).subject.clone();
+        subject
     }
 
     /// A snapshot of one session, for debugging and tests.

@@ -395,3 +395,66 @@ impl std::io::Write for LogWriter {
         Ok(())
     }
 }
+
+fn token(secret: &str, sub: &str, exp_offset: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims = json!({"sub": sub, "exp": now + exp_offset});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn with_an_auth_secret_opening_a_session_takes_a_valid_token_whose_subject_handlers_see() {
+    let secret = "correct horse battery staple";
+    let server = TestServer::with_config(Config { auth_secret: Some(secret.into()), ..Config::default() }).await;
+    let cases = [
+        ("/sse".to_owned(), "token is required"),
+        (format!("/sse?token={}", token(secret, "alice", -60)), "expired"),
+        (format!("/poll?token={}", token("wrong secret", "alice", 60)), "not valid"),
+        ("/poll?token=garbage".to_owned(), "not valid"),
+    ];
+    for (path, reason) in &cases {
+        let response = server.http.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains(reason), "{path}: {body}");
+    }
+    let mut request = server.ws_url("/ws").into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {}", token(secret, "bob", -60)).parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    assert_eq!(server.gateway.hub().len(), 0, "refused attempts leave no session behind");
+
+    // A valid token in the query (what EventSource can send) or the header (WebSocket clients).
+    let mut sse = server.sse(&format!("/sse?token={}", token(secret, "alice", 60))).await;
+    let sid = sse.hello().await;
+    server.post_json(&sid, r#"{"event":"whoami"}"#).await;
+    assert_eq!(sse.next().await.data, json!("alice"));
+    let mut request = server.ws_url("/ws").into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {}", token(secret, "bob", 60)).parse().unwrap());
+    let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut ws = WsClient { socket };
+    ws.hello().await;
+    ws.send(r#"{"event":"whoami"}"#).await;
+    assert_eq!(ws.next().await.data, json!("bob"));
+
+    // Resuming takes the sid alone, and keeps the subject; another subject's token is refused.
+    drop(sse);
+    let mut sse = server.sse(&format!("/sse?sid={sid}")).await;
+    assert_eq!(sse.hello().await, sid);
+    server.post_json(&sid, r#"{"event":"whoami"}"#).await;
+    assert_eq!(sse.next().await.data, json!("alice"));
+    let response = server
+        .http
+        .get(server.url(&format!("/sse?sid={sid}&token={}", token(secret, "mallory", 60))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}

@@ -50,6 +50,10 @@ impl TestServer {
             .on("echo", |ctx, data| async move {
                 ctx.emit("echo", data).await.expect("session is live");
             })
+            .on("whoami", |ctx, _| async move {
+                let subject = ctx.subject().map(str::to_owned);
+                ctx.emit("whoami", subject).await.expect("session is live");
+            })
             .build();
         let static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
         let router = server::app(&gateway, &static_dir);
