@@ -8,6 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ use switchyard::{server, Config, Gateway};
 /// What the backend received, in arrival order, per endpoint.
 #[derive(Clone, Default)]
 struct Seen {
+    /// Requests being handled right now, and the most ever handled at once.
+    concurrent: Arc<AtomicUsize>,
+    most_concurrent: Arc<AtomicUsize>,
     events: Arc<Mutex<Vec<Value>>>,
     opens: Arc<Mutex<Vec<Value>>>,
     expires: Arc<Mutex<Vec<Value>>>,
@@ -94,6 +98,13 @@ async fn backend_event(State(seen): State<Seen>, Json(request): Json<Value>) -> 
         "slow" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             json!([])
+        }
+        "hold" => {
+            let now = seen.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
+            seen.most_concurrent.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            seen.concurrent.fetch_sub(1, Ordering::SeqCst);
+            json!([{"emit": "held", "data": data}])
         }
         "slowish" => {
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -186,6 +197,9 @@ async fn every_failure_mode_reaches_the_client_as_an_error_naming_the_event() {
     }
     let stats = upstream.stats();
     assert_eq!((stats.status, stats.malformed, stats.timeout, stats.unavailable), (1, 2, 1, 0));
+    // None of these is retried: the app may have acted on the request.
+    let sent: Vec<String> = backend.events_of(&sid).into_iter().map(|(event, _)| event).collect();
+    assert_eq!(sent, ["status", "garbage", "half_bad", "slow"]);
 
     // The session still works after every failure.
     server.post_json(&sid, r#"{"event":"echo","data":"still here"}"#).await;
@@ -377,4 +391,23 @@ async fn an_open_hook_that_cannot_be_reached_refuses_sessions() {
     let body: Value = response.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("unreachable"), "{body}");
     assert_eq!(upstream.stats().unavailable, 1);
+}
+
+#[tokio::test]
+async fn requests_in_flight_to_the_app_are_bounded_over_all_sessions() {
+    let backend = Backend::start().await;
+    let config = UpstreamConfig { max_in_flight: 2, timeout: Duration::from_secs(5), ..backend.config() };
+    let (server, upstream) = gateway(Config::default(), config).await;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let mut ws = server.ws("/ws").await;
+        ws.hello().await;
+        ws.send(r#"{"event":"hold","data":null}"#).await;
+        clients.push(ws);
+    }
+    for ws in &mut clients {
+        assert_eq!(ws.next().await.event, "held");
+    }
+    assert_eq!(backend.seen.most_concurrent.load(Ordering::SeqCst), 2, "at most two requests at once, and both used");
+    assert_eq!(upstream.stats().failures(), 0, "waiting for a permit within the timeout is not a failure");
 }
