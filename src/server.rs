@@ -48,7 +48,14 @@ pub async fn run(
     // the gateway handles; and hyper's HTTP/1 server applies the header timeout from the first
     // byte on, where version sniffing would wait unbounded for that byte.
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(gateway.config().header_timeout).keep_alive(true);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(gateway.config().header_timeout)
+        .keep_alive(true)
+        // hyper buffers up to ~400 KiB per connection by default when the peer reads slower
+        // than we write; a stuck reader would pin that much. 64 KiB holds many events, still
+        // bounds a stuck connection's cost, and caps request headers at a sane size.
+        .max_buf_size(CONNECTION_BUFFER);
     let connections = TaskTracker::new();
     let mut reserve = Reserve::take();
     let token = gateway.shutdown_token().clone();
@@ -107,6 +114,9 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// Most bytes hyper buffers per connection, in either direction.
+pub const CONNECTION_BUFFER: usize = 64 * 1024;
 
 /// `EMFILE` (this process) or `ENFILE` (the whole system) from `accept`.
 fn is_out_of_descriptors(err: &io::Error) -> bool {
