@@ -167,6 +167,7 @@ async fn session(State(gateway): State<Gateway>, Path(sid): Path<String>) -> Res
         "buffered": info.buffered,
         "last_cursor": Cursor::event(sid.clone(), info.last_seq).to_string(),
         "rooms": info.rooms,
+        "subject": gateway.hub().subject(&sid).as_deref(),
     })))
 }
 

@@ -51,6 +51,10 @@ fn describe() {
     describe_counter!("switchyard_bytes_out_total", "Event bytes written to clients, by transport");
     describe_counter!("switchyard_post_responses_total", "Answers to POSTed events, by status");
     describe_counter!("switchyard_errors_total", "Errors answered to clients, by kind");
+    describe_counter!(
+        "switchyard_upstream_requests_total",
+        "Requests to the application (--upstream), by outcome: ok, unavailable, timeout, status, malformed, busy"
+    );
 }
 
 /// Counts one written event of `bytes` bytes on `transport`.

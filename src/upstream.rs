@@ -2,7 +2,8 @@
 //! logic (the shape of Pushpin, or Centrifugo's proxy mode).
 //!
 //! * Every client event no built-in handler claims is POSTed to the app as
-//!   `{"v":1,"type":"event","sid":..,"event":..,"data":..}`; the app answers with a list of
+//!   `{"v":1,"type":"event","sid":..,"event":..,"data":..}` (plus `"subject"`, who the client is,
+//!   when the gateway authenticates sessions); the app answers with a list of
 //!   [`Action`]s (emit to this session, another session, a room or everyone; join or leave a
 //!   room), which the gateway applies through the hub.
 //! * Optional lifecycle hooks: `open` when a session is created (a non-2xx answer refuses the
@@ -19,8 +20,8 @@
 //!   those the event is refused, visibly.
 //! * **Failures are never silent.** App down, timeout, non-2xx, malformed answer, or a full
 //!   queue: the client gets an `error` event naming the event that failed and why, a log line
-//!   says the details, and a counter ([`Upstream::stats`], and a `switchyard::metrics` trace)
-//!   counts it. Only a request that never reached the app (connection refused) is retried, once:
+//!   says the details, and a counter counts it ([`Upstream::stats`], and the Prometheus counter
+//!   `switchyard_upstream_requests_total{outcome}`). Only a request that never reached the app (connection refused) is retried, once:
 //!   anything else may have had effects.
 //! * **All or nothing.** An answer is parsed and checked whole before any action is applied, so a
 //!   malformed answer changes nothing.
@@ -242,7 +243,7 @@ impl Upstream {
             let upstream = self.clone();
             builder = builder.fallback(move |ctx, data| {
                 let upstream = upstream.clone();
-                async move { upstream.forward(ctx.hub(), ctx.sid(), ctx.event(), data).await }
+                async move { upstream.forward(ctx.hub(), ctx.sid(), ctx.subject(), ctx.event(), data).await }
             });
         }
         if self.inner.config.on_open.is_some() {
@@ -277,14 +278,18 @@ impl Upstream {
     }
 
     /// Sends one client event to the app and applies the answer, or tells the client why not.
-    pub async fn forward(&self, hub: &Hub, sid: &Sid, event: &str, data: Value) {
+    /// `subject` is who the client is, when the gateway authenticates sessions.
+    pub async fn forward(&self, hub: &Hub, sid: &Sid, subject: Option<&str>, event: &str, data: Value) {
         let Some(url) = self.inner.config.events.clone() else { return };
         let Some((ticket, order)) = self.enter(sid) else {
             self.failed(hub, sid, event, Failure::Busy, "per-session queue full").await;
             return;
         };
         let _turn = order.lock().await;
-        let body = json!({"v": SCHEMA_VERSION, "type": "event", "sid": sid.as_str(), "event": event, "data": data});
+        let mut body = json!({"v": SCHEMA_VERSION, "type": "event", "sid": sid.as_str(), "event": event, "data": data});
+        if let Some(subject) = subject {
+            body["subject"] = Value::String(subject.to_owned());
+        }
         match self.call(&url, &body).await {
             Ok((_, actions)) => self.apply(hub, Some(sid), actions).await,
             Err((failure, detail)) => self.failed(hub, sid, event, failure, &detail).await,
@@ -298,7 +303,7 @@ impl Upstream {
     pub async fn open(&self, opening: Opening) -> Result<(), String> {
         let Some(url) = self.inner.config.on_open.clone() else { return Ok(()) };
         let sid = opening.sid.clone();
-        let body = json!({
+        let mut body = json!({
             "v": SCHEMA_VERSION,
             "type": "open",
             "sid": sid.as_str(),
@@ -306,6 +311,10 @@ impl Upstream {
             "headers": forwarded_headers(&opening.headers),
             "query": opening.query.as_deref().map(strip_gateway_params),
         });
+        // Auth runs before the hook: a session that got this far carries its verified subject.
+        if let Some(subject) = opening.hub.subject(&sid) {
+            body["subject"] = Value::String(subject.to_string());
+        }
         match self.call(&url, &body).await {
             Ok((_, actions)) => {
                 self.apply(&opening.hub, Some(&sid), actions).await;
@@ -379,6 +388,7 @@ impl Upstream {
         }
         let actions = parse_answer(&text).map_err(|why| (Failure::Malformed(why.clone()), why))?;
         self.inner.counters.ok.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("switchyard_upstream_requests_total", "outcome" => "ok").increment(1);
         Ok((status, actions))
     }
 
@@ -430,9 +440,8 @@ impl Upstream {
             Failure::Malformed(_) => &c.malformed,
             Failure::Busy => &c.busy,
         };
-        let total = counter.fetch_add(1, Ordering::Relaxed) + 1;
-        // Stand-in for a metrics counter until the metrics crate is in.
-        tracing::debug!(target: "switchyard::metrics", counter = "upstream_failures_total", reason = failure.reason(), total);
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("switchyard_upstream_requests_total", "outcome" => failure.reason()).increment(1);
     }
 }
 

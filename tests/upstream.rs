@@ -200,6 +200,12 @@ async fn every_failure_mode_reaches_the_client_as_an_error_naming_the_event() {
     // None of these is retried: the app may have acted on the request.
     let sent: Vec<String> = backend.events_of(&sid).into_iter().map(|(event, _)| event).collect();
     assert_eq!(sent, ["status", "garbage", "half_bad", "slow"]);
+    // And on /metrics (the recorder is per process, so other tests may have added to it).
+    let metrics = server.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for outcome in ["status", "malformed", "timeout"] {
+        let line = format!("switchyard_upstream_requests_total{{outcome=\"{outcome}\"}}");
+        assert!(metrics.contains(&line), "{line} missing from /metrics");
+    }
 
     // The session still works after every failure.
     server.post_json(&sid, r#"{"event":"echo","data":"still here"}"#).await;
@@ -410,4 +416,30 @@ async fn requests_in_flight_to_the_app_are_bounded_over_all_sessions() {
     }
     assert_eq!(backend.seen.most_concurrent.load(Ordering::SeqCst), 2, "at most two requests at once, and both used");
     assert_eq!(upstream.stats().failures(), 0, "waiting for a permit within the timeout is not a failure");
+}
+
+#[tokio::test]
+async fn with_auth_on_the_app_learns_who_the_client_is() {
+    let secret = "upstream-test-secret";
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "alice", "exp": now + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let backend = Backend::start().await;
+    let config = Config { auth_secret: Some(secret.into()), ..Config::default() };
+    let (server, _) = gateway(config, backend.config()).await;
+    let mut ws = server.ws(&format!("/ws?token={token}")).await;
+    let sid = ws.hello().await;
+    ws.send(r#"{"event":"echo","data":1}"#).await;
+    assert_eq!(ws.next().await.event, "echo");
+
+    let open = backend.seen.opens.lock().unwrap().last().cloned().unwrap();
+    assert_eq!((&open["sid"], &open["subject"]), (&json!(sid), &json!("alice")));
+    let event = backend.seen.events.lock().unwrap().last().cloned().unwrap();
+    assert_eq!((&event["sid"], &event["subject"]), (&json!(sid), &json!("alice")));
+    let info: Value = server.http.get(server.url(&format!("/api/sessions/{sid}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["subject"], "alice");
 }
