@@ -7,7 +7,7 @@
 //!     --upstream-on-open http://127.0.0.1:5000/open --upstream-on-expire http://127.0.0.1:5000/expire
 //! ```
 //!
-//! * `message` -> `response` "Message received!" to the sender, and `chat` to the sender's rooms;
+//! * `message` -> `chat` to the sender's rooms, then `response` "Message received!" to the sender;
 //! * `join` / `leave` (data: a room name) -> joins or leaves, answers `joined` / `left`;
 //! * `open` hook: with `BACKEND_TOKEN` set, only pages that connect with `?token=THAT` are let in;
 //! * `expire` hook: forgets the session and tells its rooms it left.
@@ -52,12 +52,16 @@ async fn event(State(app): State<App>, Json(request): Json<Value>) -> Json<Value
     let data = request["data"].clone();
     let actions = match request["event"].as_str().unwrap_or_default() {
         "message" => {
-            let mut actions = vec![json!({"emit": "response", "data": "Message received!"})];
+            // The room's line first, then the sender's acknowledgement (as the built-in app does).
             let rooms = app.rooms.lock().unwrap().get(&sid).cloned().unwrap_or_default();
-            for room in rooms {
-                let chat = json!({"room": room, "from": &sid[..6.min(sid.len())], "text": data});
-                actions.push(json!({"emit": "chat", "data": chat, "to": {"room": room}}));
-            }
+            let mut actions: Vec<Value> = rooms
+                .into_iter()
+                .map(|room| {
+                    let chat = json!({"room": room, "from": &sid[..6.min(sid.len())], "text": data});
+                    json!({"emit": "chat", "data": chat, "to": {"room": room}})
+                })
+                .collect();
+            actions.push(json!({"emit": "response", "data": "Message received!"}));
             actions
         }
         verb @ ("join" | "leave") => match data.as_str() {

@@ -8,8 +8,9 @@
 //! ```
 //!
 //! Plus the demo's chat room: a session that sent `join` with a room name gets `joined`, and from
-//! then on every `message` it sends is also broadcast to everyone in its rooms as `chat`
-//! (`{"room", "from", "text"}`), over whatever transport each member holds. A client that never
+//! then on every `message` it sends is also broadcast to everyone in its rooms (itself included)
+//! as `chat` (`{"room", "from", "text"}`), before the seed's `response`, over whatever transport
+//! each member holds. A client that never
 //! joins sees exactly the seed's behaviour.
 
 use serde_json::{json, Value};
@@ -28,13 +29,15 @@ pub fn seed(builder: GatewayBuilder) -> GatewayBuilder {
     builder
         .on("message", |ctx, message| async move {
             tracing::debug!(sid = ctx.sid().short(), %message, "received message");
-            if let Err(err) = ctx.emit("response", REPLY).await {
-                tracing::debug!(sid = ctx.sid().short(), %err, "reply not emitted");
-            }
+            // The room's line first, then the sender's acknowledgement: when the sender has its
+            // `response`, its own `chat` line is already in its stream.
             let rooms = ctx.hub().info(ctx.sid()).map(|info| info.rooms).unwrap_or_default();
             for room in rooms {
                 let chat = json!({"room": room, "from": ctx.sid().short(), "text": message});
                 let _ = ctx.hub().emit_room(&room, "chat", &chat).await;
+            }
+            if let Err(err) = ctx.emit("response", REPLY).await {
+                tracing::debug!(sid = ctx.sid().short(), %err, "reply not emitted");
             }
         })
         .on("join", |ctx, room| async move { membership(ctx, room, true).await })

@@ -218,17 +218,17 @@ async fn the_default_app_chats_between_a_websocket_tab_and_an_sse_tab() {
     assert_eq!(sse.next().await.event, "joined");
 
     ws.send(r#"{"event":"message","data":"hello from ws"}"#).await;
-    // The sender gets the seed's reply and its own chat line; the other tab the chat line.
+    // The sender gets its own chat line, then the seed's reply; the other tab the chat line.
+    assert_eq!(ws.next().await.event, "chat");
     let reply = ws.next().await;
     assert_eq!((reply.event.as_str(), &reply.data), ("response", &json!("Message received!")));
-    assert_eq!(ws.next().await.event, "chat");
     let chat = sse.next().await;
     assert_eq!(chat.event, "chat");
     assert_eq!((&chat.data["room"], &chat.data["text"]), (&json!("lobby"), &json!("hello from ws")));
 
     server.post(&sse_sid, "text/plain", "hello from sse".into()).await;
-    assert_eq!(sse.next().await.event, "response");
     assert_eq!(sse.next().await.data["text"], "hello from sse");
+    assert_eq!(sse.next().await.event, "response");
     assert_eq!(ws.next().await.data["text"], "hello from sse");
 
     // A bad room name is an error event, not silence.
