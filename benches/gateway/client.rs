@@ -1,0 +1,430 @@
+//! The load generator's clients: a real WebSocket client (tokio-tungstenite), a real SSE parser
+//! (eventsource-stream over reqwest's byte stream) and long-polling over reqwest, each speaking
+//! the wire contract of the README as a browser would.
+//!
+//! Every wait has a timeout, every loop a deadline: a server that stops answering costs a
+//! counted error, never a hung bench.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use eventsource_stream::{Event as SseEvent, EventStreamError, Eventsource};
+use futures_util::{SinkExt, Stream, StreamExt};
+use hdrhistogram::Histogram;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::Value;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, timeout, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// What each round trip sends: the seed's `message` event.
+pub const MESSAGE: &str = r#"{"event":"message","data":"hello"}"#;
+
+/// Longest wait for any one answer before the session counts as failed.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait for one session to open (connect, handshake, `session` event).
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Ws,
+    Sse,
+    Poll,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Ws => "WebSocket",
+            Transport::Sse => "SSE+POST",
+            Transport::Poll => "long-polling",
+        }
+    }
+}
+
+/// Latencies in microseconds, 1 µs to 60 s at three significant figures.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+type Ws = WebSocketStream<TcpStream>;
+type SseStream = Pin<Box<dyn Stream<Item = Result<SseEvent, EventStreamError<reqwest::Error>>> + Send>>;
+
+/// An HTTP client for a load-generator process: no proxy, no pool limit, connections from
+/// `local` (a 127.0.0.x address) when given, so one process can hold more connections to one
+/// server port than one source address has ephemeral ports.
+pub fn http_client(local: Option<IpAddr>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .local_address(local)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .expect("an HTTP client with these settings builds")
+}
+
+/// tungstenite's default read buffer is 128 KiB, and every read zero-fills the unused part of
+/// it: per message that is real CPU, and per idle socket 128 KiB of resident memory. Frames here
+/// are under 100 bytes; a larger one still grows the buffer as it needs. The load generator and
+/// the WebSocket baseline both use this (see `servers.rs`).
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096)
+}
+
+/// Opens a WebSocket to `addr` (`GET /ws`); with `hello`, waits for the `session` event.
+pub async fn ws_open(addr: SocketAddr, local: Option<IpAddr>, hello: bool) -> anyhow::Result<Ws> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(ip) = local {
+        socket.bind((ip, 0).into()).with_context(|| format!("binding {ip}"))?;
+    }
+    let tcp = socket.connect(addr).await.context("connecting")?;
+    tcp.set_nodelay(true)?;
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(format!("ws://{addr}/ws"), tcp, Some(ws_config()))
+        .await
+        .context("WebSocket handshake")?;
+    if hello {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) if text.contains(r#""event":"session""#) => break,
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => bail!("reading the session event: {err}"),
+                None => bail!("socket closed before the session event"),
+            }
+        }
+    }
+    Ok(ws)
+}
+
+/// Opens an SSE stream (`GET /sse`) and reads its first event, `session`; returns the sid.
+pub async fn sse_open(client: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<(String, SseStream)> {
+    let response = client.get(format!("http://{addr}/sse")).send().await?;
+    let status = response.status();
+    if !status.is_success() {
+        bail!("GET /sse answered {status}");
+    }
+    let mut events: SseStream = Box::pin(response.bytes_stream().eventsource());
+    let first = events.next().await.ok_or_else(|| anyhow!("stream ended before the session event"))??;
+    if first.event != "session" {
+        bail!("first event was {:?}, not session", first.event);
+    }
+    let data: Value = serde_json::from_str(&first.data)?;
+    let sid = data["sid"].as_str().ok_or_else(|| anyhow!("session event without sid"))?.to_owned();
+    Ok((sid, events))
+}
+
+/// One client session in a closed loop.
+pub enum Session {
+    Ws(Ws),
+    Sse { client: reqwest::Client, post_url: String, events: SseStream },
+    Poll { client: reqwest::Client, post_url: String, poll_url: String, cursor: String },
+}
+
+impl Session {
+    pub async fn open(transport: Transport, addr: SocketAddr, client: &reqwest::Client, hello: bool) -> anyhow::Result<Session> {
+        match transport {
+            Transport::Ws => Ok(Session::Ws(ws_open(addr, None, hello).await?)),
+            Transport::Sse => {
+                let (sid, events) = sse_open(client, addr).await?;
+                Ok(Session::Sse { client: client.clone(), post_url: format!("http://{addr}/sse?sid={sid}"), events })
+            }
+            Transport::Poll => {
+                let answer: Vec<Value> = client.get(format!("http://{addr}/poll")).send().await?.json().await?;
+                let hello = answer.iter().find(|e| e["event"] == "session").ok_or_else(|| anyhow!("first poll without session"))?;
+                let sid = hello["data"]["sid"].as_str().ok_or_else(|| anyhow!("session without sid"))?.to_owned();
+                let cursor = hello["id"].as_str().unwrap_or("").to_owned();
+                Ok(Session::Poll {
+                    client: client.clone(),
+                    post_url: format!("http://{addr}/poll?sid={sid}"),
+                    poll_url: format!("http://{addr}/poll?sid={sid}&last_event_id="),
+                    cursor,
+                })
+            }
+        }
+    }
+
+    /// Sends one `message` and waits for its `response` (and, over HTTP, the POST's 202).
+    pub async fn round_trip(&mut self) -> anyhow::Result<()> {
+        match self {
+            Session::Ws(ws) => {
+                ws.send(Message::text(MESSAGE)).await?;
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(text))) if text.contains(r#""event":"response""#) => return Ok(()),
+                        Some(Ok(Message::Close(frame))) => bail!("closed: {frame:?}"),
+                        Some(Ok(_)) => continue,
+                        Some(Err(err)) => return Err(err.into()),
+                        None => bail!("socket closed"),
+                    }
+                }
+            }
+            Session::Sse { client, post_url, events } => {
+                let post = send_message(client, post_url);
+                let reply = async {
+                    loop {
+                        match events.next().await {
+                            Some(Ok(event)) if event.event == "response" => return Ok(()),
+                            Some(Ok(_)) => continue,
+                            Some(Err(err)) => bail!("SSE stream: {err}"),
+                            None => bail!("SSE stream ended"),
+                        }
+                    }
+                };
+                let (sent, replied) = tokio::join!(post, reply);
+                sent.and(replied)
+            }
+            Session::Poll { client, post_url, poll_url, cursor } => {
+                let post = send_message(client, post_url);
+                let reply = async {
+                    loop {
+                        let answer: Vec<Value> = client.get(format!("{poll_url}{cursor}")).send().await?.json().await?;
+                        if let Some(id) = answer.last().and_then(|e| e["id"].as_str()) {
+                            *cursor = id.to_owned();
+                        }
+                        if answer.iter().any(|e| e["event"] == "response") {
+                            return Ok::<_, anyhow::Error>(());
+                        }
+                    }
+                };
+                let (sent, replied) = tokio::join!(post, reply);
+                sent.and(replied)
+            }
+        }
+    }
+}
+
+async fn send_message(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let response = client.post(url).header(CONTENT_TYPE, "application/json").body(MESSAGE).send().await?;
+    let status = response.status();
+    response.bytes().await?;
+    if status != reqwest::StatusCode::ACCEPTED {
+        bail!("POST answered {status}");
+    }
+    Ok(())
+}
+
+/// What a closed-loop run measured.
+pub struct LoopResult {
+    pub latencies: Histogram<u64>,
+    /// Sessions that failed to open, or failed or timed out mid-run (then stopped).
+    pub errors: u64,
+    pub seconds: f64,
+}
+
+impl LoopResult {
+    pub fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.seconds
+    }
+}
+
+/// Opens `sessions` sessions, then runs each in a closed loop (send, wait for the reply, pause,
+/// repeat) for `warmup` plus `seconds`; round trips that start after the warm-up and end before
+/// the deadline are recorded. `on_window` is called when the measured window starts and ends.
+pub async fn closed_loop(
+    transport: Transport,
+    addr: SocketAddr,
+    sessions: usize,
+    hello: bool,
+    warmup: Duration,
+    seconds: Duration,
+    pause: Duration,
+    mut on_window: impl FnMut(bool),
+) -> LoopResult {
+    let client = http_client(None);
+    let opened = futures_util::future::join_all(
+        (0..sessions).map(|_| async { timeout(OPEN_TIMEOUT, Session::open(transport, addr, &client, hello)).await }),
+    )
+    .await;
+    let mut errors = 0;
+    let mut open = Vec::new();
+    for result in opened {
+        match result {
+            Ok(Ok(session)) => open.push(session),
+            Ok(Err(err)) => {
+                errors += 1;
+                eprintln!("  {} session failed to open: {err:#}", transport.label());
+            }
+            Err(_) => {
+                errors += 1;
+                eprintln!("  {} session did not open within {OPEN_TIMEOUT:?}", transport.label());
+            }
+        }
+    }
+    let warm_end = Instant::now() + warmup;
+    let end = warm_end + seconds;
+    let loops = open.into_iter().map(|mut session| async move {
+        let mut latencies = histogram();
+        let mut failed = 0u64;
+        while Instant::now() < end {
+            let started = Instant::now();
+            match timeout(ANSWER_TIMEOUT, session.round_trip()).await {
+                Ok(Ok(())) => {
+                    let done = Instant::now();
+                    if started >= warm_end && done <= end {
+                        let _ = latencies.record((done - started).as_micros().max(1) as u64);
+                    }
+                }
+                Ok(Err(err)) => {
+                    eprintln!("  {} round trip failed: {err:#}", transport.label());
+                    failed += 1;
+                    break;
+                }
+                Err(_) => {
+                    eprintln!("  {} round trip unanswered after {ANSWER_TIMEOUT:?}", transport.label());
+                    failed += 1;
+                    break;
+                }
+            }
+            if !pause.is_zero() {
+                sleep(pause).await;
+            }
+        }
+        (latencies, failed)
+    });
+    let window = async {
+        tokio::time::sleep_until(warm_end).await;
+        on_window(true);
+        tokio::time::sleep_until(end).await;
+        on_window(false);
+    };
+    let (results, ()) = tokio::join!(futures_util::future::join_all(loops), window);
+    let mut latencies = histogram();
+    for (h, failed) in results {
+        latencies.add(&h).expect("histograms with the same bounds add");
+        errors += failed;
+    }
+    LoopResult { latencies, errors, seconds: seconds.as_secs_f64() }
+}
+
+/// Sessions held open by reader tasks; dropping it closes them all.
+#[derive(Default)]
+pub struct Held {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Held {
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Opens one session and spawns the task that holds it: it keeps reading (so pings are
+/// answered and keep-alives drained) and reports each `fanout` event's arrival on `fanout_tx`.
+async fn open_held(
+    transport: Transport,
+    addr: SocketAddr,
+    local: Option<IpAddr>,
+    client: &reqwest::Client,
+    hello: bool,
+    fanout_tx: Option<mpsc::UnboundedSender<Instant>>,
+) -> anyhow::Result<JoinHandle<()>> {
+    match transport {
+        Transport::Ws => {
+            let mut ws = ws_open(addr, local, hello).await?;
+            Ok(tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }))
+        }
+        Transport::Sse => {
+            let (_, mut events) = sse_open(client, addr).await?;
+            Ok(tokio::spawn(async move {
+                    while let Some(Ok(event)) = events.next().await {
+                        if event.event == "fanout" {
+                            if let Some(tx) = &fanout_tx {
+                                let _ = tx.send(Instant::now());
+                            }
+                        }
+                    }
+                }))
+        }
+        Transport::Poll => bail!("long-polling sessions are not held open"),
+    }
+}
+
+/// Opens `count` more sessions into `held`, `concurrency` at a time. Returns failures.
+#[allow(clippy::too_many_arguments)]
+pub async fn open_many(
+    held: &mut Held,
+    transports: impl Fn(usize) -> Transport,
+    count: usize,
+    addr: SocketAddr,
+    local: Option<IpAddr>,
+    client: &reqwest::Client,
+    concurrency: usize,
+    hello: bool,
+    fanout_tx: Option<mpsc::UnboundedSender<Instant>>,
+) -> usize {
+    let base = held.len();
+    let mut failures = 0;
+    let mut first_error: Option<String> = None;
+    let mut opening = futures_util::stream::iter(0..count)
+        .map(|i| {
+            let transport = transports(base + i);
+            let fanout_tx = fanout_tx.clone();
+            async move { timeout(OPEN_TIMEOUT, open_held(transport, addr, local, client, hello, fanout_tx)).await }
+        })
+        .buffer_unordered(concurrency.max(1));
+    while let Some(result) = opening.next().await {
+        match result {
+            Ok(Ok(task)) => held.tasks.push(task),
+            Ok(Err(err)) => {
+                failures += 1;
+                first_error.get_or_insert_with(|| format!("{err:#}"));
+            }
+            Err(_) => {
+                failures += 1;
+                first_error.get_or_insert_with(|| format!("not open within {OPEN_TIMEOUT:?}"));
+            }
+        }
+    }
+    if let Some(err) = first_error {
+        eprintln!("  {failures} of {count} sessions failed to open; first: {err}");
+    }
+    failures
+}
+
+/// `__hold ADDR LOCAL_IP CONCURRENCY`: a load-generator child for `scale`. Reads commands on
+/// stdin: `open N` (hold N sessions in all, alternating WebSocket and SSE; answers
+/// `held H failed F`), and ends on `quit` or end of input, closing every session.
+pub fn hold_main(args: &[String]) -> anyhow::Result<()> {
+    let [addr, local, concurrency] = args else { bail!("usage: __hold ADDR LOCAL_IP CONCURRENCY") };
+    let addr: SocketAddr = addr.parse()?;
+    let local: IpAddr = local.parse()?;
+    let concurrency: usize = concurrency.parse()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let client = http_client(Some(local));
+        let mut held = Held::default();
+        let mut failed = 0;
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        let mut stdout = tokio::io::stdout();
+        while let Some(line) = lines.next_line().await? {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next().and_then(|n| n.parse::<usize>().ok())) {
+                (Some("open"), Some(target)) => {
+                    let more = target.saturating_sub(held.len());
+                    let alternate = |i: usize| if i % 2 == 0 { Transport::Ws } else { Transport::Sse };
+                    failed += open_many(&mut held, alternate, more, addr, Some(local), &client, concurrency, true, None).await;
+                    stdout.write_all(format!("held {} failed {failed}\n", held.len()).as_bytes()).await?;
+                    stdout.flush().await?;
+                }
+                (Some("quit"), _) => break,
+                _ => eprintln!("__hold: unknown command {line:?}"),
+            }
+        }
+        drop(held);
+        Ok(())
+    })
+}

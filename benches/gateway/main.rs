@@ -1,0 +1,737 @@
+//! The benchmark suite of issue 5: round trips, latency and memory per session, fan-out, and the
+//! one-process limit, for switchyard and for the limit baselines, in one run.
+//!
+//! ```sh
+//! cargo bench --bench gateway                         # every scenario at its default size
+//! cargo bench --bench gateway -- rtt --sessions 50 --seconds 10
+//! cargo bench --bench gateway -- idle --idle 2000     # a smaller run
+//! ```
+//!
+//! The load generator (this process, on one tokio thread) runs on core 0; every server is a
+//! separate process pinned to core 1 with `taskset`, so its CPU time and RSS come from
+//! `/proc/PID`. switchyard is `target/release/switchyard` with its default app (and the send
+//! limiter's threshold lifted, see `procs::SWITCHYARD_ARGS`); fan-out goes through its publish API
+//! (`POST /api/emit` to all). The baselines are this same binary re-executed with
+//! `__serve KIND ADDR` (see `servers.rs`); `scale` spreads its clients over
+//! child processes (`__hold`) with their own 127.0.0.x source addresses, because one process may
+//! hold at most 20,000 files and one source address has ~28,000 ephemeral ports.
+//!
+//! The tables are printed at the end and written to `target/bench-report.md`. Server and load
+//! generator CPU shares are in the tables on purpose: a ratio near 1 with the server below ~90 %
+//! of its core means the load generator, not the server, set the pace.
+
+mod client;
+mod procs;
+mod servers;
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::time::{sleep, timeout, Instant};
+
+use client::{closed_loop, histogram, open_many, Held, LoopResult, Transport};
+use procs::{CpuWindow, Kind, Server};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+enum Scenario {
+    Rtt,
+    Idle,
+    Fanout,
+    Scale,
+    /// rtt of switchyard against another build of it (`--alt-bin`): how a change (TCP_NODELAY,
+    /// WebSocket buffer sizes, ...) is measured. Not part of the default set.
+    Compare,
+}
+
+/// switchyard's load generator and baselines (issue 5).
+#[derive(Debug, Parser)]
+#[command(name = "gateway")]
+struct Args {
+    /// Scenarios to run, in this order; all of them when none is named.
+    #[arg(value_enum)]
+    scenarios: Vec<Scenario>,
+    /// rtt, nodelay: concurrent sessions, each in a closed loop.
+    #[arg(long, default_value_t = 50)]
+    sessions: usize,
+    /// rtt, nodelay: measured seconds per transport and server.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// rtt, nodelay: warm-up seconds before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// idle: sessions to open and hold, per transport and server.
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    /// fanout: SSE sessions that each get the event.
+    #[arg(long, default_value_t = 8_000)]
+    fanout: usize,
+    /// fanout: events sent, one at a time.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// scale: sessions to hold in one server process (half WebSocket, half SSE).
+    #[arg(long, default_value_t = 19_000)]
+    scale: usize,
+    /// scale: load-generator processes holding them, each with its own 127.0.0.x address.
+    #[arg(long, default_value_t = 4)]
+    scale_procs: usize,
+    /// scale: WebSocket sessions of the small rtt load measured at each population.
+    #[arg(long, default_value_t = 10)]
+    scale_rtt: usize,
+    /// scale: pause between one rtt session's round trips, in ms (a small load, not saturation).
+    #[arg(long, default_value_t = 5)]
+    scale_pause_ms: u64,
+    /// scale: measured seconds of the rtt load at each population.
+    #[arg(long, default_value_t = 3.0)]
+    scale_seconds: f64,
+    /// scale: extra connections tried once the population is held, to run into the file limit.
+    #[arg(long, default_value_t = 1_500)]
+    overflow: usize,
+    /// idle, fanout, scale: sessions being opened at once (per process).
+    #[arg(long, default_value_t = 256)]
+    open_concurrency: usize,
+    /// idle, fanout, scale: seconds to wait after opening before reading RSS.
+    #[arg(long, default_value_t = 1.0)]
+    settle: f64,
+    /// Run this switchyard binary instead of the one cargo built (e.g. a scratch build).
+    #[arg(long)]
+    switchyard_bin: Option<String>,
+    /// compare: the other switchyard binary (e.g. a scratch build with one change).
+    #[arg(long)]
+    alt_bin: Option<String>,
+    /// compare: what the other binary changes, for the table.
+    #[arg(long, default_value = "alt build")]
+    alt_label: String,
+    /// Do not pin the load generator and servers to cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    match argv.get(1).map(String::as_str) {
+        Some("__serve") => return servers::main(&argv[2..]),
+        Some("__hold") => return client::hold_main(&argv[2..]),
+        _ => {}
+    }
+    let args = Args::parse();
+    if let Some(bin) = &args.switchyard_bin {
+        let _ = procs::SWITCHYARD_OVERRIDE.set(bin.clone());
+    }
+    if !args.no_pin {
+        procs::pin_self(0);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut scenarios = args.scenarios.clone();
+    if scenarios.is_empty() {
+        scenarios = vec![Scenario::Rtt, Scenario::Idle, Scenario::Fanout, Scenario::Scale];
+    }
+    let load_before = loadavg();
+    let started = Instant::now();
+    let mut sections = Vec::new();
+    for scenario in &scenarios {
+        eprintln!("== {scenario:?}");
+        let section = match scenario {
+            Scenario::Rtt => rtt(&args).await,
+            Scenario::Idle => idle(&args).await,
+            Scenario::Fanout => fanout(&args).await,
+            Scenario::Scale => scale(&args).await,
+            Scenario::Compare => compare(&args).await,
+        };
+        match section {
+            Ok(text) => {
+                eprintln!("{text}");
+                sections.push(text);
+            }
+            Err(err) => {
+                let text = format!("### {scenario:?}\n\nFAILED: {err:#}\n");
+                eprintln!("{text}");
+                sections.push(text);
+            }
+        }
+    }
+    let mut report = String::new();
+    writeln!(report, "## Benchmark report\n")?;
+    writeln!(report, "- command: `{}`", command_line())?;
+    writeln!(report, "- when: {} (took {:.0} s)", utc_now(), started.elapsed().as_secs_f64())?;
+    writeln!(report, "- machine: {}", machine())?;
+    writeln!(report, "- switchyard: `{} {}`", procs::switchyard_exe(), procs::SWITCHYARD_ARGS.join(" "))?;
+    writeln!(report, "- load average before / after: {load_before} / {}", loadavg())?;
+    writeln!(
+        report,
+        "- pinning: {}\n",
+        if args.no_pin { "none".into() } else { format!("load generator on core 0, servers on core {}", procs::SERVER_CORE) }
+    )?;
+    for section in sections {
+        writeln!(report, "{section}")?;
+    }
+    println!("\n{report}");
+    let path = procs::target_dir().join("bench-report.md");
+    std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("report written to {}", path.display());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// rtt
+
+struct RttRow {
+    transport: Transport,
+    server: Kind,
+    result: LoopResult,
+    server_cpu: f64,
+    loadgen_cpu: f64,
+}
+
+/// Runs one closed loop against `server`, with the CPU shares of the measured window.
+async fn measure_loop(
+    server: &Server,
+    transport: Transport,
+    sessions: usize,
+    warmup: Duration,
+    seconds: Duration,
+    pause: Duration,
+) -> RttRow {
+    // The raw WebSocket baseline sends no `session` hello; everything else does.
+    let hello = !(server.kind == Kind::WsBaseline);
+    let mut windows: Option<(CpuWindow, CpuWindow)> = None;
+    let mut shares = (0.0, 0.0);
+    let result = closed_loop(transport, server.addr, sessions, hello, warmup, seconds, pause, |start| {
+        if start {
+            windows = Some((CpuWindow::start(server.pid()), CpuWindow::start(std::process::id())));
+        } else if let Some((srv, me)) = &windows {
+            shares = (srv.share(), me.share());
+        }
+    })
+    .await;
+    RttRow { transport, server: server.kind, result, server_cpu: shares.0, loadgen_cpu: shares.1 }
+}
+
+fn q(h: &Histogram<u64>, quantile: f64) -> u64 {
+    if h.is_empty() {
+        0
+    } else {
+        h.value_at_quantile(quantile)
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b == 0.0 {
+        f64::NAN
+    } else {
+        a / b
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+async fn rtt(args: &Args) -> anyhow::Result<String> {
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let pin = !args.no_pin;
+    let switchyard = Server::start(Kind::Switchyard, pin, "rtt-switchyard").await?;
+    let ws_base = Server::start(Kind::WsBaseline, pin, "rtt-ws-baseline").await?;
+    let sse_base = Server::start(Kind::SseBaseline, pin, "rtt-sse-baseline").await?;
+    let mut rows = Vec::new();
+    for transport in [Transport::Ws, Transport::Sse, Transport::Poll] {
+        let baseline = if transport == Transport::Ws { &ws_base } else { &sse_base };
+        for server in [baseline, &switchyard] {
+            eprintln!("  {} against {} ...", transport.label(), server.kind.label());
+            rows.push(measure_loop(server, transport, args.sessions, warmup, seconds, Duration::ZERO).await);
+        }
+    }
+    let mut out = String::new();
+    writeln!(out, "### rtt: {} sessions in closed loops, {:.0} s measured after {:.1} s warm-up\n", args.sessions, args.seconds, args.warmup)?;
+    out.push_str(&rtt_table(&rows));
+    writeln!(out, "\n| transport | rt/s ratio | target | p99 ratio | target | |\n|---|---:|---:|---:|---:|---|")?;
+    for pair in rows.chunks(2) {
+        let [base, sy] = pair else { continue };
+        let rate = ratio(sy.result.rate(), base.result.rate());
+        let p99 = ratio(q(&sy.result.latencies, 0.99) as f64, q(&base.result.latencies, 0.99) as f64);
+        let (rate_target, p99_target) = match sy.transport {
+            Transport::Ws => (Some(0.9), Some(1.5)),
+            Transport::Sse => (Some(0.8), Some(1.5)),
+            Transport::Poll => (None, None),
+        };
+        let verdict = match (rate_target, p99_target) {
+            (Some(r), Some(p)) => met(rate >= r && p99 <= p),
+            _ => "no target",
+        };
+        writeln!(
+            out,
+            "| {} | {:.2} | {} | {:.2} | {} | {} |",
+            sy.transport.label(),
+            rate,
+            rate_target.map_or("-".into(), |r| format!(">= {r}")),
+            p99,
+            p99_target.map_or("-".into(), |p| format!("<= {p}")),
+            verdict
+        )?;
+    }
+    Ok(out)
+}
+
+fn rtt_table(rows: &[RttRow]) -> String {
+    let mut out = String::from(
+        "| transport | server | round trips/s | p50 µs | p99 µs | p99.9 µs | errors | server CPU | loadgen CPU |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for row in rows {
+        let h = &row.result.latencies;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {:.0} % | {:.0} % |",
+            row.transport.label(),
+            row.server.label(),
+            row.result.rate(),
+            q(h, 0.5),
+            q(h, 0.99),
+            q(h, 0.999),
+            row.result.errors,
+            row.server_cpu * 100.0,
+            row.loadgen_cpu * 100.0
+        );
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// idle
+
+async fn idle(args: &Args) -> anyhow::Result<String> {
+    let settle = Duration::from_secs_f64(args.settle);
+    let mut out = String::new();
+    writeln!(out, "### idle: {} sessions opened ({} at a time) and held, RSS growth from /proc/PID/status\n", args.idle, args.open_concurrency)?;
+    writeln!(out, "| transport | server | held | failed | time to open | RSS before | RSS held | KiB/session | target | |")?;
+    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|")?;
+    for (transport, baseline, target) in [(Transport::Ws, Kind::WsBaseline, 8.0), (Transport::Sse, Kind::SseBaseline, 10.0)] {
+        for kind in [baseline, Kind::Switchyard] {
+            eprintln!("  {} idle against {} ...", transport.label(), kind.label());
+            let tag = format!("idle-{}-{}", transport.label(), kind.label()).replace([' ', '+'], "-");
+            let mut server = Server::start(kind, !args.no_pin, &tag).await?;
+            sleep(Duration::from_millis(300)).await;
+            let before = server.rss_kib();
+            let client = client::http_client(None);
+            let mut held = Held::default();
+            let opened_at = Instant::now();
+            let hello = kind != Kind::WsBaseline;
+            let failed =
+                open_many(&mut held, |_| transport, args.idle, server.addr, None, &client, args.open_concurrency, hello, None).await;
+            let took = opened_at.elapsed();
+            sleep(settle).await;
+            let after = server.rss_kib();
+            let alive = server.alive();
+            let per = (after.saturating_sub(before)) as f64 / held.len().max(1) as f64;
+            let verdict = if kind == Kind::Switchyard { met(per <= target && failed == 0 && alive) } else { "baseline" };
+            writeln!(
+                out,
+                "| {} | {}{} | {} | {} | {:.2} s | {:.1} MiB | {:.1} MiB | {:.2} | {} | {} |",
+                transport.label(),
+                kind.label(),
+                if alive { "" } else { " (DIED)" },
+                held.len(),
+                failed,
+                took.as_secs_f64(),
+                before as f64 / 1024.0,
+                after as f64 / 1024.0,
+                per,
+                if kind == Kind::Switchyard { format!("<= {target}") } else { "-".into() },
+                verdict
+            )?;
+            drop(held);
+            drop(server);
+            // Let the closed sockets go before the next server starts.
+            sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// fanout
+
+struct FanoutRow {
+    kind: Kind,
+    held: usize,
+    /// Per round: (sessions that got it within the deadline, time until the last one had it).
+    rounds: Vec<(usize, Duration)>,
+    latencies: Histogram<u64>,
+}
+
+async fn fanout(args: &Args) -> anyhow::Result<String> {
+    let mut rows = Vec::new();
+    for kind in [Kind::SseBaseline, Kind::Switchyard] {
+        eprintln!("  fanout to {} SSE sessions of {} ...", args.fanout, kind.label());
+        let tag = format!("fanout-{}", kind.label()).replace([' ', '+', '(', ')'], "-");
+        let server = Server::start(kind, !args.no_pin, &tag).await?;
+        let client = client::http_client(None);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut held = Held::default();
+        open_many(&mut held, |_| Transport::Sse, args.fanout, server.addr, None, &client, args.open_concurrency, true, Some(tx))
+            .await;
+        // The baseline's broadcast route, or switchyard's publish API (loopback needs no key).
+        let (trigger, body) = match kind {
+            Kind::SseBaseline => (format!("http://{}/broadcast", server.addr), String::new()),
+            _ => (
+                format!("http://{}/api/emit", server.addr),
+                r#"{"to":{"all":true},"event":"fanout","data":"tick"}"#.to_string(),
+            ),
+        };
+        sleep(Duration::from_secs_f64(args.settle)).await;
+        let mut row = FanoutRow { kind, held: held.len(), rounds: Vec::new(), latencies: histogram() };
+        for _ in 0..args.rounds {
+            while rx.try_recv().is_ok() {}
+            let sent = Instant::now();
+            let response = client
+                .post(&trigger)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .send()
+                .await?
+                .error_for_status()?;
+            response.bytes().await?;
+            let deadline = sent + Duration::from_secs(10);
+            let mut got = 0;
+            let mut last = Duration::ZERO;
+            while got < held.len() {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(at)) => {
+                        got += 1;
+                        let latency = at.saturating_duration_since(sent);
+                        last = last.max(latency);
+                        let _ = row.latencies.record(latency.as_micros().max(1) as u64);
+                    }
+                    _ => break,
+                }
+            }
+            row.rounds.push((got, last));
+            sleep(Duration::from_millis(300)).await;
+        }
+        rows.push(row);
+        drop(held);
+        drop(server);
+        sleep(Duration::from_millis(500)).await;
+    }
+    let mut out = String::new();
+    writeln!(out, "### fanout: one event to each of {} SSE sessions, {} rounds\n", args.fanout, args.rounds)?;
+    writeln!(out, "Triggered by `POST /api/emit` with `{{\"to\":{{\"all\":true}}}}` (the baseline: `POST /broadcast`); times run from sending that request until the load generator has parsed the event on each stream.\n")?;
+    writeln!(out, "| server | sessions | received (all rounds) | median time to last | worst time to last | p50 | p99 | target | |")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|")?;
+    let mut medians = Vec::new();
+    for row in &rows {
+        let mut lasts: Vec<Duration> = row.rounds.iter().map(|r| r.1).collect();
+        lasts.sort();
+        let median = lasts.get(lasts.len() / 2).copied().unwrap_or_default();
+        let worst = lasts.last().copied().unwrap_or_default();
+        let received: usize = row.rounds.iter().map(|r| r.0).sum();
+        let expected = row.held * row.rounds.len();
+        medians.push(median);
+        let is_sy = row.kind != Kind::SseBaseline;
+        writeln!(
+            out,
+            "| {} | {} | {received} / {expected} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} |",
+            row.kind.label(),
+            row.held,
+            median.as_secs_f64() * 1e3,
+            worst.as_secs_f64() * 1e3,
+            q(&row.latencies, 0.5) as f64 / 1e3,
+            q(&row.latencies, 0.99) as f64 / 1e3,
+            if is_sy { "<= 200 ms" } else { "-" },
+            if is_sy { met(median <= Duration::from_millis(200) && received == expected && row.held == args.fanout) } else { "baseline" }
+        )?;
+    }
+    if let [base, sy] = medians[..] {
+        writeln!(out, "\nswitchyard / baseline, median time to last: {:.2}", ratio(sy.as_secs_f64(), base.as_secs_f64()))?;
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// scale
+
+/// A `__hold` child process and its command pipe.
+struct Holder {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Holder {
+    fn spawn(addr: std::net::SocketAddr, local: IpAddr, concurrency: usize) -> anyhow::Result<Holder> {
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["__hold", &addr.to_string(), &local.to_string(), &concurrency.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        let lines = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?).lines();
+        Ok(Holder { child, stdin, lines })
+    }
+
+    async fn send(&mut self, target: usize) -> anyhow::Result<()> {
+        self.stdin.write_all(format!("open {target}\n").as_bytes()).await?;
+        Ok(self.stdin.flush().await?)
+    }
+
+    /// `(held, failed)` once the child has opened what it was told to.
+    async fn answer(&mut self) -> anyhow::Result<(usize, usize)> {
+        let line = timeout(Duration::from_secs(180), self.lines.next_line())
+            .await
+            .context("a load-generator child did not answer within 180 s")??
+            .ok_or_else(|| anyhow!("a load-generator child exited"))?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words[..] {
+            ["held", held, "failed", failed] => Ok((held.parse()?, failed.parse()?)),
+            _ => bail!("unexpected answer {line:?}"),
+        }
+    }
+}
+
+async fn scale(args: &Args) -> anyhow::Result<String> {
+    let mut server = Server::start(Kind::Switchyard, !args.no_pin, "scale-switchyard").await?;
+    let procs = args.scale_procs.max(1);
+    let mut holders = (0..procs)
+        .map(|k| Holder::spawn(server.addr, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + k as u8)), args.open_concurrency))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pause = Duration::from_millis(args.scale_pause_ms);
+    let measured = Duration::from_secs_f64(args.scale_seconds);
+    let settle = Duration::from_secs_f64(args.settle);
+    sleep(Duration::from_millis(300)).await;
+    let rss0 = server.rss_kib();
+    let mut out = String::new();
+    writeln!(
+        out,
+        "### scale: up to {} sessions (half WebSocket, half SSE) from {procs} load-generator processes, with {} WebSocket sessions doing round trips ({} ms apart)\n",
+        args.scale, args.scale_rtt, args.scale_pause_ms
+    )?;
+    writeln!(out, "| population | held | failed | time to open step | RSS | KiB/session | rtt/s | p50 µs | p99 µs | p99.9 µs | p99 / p99 at 0 | errors |")?;
+    writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    let mut p99_at_zero = None;
+    let mut summary = (0usize, 0.0f64, f64::NAN);
+    for percent in [0usize, 25, 50, 100] {
+        let target = args.scale * percent / 100;
+        let step_started = Instant::now();
+        let (mut held, mut failed) = (0, 0);
+        if target > 0 {
+            let share = target.div_ceil(procs);
+            for holder in &mut holders {
+                holder.send(share).await?;
+            }
+            for holder in &mut holders {
+                let (h, f) = holder.answer().await?;
+                held += h;
+                failed += f;
+            }
+        }
+        let took = step_started.elapsed();
+        eprintln!("  population {percent} %: {held} held, {failed} failed; measuring rtt ...");
+        sleep(settle).await;
+        let rss = server.rss_kib();
+        let row = measure_loop(&server, Transport::Ws, args.scale_rtt, Duration::from_millis(500), measured, pause).await;
+        let p99 = q(&row.result.latencies, 0.99);
+        let base = *p99_at_zero.get_or_insert(p99);
+        let per = if held > 0 { rss.saturating_sub(rss0) as f64 / held as f64 } else { f64::NAN };
+        writeln!(
+            out,
+            "| {percent} % | {held} | {failed} | {:.1} s | {:.1} MiB | {:.2} | {:.0} | {} | {p99} | {} | {:.2} | {} |",
+            took.as_secs_f64(),
+            rss as f64 / 1024.0,
+            per,
+            row.result.rate(),
+            q(&row.result.latencies, 0.5),
+            q(&row.result.latencies, 0.999),
+            ratio(p99 as f64, base as f64),
+            row.result.errors
+        )?;
+        if percent == 100 {
+            summary = (held, per, ratio(p99 as f64, base as f64));
+        }
+        if !server.alive() {
+            writeln!(out, "\nThe server process DIED at this population; see {}", server.log.display())?;
+            return Ok(out);
+        }
+    }
+    let (held, per, p99_ratio) = summary;
+    writeln!(
+        out,
+        "\nTargets: {} sessions held: {}; RSS/session {:.2} KiB (no higher than idle; see the idle table); p99 at full population {:.2} x p99 at 0 (<= 2): {}.",
+        held,
+        met(held >= 19_000),
+        per,
+        p99_ratio,
+        met(p99_ratio <= 2.0)
+    )?;
+
+    // Past the file limit: what does a client see, and does the server come back?
+    eprintln!("  trying {} more connections, past the process's file limit ...", args.overflow);
+    let client = client::http_client(None);
+    let url = format!("http://{}/sse", server.addr);
+    let probes = futures_util::future::join_all((0..args.overflow).map(|_| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let started = Instant::now();
+            let outcome = match timeout(Duration::from_secs(5), client.get(&url).send()).await {
+                Ok(Ok(response)) => format!("HTTP {}", response.status().as_u16()),
+                Ok(Err(err)) if err.is_connect() => "connect error".to_string(),
+                Ok(Err(_)) => "connection error".to_string(),
+                Err(_) => "no answer within 5 s".to_string(),
+            };
+            (outcome, started.elapsed())
+        }
+    }))
+    .await;
+    let mut outcomes: std::collections::BTreeMap<String, (usize, Duration)> = Default::default();
+    for (outcome, took) in probes {
+        let entry = outcomes.entry(outcome).or_default();
+        entry.0 += 1;
+        entry.1 = entry.1.max(took);
+    }
+    drop(client);
+    sleep(Duration::from_secs(1)).await;
+    let recovered_at = Instant::now();
+    let recovered = timeout(Duration::from_secs(10), client::ws_open(server.addr, None, true)).await;
+    let recovery = match recovered {
+        Ok(Ok(_)) => format!("a new WebSocket session opened {:.0} ms after the probes closed", recovered_at.elapsed().as_secs_f64() * 1e3),
+        Ok(Err(err)) => format!("a new WebSocket session FAILED after the probes closed: {err:#}"),
+        Err(_) => "a new WebSocket session did NOT open within 10 s after the probes closed".into(),
+    };
+    let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+    let limit_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("open files") || l.contains("emfile") || l.contains("accept") || l.contains("503") || l.contains("limit")
+        })
+        .collect();
+    writeln!(out, "\nPast the limit ({} more SSE requests with {} held): ", args.overflow, held)?;
+    for (outcome, (count, slowest)) in &outcomes {
+        writeln!(out, "- {outcome}: {count} (slowest {:.1} s)", slowest.as_secs_f64())?;
+    }
+    writeln!(out, "- server {}; {recovery}", if server.alive() { "still running" } else { "DIED" })?;
+    writeln!(
+        out,
+        "- server log lines about the limit: {}{}",
+        limit_lines.len(),
+        limit_lines.first().map_or(String::new(), |l| format!(", first: `{}`", l.trim()))
+    )?;
+    let refused_503 = outcomes.get("HTTP 503").map_or(0, |o| o.0);
+    writeln!(
+        out,
+        "- a clear log line and a 503 at the limit: {}",
+        met(refused_503 > 0 && !limit_lines.is_empty() && server.alive())
+    )?;
+    for holder in &mut holders {
+        let _ = holder.stdin.write_all(b"quit\n").await;
+    }
+    for holder in &mut holders {
+        let _ = timeout(Duration::from_secs(10), holder.child.wait()).await;
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// compare
+
+async fn compare(args: &Args) -> anyhow::Result<String> {
+    let alt = args.alt_bin.as_deref().ok_or_else(|| anyhow!("compare needs --alt-bin PATH"))?;
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let current = Server::start(Kind::Switchyard, !args.no_pin, "compare-current").await?;
+    let other = Server::start_exe(Kind::Alt, Some(alt), !args.no_pin, "compare-alt").await?;
+    let mut rows = Vec::new();
+    for transport in [Transport::Ws, Transport::Sse] {
+        for server in [&current, &other] {
+            eprintln!("  {} against {} ...", transport.label(), server.kind.label());
+            rows.push(measure_loop(server, transport, args.sessions, warmup, seconds, Duration::ZERO).await);
+        }
+    }
+    let mut out = String::new();
+    writeln!(out, "### compare: switchyard against `{alt}` ({}), {} sessions, {:.0} s\n", args.alt_label, args.sessions, args.seconds)?;
+    out.push_str(&rtt_table(&rows));
+    writeln!(out, "\n| transport | alt / current rt/s | alt / current p99 |\n|---|---:|---:|")?;
+    for pair in rows.chunks(2) {
+        let [cur, alt] = pair else { continue };
+        writeln!(
+            out,
+            "| {} | {:.2} | {:.2} |",
+            cur.transport.label(),
+            ratio(alt.result.rate(), cur.result.rate()),
+            ratio(q(&alt.result.latencies, 0.99) as f64, q(&cur.result.latencies, 0.99) as f64)
+        )?;
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// the report's header
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if args.is_empty() {
+        "cargo bench --bench gateway".into()
+    } else {
+        format!("cargo bench --bench gateway -- {}", args.join(" "))
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn utc_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let nofile = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "{} ({} cores visible to the load generator; the machine has {}), {:.0} GiB RAM, Linux {}, open-file limit {}",
+        model.unwrap_or_else(|| "unknown CPU".into()),
+        cores,
+        std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default().trim(),
+        mem_gib,
+        kernel.trim(),
+        nofile
+    )
+}
