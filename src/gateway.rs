@@ -223,9 +223,18 @@ impl Gateway {
     }
 
     /// Runs the handler of each envelope in turn, for one session.
+    ///
+    /// The session's inbox is held throughout, so events of one session are handled one at a
+    /// time in arrival order even when they come over two transports at once (an old socket
+    /// still draining while a new one sends), and numbered events already handled are skipped.
     pub async fn dispatch(&self, sid: &Sid, envelopes: Vec<Envelope>) {
+        let Ok(inbox) = self.hub.inbox(sid).await else { return };
         let subject = if self.inner.auth.is_some() { self.hub.subject(sid) } else { None };
-        for Envelope { event, data } in envelopes {
+        for Envelope { event, data, seq } in envelopes {
+            if !inbox.accept(seq) {
+                metrics::counter!("switchyard_resends_skipped_total").increment(1);
+                continue;
+            }
             let handler = self.inner.handlers.get(&event).or(self.inner.fallback.as_ref());
             let ctx = Context { sid: sid.clone(), event: event.as_str().into(), hub: self.hub.clone(), subject: subject.clone() };
             match handler {

@@ -229,6 +229,11 @@ struct Inner {
 struct Session {
     sid: Sid,
     state: Mutex<State>,
+    /// Held while the session's client events are handled, so that they are handled one at a
+    /// time in arrival order, whichever transports they came over ([`Hub::inbox`]).
+    inbox: Arc<tokio::sync::Mutex<()>>,
+    /// The highest client `seq` handled; told to the client in every `session` hello.
+    received: AtomicU64,
 }
 
 struct State {
@@ -317,6 +322,8 @@ impl Hub {
         let sid = Sid::random();
         let session = Arc::new(Session {
             sid: sid.clone(),
+            inbox: Arc::new(tokio::sync::Mutex::new(())),
+            received: AtomicU64::new(0),
             state: Mutex::new(State {
                 last_seq: 0,
                 ring: VecDeque::new(),
@@ -371,6 +378,14 @@ impl Hub {
     /// 404 before running any handler.
     pub async fn contains(&self, sid: &Sid) -> bool {
         self.find(sid).is_some_and(|s| !lock(&s.state).removed)
+    }
+
+    /// Takes the session's inbox: until the returned guard drops, no other client event of the
+    /// session is handled. Waiters are served in arrival order.
+    pub async fn inbox(&self, sid: &Sid) -> Result<Inbox, HubError> {
+        let session = self.find(sid).ok_or(HubError::NoSession)?;
+        let guard = session.inbox.clone().lock_owned().await;
+        Ok(Inbox { session, _guard: guard })
     }
 
     /// Records who opened the session (the auth subject); handlers see it in their context.
@@ -505,7 +520,8 @@ impl Hub {
             pending.push_back(Event::notice(
                 position,
                 "session",
-                json!({"sid": session.sid.as_str(), "transport": transport.as_str(), "resumed": found.is_some()}),
+                json!({"sid": session.sid.as_str(), "transport": transport.as_str(), "resumed": found.is_some(),
+                       "received": session.received.load(Ordering::Acquire)}),
             ));
         }
         if let Some(reason) = gap {
@@ -717,32 +733,41 @@ impl Hub {
 
     /// Emits an event to every member of a room. Returns how many sessions it was appended to.
     pub async fn emit_room(&self, room: &str, name: &str, data: &Value) -> Result<usize, HubError> {
-        validate_event_name(name)?;
-        let members: Vec<Arc<Session>> = {
-            let table = self.room_shard(room).read().unwrap_or_else(|e| e.into_inner());
-            table.get(room).map(|members| members.values().cloned().collect()).unwrap_or_default()
-        };
-        Ok(self.fan_out(&members, name, data))
+        self.publish_except(&Target::Room(room.to_owned()), None, name, data).await
     }
 
     /// Emits an event to every live session. Returns how many sessions it was appended to.
     pub async fn emit_all(&self, name: &str, data: &Value) -> Result<usize, HubError> {
-        validate_event_name(name)?;
-        let mut count = 0;
-        for shard in self.inner.shards.iter() {
-            let sessions: Vec<Arc<Session>> = shard.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-            count += self.fan_out(&sessions, name, data);
-        }
-        Ok(count)
+        self.publish_except(&Target::All, None, name, data).await
     }
 
     /// Emits to a [`Target`]. Returns how many sessions the event was appended to; a `Sid`
     /// target that is gone is [`HubError::NoSession`], an empty room is `Ok(0)`.
     pub async fn publish(&self, target: &Target, name: &str, data: &Value) -> Result<usize, HubError> {
+        self.publish_except(target, None, name, data).await
+    }
+
+    /// [`Hub::publish`] to everyone targeted but `except` (typically the sender of a chat line).
+    pub async fn publish_except(&self, target: &Target, except: Option<&Sid>, name: &str, data: &Value) -> Result<usize, HubError> {
+        validate_event_name(name)?;
         match target {
+            Target::Sid(sid) if Some(sid) == except => Ok(0),
             Target::Sid(sid) => self.emit(sid, name, data).await.map(|_| 1),
-            Target::Room(room) => self.emit_room(room, name, data).await,
-            Target::All => self.emit_all(name, data).await,
+            Target::Room(room) => {
+                let members: Vec<Arc<Session>> = {
+                    let table = self.room_shard(room).read().unwrap_or_else(|e| e.into_inner());
+                    table.get(room.as_str()).map(|members| members.values().cloned().collect()).unwrap_or_default()
+                };
+                Ok(self.fan_out(&members, except, name, data))
+            }
+            Target::All => {
+                let mut count = 0;
+                for shard in self.inner.shards.iter() {
+                    let sessions: Vec<Arc<Session>> = shard.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+                    count += self.fan_out(&sessions, except, name, data);
+                }
+                Ok(count)
+            }
         }
     }
 
@@ -803,9 +828,33 @@ impl Hub {
     }
 
     /// Appends one event to each session; the data is rendered once.
-    fn fan_out(&self, sessions: &[Arc<Session>], name: &str, data: &Value) -> usize {
+    fn fan_out(&self, sessions: &[Arc<Session>], except: Option<&Sid>, name: &str, data: &Value) -> usize {
         let data = data.to_string();
-        sessions.iter().filter(|session| self.append(session, name, data.as_str().into()).is_some()).count()
+        sessions
+            .iter()
+            .filter(|session| Some(&session.sid) != except)
+            .filter(|session| self.append(session, name, data.as_str().into()).is_some())
+            .count()
+    }
+}
+
+/// Exclusive right to handle one session's client events, from [`Hub::inbox`].
+pub struct Inbox {
+    session: Arc<Session>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Inbox {
+    /// Whether an event numbered `seq` is new and should be handled; records it if so. Events
+    /// without a number are always handled; a number at or below the highest handled one is a
+    /// re-send of something already handled.
+    pub fn accept(&self, seq: Option<u64>) -> bool {
+        let Some(seq) = seq else { return true };
+        if seq <= self.session.received.load(Ordering::Acquire) {
+            return false;
+        }
+        self.session.received.store(seq, Ordering::Release);
+        true
     }
 }
 
@@ -1127,6 +1176,8 @@ mod room_tests {
         assert_eq!(hub.leave(&a, "r"), Ok(false));
         assert_eq!(hub.members("r"), vec![b.clone()]);
         assert_eq!(hub.emit_all("m", &json!(2)).await, Ok(3));
+        assert_eq!(hub.publish_except(&Target::Room("r".into()), Some(&b), "m", &json!(3)).await, Ok(0));
+        assert_eq!(hub.publish_except(&Target::All, Some(&b), "m", &json!(4)).await, Ok(2));
         assert!(matches!(hub.join(&a, ""), Err(HubError::RoomName(_))));
         assert_eq!(hub.join(&Sid::random(), "r"), Err(HubError::NoSession));
     }

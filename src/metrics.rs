@@ -51,6 +51,7 @@ fn describe() {
     describe_counter!("switchyard_bytes_out_total", "Event bytes written to clients, by transport");
     describe_counter!("switchyard_post_responses_total", "Answers to POSTed events, by status");
     describe_counter!("switchyard_errors_total", "Errors answered to clients, by kind");
+    describe_counter!("switchyard_resends_skipped_total", "Numbered client sends skipped as already handled");
     describe_counter!(
         "switchyard_upstream_requests_total",
         "Requests to the application (--upstream), by outcome: ok, unavailable, timeout, status, malformed, busy"

@@ -139,6 +139,16 @@ impl FromStr for Cursor {
 pub struct Envelope {
     pub event: String,
     pub data: Value,
+    /// The client's own number for this send (1, 2, ... per session), optional. A client that
+    /// numbers its sends can re-send after a drop everything the server has not confirmed
+    /// (`received` in the `session` hello): numbered sends are handled once, in order.
+    pub seq: Option<u64>,
+}
+
+impl Envelope {
+    pub fn new(event: impl Into<String>, data: Value) -> Envelope {
+        Envelope { event: event.into(), data, seq: None }
+    }
 }
 
 /// What is wrong with client input, phrased for the client.
@@ -233,15 +243,22 @@ fn envelope_from_value(value: Value, index: Option<usize>, limits: &Limits) -> R
     };
     check_event_name(&event).map_err(|why| at(format!("field `event` {why}")))?;
     let data = map.remove("data").unwrap_or(Value::Null);
+    let seq = match map.remove("seq") {
+        None | Some(Value::Null) => None,
+        Some(value) => match value.as_u64() {
+            Some(seq) if seq > 0 => Some(seq),
+            _ => return Err(at("field `seq` must be a positive integer".into())),
+        },
+    };
     if depth(&data) > limits.max_depth {
         return Err(at(format!("field `data` is nested deeper than {} levels", limits.max_depth)));
     }
     // `id` is what the server puts on its own envelopes; a client echoing one back is harmless.
     map.remove("id");
     if let Some(field) = map.keys().next() {
-        return Err(at(format!("unknown field `{field}`: an envelope has only `event` and `data`")));
+        return Err(at(format!("unknown field `{field}`: an envelope has only `event`, `data` and `seq`")));
     }
-    Ok(Envelope { event, data })
+    Ok(Envelope { event, data, seq })
 }
 
 /// Nesting depth of a JSON value: 0 for scalars, 1 for a flat array or object.
@@ -286,7 +303,7 @@ mod tests {
     fn parses_one_envelope_or_a_batch() {
         assert_eq!(
             parse_envelopes(r#"{"event":"message","data":"hi"}"#).unwrap(),
-            vec![Envelope { event: "message".into(), data: json!("hi") }]
+            vec![Envelope::new("message", json!("hi"))]
         );
         let batch = parse_envelopes(r#"[{"event":"a","data":1},{"event":"b"}]"#).unwrap();
         assert_eq!(batch.len(), 2);

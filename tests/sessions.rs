@@ -393,3 +393,35 @@ async fn websocket_pings_and_drops_a_silent_peer() {
     .await;
     assert!(server.gateway.hub().contains(&parsed).await, "the session outlives the dead socket");
 }
+
+#[tokio::test]
+async fn numbered_sends_are_handled_once_and_the_hello_says_how_far() {
+    let server = TestServer::start().await;
+    let mut ws = server.ws("/ws").await;
+    let hello = ws.next().await;
+    assert_eq!(hello.data["received"], 0);
+    let sid = hello_sid(hello, "websocket");
+    ws.send(r#"[{"event":"echo","data":1,"seq":1},{"event":"echo","data":2,"seq":2}]"#).await;
+    assert_eq!(ws.next().await.data, json!(1));
+    let two = ws.next().await;
+    assert_eq!(two.data, json!(2));
+    ws.send(r#"{"event":"echo","data":3,"seq":3}"#).await;
+    assert_eq!(ws.next().await.data, json!(3));
+    // The client drops having seen event 2 only: it cannot know that 3 was handled.
+    drop(ws);
+    let mut sse = server.sse(&format!("/sse?sid={sid}&last_event_id={}", two.id)).await;
+    let hello = sse.next().await;
+    assert_eq!(hello.data["received"], 3, "the hello confirms what was handled");
+    assert_eq!(sse.next().await.data, json!(3));
+    // A client that re-sends from its last confirmed number anyway: duplicates are skipped.
+    let (status, _) = server
+        .post_json(&sid, r#"[{"event":"echo","data":2,"seq":2},{"event":"echo","data":3,"seq":3},{"event":"echo","data":4,"seq":4}]"#)
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(sse.next().await.data, json!(4));
+    server.post_json(&sid, r#"{"event":"echo","data":"unnumbered"}"#).await;
+    assert_eq!(sse.next().await.data, json!("unnumbered"), "nothing but 4 came between");
+    let (status, body) = server.post_json(&sid, r#"{"event":"echo","seq":-1}"#).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("`seq`"));
+}

@@ -69,7 +69,7 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8], limits: &Limits) -> Result<Vec<
             if let Some(charset) = charset.filter(|c| c != "utf-8" && c != "us-ascii") {
                 return Err(Error::UnsupportedMediaType(format!("text/plain; charset={charset}")));
             }
-            Ok(vec![Envelope { event: "message".into(), data: Value::String(text(bytes)?) }])
+            Ok(vec![Envelope::new("message", Value::String(text(bytes)?))])
         }
         None if content_type.is_empty() => parse_json(&text(bytes)?, limits),
         Some("application/json" | "application/x-www-form-urlencoded") => parse_json(&text(bytes)?, limits),

@@ -124,7 +124,34 @@ where
     };
     if let Some((code, reason)) = close {
         let frame = CloseFrame { code, reason: reason.into() };
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+        if let Ok(Ok(())) = tokio::time::timeout(CLOSING, sink.send(Message::Close(Some(frame)))).await {
+            finish_closing(&gateway, &sid, &mut stream).await;
+        }
+    }
+}
+
+/// How long the closing handshake may take before the socket is dropped.
+const CLOSING: Duration = Duration::from_secs(1);
+
+/// RFC 6455 closing handshake, server side: after our Close, the peer may still have frames in
+/// flight (it sent them before it saw our Close). They are handled, not dropped, until the
+/// peer's Close arrives or [`CLOSING`] runs out.
+async fn finish_closing<R>(gateway: &Gateway, sid: &Sid, stream: &mut R)
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let deadline = Instant::now() + CLOSING;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, stream.next()).await {
+        match message {
+            Message::Text(text) => {
+                if let Ok(envelopes) = parse_envelopes_with(text.as_str(), &gateway.config().limits) {
+                    metrics::events_in("websocket", envelopes.len());
+                    gateway.dispatch(sid, envelopes).await;
+                }
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
     }
 }
 
