@@ -425,3 +425,36 @@ async fn numbered_sends_are_handled_once_and_the_hello_says_how_far() {
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("`seq`"));
 }
+
+#[tokio::test]
+async fn keep_alive_writes_find_a_dropped_sse_connection_and_detach_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::with_config(Config { keepalive: Duration::from_millis(100), ..Config::default() }).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    let mut head = String::new();
+    let sid = within("the hello", async {
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = tcp.read(&mut buf).await.unwrap();
+            head.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if let Some(at) = head.find("\"sid\":\"") {
+                if head.len() >= at + 29 {
+                    return head[at + 7..at + 29].to_owned();
+                }
+            }
+        }
+    })
+    .await;
+    let sid: Sid = sid.parse().unwrap();
+    assert_eq!(server.gateway.hub().info(&sid).unwrap().transport, Some(Transport::Sse));
+    // The peer vanishes (as behind a proxy that dropped the connection) without a word.
+    drop(tcp);
+    within("the dead stream to be detached", async {
+        while server.gateway.hub().info(&sid).and_then(|i| i.transport).is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(server.gateway.hub().contains(&sid).await, "the session waits for the client to resume");
+}
