@@ -7,8 +7,9 @@
 //!     --upstream-on-open http://127.0.0.1:5000/open --upstream-on-expire http://127.0.0.1:5000/expire
 //! ```
 //!
-//! * `message` -> `chat` to the sender's rooms, then `response` "Message received!" to the sender;
-//! * `join` / `leave` (data: a room name) -> joins or leaves, answers `joined` / `left`;
+//! * `message` -> `chat` to the others in the sender's rooms, `response` "Message received!" to
+//!   the sender;
+//! * `join` / `leave` (data: a room name) -> joins or leaves (silently, like the built-in app);
 //! * `open` hook: with `BACKEND_TOKEN` set, only pages that connect with `?token=THAT` are let in;
 //! * `expire` hook: forgets the session and tells its rooms it left.
 //!
@@ -52,13 +53,13 @@ async fn event(State(app): State<App>, Json(request): Json<Value>) -> Json<Value
     let data = request["data"].clone();
     let actions = match request["event"].as_str().unwrap_or_default() {
         "message" => {
-            // The room's line first, then the sender's acknowledgement (as the built-in app does).
+            // The line goes to the others in the sender's rooms (its page shows it already).
             let rooms = app.rooms.lock().unwrap().get(&sid).cloned().unwrap_or_default();
             let mut actions: Vec<Value> = rooms
                 .into_iter()
                 .map(|room| {
                     let chat = json!({"room": room, "from": &sid[..6.min(sid.len())], "text": data});
-                    json!({"emit": "chat", "data": chat, "to": {"room": room}})
+                    json!({"emit": "chat", "data": chat, "to": {"room": room}, "skip_self": true})
                 })
                 .collect();
             actions.push(json!({"emit": "response", "data": "Message received!"}));
@@ -73,8 +74,8 @@ async fn event(State(app): State<App>, Json(request): Json<Value>) -> Json<Value
                 } else {
                     mine.remove(room);
                 }
-                let answer = if verb == "join" { "joined" } else { "left" };
-                vec![json!({verb: room}), json!({"emit": answer, "data": {"room": room}})]
+                // Silent, as in the built-in app: the page's own stream stays the seed's.
+                vec![json!({verb: room})]
             }
             None => vec![json!({"emit": "error", "data": {"error": "data must be a room name", "event": verb}})],
         },

@@ -12,12 +12,15 @@
 //! Why it is shaped so:
 //!
 //! * **Per-session order.** The events of one session reach the app one at a time, in the order
-//!   they arrived, and the actions answering one are applied before the next is sent. A FIFO lock
-//!   per session does this; it also orders events that arrive on two transports at once (a
-//!   WebSocket frame and a POST). Different sessions are forwarded concurrently.
-//! * **Bounded.** At most [`UpstreamConfig::max_per_session`] events of one session wait or are
-//!   in flight, and at most [`UpstreamConfig::max_in_flight`] requests are in flight in all; past
-//!   those the event is refused, visibly.
+//!   they arrived, and the actions answering one are applied before the next is sent: each
+//!   session with events in flight has a queue and one worker task draining it (the gateway
+//!   hands events over in arrival order, whichever transport they came by). Forwarding only
+//!   queues, so a transport keeps reading and writing while the app thinks. Different sessions
+//!   are forwarded concurrently.
+//! * **Bounded.** At most [`UpstreamConfig::max_per_session`] events of one session are queued or
+//!   in flight, and at most [`UpstreamConfig::max_in_flight`] requests are in flight in all. A
+//!   full queue holds the client back (its transport stops reading) and a request waits for its
+//!   turn, each up to the upstream timeout; past that the event is refused, visibly (`busy`).
 //! * **Failures are never silent.** App down, timeout, non-2xx, malformed answer, or a full
 //!   queue: the client gets an `error` event naming the event that failed and why, a log line
 //!   says the details, and a counter counts it ([`Upstream::stats`], and the Prometheus counter
@@ -33,7 +36,7 @@ use std::time::Duration;
 
 use axum::http::HeaderMap;
 use serde_json::{json, Map, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::gateway::{GatewayBuilder, Opening};
 use crate::hub::{check_room_name, Expired, Hub, Target};
@@ -91,8 +94,8 @@ impl Default for UpstreamConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// `{"emit": NAME, "data": ANY, "to": TARGET}`; without `to`, to the session the request was
-    /// about.
-    Emit { event: String, data: Value, to: Option<Target> },
+    /// about. `"skip_self": true` leaves that session out of a room or `all` target.
+    Emit { event: String, data: Value, to: Option<Target>, skip_self: bool },
     /// `{"join": ROOM}`, or `{"join": ROOM, "sid": SID}` for another session.
     Join { room: String, sid: Option<Sid> },
     /// `{"leave": ROOM}`, or `{"leave": ROOM, "sid": SID}`.
@@ -166,37 +169,28 @@ struct Inner {
     client: reqwest::Client,
     /// Permits for requests in flight over all sessions; held for the length of one request.
     in_flight: Semaphore,
-    /// Per-session FIFO of events bound for the app. An entry lives while an event of its
-    /// session waits or is in flight, and is removed by the last [`Ticket`] to leave.
+    /// Per-session queues of events bound for the app. An entry lives while an event of its
+    /// session is queued or in flight, and is removed by its worker when the queue runs empty.
     queues: Mutex<HashMap<Sid, Queue>>,
     counters: Counters,
 }
 
 struct Queue {
-    /// Held while one event of the session is sent and its actions applied; tokio's mutex is
-    /// fair, so waiters go in arrival order.
-    order: Arc<tokio::sync::Mutex<()>>,
-    /// Events of the session waiting or in flight.
+    /// Events for the session's worker task, which holds the receiving end; it exits (and this
+    /// entry is removed) when the queue runs empty, both under the map's lock.
+    jobs: mpsc::UnboundedSender<Job>,
+    /// Events of the session queued or in flight; at most `max_per_session`.
     waiting: usize,
+    /// Notified by the worker each time it finishes an event, for a `forward` waiting for room.
+    room: Arc<Notify>,
 }
 
-/// One event's place in its session's queue; leaving (drop) frees the place even when the
-/// forwarding future is cancelled (its transport went away).
-struct Ticket<'a> {
-    upstream: &'a Upstream,
-    sid: Sid,
-}
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        let mut queues = self.upstream.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(queue) = queues.get_mut(&self.sid) {
-            queue.waiting -= 1;
-            if queue.waiting == 0 {
-                queues.remove(&self.sid);
-            }
-        }
-    }
+/// One client event bound for the app.
+struct Job {
+    hub: Hub,
+    subject: Option<String>,
+    event: String,
+    data: Value,
 }
 
 impl Upstream {
@@ -277,24 +271,81 @@ impl Upstream {
         }))
     }
 
-    /// Sends one client event to the app and applies the answer, or tells the client why not.
+    /// Queues one client event for the app; the session's worker sends it after the ones before
+    /// it and applies the answer, or tells the client why not. Returns at once, so the transport
+    /// goes on reading and writing while the app thinks. When the session's queue is full it
+    /// waits for room (backpressure on the client), and refuses the event (`busy`) if none comes
+    /// within the upstream timeout.
     /// `subject` is who the client is, when the gateway authenticates sessions.
     pub async fn forward(&self, hub: &Hub, sid: &Sid, subject: Option<&str>, event: &str, data: Value) {
-        let Some(url) = self.inner.config.events.clone() else { return };
-        let Some((ticket, order)) = self.enter(sid) else {
-            self.failed(hub, sid, event, Failure::Busy, "per-session queue full").await;
+        if self.inner.config.events.is_none() {
             return;
-        };
-        let _turn = order.lock().await;
+        }
+        let job = Job { hub: hub.clone(), subject: subject.map(str::to_owned), event: event.to_owned(), data };
+        let max = self.inner.config.max_per_session.max(1);
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
+        loop {
+            let full = {
+                let mut queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+                match queues.get_mut(sid) {
+                    Some(queue) if queue.waiting >= max => queue.room.clone(),
+                    Some(queue) => {
+                        queue.waiting += 1;
+                        // The worker cannot be gone while its entry exists (both change under this lock).
+                        let _ = queue.jobs.send(job);
+                        return;
+                    }
+                    None => {
+                        let (jobs, rx) = mpsc::unbounded_channel();
+                        let _ = jobs.send(job);
+                        queues.insert(sid.clone(), Queue { jobs, waiting: 1, room: Arc::new(Notify::new()) });
+                        drop(queues);
+                        self.spawn_worker(sid.clone(), rx);
+                        return;
+                    }
+                }
+            };
+            // Full: wait for the worker to finish one (this holds the transport back, which is
+            // the backpressure a burst needs), but not past the timeout: then the app is stuck.
+            if tokio::time::timeout_at(deadline, full.notified()).await.is_err() {
+                let detail = format!("{max} events of this session still queued after {:?}", self.inner.config.timeout);
+                self.failed(hub, sid, event, Failure::Busy, &detail).await;
+                return;
+            }
+        }
+    }
+
+    /// The session's worker: sends its events one at a time, in queue order, and exits when the
+    /// queue is empty.
+    fn spawn_worker(&self, sid: Sid, mut jobs: mpsc::UnboundedReceiver<Job>) {
+        let upstream = self.clone();
+        tokio::spawn(async move {
+            while let Some(job) = jobs.recv().await {
+                upstream.send_event(&sid, job).await;
+                let mut queues = upstream.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+                let queue = queues.get_mut(&sid).expect("a session's queue lives while its worker runs");
+                queue.waiting -= 1;
+                // A stored permit if nobody waits yet: a `forward` about to wait sees it at once.
+                queue.room.notify_one();
+                if queue.waiting == 0 {
+                    queues.remove(&sid);
+                    break;
+                }
+            }
+        });
+    }
+
+    async fn send_event(&self, sid: &Sid, job: Job) {
+        let Some(url) = self.inner.config.events.as_deref() else { return };
+        let Job { hub, subject, event, data } = job;
         let mut body = json!({"v": SCHEMA_VERSION, "type": "event", "sid": sid.as_str(), "event": event, "data": data});
         if let Some(subject) = subject {
-            body["subject"] = Value::String(subject.to_owned());
+            body["subject"] = Value::String(subject);
         }
-        match self.call(&url, &body).await {
-            Ok((_, actions)) => self.apply(hub, Some(sid), actions).await,
-            Err((failure, detail)) => self.failed(hub, sid, event, failure, &detail).await,
+        match self.call(url, &body).await {
+            Ok((_, actions)) => self.apply(&hub, Some(sid), actions).await,
+            Err((failure, detail)) => self.failed(&hub, sid, &event, failure, &detail).await,
         }
-        drop(ticket);
     }
 
     /// The open hook: `Ok` admits the session (and applies any actions the app sent along),
@@ -348,19 +399,6 @@ impl Upstream {
         }
     }
 
-    /// Takes a place in the session's queue, or `None` if it is full.
-    fn enter(&self, sid: &Sid) -> Option<(Ticket<'_>, Arc<tokio::sync::Mutex<()>>)> {
-        let mut queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
-        let queue = queues
-            .entry(sid.clone())
-            .or_insert_with(|| Queue { order: Arc::new(tokio::sync::Mutex::new(())), waiting: 0 });
-        if queue.waiting >= self.inner.config.max_per_session.max(1) {
-            return None;
-        }
-        queue.waiting += 1;
-        Some((Ticket { upstream: self, sid: sid.clone() }, queue.order.clone()))
-    }
-
     /// POSTs `body` to `url` and parses the answer. The error carries a detail for the log.
     async fn call(&self, url: &str, body: &Value) -> Result<(u16, Vec<Action>), (Failure, String)> {
         let timeout = self.inner.config.timeout;
@@ -397,11 +435,14 @@ impl Upstream {
     pub async fn apply(&self, hub: &Hub, sid: Option<&Sid>, actions: Vec<Action>) {
         for action in actions {
             let outcome = match &action {
-                Action::Emit { event, data, to: None } => match sid {
+                Action::Emit { event, data, to: None, .. } => match sid {
                     Some(sid) => hub.emit(sid, event, data).await.map(|_| ()),
                     None => Ok(()),
                 },
-                Action::Emit { event, data, to: Some(target) } => hub.publish(target, event, data).await.map(|_| ()),
+                Action::Emit { event, data, to: Some(target), skip_self } => {
+                    let except = if *skip_self { sid } else { None };
+                    hub.publish_except(target, except, event, data).await.map(|_| ())
+                }
                 Action::Join { room, sid: other } => match other.as_ref().or(sid) {
                     Some(member) => hub.join(member, room).map(|_| ()),
                     None => Ok(()),
@@ -506,7 +547,13 @@ fn parse_action(value: Value) -> Result<Action, String> {
         check_event_name(&event).map_err(|why| format!("event name {why}"))?;
         let data = map.remove("data").unwrap_or(Value::Null);
         let to = map.remove("to").map(parse_target).transpose()?;
-        Action::Emit { event, data, to }
+        let skip_self = match map.remove("skip_self") {
+            None | Some(Value::Bool(false)) => false,
+            Some(Value::Bool(true)) if to.is_some() => true,
+            Some(Value::Bool(true)) => return Err("`skip_self` needs a `to`".into()),
+            Some(_) => return Err("`skip_self` must be a boolean".into()),
+        };
+        Action::Emit { event, data, to, skip_self }
     } else if let Some(room) = map.remove("join") {
         Action::Join { room: room_name(room, "join")?, sid: optional_sid(&mut map)? }
     } else if let Some(room) = map.remove("leave") {
@@ -632,16 +679,18 @@ mod tests {
         let text = format!(
             r#"[{{"emit":"response","data":"ok"}},{{"join":"r1"}},{{"leave":"r1","sid":"{sid}"}},
                {{"emit":"chat","data":{{"t":1}},"to":{{"room":"r1"}}}},{{"emit":"x","to":{{"all":true}}}},
-               {{"emit":"y","to":{{"sid":"{sid}"}}}}]"#
+               {{"emit":"y","to":{{"sid":"{sid}"}}}},{{"emit":"z","to":{{"room":"r1"}},"skip_self":true}}]"#
         );
         let actions = parse_answer(&text).unwrap();
-        assert_eq!(actions.len(), 6);
-        assert_eq!(actions[0], Action::Emit { event: "response".into(), data: json!("ok"), to: None });
+        assert_eq!(actions.len(), 7);
+        assert_eq!(actions[0], Action::Emit { event: "response".into(), data: json!("ok"), to: None, skip_self: false });
         assert_eq!(actions[1], Action::Join { room: "r1".into(), sid: None });
         assert_eq!(actions[2], Action::Leave { room: "r1".into(), sid: Some(sid.clone()) });
-        assert_eq!(actions[3], Action::Emit { event: "chat".into(), data: json!({"t":1}), to: Some(Target::Room("r1".into())) });
-        assert_eq!(actions[4], Action::Emit { event: "x".into(), data: Value::Null, to: Some(Target::All) });
-        assert_eq!(actions[5], Action::Emit { event: "y".into(), data: Value::Null, to: Some(Target::Sid(sid)) });
+        let room = |name: &str| Some(Target::Room(name.into()));
+        assert_eq!(actions[3], Action::Emit { event: "chat".into(), data: json!({"t":1}), to: room("r1"), skip_self: false });
+        assert_eq!(actions[4], Action::Emit { event: "x".into(), data: Value::Null, to: Some(Target::All), skip_self: false });
+        assert_eq!(actions[5], Action::Emit { event: "y".into(), data: Value::Null, to: Some(Target::Sid(sid)), skip_self: false });
+        assert_eq!(actions[6], Action::Emit { event: "z".into(), data: Value::Null, to: room("r1"), skip_self: true });
         assert_eq!(parse_answer(r#"{"v":1,"actions":[{"join":"a"}]}"#).unwrap().len(), 1);
         assert_eq!(parse_answer("").unwrap(), vec![]);
         assert_eq!(parse_answer("[]").unwrap(), vec![]);
@@ -659,6 +708,7 @@ mod tests {
         assert!(err(r#"[{"emit":"a","to":{"room":"r","all":true}}]"#).contains("exactly one"));
         assert!(err(r#"[{"emit":"a","to":{"all":false}}]"#).contains("must be true"));
         assert!(err(r#"[{"emit":"a","to":{"sid":"short"}}]"#).contains("not a session id"));
+        assert!(err(r#"[{"emit":"a","skip_self":true}]"#).contains("needs a `to`"));
         assert!(err(r#"[{"join":""}]"#).contains("invalid room name: is empty"));
         assert!(err("42").contains("expected an array"));
     }

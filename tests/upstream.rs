@@ -90,6 +90,7 @@ async fn backend_event(State(seen): State<Seen>, Json(request): Json<Value>) -> 
         }
         "join" => json!({"v": 1, "actions": [{"join": data}, {"emit": "joined", "data": data}]}),
         "say" => json!([{"emit": "chat", "data": data, "to": {"room": "r"}}]),
+        "say_to_others" => json!([{"emit": "chat", "data": data, "to": {"room": "r"}, "skip_self": true}, {"emit": "said"}]),
         "tell" => json!([{"emit": "told", "data": data["text"], "to": {"sid": data["sid"]}}]),
         "shout" => json!([{"emit": "shouted", "data": data, "to": {"all": true}}]),
         "status" => return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
@@ -105,10 +106,6 @@ async fn backend_event(State(seen): State<Seen>, Json(request): Json<Value>) -> 
             tokio::time::sleep(Duration::from_millis(100)).await;
             seen.concurrent.fetch_sub(1, Ordering::SeqCst);
             json!([{"emit": "held", "data": data}])
-        }
-        "slowish" => {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            json!([{"emit": "done", "data": data}])
         }
         other => json!([{"emit": "unexpected", "data": other}]),
     };
@@ -278,41 +275,58 @@ async fn events_reach_the_app_in_order_under_load() {
 }
 
 #[tokio::test]
-async fn a_session_past_its_in_flight_bound_is_told_it_is_busy() {
+async fn a_burst_past_the_per_session_bound_is_held_back_not_dropped() {
     let backend = Backend::start().await;
     let config = UpstreamConfig { max_per_session: 2, timeout: Duration::from_secs(5), ..backend.config() };
     let (server, upstream) = gateway(Config::default(), config).await;
-    let server = Arc::new(server);
-    let mut sse = server.sse("/sse").await;
-    let sid = sse.hello().await;
+    let mut ws = server.ws("/ws").await;
+    let sid = ws.hello().await;
+    // Ten slow events at once: two fit in the session's queue, the socket is read no further
+    // until there is room again, and none is lost or reordered.
+    for n in 0..10 {
+        ws.send(&format!(r#"{{"event":"hold","data":{n}}}"#)).await;
+    }
+    for n in 0..10 {
+        let held = ws.next().await;
+        assert_eq!((held.event.as_str(), &held.data), ("held", &json!(n)));
+    }
+    assert_eq!(backend.seen.most_concurrent.load(Ordering::SeqCst), 1, "one request of a session at a time");
+    assert_eq!(backend.events_of(&sid).len(), 10);
+    assert_eq!(upstream.stats().failures(), 0);
+}
 
-    // Six concurrent POSTs of a slow event: two fit (one in flight, one waiting), the rest are
-    // refused at once.
-    let posts: Vec<_> = (0..6)
-        .map(|n| {
-            let (server, sid) = (server.clone(), sid.clone());
-            tokio::spawn(async move { server.post_json(&sid, &format!(r#"{{"event":"slowish","data":{n}}}"#)).await.0 })
-        })
-        .collect();
-    for post in posts {
-        assert_eq!(within("a POST answer", post).await.unwrap(), 202);
+#[tokio::test]
+async fn a_queue_that_stays_full_past_the_timeout_is_refused_as_busy() {
+    let backend = Backend::start().await;
+    // One request in flight in all; every request to `slow` runs into the 500 ms timeout.
+    let config = UpstreamConfig { max_per_session: 2, max_in_flight: 1, timeout: Duration::from_millis(500), ..backend.config() };
+    let (server, upstream) = gateway(Config::default(), config).await;
+
+    // Another session takes the only permit...
+    let mut other = server.ws("/ws").await;
+    let other_sid = other.hello().await;
+    other.send(r#"{"event":"slow","data":"x"}"#).await;
+    eventually("the other session's request at the app", || backend.events_of(&other_sid).len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // ...so this session's first event waits for it, its second is queued behind, and its
+    // third finds the queue full for longer than the timeout.
+    let mut ws = server.ws("/ws").await;
+    let sid = ws.hello().await;
+    for n in 1..=3 {
+        ws.send(&format!(r#"{{"event":"slow","data":{n}}}"#)).await;
     }
-    let mut done = 0;
-    let mut busy = 0;
-    while done + busy < 6 {
-        let event = sse.next().await;
-        match event.event.as_str() {
-            "done" => done += 1,
-            "error" => {
-                assert_eq!((&event.data["reason"], &event.data["event"]), (&json!("busy"), &json!("slowish")));
-                busy += 1;
-            }
-            other => panic!("unexpected {other}: {event:?}"),
-        }
+    let mut reasons = Vec::new();
+    for _ in 0..3 {
+        let error = ws.next().await;
+        assert_eq!((error.event.as_str(), &error.data["event"]), ("error", &json!("slow")), "{error:?}");
+        reasons.push(error.data["reason"].as_str().unwrap().to_owned());
     }
-    assert!(busy >= 1 && done >= 2, "done {done}, busy {busy}");
-    assert_eq!(upstream.stats().busy, busy);
-    assert_eq!(backend.events_of(&sid).len(), done as usize, "a refused event never reaches the app");
+    assert_eq!(reasons, ["busy", "timeout", "timeout"], "the refusal comes first, then the two that were sent");
+    assert_eq!(backend.events_of(&sid).len(), 2, "the refused event never reached the app");
+    assert_eq!(other.next().await.data["reason"], "timeout");
+    let stats = upstream.stats();
+    assert_eq!((stats.busy, stats.timeout), (1, 3));
 }
 
 #[tokio::test]
@@ -332,6 +346,10 @@ async fn actions_emit_to_another_session_to_a_room_and_to_everyone() {
 
     a.send(r#"{"event":"say","data":"hi room"}"#).await;
     assert_eq!((a.next().await.event, b.next().await.data), ("chat".to_owned(), json!("hi room")));
+    // `skip_self`: the room but the sender.
+    a.send(r#"{"event":"say_to_others","data":"hi others"}"#).await;
+    assert_eq!(b.next().await.data, json!("hi others"));
+    assert_eq!(a.next().await.event, "said", "the sender is skipped");
 
     server.post_json(&b_sid, &json!({"event": "tell", "data": {"sid": a_sid, "text": "psst"}}).to_string()).await;
     let told = a.next().await;
