@@ -468,3 +468,27 @@ async fn with_an_auth_secret_opening_a_session_takes_a_valid_token_whose_subject
         .unwrap();
     assert_eq!(response.status(), 401);
 }
+
+#[tokio::test]
+async fn a_websocket_peer_that_stops_reading_is_dropped() {
+    let server = TestServer::with_config(Config {
+        slow_client_timeout: Duration::from_millis(300),
+        buffer: 4096,
+        ..Config::default()
+    })
+    .await;
+    let mut ws = server.ws("/ws").await;
+    let sid: Sid = ws.hello().await.parse().unwrap();
+    // Far more than the socket buffers hold, and never read.
+    let payload = json!("y".repeat(4096));
+    for _ in 0..3000 {
+        server.gateway.hub().emit(&sid, "flood", &payload).await.unwrap();
+    }
+    within("the stuck socket to be detached", async {
+        while server.gateway.hub().info(&sid).and_then(|i| i.transport).is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    drop(ws);
+}

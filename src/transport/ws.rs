@@ -9,6 +9,7 @@
 //! reconnect this one), `4001 slow consumer` (detached for reading too slowly: resume), `1001`
 //! (server going away: resume), `1009` (message too big), `1007` (invalid UTF-8).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -48,6 +49,11 @@ pub async fn upgrade(
     let attachment =
         gateway.hub().attach(Transport::WebSocket, query.sid.as_deref(), query.last_event_id.as_deref()).await?;
     gateway.admit(&attachment, &headers, uri.query()).await?;
+    // Read buffer: tungstenite's default is 128 KiB per socket, allocated up front and zero-filled
+    // on reads; client frames here are small (at most `max_body`), so 4 KiB reads cost less
+    // memory per idle socket and less CPU per message, and larger frames still grow the buffer.
+    // Write buffer: frames collect until the flush after each batch; 8 KiB is several events.
+    let ws = ws.read_buffer_size(4 * 1024).write_buffer_size(8 * 1024);
     Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket: WebSocket| {
         let (sink, stream) = socket.split();
         gateway.track_socket(serve_socket(gateway.clone(), attachment, sink, stream))
@@ -64,25 +70,23 @@ where
     let mut ping = interval_at(Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let write_timeout = gateway.config().slow_client_timeout;
     let sid = attachment.sid().clone();
 
     let close = loop {
         tokio::select! {
             next = attachment.recv() => match next {
                 Ok(event) => {
-                    if sink.feed(frame(&event, &sid)).await.is_err() {
-                        break None;
-                    }
-                    // Write whatever else is ready before one flush.
-                    let mut failed = false;
-                    while let Ok(Some(event)) = attachment.try_recv() {
-                        if sink.feed(frame(&event, &sid)).await.is_err() {
-                            failed = true;
-                            break;
+                    // A peer that stops reading blocks these writes; past the slow-client
+                    // timeout it is dropped like any slow consumer (it resumes from its cursor).
+                    let written = tokio::time::timeout(write_timeout, write_ready(&mut sink, event, &mut attachment, &sid));
+                    match written.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(())) => break None,
+                        Err(_) => {
+                            tracing::info!(sid = sid.short(), "websocket peer stopped reading; dropping it");
+                            break None;
                         }
-                    }
-                    if failed || sink.flush().await.is_err() {
-                        break None;
                     }
                 }
                 Err(CloseReason::Superseded) => break Some((CLOSE_SUPERSEDED, "superseded")),
@@ -153,6 +157,15 @@ where
             _ => {}
         }
     }
+}
+
+/// Writes `first` and whatever else is ready, then flushes once.
+async fn write_ready<W: Sink<Message> + Unpin>(sink: &mut W, first: Arc<Event>, attachment: &mut Attachment, sid: &Sid) -> Result<(), ()> {
+    sink.feed(frame(&first, sid)).await.map_err(drop)?;
+    while let Ok(Some(event)) = attachment.try_recv() {
+        sink.feed(frame(&event, sid)).await.map_err(drop)?;
+    }
+    sink.flush().await.map_err(drop)
 }
 
 /// One event as a text frame, counted.
