@@ -201,6 +201,9 @@ pub struct SessionInfo {
     pub rooms: Vec<String>,
 }
 
+/// One slice of the session table.
+type Shard = RwLock<HashMap<Sid, Arc<Session>>>;
+
 /// The cheap, cloneable handle to the session table.
 #[derive(Clone)]
 pub struct Hub {
@@ -209,7 +212,7 @@ pub struct Hub {
 
 struct Inner {
     config: HubConfig,
-    shards: Box<[RwLock<HashMap<Sid, Arc<Session>>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
     /// Source of attachment ids; an attachment compares its id with the session's to learn
     /// whether it has been superseded.
@@ -303,7 +306,7 @@ impl Hub {
         &self.inner.config
     }
 
-    fn shard(&self, sid: &Sid) -> &RwLock<HashMap<Sid, Arc<Session>>> {
+    fn shard(&self, sid: &Sid) -> &Shard {
         let index = self.inner.hasher.hash_one(sid) as usize % SHARDS;
         &self.inner.shards[index]
     }
