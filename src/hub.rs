@@ -223,8 +223,8 @@ struct Inner {
     /// [`CloseReason::Shutdown`] and the expiry task stops.
     shutdown: CancellationToken,
     /// Room name -> members, sharded like the session table (see the rooms section).
-    rooms: Box<[RwLock<HashMap<Arc<str>, HashMap<Sid, Arc<Session>>>>]>,
-    /// Senders of [`Hub::watch_expired`]: each gets the sid of every session the expiry task
+    rooms: Box<[RwLock<RoomTable>]>,
+    /// Senders of [`Hub::watch_expired`]: each is told of every session the expiry task
     /// removes. A sender whose receiver is gone is dropped at the next expiry.
     expired_txs: Mutex<Vec<mpsc::UnboundedSender<Expired>>>,
 }
