@@ -21,6 +21,7 @@
  *   disconnect {reason, willReconnect}   the session lost its transport
  *   reconnect {attempts, sid, resumed}   after a drop, a transport took the session again
  *   transport {from, to, reason}         the active transport changed (fallback, upgrade, first one)
+ *   connect_error {reasons, attempts, retryIn}   every transport failed; the next try is in retryIn ms
  * Server events are passed on by name, including `session` and `gap` (the session was lost and a
  * fresh one started: the data says why). The server's `reconnect` event is a command, not passed
  * on: the client drops its transport and resumes at once.
@@ -74,7 +75,7 @@
     autoConnect: true,
   };
 
-  var LIFECYCLE = { connect: 1, disconnect: 1, reconnect: 1, transport: 1 };
+  var LIFECYCLE = { connect: 1, connect_error: 1, disconnect: 1, reconnect: 1, transport: 1 };
 
   // ----- cursors --------------------------------------------------------------------------
 
@@ -729,6 +730,8 @@
     this._timers = {};
     if (this._probe) this._probe.close();
     this._probe = null;
+    if (this._opening) this._opening.close();
+    this._opening = null;
     var had = this._current;
     if (had) had.close();
     this._current = null;
@@ -792,7 +795,7 @@
       if (i >= order.length) {
         self._attempts++;
         var delay = self._backoff(self._attempts);
-        self._dispatchTrace('retry', { in: delay, attempts: self._attempts, reasons: reasons });
+        self._dispatch('connect_error', { reasons: reasons, attempts: self._attempts, retryIn: delay }, null);
         self._later('reconnect', delay, function () {
           self._connectCycle('retry');
         });

@@ -100,6 +100,15 @@ async fn squid_with_stock_rules_falls_back_to_sse() {
             // (squid logs URLs without their query strings)
             let posts = format!("POST http://127.0.0.1:{port}/sse?");
             squid.wait_for_log_line("the POSTed messages", |l| l.contains(&posts) && l.contains("/202 ")).await;
+
+            // The tab remembers that WebSocket failed here: a reload goes straight to SSE.
+            let connects = |log: &str| log.lines().filter(|l| l.contains(&connect)).count();
+            let tried = connects(&squid.access_log());
+            b.goto(&server.url(&format!("/?{FAST}"))).await;
+            b.wait_transport("sse", PAGE_WAIT).await;
+            let log = b.transport_log().await;
+            assert!(log.iter().any(|l| l.contains("websocket skipped: it failed on this origin recently")), "{log:?}");
+            assert_eq!(connects(&squid.access_log()), tried, "no WebSocket attempt after the reload");
         })
         .await;
     browser.finish(outcome).await;
@@ -209,6 +218,14 @@ async fn a_cut_connection_resumes_with_every_reply_once() {
             // Sent while disconnected: queued in the page.
             b.send_range(31, 40, false).await;
             assert_eq!(b.eval("return window.__switchyard._outbox.length;").await, json!(10), "queued while away");
+
+            // The path stays down for a while: the client tries every transport and backs off.
+            b.wait_until(
+                "a failed round of reconnection attempts",
+                "window.__events.some(e => e.event === 'connect_error' && e.data.reasons.length === 3)",
+                PAGE_WAIT,
+            )
+            .await;
 
             relay.set_mode(Mode::Pass);
             b.wait_transport("websocket", PAGE_WAIT).await;
