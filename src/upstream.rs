@@ -281,7 +281,7 @@ impl Upstream {
         if self.inner.config.events.is_none() {
             return;
         }
-        let job = Job { hub: hub.clone(), subject: subject.map(str::to_owned), event: event.to_owned(), data };
+        let mut job = Job { hub: hub.clone(), subject: subject.map(str::to_owned), event: event.to_owned(), data };
         let max = self.inner.config.max_per_session.max(1);
         let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
         loop {
@@ -289,12 +289,18 @@ impl Upstream {
                 let mut queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
                 match queues.get_mut(sid) {
                     Some(queue) if queue.waiting >= max => queue.room.clone(),
-                    Some(queue) => {
-                        queue.waiting += 1;
-                        // The worker cannot be gone while its entry exists (both change under this lock).
-                        let _ = queue.jobs.send(job);
-                        return;
-                    }
+                    Some(queue) => match queue.jobs.send(job) {
+                        Ok(()) => {
+                            queue.waiting += 1;
+                            return;
+                        }
+                        // Its worker died (it panicked): start the session over with a new one.
+                        Err(mpsc::error::SendError(back)) => {
+                            job = back;
+                            queues.remove(sid);
+                            continue;
+                        }
+                    },
                     None => {
                         let (jobs, rx) = mpsc::unbounded_channel();
                         let _ = jobs.send(job);
