@@ -36,15 +36,21 @@ struct App {
 #[tokio::main]
 async fn main() {
     let addr = std::env::var("BACKEND_ADDR").unwrap_or_else(|_| "127.0.0.1:5000".into());
-    let app = App { token: std::env::var("BACKEND_TOKEN").ok(), ..App::default() };
-    let router = Router::new()
-        .route("/events", post(event))
-        .route("/open", post(open))
-        .route("/expire", post(expire))
-        .with_state(app);
+    let router = router(std::env::var("BACKEND_TOKEN").ok());
     let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind the backend address");
     println!("backend listening on http://{addr} (POST /events, /open, /expire)");
     axum::serve(listener, router).await.unwrap();
+}
+
+/// The backend's routes; `token`, if any, is what the open hook wants in the page's query.
+/// (`tests/example_backend.rs` serves this same router in front of the real gateway binary.)
+pub fn router(token: Option<String>) -> Router {
+    let app = App { token, ..App::default() };
+    Router::new()
+        .route("/events", post(event))
+        .route("/open", post(open))
+        .route("/expire", post(expire))
+        .with_state(app)
 }
 
 /// `{"v":1,"type":"event","sid":..,"event":..,"data":..}` -> a list of actions.
