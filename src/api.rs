@@ -17,9 +17,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderValue};
+use axum::body::Bytes;
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -103,8 +103,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn emit(State(gateway): State<Gateway>, body: Result<Json<Value>, JsonRejection>) -> Result<Json<Value>, Error> {
-    let mut body = object(body)?;
+async fn emit(State(gateway): State<Gateway>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, Error> {
+    let mut body = object(&headers, &body)?;
     let to = body.remove("to").ok_or_else(|| bad("missing field `to`: {\"sid\": SID}, {\"room\": ROOM} or {\"all\": true}"))?;
     let target = parse_target(to).map_err(Error::BadRequest)?;
     let event = match body.remove("event") {
@@ -129,9 +129,10 @@ async fn members(State(gateway): State<Gateway>, Path(room): Path<String>) -> Re
 async fn join(
     State(gateway): State<Gateway>,
     Path(room): Path<String>,
-    body: Result<Json<Value>, JsonRejection>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Json<Value>, Error> {
-    let sid = sid_from_body(body)?;
+    let sid = sid_from_body(&headers, &body)?;
     let joined = gateway.hub().join(&sid, &room)?;
     Ok(Json(json!({ "room": room, "sid": sid.as_str(), "joined": joined })))
 }
@@ -144,9 +145,10 @@ async fn leave(State(gateway): State<Gateway>, Path((room, sid)): Path<(String, 
 async fn leave_by_body(
     State(gateway): State<Gateway>,
     Path(room): Path<String>,
-    body: Result<Json<Value>, JsonRejection>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Json<Value>, Error> {
-    let sid = sid_from_body(body)?;
+    let sid = sid_from_body(&headers, &body)?;
     left(&gateway, &room, &sid)
 }
 
@@ -171,8 +173,8 @@ async fn session(State(gateway): State<Gateway>, Path(sid): Path<String>) -> Res
     })))
 }
 
-fn sid_from_body(body: Result<Json<Value>, JsonRejection>) -> Result<Sid, Error> {
-    let mut body = object(body)?;
+fn sid_from_body(headers: &HeaderMap, body: &[u8]) -> Result<Sid, Error> {
+    let mut body = object(headers, body)?;
     let sid = match body.remove("sid") {
         Some(Value::String(sid)) => sid,
         Some(_) => return Err(bad("field `sid` must be a string")),
@@ -182,10 +184,19 @@ fn sid_from_body(body: Result<Json<Value>, JsonRejection>) -> Result<Sid, Error>
     sid.parse().map_err(|_| Error::NoSession)
 }
 
-fn object(body: Result<Json<Value>, JsonRejection>) -> Result<Map<String, Value>, Error> {
-    match body.map_err(|rejection| Error::BadRequest(rejection.body_text()))? {
-        Json(Value::Object(map)) => Ok(map),
-        Json(_) => Err(bad("expected a JSON object")),
+/// A JSON object body. As on the transports' POST, a body sent as
+/// `application/x-www-form-urlencoded` (what `curl -d` says) or with no content type is read as
+/// JSON too; any other content type is refused.
+fn object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Error> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if !matches!(essence.as_str(), "" | "application/json" | "application/x-www-form-urlencoded") {
+        return Err(Error::ApiMediaType(content_type.to_owned()));
+    }
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(bad("expected a JSON object")),
+        Err(err) => Err(Error::BadRequest(format!("malformed JSON: {err}"))),
     }
 }
 

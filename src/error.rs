@@ -45,6 +45,9 @@ pub enum Error {
     /// The application's open hook refused the session.
     #[error("session refused by the application: {0}")]
     Refused(String),
+    /// A publish API body in a content type it does not read.
+    #[error("unsupported content type {0:?}: send a JSON object (application/json)")]
+    ApiMediaType(String),
 }
 
 impl Error {
@@ -53,7 +56,7 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NoSession => StatusCode::NOT_FOUND,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::UnsupportedMediaType(_) | Error::ApiMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Superseded => StatusCode::CONFLICT,
             Error::Full => StatusCode::SERVICE_UNAVAILABLE,
             Error::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -68,7 +71,7 @@ impl Error {
             Error::BadRequest(_) => "bad_request",
             Error::NoSession => "no_session",
             Error::TooLarge(_) => "too_large",
-            Error::UnsupportedMediaType(_) => "unsupported_media_type",
+            Error::UnsupportedMediaType(_) | Error::ApiMediaType(_) => "unsupported_media_type",
             Error::Superseded => "superseded",
             Error::Full => "full",
             Error::RateLimited => "rate_limited",

@@ -125,9 +125,16 @@ async fn the_api_says_what_is_wrong_with_a_request() {
         assert_eq!(got, status, "{method} {path} {body:?}: {answer}");
         assert!(answer["error"].as_str().unwrap_or("").contains(message), "{method} {path}: {answer}");
     }
-    // Not JSON at all.
-    let response = server.http.post(server.url("/api/emit")).bearer_auth(KEY).header("content-type", "application/json").body("{").send().await.unwrap();
-    assert_eq!(response.status(), 400);
+    // Not JSON at all; JSON sent as `curl -d` sends it (form content type) is fine; XML is not.
+    let post = |content_type: &'static str, body: &'static str| {
+        server.http.post(server.url("/api/emit")).bearer_auth(KEY).header("content-type", content_type).body(body).send()
+    };
+    assert_eq!(post("application/json", "{").await.unwrap().status(), 400);
+    let curl = post("application/x-www-form-urlencoded", r#"{"to":{"all":true},"event":"x"}"#).await.unwrap();
+    assert_eq!(curl.status(), 200);
+    let xml = post("application/xml", "<emit/>").await.unwrap();
+    assert_eq!(xml.status(), 415);
+    assert!(xml.text().await.unwrap().contains("send a JSON object"));
 }
 
 #[tokio::test]
