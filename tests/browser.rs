@@ -311,3 +311,34 @@ async fn the_servers_reconnect_event_makes_the_client_resume() {
         .await;
     browser.finish(outcome).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_mounted_under_a_path_prefix() {
+    let _turn = ONE_BROWSER_AT_A_TIME.lock().await;
+    // The gateway nested under /realtime, the page at the root: `?path=/realtime` tells the client.
+    let gateway = switchyard::app::seed(switchyard::Gateway::builder(config())).build();
+    let static_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
+    let router = axum::Router::new()
+        .nest("/realtime", gateway.router())
+        .fallback_service(tower_http::services::ServeDir::new(static_dir));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = gateway.clone();
+    tokio::spawn(async move { switchyard::server::run(listener, router, served, std::future::pending()).await });
+
+    let browser = Browser::start(None).await;
+    let b = &browser;
+    let outcome = browser
+        .check("path-prefix", async {
+            for transport in ["websocket", "sse", "polling"] {
+                b.goto(&format!("http://{addr}/?path=/realtime&transport={transport}&{FAST}")).await;
+                b.wait_transport(transport, PAGE_WAIT).await;
+                b.send_range(1, 3, true).await;
+                let sid: Sid = b.eval("return window.__switchyard.id;").await.as_str().unwrap().parse().unwrap();
+                let emitted = gateway.hub().info(&sid).expect("the session lives in the nested gateway").last_seq;
+                b.assert_every_event_once(emitted, &[], 3).await;
+            }
+        })
+        .await;
+    browser.finish(outcome).await;
+}
