@@ -428,3 +428,45 @@ pub fn hold_main(args: &[String]) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// `__drive ADDR ws|sse|poll SESSIONS ROUND_TRIPS [nohello]`: opens SESSIONS sessions to a
+/// server already running at ADDR and makes ROUND_TRIPS round trips in all, spread over them,
+/// then prints how long that took. For profiling a server under valgrind or perf with a fixed
+/// amount of work (instructions per round trip do not depend on what else the machine runs).
+pub fn drive_main(args: &[String]) -> anyhow::Result<()> {
+    let (addr, transport, sessions, total, hello) = match args {
+        [addr, transport, sessions, total, rest @ ..] => (addr, transport, sessions, total, rest.first().map(String::as_str) != Some("nohello")),
+        _ => bail!("usage: __drive ADDR ws|sse|poll SESSIONS ROUND_TRIPS [nohello]"),
+    };
+    let addr: SocketAddr = addr.parse()?;
+    let transport = match transport.as_str() {
+        "ws" => Transport::Ws,
+        "sse" => Transport::Sse,
+        "poll" => Transport::Poll,
+        other => bail!("unknown transport {other}"),
+    };
+    let sessions: usize = sessions.parse()?;
+    let total: usize = total.parse()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let client = http_client(None);
+        let mut open = Vec::new();
+        for _ in 0..sessions {
+            open.push(timeout(OPEN_TIMEOUT, Session::open(transport, addr, &client, hello)).await??);
+        }
+        let started = Instant::now();
+        let per = total.div_ceil(sessions.max(1));
+        let results = futures_util::future::join_all(open.into_iter().map(|mut session| async move {
+            for _ in 0..per {
+                timeout(Duration::from_secs(60), session.round_trip()).await??;
+            }
+            Ok::<_, anyhow::Error>(())
+        }))
+        .await;
+        for result in results {
+            result?;
+        }
+        println!("{} round trips in {:.3} s", per * sessions, started.elapsed().as_secs_f64());
+        Ok(())
+    })
+}

@@ -121,6 +121,7 @@ fn main() -> anyhow::Result<()> {
     match argv.get(1).map(String::as_str) {
         Some("__serve") => return servers::main(&argv[2..]),
         Some("__hold") => return client::hold_main(&argv[2..]),
+        Some("__drive") => return client::drive_main(&argv[2..]),
         _ => {}
     }
     let args = Args::parse();
@@ -320,8 +321,9 @@ async fn idle(args: &Args) -> anyhow::Result<String> {
     let settle = Duration::from_secs_f64(args.settle);
     let mut out = String::new();
     writeln!(out, "### idle: {} sessions opened ({} at a time) and held, RSS growth from /proc/PID/status\n", args.idle, args.open_concurrency)?;
-    writeln!(out, "| transport | server | held | failed | time to open | RSS before | RSS held | KiB/session | target | |")?;
-    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|")?;
+    writeln!(out, "Listen overflows: connections the kernel dropped because the server's accept queue was full while opening (machine-wide count); each costs its client a 1 s SYN retry.\n")?;
+    writeln!(out, "| transport | server | held | failed | time to open | listen overflows | RSS before | RSS held | KiB/session | target | |")?;
+    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")?;
     for (transport, baseline, target) in [(Transport::Ws, Kind::WsBaseline, 8.0), (Transport::Sse, Kind::SseBaseline, 10.0)] {
         for kind in [baseline, Kind::Switchyard] {
             eprintln!("  {} idle against {} ...", transport.label(), kind.label());
@@ -332,10 +334,12 @@ async fn idle(args: &Args) -> anyhow::Result<String> {
             let client = client::http_client(None);
             let mut held = Held::default();
             let opened_at = Instant::now();
+            let overflows = procs::listen_overflows();
             let hello = kind != Kind::WsBaseline;
             let failed =
                 open_many(&mut held, |_| transport, args.idle, server.addr, None, &client, args.open_concurrency, hello, None).await;
             let took = opened_at.elapsed();
+            let overflows = procs::listen_overflows().saturating_sub(overflows);
             sleep(settle).await;
             let after = server.rss_kib();
             let alive = server.alive();
@@ -343,7 +347,7 @@ async fn idle(args: &Args) -> anyhow::Result<String> {
             let verdict = if kind == Kind::Switchyard { met(per <= target && failed == 0 && alive) } else { "baseline" };
             writeln!(
                 out,
-                "| {} | {}{} | {} | {} | {:.2} s | {:.1} MiB | {:.1} MiB | {:.2} | {} | {} |",
+                "| {} | {}{} | {} | {} | {:.2} s | {overflows} | {:.1} MiB | {:.1} MiB | {:.2} | {} | {} |",
                 transport.label(),
                 kind.label(),
                 if alive { "" } else { " (DIED)" },
