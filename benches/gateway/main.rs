@@ -597,8 +597,7 @@ async fn scale(args: &Args) -> anyhow::Result<String> {
             let started = Instant::now();
             let outcome = match timeout(Duration::from_secs(5), client.get(&url).send()).await {
                 Ok(Ok(response)) => format!("HTTP {}", response.status().as_u16()),
-                Ok(Err(err)) if err.is_connect() => "connect error".to_string(),
-                Ok(Err(_)) => "connection error".to_string(),
+                Ok(Err(err)) => format!("{} ({})", if err.is_connect() { "connect error" } else { "connection error" }, io_kind(&err)),
                 Err(_) => "no answer within 5 s".to_string(),
             };
             (outcome, started.elapsed())
@@ -652,6 +651,22 @@ async fn scale(args: &Args) -> anyhow::Result<String> {
         let _ = timeout(Duration::from_secs(10), holder.child.wait()).await;
     }
     Ok(out)
+}
+
+/// The kind of the I/O error under `err` (`ConnectionReset`, ...) or, without one, the root
+/// cause's text: enough to tell a reset from a refusal or a connection closed mid-answer.
+fn io_kind(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return format!("{:?}", io.kind());
+        }
+        if e.source().is_none() {
+            return e.to_string();
+        }
+        source = e.source();
+    }
+    "unknown".into()
 }
 
 // ---------------------------------------------------------------------------------------------
