@@ -124,18 +124,35 @@ fn is_out_of_descriptors(err: &io::Error) -> bool {
 }
 
 /// One file descriptor held back for answering when all others are in use.
-struct Reserve(Option<std::fs::File>);
+struct Reserve {
+    file: Option<std::fs::File>,
+    /// Refusals since the last log line, and when that line was written: one line a second
+    /// says what is happening without flooding the log at the worst moment.
+    refused: u64,
+    logged: Option<tokio::time::Instant>,
+}
 
 impl Reserve {
     fn take() -> Reserve {
-        Reserve(std::fs::File::open("/dev/null").ok())
+        Reserve { file: std::fs::File::open("/dev/null").ok(), refused: 0, logged: None }
     }
 
     /// Accepts one waiting connection with the reserved descriptor, answers 503 and closes it.
     async fn refuse_one(&mut self, listener: &TcpListener) {
-        tracing::warn!("out of file descriptors: refusing a connection with 503 (raise the open-file limit or lower --max-sessions)");
-        if self.0.take().is_some() {
+        self.refused += 1;
+        if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!(
+                refused = self.refused,
+                "out of file descriptors: refusing connections with 503 (raise the open-file limit or lower --max-sessions)"
+            );
+            self.refused = 0;
+            self.logged = Some(tokio::time::Instant::now());
+        }
+        if self.file.take().is_some() {
             if let Ok(Ok((mut tcp, _))) = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await {
+                // Read the request head first: an HTTP client takes an answer that comes before
+                // its request as a protocol error rather than as the 503 it is.
+                let _ = tokio::time::timeout(Duration::from_millis(200), read_head(&mut tcp)).await;
                 let body = r#"{"error":"the server is out of connections; retry later"}"#;
                 let response = format!(
                     "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 5\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -143,12 +160,28 @@ impl Reserve {
                 );
                 let _ = tokio::time::timeout(Duration::from_millis(100), tcp.write_all(response.as_bytes())).await;
             }
-            *self = Reserve::take();
+            self.file = std::fs::File::open("/dev/null").ok();
         }
-        if self.0.is_none() {
+        if self.file.is_none() {
             // Nothing to answer with: wait for descriptors to come back rather than spin.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            *self = Reserve::take();
+            self.file = std::fs::File::open("/dev/null").ok();
+        }
+    }
+}
+
+/// Reads until the end of a request head (a blank line), or 8 KiB, or the end of the stream.
+async fn read_head(tcp: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while head.len() < 8 * 1024 {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            return;
         }
     }
 }

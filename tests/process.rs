@@ -11,7 +11,21 @@ use futures_util::StreamExt;
 
 /// The binary on a free loopback port; returns the child and the address it logged.
 fn start_binary(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    start_binary_with_fd_limit(args, None)
+}
+
+/// The same, with the process's open-file limit lowered to `fd_limit` (through the shell's
+/// `ulimit`, which applies to the exec'd binary).
+fn start_binary_with_fd_limit(args: &[&str], fd_limit: Option<u32>) -> (Child, String) {
+    let mut command = match fd_limit {
+        Some(limit) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\""), env!("CARGO_BIN_EXE_switchyard")]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_switchyard")),
+    };
+    let mut child = command
         .args(["--bind", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info")
@@ -96,4 +110,46 @@ async fn sigterm_drains_clients_with_a_reconnect_notice_and_exits_cleanly() {
     let status = wait_exit(&mut child, Duration::from_secs(8));
     assert!(status.success(), "exit status {status}");
     assert!(http.get(format!("http://{addr}/sse")).send().await.is_err(), "nothing listens any more");
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_server_answers_503_and_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut child, addr) = start_binary_with_fd_limit(&[], Some(64));
+    // Far more streams than 64 descriptors allow; each reads its status line.
+    let mut held = Vec::new();
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..100 {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+        let mut head = [0u8; 512];
+        let n = within("a status line", tcp.read(&mut head)).await.unwrap_or(0);
+        let text = String::from_utf8_lossy(&head[..n]).to_string();
+        if text.starts_with("HTTP/1.1 200") {
+            ok += 1;
+            held.push(tcp);
+        } else {
+            assert!(text.starts_with("HTTP/1.1 503"), "a clean refusal, got {text:?}");
+            assert!(text.contains("Retry-After: 5"), "{text:?}");
+            refused += 1;
+        }
+    }
+    println!("{ok} streams held, {refused} refused with 503");
+    assert!(ok > 20 && refused > 0, "{ok} held, {refused} refused");
+    // Once descriptors come back, new clients are served again: the accept loop is alive.
+    drop(held);
+    within("a new session after the descriptors came back", async {
+        loop {
+            if let Ok(response) = reqwest::get(format!("http://{addr}/healthz")).await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(child.try_wait().unwrap().is_none(), "the server is still running");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
