@@ -253,12 +253,35 @@ fn envelope_from_value(value: Value, index: Option<usize>, limits: &Limits) -> R
     if depth(&data) > limits.max_depth {
         return Err(at(format!("field `data` is nested deeper than {} levels", limits.max_depth)));
     }
+    if let Some(key) = reserved_key(&data) {
+        return Err(at(format!("field `data` holds the object key `{key}`, which is reserved")));
+    }
     // `id` is what the server puts on its own envelopes; a client echoing one back is harmless.
     map.remove("id");
     if let Some(field) = map.keys().next() {
         return Err(at(format!("unknown field `{field}`: an envelope has only `event`, `data` and `seq`")));
     }
     Ok(Envelope { event, data, seq })
+}
+
+/// serde_json gives object keys with this prefix a meaning of their own: with the `raw_value`
+/// feature (axum turns it on), an object whose first key is `$serde_json::private::RawValue` is
+/// read as raw JSON text. Data holding such a key would not read back as the same value once
+/// re-encoded (keys sorted), so it is refused.
+const RESERVED_KEY_PREFIX: &str = "$serde_json::private::";
+
+/// The first reserved object key in a value. Called after the depth check, which bounds the
+/// recursion.
+fn reserved_key(value: &Value) -> Option<&str> {
+    match value {
+        Value::Array(items) => items.iter().find_map(reserved_key),
+        Value::Object(map) => map
+            .keys()
+            .find(|key| key.starts_with(RESERVED_KEY_PREFIX))
+            .map(String::as_str)
+            .or_else(|| map.values().find_map(reserved_key)),
+        _ => None,
+    }
 }
 
 /// Nesting depth of a JSON value: 0 for scalars, 1 for a flat array or object.
@@ -337,5 +360,26 @@ mod tests {
         assert!(err.contains("nested deeper than 4"), "{err}");
         // Far past serde_json's own recursion limit: still a clean error.
         assert!(parse_envelopes(&nested(10_000)).is_err());
+    }
+
+    #[test]
+    fn data_holding_a_key_serde_json_reserves_is_refused() {
+        // Found by the `envelopes` fuzz target. With the `raw_value` feature (axum turns it on),
+        // serde_json reads an object whose first key is this token as raw JSON text. Anywhere
+        // else the key was accepted as plain data, and once re-encoded (keys sorted) it came
+        // first: the data the gateway handed on no longer parsed with serde_json, in any axum
+        // process (this one included).
+        let key = "$serde_json::private::RawValue";
+        for body in [
+            format!(r#"{{"event":"a","data":{{"text":"hi","{key}":null}}}}"#),
+            format!(r#"[{{"event":"a"}},{{"event":"a","data":[1,{{"x":{{"z":2,"{key}":"1"}}}}]}}]"#),
+            r#"{"event":"a","data":{"b":1,"\u0024serde_json::private::RawValue":null}}"#.to_owned(),
+        ] {
+            let err = parse_envelopes(&body).unwrap_err().to_string();
+            assert!(err.contains("reserved"), "{body}: {err}");
+        }
+        // The token as a string value is plain data, and what is accepted reads back the same.
+        let data = &parse_envelopes(&format!(r#"{{"event":"a","data":{{"b":{{"c":[1,"{key}"]}}}}}}"#)).unwrap()[0].data;
+        assert_eq!(serde_json::from_str::<Value>(&data.to_string()).unwrap(), *data);
     }
 }

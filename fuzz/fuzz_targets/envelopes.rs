@@ -68,7 +68,7 @@ fuzz_target!(|bytes: &[u8]| {
             let _ = json!({"error": err.to_string()}).to_string();
         }
     }
-    let tight = Limits { max_batch: 1 + usize::from(knob % 8), max_depth: usize::from(knob / 8 % 8), ..Limits::default() };
+    let tight = Limits { max_batch: 1 + usize::from(knob % 8), max_depth: usize::from(knob / 8 % 8) };
     if let Ok(envelopes) = parse_envelopes_with(text, &tight) {
         check_accepted(&envelopes, &tight, text);
         assert!(parse_envelopes(text).is_ok(), "tight limits accepted what the defaults refuse: {text:?}");
