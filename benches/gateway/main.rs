@@ -624,7 +624,8 @@ async fn scale(args: &Args) -> anyhow::Result<String> {
         .lines()
         .filter(|l| {
             let l = l.to_ascii_lowercase();
-            l.contains("open files") || l.contains("emfile") || l.contains("accept") || l.contains("503") || l.contains("limit")
+            // (" 503": a bare "503" also matches timestamps.)
+            l.contains("open files") || l.contains("file descriptor") || l.contains("emfile") || l.contains(" 503")
         })
         .collect();
     writeln!(out, "\nPast the limit ({} more SSE requests with {} held): ", args.overflow, held)?;
