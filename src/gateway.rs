@@ -82,9 +82,12 @@ impl Context {
     }
 
     /// Emits an event to the session the handled event came from.
+    ///
+    /// `data` is any serializable value; one that cannot be JSON (a map with non-string keys)
+    /// is sent as `null`.
     pub async fn emit(&self, event: &str, data: impl Serialize) -> Result<Cursor, HubError> {
-        let data = serde_json::to_value(data).unwrap_or(Value::Null);
-        self.hub.emit(&self.sid, event, &data).await
+        let data = serde_json::to_string(&data).unwrap_or_else(|_| "null".to_owned());
+        self.hub.emit_json(&self.sid, event, data).await
     }
 }
 

@@ -169,9 +169,9 @@ pub struct Event {
     pub seq: u64,
     /// Notices (`session`, `gap`) are per transport: never buffered, never replayed.
     pub notice: bool,
-    pub name: Box<str>,
+    pub name: Arc<str>,
     /// The event's data as JSON text.
-    pub data: Box<str>,
+    pub data: Arc<str>,
 }
 
 impl Event {
@@ -202,7 +202,38 @@ pub struct SessionInfo {
 }
 
 /// One slice of the session table.
-type Shard = RwLock<HashMap<Sid, Arc<Session>>>;
+type Shard = RwLock<HashMap<Sid, Arc<Session>, SidHash>>;
+
+/// Hashing for the session table. A sid is 128 random bits chosen by the server, so its bytes
+/// are already uniformly spread and no client can aim collisions at it: folding them is enough,
+/// and far cheaper than SipHash on the per-event path. (Room names are client-chosen, so the room
+/// table keeps the default, keyed hasher.)
+#[derive(Clone, Copy, Default)]
+struct SidHash;
+
+impl BuildHasher for SidHash {
+    type Hasher = SidHasher;
+
+    fn build_hasher(&self) -> SidHasher {
+        SidHasher(0)
+    }
+}
+
+struct SidHasher(u64);
+
+impl std::hash::Hasher for SidHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// The cheap, cloneable handle to the session table.
 #[derive(Clone)]
@@ -287,7 +318,7 @@ struct Attached {
 impl Hub {
     pub fn new(config: HubConfig, shutdown: CancellationToken) -> Hub {
         assert!(config.buffer > 0, "the session buffer must hold at least one event");
-        let shards = (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect();
+        let shards = (0..SHARDS).map(|_| RwLock::new(HashMap::with_hasher(SidHash))).collect();
         Hub {
             inner: Arc::new(Inner {
                 config,
@@ -307,7 +338,7 @@ impl Hub {
     }
 
     fn shard(&self, sid: &Sid) -> &Shard {
-        let index = self.inner.hasher.hash_one(sid) as usize % SHARDS;
+        let index = (SidHash.hash_one(sid) >> 32) as usize % SHARDS;
         &self.inner.shards[index]
     }
 
@@ -424,15 +455,21 @@ impl Hub {
 
     /// Appends an event to a session's ring and wakes its transport. Returns the event's cursor.
     pub async fn emit(&self, sid: &Sid, name: &str, data: &Value) -> Result<Cursor, HubError> {
+        self.emit_json(sid, name, data.to_string()).await
+    }
+
+    /// [`Hub::emit`] with the data already rendered as JSON text (saves a `Value` in between
+    /// when the caller serializes its own type). `data` must be valid JSON.
+    pub async fn emit_json(&self, sid: &Sid, name: &str, data: String) -> Result<Cursor, HubError> {
         validate_event_name(name)?;
         let session = self.find(sid).ok_or(HubError::NoSession)?;
-        let seq = self.append(&session, name, data.to_string().into_boxed_str()).ok_or(HubError::NoSession)?;
+        let seq = self.append(&session, name.into(), data.into()).ok_or(HubError::NoSession)?;
         Ok(Cursor::event(session.sid.clone(), seq))
     }
 
     /// Appends an event to a session's ring and wakes its transport; `None` if the session is
     /// gone. The one write path of every emit, to one session or many (rooms).
-    fn append(&self, session: &Session, name: &str, data: Box<str>) -> Option<u64> {
+    fn append(&self, session: &Session, name: Arc<str>, data: Arc<str>) -> Option<u64> {
         let mut state = lock(&session.state);
         if state.removed {
             return None;
@@ -446,7 +483,7 @@ impl Hub {
                 evict(&mut state, CloseReason::SlowConsumer, &session.sid);
             }
         }
-        state.ring.push_back(Arc::new(Event { seq, notice: false, name: name.into(), data }));
+        state.ring.push_back(Arc::new(Event { seq, notice: false, name, data }));
         if let Some(attached) = &mut state.attached {
             attached.behind_since.get_or_insert_with(Instant::now);
             attached.wake.notify_one();
@@ -832,11 +869,13 @@ impl Hub {
 
     /// Appends one event to each session; the data is rendered once.
     fn fan_out(&self, sessions: &[Arc<Session>], except: Option<&Sid>, name: &str, data: &Value) -> usize {
-        let data = data.to_string();
+        // Rendered once and shared by every member's ring: a broadcast costs one copy of the
+        // data, not one per member.
+        let (name, data): (Arc<str>, Arc<str>) = (name.into(), data.to_string().into());
         sessions
             .iter()
             .filter(|session| Some(&session.sid) != except)
-            .filter(|session| self.append(session, name, data.as_str().into()).is_some())
+            .filter(|session| self.append(session, name.clone(), data.clone()).is_some())
             .count()
     }
 }

@@ -49,14 +49,42 @@ pub struct AttachQuery {
 /// One event as a JSON envelope: `{"event":NAME,"data":DATA,"id":CURSOR}`. The data is already
 /// JSON text, rendered once at emit time; only the frame around it is built per write.
 pub fn envelope_json(event: &Event, sid: &Sid) -> String {
-    let name = serde_json::to_string(&*event.name).expect("a string always serializes");
-    let cursor = event.cursor(sid);
-    let mut out = String::with_capacity(name.len() + event.data.len() + 64);
+    use std::fmt::Write;
+    let mut out = String::with_capacity(event.name.len() + event.data.len() + 64);
     out.push_str("{\"event\":");
-    out.push_str(&name);
+    if event.name.bytes().all(|b| b != b'"' && b != b'\\') {
+        // Names hold no control characters (the hub refuses them); without quotes or
+        // backslashes there is nothing to escape.
+        out.push('"');
+        out.push_str(&event.name);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(&*event.name).expect("a string always serializes"));
+    }
     out.push_str(",\"data\":");
     out.push_str(&event.data);
     // Cursors are base64url, digits, '.' and '~': nothing to escape.
-    out.push_str(&format!(",\"id\":\"{cursor}\"}}"));
+    let _ = write!(out, ",\"id\":\"{sid}.{}{}\"}}", event.seq, if event.notice { "~" } else { "" });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Cursor;
+    use std::sync::Arc;
+
+    #[test]
+    fn envelope_json_is_the_envelope_with_a_cursor_that_parses_back() {
+        let sid = Sid::random();
+        for (name, notice) in [("response", false), ("quote\"and\\slash", false), ("session", true)] {
+            let event = Event { seq: 7, notice, name: Arc::from(name), data: Arc::from(r#"{"a":[1,"x"]}"#) };
+            let text = envelope_json(&event, &sid);
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(value["event"], name);
+            assert_eq!(value["data"], serde_json::json!({"a": [1, "x"]}));
+            let cursor: Cursor = value["id"].as_str().unwrap().parse().unwrap();
+            assert_eq!(cursor, event.cursor(&sid));
+        }
+    }
 }

@@ -49,7 +49,7 @@ async fn accept(
     })?;
     let envelopes = parse_body(&headers, &bytes, &gateway.config().limits)?;
     let accepted = envelopes.len();
-    crate::metrics::events_in("post", accepted);
+    crate::metrics::events_in_post(accepted);
     gateway.dispatch(&sid, envelopes).await;
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
 }

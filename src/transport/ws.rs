@@ -79,8 +79,14 @@ where
                 Ok(event) => {
                     // A peer that stops reading blocks these writes; past the slow-client
                     // timeout it is dropped like any slow consumer (it resumes from its cursor).
-                    let written = tokio::time::timeout(write_timeout, write_ready(&mut sink, event, &mut attachment, &sid));
-                    match written.await {
+                    // The timer is armed only if the socket does not take the batch at once, so
+                    // the usual write costs no timer.
+                    let mut write = std::pin::pin!(write_ready(&mut sink, event, &mut attachment, &sid));
+                    let written = match futures_util::poll!(write.as_mut()) {
+                        std::task::Poll::Ready(done) => Ok(done),
+                        std::task::Poll::Pending => tokio::time::timeout(write_timeout, write).await,
+                    };
+                    match written {
                         Ok(Ok(())) => {}
                         Ok(Err(())) => break None,
                         Err(_) => {
@@ -98,7 +104,7 @@ where
                 match frame {
                     Some(Ok(Message::Text(text))) => match parse_envelopes_with(text.as_str(), &gateway.config().limits) {
                         Ok(envelopes) => {
-                            metrics::events_in("websocket", envelopes.len());
+                            metrics::events_in_websocket(envelopes.len());
                             gateway.dispatch(&sid, envelopes).await
                         }
                         Err(err) => gateway.report_error(&sid, err).await,
@@ -149,7 +155,7 @@ where
         match message {
             Message::Text(text) => {
                 if let Ok(envelopes) = parse_envelopes_with(text.as_str(), &gateway.config().limits) {
-                    metrics::events_in("websocket", envelopes.len());
+                    metrics::events_in_websocket(envelopes.len());
                     gateway.dispatch(sid, envelopes).await;
                 }
             }
