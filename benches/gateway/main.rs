@@ -595,21 +595,31 @@ async fn scale(args: &Args) -> anyhow::Result<String> {
         let url = url.clone();
         async move {
             let started = Instant::now();
+            // An accepted stream is kept open until every probe is done, so that each one the
+            // server takes holds its descriptor, as a real client would.
+            let mut kept = None;
             let outcome = match timeout(Duration::from_secs(5), client.get(&url).send()).await {
-                Ok(Ok(response)) => format!("HTTP {}", response.status().as_u16()),
+                Ok(Ok(response)) => {
+                    let status = format!("HTTP {}", response.status().as_u16());
+                    kept = Some(response);
+                    status
+                }
                 Ok(Err(err)) => format!("{} ({})", if err.is_connect() { "connect error" } else { "connection error" }, io_kind(&err)),
                 Err(_) => "no answer within 5 s".to_string(),
             };
-            (outcome, started.elapsed())
+            (outcome, started.elapsed(), kept)
         }
     }))
     .await;
     let mut outcomes: std::collections::BTreeMap<String, (usize, Duration)> = Default::default();
-    for (outcome, took) in probes {
+    let mut kept = Vec::new();
+    for (outcome, took, response) in probes {
         let entry = outcomes.entry(outcome).or_default();
         entry.0 += 1;
         entry.1 = entry.1.max(took);
+        kept.extend(response);
     }
+    drop(kept);
     drop(client);
     sleep(Duration::from_secs(1)).await;
     let recovered_at = Instant::now();
