@@ -298,3 +298,13 @@ async fn the_demo_page_is_served() {
     let client = server.http.get(server.url("/switchyard.js")).send().await.unwrap();
     assert_eq!(client.status(), 200);
 }
+
+#[tokio::test]
+async fn a_websocket_message_just_under_the_size_limit_arrives_whole() {
+    let server = TestServer::start().await;
+    let mut ws = server.ws("/ws").await;
+    ws.hello().await;
+    let big = "z".repeat(65_000);
+    ws.send(&json!({"event": "echo", "data": big}).to_string()).await;
+    assert_eq!(ws.next().await.data, json!(big));
+}

