@@ -31,8 +31,7 @@ pub fn seed(builder: GatewayBuilder) -> GatewayBuilder {
     builder
         .on("message", |ctx, message| async move {
             tracing::debug!(sid = ctx.sid().short(), %message, "received message");
-            let rooms = ctx.hub().info(ctx.sid()).map(|info| info.rooms).unwrap_or_default();
-            for room in rooms {
+            for room in ctx.hub().rooms_of(ctx.sid()) {
                 let chat = json!({"room": room, "from": ctx.sid().short(), "text": message});
                 let _ = ctx.hub().publish_except(&Target::Room(room), Some(ctx.sid()), "chat", &chat).await;
             }

@@ -30,6 +30,19 @@ use tower_http::services::ServeDir;
 
 use crate::gateway::Gateway;
 
+/// Pending connections the kernel may queue before `accept`. `TcpListener::bind` asks for 128,
+/// and a burst of clients (a reconnect storm after a restart, the benchmark opening sessions 256
+/// at a time) overflows that: each dropped SYN costs its client a one-second retry.
+const BACKLOG: u32 = 4096;
+
+/// Binds a listener with a backlog fit for bursts of connections (see [`BACKLOG`]).
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// The gateway's routes at the root, with the demo page and client served from `static_dir`.
 pub fn app(gateway: &Gateway, static_dir: &Path) -> Router {
     gateway.router().fallback_service(ServeDir::new(static_dir))

@@ -35,7 +35,6 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/healthz", get(metrics::healthz))
         .with_state(gateway)
-        .layer(policy.cors())
         .layer(middleware::from_fn_with_state(policy, origin::guard))
 }
 
