@@ -101,6 +101,17 @@ pub fn event_out(transport: Transport, bytes: usize) {
     counters.bytes_out[index(transport)].increment(bytes as u64);
 }
 
+/// Counts one answer to a POST. The common answer's counter is registered once; the others
+/// (errors) are rarer and looked up by name.
+pub fn post_response(status: StatusCode) {
+    static ACCEPTED: OnceLock<Counter> = OnceLock::new();
+    if status == StatusCode::ACCEPTED {
+        ACCEPTED.get_or_init(|| metrics::counter!("switchyard_post_responses_total", "status" => "202")).increment(1);
+    } else {
+        metrics::counter!("switchyard_post_responses_total", "status" => status.as_str().to_owned()).increment(1);
+    }
+}
+
 /// Counts `n` client events received over a WebSocket.
 pub fn events_in_websocket(n: usize) {
     per_event().in_websocket.increment(n as u64);

@@ -9,8 +9,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::AttachQuery;
 use crate::error::Error;
@@ -24,8 +23,7 @@ pub async fn send(
     body: Body,
 ) -> Response {
     let response = accept(gateway, query, headers, body).await.into_response();
-    let status = response.status();
-    metrics::counter!("switchyard_post_responses_total", "status" => status.as_str().to_owned()).increment(1);
+    crate::metrics::post_response(response.status());
     response
 }
 
@@ -34,7 +32,7 @@ async fn accept(
     query: Result<Query<AttachQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), Error> {
+) -> Result<Response, Error> {
     let Query(query) = query?;
     let sid = query.sid.ok_or_else(|| Error::BadRequest("missing query parameter `sid`".into()))?;
     let sid: Sid = sid.parse().map_err(|_| Error::NoSession)?;
@@ -51,7 +49,8 @@ async fn accept(
     let accepted = envelopes.len();
     crate::metrics::events_in_post(accepted);
     gateway.dispatch(&sid, envelopes).await;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": accepted }))))
+    let body = format!("{{\"accepted\":{accepted}}}");
+    Ok((StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// Reads the body according to its content type. `curl -d` sends
