@@ -486,6 +486,11 @@ impl Client {
             if &*event.name == "gap" {
                 self.after_gap = Some(event.seq);
             }
+            // A resume without cursor starts after what any transport was handed, which may be
+            // more than the client read (checked against the stream): the client is there now.
+            if &*event.name == "session" && stream.no_cursor {
+                self.highest = self.highest.max(event.seq);
+            }
             return;
         }
         let after_gap = self.after_gap.take();
