@@ -55,7 +55,7 @@ pub struct Opening {
 #[derive(Clone)]
 pub struct Context {
     sid: Sid,
-    event: Arc<str>,
+    event: String,
     hub: Hub,
     subject: Option<Arc<str>>,
 }
@@ -238,10 +238,11 @@ impl Gateway {
                 metrics::counter!("switchyard_resends_skipped_total").increment(1);
                 continue;
             }
-            let handler = self.inner.handlers.get(&event).or(self.inner.fallback.as_ref());
-            let ctx = Context { sid: sid.clone(), event: event.as_str().into(), hub: self.hub.clone(), subject: subject.clone() };
-            match handler {
-                Some(handler) => handler(ctx, data).await,
+            match self.inner.handlers.get(&event).or(self.inner.fallback.as_ref()) {
+                Some(handler) => {
+                    let ctx = Context { sid: sid.clone(), event, hub: self.hub.clone(), subject: subject.clone() };
+                    handler(ctx, data).await
+                }
                 None => {
                     tracing::debug!(sid = sid.short(), event, "no handler");
                     let notice = json!({"error": format!("no handler for event `{event}`"), "event": event});
