@@ -31,7 +31,7 @@ pub fn seed(builder: GatewayBuilder) -> GatewayBuilder {
     builder
         .on("message", |ctx, message| async move {
             tracing::debug!(sid = ctx.sid().short(), %message, "received message");
-            for room in ctx.hub().rooms_of(ctx.sid()) {
+            for room in ctx.rooms() {
                 let chat = json!({"room": room, "from": ctx.sid().short(), "text": message});
                 let _ = ctx.hub().publish_except(&Target::Room(room), Some(ctx.sid()), "chat", &chat).await;
             }

@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Auth, AuthError};
 use crate::config::Config;
 use crate::error::Error;
-use crate::hub::{Attachment, Hub, HubError, Transport};
+use crate::hub::{Attachment, Hub, HubError, SessionHandle, Transport};
 use crate::protocol::{Cursor, Envelope, Sid};
 use crate::transport;
 
@@ -54,7 +54,7 @@ pub struct Opening {
 /// What a handler knows about the event it handles, and its way to answer.
 #[derive(Clone)]
 pub struct Context {
-    sid: Sid,
+    session: SessionHandle,
     event: String,
     hub: Hub,
     subject: Option<Arc<str>>,
@@ -68,7 +68,12 @@ impl Context {
 
     /// The session the event came from.
     pub fn sid(&self) -> &Sid {
-        &self.sid
+        self.session.sid()
+    }
+
+    /// The rooms the session is in.
+    pub fn rooms(&self) -> Vec<String> {
+        self.session.rooms()
     }
 
     /// The name of the event being handled.
@@ -87,7 +92,7 @@ impl Context {
     /// is sent as `null`.
     pub async fn emit(&self, event: &str, data: impl Serialize) -> Result<Cursor, HubError> {
         let data = serde_json::to_string(&data).unwrap_or_else(|_| "null".to_owned());
-        self.hub.emit_json(&self.sid, event, data).await
+        self.hub.emit_json_to(&self.session, event, data).await
     }
 }
 
@@ -232,7 +237,8 @@ impl Gateway {
     /// still draining while a new one sends), and numbered events already handled are skipped.
     pub async fn dispatch(&self, sid: &Sid, envelopes: Vec<Envelope>) {
         let Ok(inbox) = self.hub.inbox(sid).await else { return };
-        let subject = if self.inner.auth.is_some() { self.hub.subject(sid) } else { None };
+        let session = inbox.session();
+        let subject = if self.inner.auth.is_some() { session.subject() } else { None };
         for Envelope { event, data, seq } in envelopes {
             if !inbox.accept(seq) {
                 metrics::counter!("switchyard_resends_skipped_total").increment(1);
@@ -240,7 +246,7 @@ impl Gateway {
             }
             match self.inner.handlers.get(&event).or(self.inner.fallback.as_ref()) {
                 Some(handler) => {
-                    let ctx = Context { sid: sid.clone(), event, hub: self.hub.clone(), subject: subject.clone() };
+                    let ctx = Context { session: session.clone(), event, hub: self.hub.clone(), subject: subject.clone() };
                     handler(ctx, data).await
                 }
                 None => {

@@ -468,10 +468,15 @@ impl Hub {
     /// [`Hub::emit`] with the data already rendered as JSON text (saves a `Value` in between
     /// when the caller serializes its own type). `data` must be valid JSON.
     pub async fn emit_json(&self, sid: &Sid, name: &str, data: String) -> Result<Cursor, HubError> {
-        validate_event_name(name)?;
         let session = self.find(sid).ok_or(HubError::NoSession)?;
-        let seq = self.append(&session, name.into(), data.into()).ok_or(HubError::NoSession)?;
-        Ok(Cursor::event(session.sid.clone(), seq))
+        self.emit_json_to(&SessionHandle { session }, name, data).await
+    }
+
+    /// [`Hub::emit_json`] to a session already in hand: no table lookup.
+    pub async fn emit_json_to(&self, handle: &SessionHandle, name: &str, data: String) -> Result<Cursor, HubError> {
+        validate_event_name(name)?;
+        let seq = self.append(&handle.session, name.into(), data.into()).ok_or(HubError::NoSession)?;
+        Ok(Cursor::event(handle.session.sid.clone(), seq))
     }
 
     /// Appends an event to a session's ring and wakes its transport; `None` if the session is
@@ -893,7 +898,35 @@ pub struct Inbox {
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
+/// One session, already found: what a handler's context holds, so that answering the session
+/// it serves costs no lookup in the session table.
+#[derive(Clone)]
+pub struct SessionHandle {
+    session: Arc<Session>,
+}
+
+impl SessionHandle {
+    pub fn sid(&self) -> &Sid {
+        &self.session.sid
+    }
+
+    /// The rooms the session is in.
+    pub fn rooms(&self) -> Vec<String> {
+        lock(&self.session.state).rooms.iter().map(|room| room.to_string()).collect()
+    }
+
+    /// Who opened the session, if auth is on.
+    pub fn subject(&self) -> Option<Arc<str>> {
+        lock(&self.session.state).subject.clone()
+    }
+}
+
 impl Inbox {
+    /// The session whose inbox this is.
+    pub fn session(&self) -> SessionHandle {
+        SessionHandle { session: self.session.clone() }
+    }
+
     /// Whether an event numbered `seq` is new and should be handled; records it if so. Events
     /// without a number are always handled; a number at or below the highest handled one is a
     /// re-send of something already handled.

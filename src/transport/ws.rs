@@ -73,24 +73,12 @@ where
 
     let close = loop {
         tokio::select! {
+            // Outgoing events first: what is owed to the client goes out before more is read.
+            biased;
             next = attachment.recv() => match next {
                 Ok(event) => {
-                    // A peer that stops reading blocks these writes; past the slow-client
-                    // timeout it is dropped like any slow consumer (it resumes from its cursor).
-                    // The timer is armed only if the socket does not take the batch at once, so
-                    // the usual write costs no timer.
-                    let mut write = std::pin::pin!(write_ready(&mut sink, event, &mut attachment, &sid));
-                    let written = match futures_util::poll!(write.as_mut()) {
-                        std::task::Poll::Ready(done) => Ok(done),
-                        std::task::Poll::Pending => tokio::time::timeout(write_timeout, write).await,
-                    };
-                    match written {
-                        Ok(Ok(())) => {}
-                        Ok(Err(())) => break None,
-                        Err(_) => {
-                            tracing::info!(sid = sid.short(), "websocket peer stopped reading; dropping it");
-                            break None;
-                        }
+                    if !deliver(&mut sink, event, &mut attachment, &sid, write_timeout).await {
+                        break None;
                     }
                 }
                 Err(CloseReason::Superseded) => break Some((CLOSE_SUPERSEDED, "superseded")),
@@ -103,7 +91,14 @@ where
                     Some(Ok(Message::Text(text))) => match parse_envelopes_with(text.as_str(), &gateway.config().limits) {
                         Ok(envelopes) => {
                             metrics::events_in_websocket(envelopes.len());
-                            gateway.dispatch(&sid, envelopes).await
+                            gateway.dispatch(&sid, envelopes).await;
+                            // Replies the handlers emitted go out now, without another turn
+                            // of the loop (the common request-reply case).
+                            if let Ok(Some(event)) = attachment.try_recv() {
+                                if !deliver(&mut sink, event, &mut attachment, &sid, write_timeout).await {
+                                    break None;
+                                }
+                            }
                         }
                         Err(err) => gateway.report_error(&sid, err).await,
                     },
@@ -166,6 +161,31 @@ where
             }
             Message::Close(_) => break,
             _ => {}
+        }
+    }
+}
+
+/// Writes `first` and whatever else is ready. A peer that stops reading blocks these writes;
+/// past the slow-client timeout it is dropped like any slow consumer (it resumes from its
+/// cursor). The timer is armed only if the socket does not take the batch at once, so the usual
+/// write costs no timer. Returns whether the socket is still usable.
+async fn deliver<W: Sink<Message> + Unpin>(
+    sink: &mut W,
+    first: Arc<Event>,
+    attachment: &mut Attachment,
+    sid: &Sid,
+    write_timeout: Duration,
+) -> bool {
+    let mut write = std::pin::pin!(write_ready(sink, first, attachment, sid));
+    let written = match futures_util::poll!(write.as_mut()) {
+        std::task::Poll::Ready(done) => Ok(done),
+        std::task::Poll::Pending => tokio::time::timeout(write_timeout, write).await,
+    };
+    match written {
+        Ok(result) => result.is_ok(),
+        Err(_) => {
+            tracing::info!(sid = sid.short(), "websocket peer stopped reading; dropping it");
+            false
         }
     }
 }
