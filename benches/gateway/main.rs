@@ -45,6 +45,9 @@ enum Scenario {
     Idle,
     Fanout,
     Scale,
+    /// rtt of healthy sessions with and without clients that never read their stream while
+    /// events flood them: one slow session must not delay the others.
+    Stuck,
     /// rtt of switchyard against another build of it (`--alt-bin`): how a change (TCP_NODELAY,
     /// WebSocket buffer sizes, ...) is measured. Not part of the default set.
     Compare,
@@ -93,6 +96,12 @@ struct Args {
     /// scale: extra connections tried once the population is held, to run into the file limit.
     #[arg(long, default_value_t = 1_500)]
     overflow: usize,
+    /// stuck: clients that open an SSE stream and never read it.
+    #[arg(long, default_value_t = 200)]
+    stuck: usize,
+    /// stuck: healthy WebSocket sessions measured (paced like scale's rtt load).
+    #[arg(long, default_value_t = 20)]
+    stuck_rtt: usize,
     /// idle, fanout, scale: sessions being opened at once (per process).
     #[arg(long, default_value_t = 256)]
     open_concurrency: usize,
@@ -138,7 +147,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut scenarios = args.scenarios.clone();
     if scenarios.is_empty() {
-        scenarios = vec![Scenario::Rtt, Scenario::Idle, Scenario::Fanout, Scenario::Scale];
+        scenarios = vec![Scenario::Rtt, Scenario::Idle, Scenario::Fanout, Scenario::Scale, Scenario::Stuck];
     }
     let load_before = loadavg();
     let started = Instant::now();
@@ -150,6 +159,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Idle => idle(&args).await,
             Scenario::Fanout => fanout(&args).await,
             Scenario::Scale => scale(&args).await,
+            Scenario::Stuck => stuck(&args).await,
             Scenario::Compare => compare(&args).await,
         };
         match section {
@@ -764,4 +774,134 @@ fn machine() -> String {
         kernel.trim(),
         nofile
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// stuck
+
+/// A client that opened an SSE stream, joined the `stuck` room, and then never reads: the
+/// kernel buffers fill and the server's writes to it block.
+async fn open_stuck(addr: std::net::SocketAddr, client: &reqwest::Client) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncReadExt;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut tcp = socket.connect(addr).await?;
+    tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await?;
+    let mut head = Vec::new();
+    let sid = loop {
+        let mut buf = [0u8; 1024];
+        let n = tcp.read(&mut buf).await?;
+        if n == 0 {
+            bail!("stream closed before its hello");
+        }
+        head.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&head);
+        if let Some(at) = text.find("\"sid\":\"") {
+            if text.len() >= at + 7 + 22 {
+                break text[at + 7..at + 7 + 22].to_owned();
+            }
+        }
+    };
+    let joined = client
+        .post(format!("http://{addr}/sse?sid={sid}"))
+        .header("content-type", "application/json")
+        .body(r#"{"event":"join","data":"stuck"}"#)
+        .send()
+        .await?;
+    if joined.status() != 202 {
+        bail!("join answered {}", joined.status());
+    }
+    Ok(tcp)
+}
+
+/// Publishes 1 KiB events to the `stuck` room every 5 ms until `end`; returns how many.
+fn spawn_flood(client: &reqwest::Client, addr: std::net::SocketAddr, end: Instant) -> tokio::task::JoinHandle<u64> {
+    let client = client.clone();
+    let url = format!("http://{addr}/api/emit");
+    let body = serde_json::json!({"to": {"room": "stuck"}, "event": "flood", "data": "x".repeat(1024)}).to_string();
+    tokio::spawn(async move {
+        let mut sent = 0u64;
+        while Instant::now() < end {
+            let ok = client.post(&url).header("content-type", "application/json").body(body.clone()).send().await;
+            if ok.map(|r| r.status().is_success()).unwrap_or(false) {
+                sent += 1;
+            }
+            sleep(Duration::from_millis(5)).await;
+        }
+        sent
+    })
+}
+
+async fn stuck(args: &Args) -> anyhow::Result<String> {
+    let pin = !args.no_pin;
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let pause = Duration::from_millis(args.scale_pause_ms);
+    let client = client::http_client(None);
+    let mut rows = Vec::new();
+    // Three phases, each on a fresh server: the healthy sessions alone; beside clients that read
+    // the flood (what the flood itself costs); beside clients that never read it.
+    for phase in ["alone", "beside readers", "beside stuck"] {
+        let server = Server::start(Kind::Switchyard, pin, &format!("stuck-{}", phase.replace(' ', "-"))).await?;
+        let mut held = Vec::new();
+        let mut readers = Vec::new();
+        let mut floods = None;
+        if phase != "alone" {
+            for _ in 0..args.stuck {
+                let tcp = open_stuck(server.addr, &client).await?;
+                if phase == "beside readers" {
+                    readers.push(tokio::spawn(async move {
+                        use tokio::io::AsyncReadExt;
+                        let mut tcp = tcp;
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+                    }));
+                } else {
+                    held.push(tcp);
+                }
+            }
+            floods = Some(spawn_flood(&client, server.addr, Instant::now() + warmup + seconds + Duration::from_secs(1)));
+        }
+        eprintln!("  healthy sessions {phase} ...");
+        let row = measure_loop(&server, Transport::Ws, args.stuck_rtt, warmup, seconds, pause).await;
+        let sent = match floods {
+            Some(task) => task.await.unwrap_or(0),
+            None => 0,
+        };
+        let rss = server.rss_kib();
+        for reader in readers {
+            reader.abort();
+        }
+        drop(held);
+        rows.push((phase, row, sent, rss));
+    }
+    let mut out = String::new();
+    writeln!(
+        out,
+        "### stuck: {} paced WebSocket sessions ({} ms apart), alone, beside {} clients reading a flood of 1 KiB events (every 5 ms to each), and beside {} that never read it\n",
+        args.stuck_rtt, args.scale_pause_ms, args.stuck, args.stuck
+    )?;
+    writeln!(out, "| healthy sessions | round trips/s | p50 µs | p99 µs | p99.9 µs | errors | flood events | server CPU | server RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for (phase, row, sent, rss) in &rows {
+        let h = &row.result.latencies;
+        writeln!(
+            out,
+            "| {phase} | {:.0} | {} | {} | {} | {} | {sent} | {:.0} % | {:.1} MiB |",
+            row.result.rate(),
+            q(h, 0.5),
+            q(h, 0.99),
+            q(h, 0.999),
+            row.result.errors,
+            row.server_cpu * 100.0,
+            *rss as f64 / 1024.0
+        )?;
+    }
+    let p99 = |i: usize| q(&rows[i].1.result.latencies, 0.99) as f64;
+    writeln!(
+        out,
+        "\np99 beside stuck clients / p99 beside reading clients (same flood): {:.2}; / p99 alone: {:.2}.",
+        ratio(p99(2), p99(1)),
+        ratio(p99(2), p99(0))
+    )?;
+    Ok(out)
 }
