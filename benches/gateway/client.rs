@@ -305,6 +305,8 @@ pub async fn closed_loop(
 #[derive(Default)]
 pub struct Held {
     tasks: Vec<JoinHandle<()>>,
+    /// The sids of the SSE sessions held (for putting them in a room).
+    pub sids: Vec<String>,
 }
 
 impl Held {
@@ -330,15 +332,15 @@ async fn open_held(
     client: &reqwest::Client,
     hello: bool,
     fanout_tx: Option<mpsc::UnboundedSender<Instant>>,
-) -> anyhow::Result<JoinHandle<()>> {
+) -> anyhow::Result<(JoinHandle<()>, Option<String>)> {
     match transport {
         Transport::Ws => {
             let mut ws = ws_open(addr, local, hello).await?;
-            Ok(tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }))
+            Ok((tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }), None))
         }
         Transport::Sse => {
-            let (_, mut events) = sse_open(client, addr).await?;
-            Ok(tokio::spawn(async move {
+            let (sid, mut events) = sse_open(client, addr).await?;
+            Ok((tokio::spawn(async move {
                     while let Some(Ok(event)) = events.next().await {
                         if event.event == "fanout" {
                             if let Some(tx) = &fanout_tx {
@@ -346,7 +348,7 @@ async fn open_held(
                             }
                         }
                     }
-                }))
+                }), Some(sid)))
         }
         Transport::Poll => bail!("long-polling sessions are not held open"),
     }
@@ -377,7 +379,10 @@ pub async fn open_many(
         .buffer_unordered(concurrency.max(1));
     while let Some(result) = opening.next().await {
         match result {
-            Ok(Ok(task)) => held.tasks.push(task),
+            Ok(Ok((task, sid))) => {
+                held.tasks.push(task);
+                held.sids.extend(sid);
+            }
             Ok(Err(err)) => {
                 failures += 1;
                 first_error.get_or_insert_with(|| format!("{err:#}"));

@@ -32,6 +32,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
+use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout, Instant};
@@ -384,6 +385,8 @@ async fn idle(args: &Args) -> anyhow::Result<String> {
 
 struct FanoutRow {
     kind: Kind,
+    /// Published to a room every session joined, rather than to all sessions.
+    room: bool,
     held: usize,
     /// Per round: (sessions that got it within the deadline, time until the last one had it).
     rounds: Vec<(usize, Duration)>,
@@ -392,9 +395,10 @@ struct FanoutRow {
 
 async fn fanout(args: &Args) -> anyhow::Result<String> {
     let mut rows = Vec::new();
-    for kind in [Kind::SseBaseline, Kind::Switchyard] {
-        eprintln!("  fanout to {} SSE sessions of {} ...", args.fanout, kind.label());
-        let tag = format!("fanout-{}", kind.label()).replace([' ', '+', '(', ')'], "-");
+    // switchyard twice: to everyone, and to a room all the sessions joined (issue 6's target).
+    for (kind, room) in [(Kind::SseBaseline, false), (Kind::Switchyard, false), (Kind::Switchyard, true)] {
+        eprintln!("  fanout to {} SSE sessions of {}{} ...", args.fanout, kind.label(), if room { " in a room" } else { "" });
+        let tag = format!("fanout-{}{}", kind.label(), if room { "-room" } else { "" }).replace([' ', '+', '(', ')'], "-");
         let server = Server::start(kind, !args.no_pin, &tag).await?;
         let client = client::http_client(None);
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -402,15 +406,38 @@ async fn fanout(args: &Args) -> anyhow::Result<String> {
         open_many(&mut held, |_| Transport::Sse, args.fanout, server.addr, None, &client, args.open_concurrency, true, Some(tx))
             .await;
         // The baseline's broadcast route, or switchyard's publish API (loopback needs no key).
-        let (trigger, body) = match kind {
-            Kind::SseBaseline => (format!("http://{}/broadcast", server.addr), String::new()),
-            _ => (
+        let (trigger, body) = match (kind, room) {
+            (Kind::SseBaseline, _) => (format!("http://{}/broadcast", server.addr), String::new()),
+            (_, false) => (
                 format!("http://{}/api/emit", server.addr),
                 r#"{"to":{"all":true},"event":"fanout","data":"tick"}"#.to_string(),
             ),
+            (_, true) => (
+                format!("http://{}/api/emit", server.addr),
+                r#"{"to":{"room":"fan"},"event":"fanout","data":"tick"}"#.to_string(),
+            ),
         };
+        if room {
+            // Every held session joins the room through the membership API.
+            let url = format!("http://{}/api/rooms/fan/members", server.addr);
+            let joins = futures_util::stream::iter(held.sids.clone())
+                .map(|sid| {
+                    let (client, url) = (client.clone(), url.clone());
+                    async move {
+                        let body = serde_json::json!({ "sid": sid }).to_string();
+                        client.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body).send().await
+                    }
+                })
+                .buffer_unordered(64)
+                .filter(|r| std::future::ready(r.as_ref().is_ok_and(|r| r.status().is_success())))
+                .count()
+                .await;
+            if joins != held.sids.len() {
+                bail!("only {joins} of {} sessions joined the room", held.sids.len());
+            }
+        }
         sleep(Duration::from_secs_f64(args.settle)).await;
-        let mut row = FanoutRow { kind, held: held.len(), rounds: Vec::new(), latencies: histogram() };
+        let mut row = FanoutRow { kind, room, held: held.len(), rounds: Vec::new(), latencies: histogram() };
         for _ in 0..args.rounds {
             while rx.try_recv().is_ok() {}
             let sent = Instant::now();
@@ -446,11 +473,12 @@ async fn fanout(args: &Args) -> anyhow::Result<String> {
     }
     let mut out = String::new();
     writeln!(out, "### fanout: one event to each of {} SSE sessions, {} rounds\n", args.fanout, args.rounds)?;
-    writeln!(out, "Triggered by `POST /api/emit` with `{{\"to\":{{\"all\":true}}}}` (the baseline: `POST /broadcast`); times run from sending that request until the load generator has parsed the event on each stream.\n")?;
+    writeln!(out, "Triggered by `POST /api/emit` with `{{\"to\":{{\"all\":true}}}}`, or (room) `{{\"to\":{{\"room\":\"fan\"}}}}` after every session joined `fan` through `POST /api/rooms/fan/members` (the baseline: `POST /broadcast`); times run from sending that request until the load generator has parsed the event on each stream.\n")?;
     writeln!(out, "| server | sessions | received (all rounds) | median time to last | worst time to last | p50 | p99 | target | |")?;
     writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|")?;
     let mut medians = Vec::new();
     for row in &rows {
+        let label = if row.room { format!("{} (room)", row.kind.label()) } else { row.kind.label().to_string() };
         let mut lasts: Vec<Duration> = row.rounds.iter().map(|r| r.1).collect();
         lasts.sort();
         let median = lasts.get(lasts.len() / 2).copied().unwrap_or_default();
@@ -462,7 +490,7 @@ async fn fanout(args: &Args) -> anyhow::Result<String> {
         writeln!(
             out,
             "| {} | {} | {received} / {expected} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} |",
-            row.kind.label(),
+            label,
             row.held,
             median.as_secs_f64() * 1e3,
             worst.as_secs_f64() * 1e3,
@@ -472,8 +500,13 @@ async fn fanout(args: &Args) -> anyhow::Result<String> {
             if is_sy { met(median <= Duration::from_millis(200) && received == expected && row.held == args.fanout) } else { "baseline" }
         )?;
     }
-    if let [base, sy] = medians[..] {
-        writeln!(out, "\nswitchyard / baseline, median time to last: {:.2}", ratio(sy.as_secs_f64(), base.as_secs_f64()))?;
+    if let [base, sy, sy_room] = medians[..] {
+        writeln!(
+            out,
+            "\nswitchyard / baseline, median time to last: {:.2} to all, {:.2} to the room",
+            ratio(sy.as_secs_f64(), base.as_secs_f64()),
+            ratio(sy_room.as_secs_f64(), base.as_secs_f64())
+        )?;
     }
     Ok(out)
 }
