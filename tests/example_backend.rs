@@ -8,56 +8,17 @@ mod common;
 #[allow(dead_code)]
 mod backend;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-
-/// Stops the binary (by its pid) when the test ends, however it ends.
-struct Binary(Child);
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The gateway binary on a free loopback port with `args`; returns it and the address it logged.
-fn start_gateway(args: &[String]) -> (Binary, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["--bind", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the switchyard binary");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let (Some(at), true) = (line.find("addr="), line.contains("listening")) {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(line[at + 5..].split_whitespace().next().unwrap().to_owned());
-                }
-            }
-            eprintln!("[switchyard] {line}");
-        }
-    });
-    let addr = rx.recv_timeout(WAIT).expect("the binary logs its listening address");
-    (Binary(child), addr)
-}
 
 #[tokio::test]
 async fn the_example_backend_behind_the_binary_runs_the_chat() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, backend::router(None)).await.unwrap() });
-    let (_gateway, addr) = start_gateway(&[
+    let (_gateway, addr) = start_binary(&[
         "--upstream".into(),
         format!("http://{app}/events"),
         "--upstream-on-open".into(),
@@ -66,7 +27,7 @@ async fn the_example_backend_behind_the_binary_runs_the_chat() {
         format!("http://{app}/expire"),
         "--grace".into(),
         "300ms".into(),
-    ]);
+    ], None);
     // The clients of `common` hang off a `TestServer`; its `gateway` is an idle stand-in here
     // (the binary, another process, is what serves).
     let idle = switchyard::Gateway::builder(Default::default()).build();

@@ -2,53 +2,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::StreamExt;
-
-/// The binary on a free loopback port; returns the child and the address it logged.
-fn start_binary(args: &[&str]) -> (Child, String) {
-    start_binary_with_fd_limit(args, None)
-}
-
-/// The same, with the process's open-file limit lowered to `fd_limit` (through the shell's
-/// `ulimit`, which applies to the exec'd binary).
-fn start_binary_with_fd_limit(args: &[&str], fd_limit: Option<u32>) -> (Child, String) {
-    let mut command = match fd_limit {
-        Some(limit) => {
-            let mut c = Command::new("sh");
-            c.args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\""), env!("CARGO_BIN_EXE_switchyard")]);
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_switchyard")),
-    };
-    let mut child = command
-        .args(["--bind", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the switchyard binary");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("addr=") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(line[at + 5..].split_whitespace().next().unwrap().to_owned());
-                }
-            }
-            eprintln!("[switchyard] {line}");
-        }
-    });
-    let addr = rx.recv_timeout(WAIT).expect("the binary logs its listening address");
-    (child, addr)
-}
 
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
@@ -63,7 +21,8 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 
 #[tokio::test]
 async fn sigterm_drains_clients_with_a_reconnect_notice_and_exits_cleanly() {
-    let (mut child, addr) = start_binary(&["--drain", "5s"]);
+    let (mut binary, addr) = start_binary(&["--drain", "5s"], None);
+    let child = &mut binary.0;
     let http = reqwest::Client::new();
     let page = http.get(format!("http://{addr}/")).send().await.unwrap();
     assert_eq!(page.status(), 200, "the demo page is served");
@@ -107,7 +66,7 @@ async fn sigterm_drains_clients_with_a_reconnect_notice_and_exits_cleanly() {
     let answer = within("the in-flight POST", in_flight).await.unwrap().expect("POST answered");
     assert_eq!(answer.status(), 202);
 
-    let status = wait_exit(&mut child, Duration::from_secs(8));
+    let status = wait_exit(child, Duration::from_secs(8));
     assert!(status.success(), "exit status {status}");
     assert!(http.get(format!("http://{addr}/sse")).send().await.is_err(), "nothing listens any more");
 }
@@ -115,7 +74,8 @@ async fn sigterm_drains_clients_with_a_reconnect_notice_and_exits_cleanly() {
 #[tokio::test]
 async fn out_of_file_descriptors_the_server_answers_503_and_keeps_serving() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut child, addr) = start_binary_with_fd_limit(&[], Some(64));
+    let (mut binary, addr) = start_binary::<&str>(&[], Some(64));
+    let child = &mut binary.0;
     // Far more streams than 64 descriptors allow; each reads its status line.
     let mut held = Vec::new();
     let (mut ok, mut refused) = (0, 0);
@@ -150,6 +110,4 @@ async fn out_of_file_descriptors_the_server_answers_503_and_keeps_serving() {
     })
     .await;
     assert!(child.try_wait().unwrap().is_none(), "the server is still running");
-    child.kill().unwrap();
-    child.wait().unwrap();
 }

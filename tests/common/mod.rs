@@ -212,3 +212,51 @@ impl WsClient {
 pub fn seq(id: &str) -> u64 {
     id.rsplit_once('.').unwrap().1.trim_end_matches('~').parse().unwrap()
 }
+
+/// The real `switchyard` binary, killed (by its pid) when the test ends, however it ends.
+pub struct Binary(pub std::process::Child);
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary on a free loopback port with `args` (its open-file limit lowered to
+/// `fd_limit` through the shell's `ulimit` if given); returns it and the address it logged.
+pub fn start_binary<S: AsRef<std::ffi::OsStr>>(args: &[S], fd_limit: Option<u32>) -> (Binary, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut command = match fd_limit {
+        Some(limit) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\""), env!("CARGO_BIN_EXE_switchyard")]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_switchyard")),
+    };
+    let mut child = command
+        .args(["--bind", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the switchyard binary");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let (Some(at), true) = (line.find("addr="), line.contains("listening")) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(line[at + 5..].split_whitespace().next().unwrap().to_owned());
+                }
+            }
+            eprintln!("[switchyard] {line}");
+        }
+    });
+    let addr = rx.recv_timeout(WAIT).expect("the binary logs its listening address");
+    (Binary(child), addr)
+}
