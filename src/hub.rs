@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -250,9 +250,12 @@ struct Inner {
     next_attachment: AtomicU64,
     /// Number of sessions in the table, kept beside it so the cap check takes no shard lock.
     live: AtomicUsize,
-    /// Cancelled when the server shuts down: every attachment ends with
-    /// [`CloseReason::Shutdown`] and the expiry task stops.
+    /// Cancelled when the server shuts down. The expiry task watches it: it sets `closing` and
+    /// wakes every attachment, which then says goodbye ([`CloseReason::Shutdown`]).
     shutdown: CancellationToken,
+    /// Set once the shutdown token is cancelled. Attachments read this flag rather than the token,
+    /// whose every check takes a lock: it is read on each event.
+    closing: AtomicBool,
     /// Room name -> members, sharded like the session table (see the rooms section).
     rooms: Box<[RwLock<RoomTable>]>,
     /// Senders of [`Hub::watch_expired`]: each is told of every session the expiry task
@@ -327,6 +330,7 @@ impl Hub {
                 next_attachment: AtomicU64::new(1),
                 live: AtomicUsize::new(0),
                 shutdown,
+                closing: AtomicBool::new(false),
                 rooms: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
                 expired_txs: Mutex::new(Vec::new()),
             }),
@@ -668,8 +672,9 @@ impl Hub {
         removed
     }
 
-    /// Starts the background task that expires sessions, checking a few times per grace period.
-    /// It stops when the hub's shutdown token is cancelled.
+    /// Starts the hub's background task: it expires sessions, checking a few times per grace
+    /// period, and when the shutdown token is cancelled it tells every attachment to say goodbye
+    /// ([`Hub::close_all`]) and stops. A hub without this task never expires nor closes.
     pub fn spawn_expiry(&self) -> tokio::task::JoinHandle<()> {
         let hub = self.clone();
         let period = (self.inner.config.grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -678,11 +683,27 @@ impl Hub {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = hub.inner.shutdown.cancelled() => break,
+                    _ = hub.inner.shutdown.cancelled() => {
+                        hub.close_all();
+                        break;
+                    }
                     _ = tick.tick() => { hub.expire(Instant::now()); }
                 }
             }
         })
+    }
+
+    /// Shutdown: every attachment hands out what is ready, then a `reconnect` notice, then ends;
+    /// attachments made from now on do the same at once.
+    pub fn close_all(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        for shard in self.inner.shards.iter() {
+            for session in shard.read().unwrap_or_else(|e| e.into_inner()).values() {
+                if let Some(attached) = &lock(&session.state).attached {
+                    attached.wake.notify_one();
+                }
+            }
+        }
     }
 }
 
@@ -983,11 +1004,9 @@ impl Attachment {
             if let Some(event) = self.try_recv()? {
                 return Ok(event);
             }
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                // `try_recv` sees the cancellation: it flushes what is ready, then says goodbye.
-                _ = self.hub.inner.shutdown.cancelled() => {}
-            }
+            // Woken by emits, by being superseded or evicted, and by `close_all` (after which
+            // `try_recv` flushes what is ready, then says goodbye).
+            self.wake.notified().await;
         }
     }
 
@@ -1036,7 +1055,7 @@ impl Attachment {
             }
         }
         drop(state);
-        if self.pending.is_empty() && self.hub.inner.shutdown.is_cancelled() {
+        if self.pending.is_empty() && self.hub.inner.closing.load(Ordering::Acquire) {
             self.said_goodbye = true;
             self.pending.push_back(Event::notice(
                 self.position,
@@ -1203,10 +1222,16 @@ mod tests {
     async fn shutdown_flushes_then_asks_clients_to_reconnect() {
         let token = CancellationToken::new();
         let hub = Hub::new(HubConfig::default(), token.clone());
+        let task = hub.spawn_expiry();
         let mut a = hub.attach(Transport::Sse, None, None).await.unwrap();
         next(&mut a).await;
         hub.emit(a.sid(), "n", &json!("last words")).await.unwrap();
         token.cancel();
+        task.await.unwrap();
+        // An attachment made during the shutdown says goodbye at once.
+        let mut late = hub.attach(Transport::WebSocket, None, None).await.unwrap();
+        assert_eq!(next(&mut late).await.0, "session");
+        assert_eq!(next(&mut late).await.0, "reconnect");
         // What was ready still goes out, then the notice to resume, then the end.
         assert_eq!(next(&mut a).await.3, "\"last words\"");
         let farewell = next(&mut a).await;
