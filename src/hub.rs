@@ -440,13 +440,6 @@ impl Hub {
         subject
     }
 
-    /// The rooms a session is in (empty for an unknown session); cheap when it is in none.
-    pub fn rooms_of(&self, sid: &Sid) -> Vec<String> {
-        let Some(session) = self.find(sid) else { return Vec::new() };
-        let state = lock(&session.state);
-        state.rooms.iter().map(|room| room.to_string()).collect()
-    }
-
     /// A snapshot of one session, for debugging and tests.
     pub fn info(&self, sid: &Sid) -> Option<SessionInfo> {
         let session = self.find(sid)?;
