@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use switchyard::{Config, Sid};
+use switchyard::{Config, Sid, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -216,26 +216,7 @@ async fn stuck_readers_are_detached_and_memory_stays_bounded_while_others_are_se
     // 200 clients that open a stream, read its first bytes (to learn their sid), then never read.
     let mut stuck = Vec::new();
     for _ in 0..STUCK {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut tcp = socket.connect(server.addr).await.unwrap();
-        tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
-        let mut head = Vec::new();
-        let sid = within("a stuck client's hello", async {
-            let mut buf = [0u8; 1024];
-            loop {
-                let n = tcp.read(&mut buf).await.unwrap();
-                head.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&head);
-                if let Some(at) = text.find("\"sid\":\"") {
-                    if text.len() >= at + 7 + 22 {
-                        return text[at + 7..at + 7 + 22].to_owned();
-                    }
-                }
-            }
-        })
-        .await;
-        stuck.push((tcp, sid.parse::<Sid>().unwrap()));
+        stuck.push(server.raw_sse(Some(4096)).await);
     }
     let mut healthy = server.sse("/sse").await;
     let healthy_sid = healthy.hello().await;
@@ -275,12 +256,9 @@ async fn stuck_readers_are_detached_and_memory_stays_bounded_while_others_are_se
         "memory grew beyond the rings' bound"
     );
     // Each stuck session is detached as a slow consumer, and keeps its session for resuming.
-    within("stuck sessions to be detached", async {
-        while stuck.iter().any(|(_, sid)| hub.info(sid).and_then(|i| i.transport).is_some()) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    for (_, sid) in &stuck {
+        server.wait_for_transport(sid, None).await;
+    }
     let (_, sid) = &stuck[0];
     let mut resumed = server.sse(&format!("/sse?sid={sid}&last_event_id={sid}.0~")).await;
     resumed.hello().await;
@@ -311,13 +289,7 @@ async fn shutdown_tells_every_transport_to_reconnect_then_closes_it() {
         let http = server.http.clone();
         tokio::spawn(async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() })
     };
-    let parsed: Sid = poll_sid.parse().unwrap();
-    within("the poll to attach", async {
-        while server.gateway.hub().info(&parsed).and_then(|i| i.transport).is_none() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    server.wait_for_transport(&poll_sid.parse().unwrap(), Some(Transport::Polling)).await;
     server.gateway.shutdown();
     let farewell = sse.next().await;
     assert_eq!((farewell.event.as_str(), &farewell.data["reason"]), ("reconnect", &json!("shutdown")));
@@ -484,11 +456,6 @@ async fn a_websocket_peer_that_stops_reading_is_dropped() {
     for _ in 0..3000 {
         server.gateway.hub().emit(&sid, "flood", &payload).await.unwrap();
     }
-    within("the stuck socket to be detached", async {
-        while server.gateway.hub().info(&sid).and_then(|i| i.transport).is_some() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    server.wait_for_transport(&sid, None).await;
     drop(ws);
 }

@@ -8,17 +8,6 @@ use common::*;
 use serde_json::{json, Value};
 use switchyard::{Config, Sid, Transport};
 
-/// Waits until `transport` holds the session (a poll request has reached the hub).
-async fn wait_for_transport(server: &TestServer, sid: &str, transport: Transport) {
-    let sid: Sid = sid.parse().unwrap();
-    within("the transport to attach", async {
-        while server.gateway.hub().info(&sid).and_then(|i| i.transport) != Some(transport) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-}
-
 async fn emit(server: &TestServer, sid: &str, data: Value) -> String {
     let sid: Sid = sid.parse().unwrap();
     server.gateway.hub().emit(&sid, "news", &data).await.expect("emit to a live session").to_string()
@@ -325,7 +314,7 @@ async fn long_polling_answers_at_once_waits_and_times_out() {
         let http = server.http.clone();
         tokio::spawn(async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() })
     };
-    wait_for_transport(&server, &sid, Transport::Polling).await;
+    server.wait_for_transport(&sid.parse().unwrap(), Some(Transport::Polling)).await;
     server.post_json(&sid, r#"{"event":"echo","data":3}"#).await;
     let answer = within("waiting poll", waiting).await.unwrap();
     assert_eq!(answer[0]["data"], json!(3));
@@ -344,7 +333,7 @@ async fn a_waiting_poll_is_superseded_by_a_newer_transport() {
             (response.status().as_u16(), response.json::<Value>().await.unwrap())
         })
     };
-    wait_for_transport(&server, &sid, Transport::Polling).await;
+    server.wait_for_transport(&sid.parse().unwrap(), Some(Transport::Polling)).await;
     let mut ws = server.ws(&format!("/ws?sid={sid}")).await;
     ws.hello().await;
     let (status, body) = within("superseded poll", waiting).await.unwrap();
@@ -385,12 +374,7 @@ async fn websocket_pings_and_drops_a_silent_peer() {
     ping.await;
     // Stop reading: the client no longer answers pings, so the server drops it.
     let parsed: Sid = sid.parse().unwrap();
-    within("the silent peer to be detached", async {
-        while server.gateway.hub().info(&parsed).and_then(|i| i.transport).is_some() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    server.wait_for_transport(&parsed, None).await;
     assert!(server.gateway.hub().contains(&parsed).await, "the session outlives the dead socket");
 }
 
@@ -428,33 +412,11 @@ async fn numbered_sends_are_handled_once_and_the_hello_says_how_far() {
 
 #[tokio::test]
 async fn keep_alive_writes_find_a_dropped_sse_connection_and_detach_it() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = TestServer::with_config(Config { keepalive: Duration::from_millis(100), ..Config::default() }).await;
-    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
-    let mut head = String::new();
-    let sid = within("the hello", async {
-        let mut buf = [0u8; 1024];
-        loop {
-            let n = tcp.read(&mut buf).await.unwrap();
-            head.push_str(&String::from_utf8_lossy(&buf[..n]));
-            if let Some(at) = head.find("\"sid\":\"") {
-                if head.len() >= at + 29 {
-                    return head[at + 7..at + 29].to_owned();
-                }
-            }
-        }
-    })
-    .await;
-    let sid: Sid = sid.parse().unwrap();
+    let (tcp, sid) = server.raw_sse(None).await;
     assert_eq!(server.gateway.hub().info(&sid).unwrap().transport, Some(Transport::Sse));
     // The peer vanishes (as behind a proxy that dropped the connection) without a word.
     drop(tcp);
-    within("the dead stream to be detached", async {
-        while server.gateway.hub().info(&sid).and_then(|i| i.transport).is_some() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    server.wait_for_transport(&sid, None).await;
     assert!(server.gateway.hub().contains(&sid).await, "the session waits for the client to resume");
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use eventsource_stream::Eventsource;
 use futures_util::{SinkExt, Stream, StreamExt};
 use serde_json::Value;
-use switchyard::{app, server, Config, Gateway};
+use switchyard::{app, server, Config, Gateway, Sid, Transport};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -122,6 +122,51 @@ impl TestServer {
             _ => Vec::new(),
         };
         (status, events)
+    }
+}
+
+impl TestServer {
+    /// Waits until the session is held by `transport` (`None`: by no transport).
+    pub async fn wait_for_transport(&self, sid: &Sid, transport: Option<Transport>) {
+        let what = match transport {
+            Some(t) => format!("{} to hold the session", t.as_str()),
+            None => "the session to be detached".to_owned(),
+        };
+        within(&what, async {
+            while self.gateway.hub().info(sid).and_then(|i| i.transport) != transport {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
+    /// A bare `GET /sse` over a plain TCP socket (with a receive buffer of `recv_buffer` bytes if
+    /// given), read only up to the hello: for clients that then stop reading, or vanish.
+    pub async fn raw_sse(&self, recv_buffer: Option<u32>) -> (TcpStream, Sid) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let mut tcp = socket.connect(self.addr).await.unwrap();
+        tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+        let mut head = Vec::new();
+        let sid = within("a raw stream's hello", async {
+            let mut buf = [0u8; 1024];
+            loop {
+                let n = tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the stream ended before its hello");
+                head.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&head);
+                if let Some(at) = text.find("\"sid\":\"") {
+                    if text.len() >= at + 7 + 22 {
+                        return text[at + 7..at + 7 + 22].to_owned();
+                    }
+                }
+            }
+        })
+        .await;
+        (tcp, sid.parse().unwrap())
     }
 }
 
