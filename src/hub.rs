@@ -582,13 +582,7 @@ impl Hub {
         }
         tracing::debug!(sid = session.sid.short(), transport = transport.as_str(), position, ?gap, "attached");
         let fresh = found.is_none();
-        metrics::counter!("switchyard_attaches_total", "transport" => transport.as_str()).increment(1);
-        metrics::gauge!("switchyard_transports_open", "transport" => transport.as_str()).increment(1);
-        if fresh {
-            metrics::counter!("switchyard_sessions_created_total").increment(1);
-        } else if !continuation {
-            metrics::counter!("switchyard_resumes_total", "transport" => transport.as_str()).increment(1);
-        }
+        crate::metrics::transport_attached(transport, fresh, !continuation);
         if let Some(reason) = gap {
             metrics::counter!("switchyard_gaps_total", "reason" => reason.as_str()).increment(1);
         }
@@ -1062,10 +1056,10 @@ impl Attachment {
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        metrics::gauge!("switchyard_transports_open", "transport" => self.transport.as_str()).decrement(1);
         let mut state = lock(&self.session.state);
-        if state.attached.as_ref().is_some_and(|a| a.id == self.id) {
-            metrics::counter!("switchyard_detaches_total", "reason" => "closed").increment(1);
+        let holds = state.attached.as_ref().is_some_and(|a| a.id == self.id);
+        crate::metrics::transport_closed(self.transport, holds);
+        if holds {
             state.attached = None;
             state.detached_at = Some(Instant::now());
             tracing::debug!(sid = self.session.sid.short(), transport = self.transport.as_str(), "detached");

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use metrics::Counter;
+use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::gateway::Gateway;
@@ -59,31 +59,61 @@ fn describe() {
     );
 }
 
-/// Handles of the counters touched for every event, registered once: the `counter!` macro
-/// builds and looks up its key on every call, which is measurable at tens of thousands of events
-/// a second.
+/// Handles of the metrics touched for every event, and for every attach (each long-poll is
+/// one), registered once: the `counter!` macro builds and looks up its key on every call, which
+/// is measurable at tens of thousands of events a second.
 struct PerEvent {
     /// By transport: WebSocket, SSE, polling.
     events_out: [Counter; 3],
     bytes_out: [Counter; 3],
     in_websocket: Counter,
     in_post: Counter,
+    attaches: [Counter; 3],
+    resumes: [Counter; 3],
+    open: [Gauge; 3],
+    sessions_created: Counter,
+    detached_closed: Counter,
 }
 
 fn per_event() -> &'static PerEvent {
     static PER_EVENT: OnceLock<PerEvent> = OnceLock::new();
     PER_EVENT.get_or_init(|| {
-        let by_transport = |name: &'static str| {
-            [Transport::WebSocket, Transport::Sse, Transport::Polling]
-                .map(|t| metrics::counter!(name, "transport" => t.as_str()))
-        };
+        const ALL: [Transport; 3] = [Transport::WebSocket, Transport::Sse, Transport::Polling];
+        let by_transport = |name: &'static str| ALL.map(|t| metrics::counter!(name, "transport" => t.as_str()));
         PerEvent {
             events_out: by_transport("switchyard_events_out_total"),
             bytes_out: by_transport("switchyard_bytes_out_total"),
             in_websocket: metrics::counter!("switchyard_events_in_total", "via" => "websocket"),
             in_post: metrics::counter!("switchyard_events_in_total", "via" => "post"),
+            attaches: by_transport("switchyard_attaches_total"),
+            resumes: by_transport("switchyard_resumes_total"),
+            open: ALL.map(|t| metrics::gauge!("switchyard_transports_open", "transport" => t.as_str())),
+            sessions_created: metrics::counter!("switchyard_sessions_created_total"),
+            detached_closed: metrics::counter!("switchyard_detaches_total", "reason" => "closed"),
         }
     })
+}
+
+/// Counts a transport attached: to a session it created (`fresh`), or resuming one (`resumed`;
+/// neither for a long-poll that continues a long-poll).
+pub fn transport_attached(transport: Transport, fresh: bool, resumed: bool) {
+    let m = per_event();
+    m.attaches[index(transport)].increment(1);
+    m.open[index(transport)].increment(1);
+    if fresh {
+        m.sessions_created.increment(1);
+    } else if resumed {
+        m.resumes[index(transport)].increment(1);
+    }
+}
+
+/// Counts a transport gone; `detached` when it still held its session (a close, not a takeover).
+pub fn transport_closed(transport: Transport, detached: bool) {
+    let m = per_event();
+    m.open[index(transport)].decrement(1);
+    if detached {
+        m.detached_closed.increment(1);
+    }
 }
 
 fn index(transport: Transport) -> usize {
