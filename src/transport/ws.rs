@@ -25,8 +25,7 @@ use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::hub::{Attachment, CloseReason, Event, Transport};
 use crate::metrics;
-use crate::protocol::Sid;
-use crate::protocol::parse_envelopes_with;
+use crate::protocol::{parse_envelopes_with, ProtocolError, Sid};
 
 /// Close code telling the client another transport holds its session now.
 pub const CLOSE_SUPERSEDED: u16 = 4000;
@@ -88,10 +87,8 @@ where
             frame = stream.next() => {
                 last_heard = Instant::now();
                 match frame {
-                    Some(Ok(Message::Text(text))) => match parse_envelopes_with(text.as_str(), &gateway.config().limits) {
-                        Ok(envelopes) => {
-                            metrics::events_in_websocket(envelopes.len());
-                            gateway.dispatch(&sid, envelopes).await;
+                    Some(Ok(Message::Text(text))) => match handle_text(&gateway, &sid, text.as_str()).await {
+                        Ok(()) => {
                             // Replies the handlers emitted go out now, without another turn
                             // of the loop (the common request-reply case).
                             if let Ok(Some(event)) = attachment.try_recv() {
@@ -153,16 +150,22 @@ where
     let deadline = Instant::now() + CLOSING;
     while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, stream.next()).await {
         match message {
+            // Too late to tell the client what was wrong with a bad frame: it is closing.
             Message::Text(text) => {
-                if let Ok(envelopes) = parse_envelopes_with(text.as_str(), &gateway.config().limits) {
-                    metrics::events_in_websocket(envelopes.len());
-                    gateway.dispatch(sid, envelopes).await;
-                }
+                let _ = handle_text(gateway, sid, text.as_str()).await;
             }
             Message::Close(_) => break,
             _ => {}
         }
     }
+}
+
+/// Hands the envelopes of one text frame to the handlers, or says what is wrong with it.
+async fn handle_text(gateway: &Gateway, sid: &Sid, text: &str) -> Result<(), ProtocolError> {
+    let envelopes = parse_envelopes_with(text, &gateway.config().limits)?;
+    metrics::events_in_websocket(envelopes.len());
+    gateway.dispatch(sid, envelopes).await;
+    Ok(())
 }
 
 /// Writes `first` and whatever else is ready. A peer that stops reading blocks these writes;
