@@ -188,9 +188,8 @@ fn sid_from_body(headers: &HeaderMap, body: &[u8]) -> Result<Sid, Error> {
 /// `application/x-www-form-urlencoded` (what `curl -d` says) or with no content type is read as
 /// JSON too; any other content type is refused.
 fn object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Error> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if !matches!(essence.as_str(), "" | "application/json" | "application/x-www-form-urlencoded") {
+    if !crate::transport::reads_as_json(headers) {
+        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("<not text>");
         return Err(Error::ApiMediaType(content_type.to_owned()));
     }
     match serde_json::from_slice(body) {

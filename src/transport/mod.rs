@@ -13,6 +13,8 @@
 pub mod origin;
 mod poll;
 mod post;
+
+pub(crate) use post::reads_as_json;
 mod sse;
 mod ws;
 
