@@ -12,7 +12,9 @@
 //!   reserve, and on `EMFILE` it is released to accept the waiting connection, answer `503` with
 //!   `Retry-After`, close it and take the reserve back, so the accept loop neither spins nor
 //!   leaves clients hanging;
-//! * a **drain** on shutdown that covers upgraded WebSockets as well as HTTP connections.
+//! * a **drain** on shutdown that covers upgraded WebSockets as well as HTTP connections;
+//! * **lean SSE connections**: a connection whose first request opens an event stream is
+//!   served by [`event_stream`] without hyper's two 8 KiB connection buffers.
 
 use std::future::Future;
 use std::io;
@@ -29,6 +31,8 @@ use tokio::net::TcpListener;
 use tower_http::services::ServeDir;
 
 use crate::gateway::Gateway;
+
+mod event_stream;
 
 /// Pending connections the kernel may queue before `accept`. `TcpListener::bind` asks for 128,
 /// and a burst of clients (a reconnect storm after a restart, the benchmark opening sessions 256
@@ -69,6 +73,11 @@ pub async fn run(
         // than we write; a stuck reader would pin that much. 64 KiB holds many events, still
         // bounds a stuck connection's cost, and caps request headers at a sane size.
         .max_buf_size(CONNECTION_BUFFER);
+    let limits = event_stream::Limits {
+        header_timeout: gateway.config().header_timeout,
+        max_head: CONNECTION_BUFFER,
+        write_timeout: gateway.config().slow_client_timeout,
+    };
     let connections = TaskTracker::new();
     let mut reserve = Reserve::take();
     let token = gateway.shutdown_token().clone();
@@ -95,11 +104,16 @@ pub async fn run(
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(%err, "could not set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(router.clone());
-        let connection = builder.serve_connection(TokioIo::new(tcp), service).with_upgrades();
-        let token = token.clone();
+        let (router, builder, token) = (router.clone(), builder.clone(), token.clone());
         connections.spawn(async move {
-            tokio::pin!(connection);
+            let io = match event_stream::first_request(tcp, &router, &token, limits).await {
+                event_stream::Next::Done => return,
+                event_stream::Next::Hyper(io) => io,
+            };
+            let service = TowerToHyperService::new(router);
+            // Boxed so that a connection served by `first_request` alone (an SSE stream) does
+            // not carry room for hyper's connection state in its task.
+            let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service).with_upgrades());
             let result = tokio::select! {
                 result = connection.as_mut() => result,
                 _ = token.cancelled() => {

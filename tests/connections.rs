@@ -1,0 +1,233 @@
+//! HTTP/1.1 connections that start with an event stream, read byte by byte off a raw socket.
+//!
+//! Such a connection's first request is served without hyper (src/server/event_stream.rs, for
+//! memory per idle session), so these tests hold that path to what HTTP/1.1 requires of any
+//! server: chunked framing and `Date`, `Content-Length` on sized answers, `Connection: close`
+//! honoured, a keep-alive connection that carries on (pipelined requests included) once the
+//! stream has ended, heads that arrive in pieces, a client leaving noticed at once, and a
+//! client that stops reading dropped rather than held.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use switchyard::{Config, Sid};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads from `tcp` until `buf` contains `needle`; returns the position just after it.
+async fn read_until(tcp: &mut TcpStream, buf: &mut Vec<u8>, needle: &[u8]) -> usize {
+    read_until_from(tcp, buf, 0, needle).await
+}
+
+/// [`read_until`], looking for `needle` only at or after `from`.
+async fn read_until_from(tcp: &mut TcpStream, buf: &mut Vec<u8>, from: usize, needle: &[u8]) -> usize {
+    within(&format!("{:?} on the raw connection", String::from_utf8_lossy(needle)), async {
+        loop {
+            if let Some(at) = buf.get(from..).and_then(|b| b.windows(needle.len()).position(|w| w == needle)) {
+                return from + at + needle.len();
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed before {:?}; got {:?}", String::from_utf8_lossy(needle), String::from_utf8_lossy(buf));
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+}
+
+/// The response head at the start of `buf` (status line and lower-cased header lines).
+fn head_of(buf: &[u8]) -> (String, Vec<(String, String)>) {
+    let text = String::from_utf8_lossy(buf);
+    let head = &text[..text.find("\r\n\r\n").expect("a complete head")];
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().to_owned();
+    let headers = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').expect("name: value");
+            (n.trim().to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect();
+    (status, headers)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+fn sid_in(buf: &[u8]) -> Sid {
+    let text = String::from_utf8_lossy(buf);
+    let at = text.find("\"sid\":\"").expect("a hello with a sid") + 7;
+    text[at..at + 22].parse().unwrap()
+}
+
+/// Ends the stream held by the raw connection by attaching the same session elsewhere.
+async fn supersede(server: &TestServer, sid: &Sid) -> SseClient {
+    let mut other = server.sse(&format!("/sse?sid={sid}")).await;
+    other.hello().await;
+    other
+}
+
+#[tokio::test]
+async fn an_event_stream_is_chunked_dated_and_carries_its_headers() {
+    let server = TestServer::start().await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let body_at = read_until(&mut tcp, &mut buf, b"\r\n\r\n").await;
+    let (status, headers) = head_of(&buf);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(header(&headers, "content-type"), Some("text/event-stream"));
+    assert_eq!(header(&headers, "transfer-encoding"), Some("chunked"));
+    assert_eq!(header(&headers, "cache-control"), Some("no-cache, no-transform"));
+    assert_eq!(header(&headers, "x-accel-buffering"), Some("no"));
+    assert_eq!(header(&headers, "content-length"), None);
+    let date = header(&headers, "date").expect("a Date header (RFC 9110 section 6.6.1)");
+    httpdate::parse_http_date(date).expect("an IMF-fixdate");
+
+    // The first chunk is the hello: `SIZE\r\n` then exactly SIZE bytes then `\r\n`.
+    let size_end = read_until_from(&mut tcp, &mut buf, body_at, b"\r\n").await;
+    let size = usize::from_str_radix(std::str::from_utf8(&buf[body_at..size_end - 2]).unwrap(), 16).unwrap();
+    while buf.len() < size_end + size + 2 {
+        let mut chunk = [0u8; 4096];
+        let n = within("the first chunk", tcp.read(&mut chunk)).await.unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let chunk = String::from_utf8_lossy(&buf[size_end..size_end + size]);
+    assert!(chunk.starts_with("id: ") && chunk.contains("\nevent: session\n") && chunk.ends_with("\n\n"), "{chunk:?}");
+    assert_eq!(&buf[size_end + size..size_end + size + 2], b"\r\n");
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_carries_on_after_its_stream_with_pipelined_requests() {
+    let server = TestServer::start().await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    // The stream and, pipelined behind it, a request that must wait for the stream to end.
+    tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut tcp, &mut buf, b"event: session").await;
+    read_until(&mut tcp, &mut buf, b"\n\n").await;
+    let sid = sid_in(&buf);
+    assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1 200 OK\r\ncontent-length"), "answered out of order");
+
+    let _other = supersede(&server, &sid).await;
+    let end = read_until(&mut tcp, &mut buf, b"\r\n0\r\n\r\n").await;
+    let mut rest = buf.split_off(end);
+    read_until(&mut tcp, &mut rest, b"\r\n\r\n").await;
+    let (status, _) = head_of(&rest);
+    assert_eq!(status, "HTTP/1.1 200 OK", "the pipelined request is answered after the stream");
+
+    // And the connection still takes requests, now a POST to the session.
+    let body = r#"{"event":"echo","data":"on the same connection"}"#;
+    let post = format!(
+        "POST /sse?sid={sid} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(post.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    read_until(&mut tcp, &mut answer, b"\r\n\r\n").await;
+    assert_eq!(head_of(&answer).0, "HTTP/1.1 202 Accepted");
+}
+
+#[tokio::test]
+async fn connection_close_is_answered_in_kind_and_the_socket_closed() {
+    let server = TestServer::start().await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut tcp, &mut buf, b"event: session").await;
+    read_until(&mut tcp, &mut buf, b"\n\n").await;
+    assert_eq!(header(&head_of(&buf).1, "connection"), Some("close"));
+    let _other = supersede(&server, &sid_in(&buf)).await;
+    let rest = within("the server to close", async {
+        let mut rest = Vec::new();
+        tcp.read_to_end(&mut rest).await.unwrap();
+        rest
+    })
+    .await;
+    buf.extend_from_slice(&rest);
+    assert!(buf.ends_with(b"\r\n0\r\n\r\n"), "the stream ends with its last chunk, then the socket closes");
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_a_sized_answer_and_the_connection_stays_usable() {
+    let server = TestServer::start().await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1:1\r\nOrigin: http://evil.example\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let body_at = read_until(&mut tcp, &mut buf, b"\r\n\r\n").await;
+    let (status, headers) = head_of(&buf);
+    assert_eq!(status, "HTTP/1.1 403 Forbidden");
+    let length: usize = header(&headers, "content-length").expect("a sized answer").parse().unwrap();
+    assert_eq!(header(&headers, "transfer-encoding"), None);
+    while buf.len() < body_at + length {
+        let mut chunk = [0u8; 1024];
+        let n = within("the 403 body", tcp.read(&mut chunk)).await.unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body: serde_json::Value = serde_json::from_slice(&buf[body_at..body_at + length]).unwrap();
+    assert!(body["error"].as_str().unwrap().contains("origin"), "{body}");
+
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    let mut next = buf.split_off(body_at + length);
+    read_until(&mut tcp, &mut next, b"\r\n\r\n").await;
+    assert_eq!(head_of(&next).0, "HTTP/1.1 200 OK");
+}
+
+#[tokio::test]
+async fn a_head_that_arrives_in_pieces_still_opens_the_stream() {
+    let server = TestServer::start().await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    for piece in [&b"GE"[..], b"T /s", b"se HTTP/1.1\r\nHo", b"st: 127.0.0.1\r\n", b"\r\n"] {
+        tcp.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut buf = Vec::new();
+    read_until(&mut tcp, &mut buf, b"event: session").await;
+    assert_eq!(head_of(&buf).0, "HTTP/1.1 200 OK");
+}
+
+#[tokio::test]
+async fn a_client_leaving_detaches_its_session_at_once() {
+    // Keep-alive comments are far off: only reading the socket can notice the client leaving.
+    let server = TestServer::with_config(Config { keepalive: Duration::from_secs(300), ..Config::default() }).await;
+    let (tcp, sid) = server.raw_sse(None).await;
+    server.wait_for_transport(&sid, Some(switchyard::Transport::Sse)).await;
+    drop(tcp);
+    server.wait_for_transport(&sid, None).await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+    let server = TestServer::with_config(Config {
+        slow_client_timeout: Duration::from_millis(500),
+        keepalive: Duration::from_secs(300),
+        ..Config::default()
+    })
+    .await;
+    let (mut tcp, sid) = server.raw_sse(Some(4096)).await;
+    // Far more than the socket buffers on both sides hold, so the server's writes block.
+    let payload = json!("x".repeat(16 * 1024));
+    for _ in 0..400 {
+        let _ = server.gateway.hub().emit(&sid, "flood", &payload).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Had the server kept the connection, draining it now would unblock the writes, end the
+    // stream with its last chunk, and leave the socket open (keep-alive): no end of file.
+    within("the server to have dropped the connection", async {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
