@@ -14,13 +14,19 @@
 //! own stream holds exactly the seed's events unless others talk to it; only a bad room name is
 //! answered, with an `error` event.
 
+use std::sync::LazyLock;
+
 use serde_json::{json, Value};
 
 use crate::gateway::{Context, GatewayBuilder};
 use crate::hub::Target;
+use crate::protocol::Rendered;
 
 /// The seed's reply, byte for byte.
 pub const REPLY: &str = "Message received!";
+
+/// [`REPLY`] as JSON text, rendered once: every `message` gets the same bytes.
+static REPLY_JSON: LazyLock<Rendered> = LazyLock::new(|| Rendered::new(&REPLY));
 
 /// The room the demo page joins.
 pub const LOBBY: &str = "lobby";
@@ -35,7 +41,7 @@ pub fn seed(builder: GatewayBuilder) -> GatewayBuilder {
                 let chat = json!({"room": room, "from": ctx.sid().short(), "text": message});
                 let _ = ctx.hub().publish_except(&Target::Room(room), Some(ctx.sid()), "chat", &chat).await;
             }
-            if let Err(err) = ctx.emit("response", REPLY).await {
+            if let Err(err) = ctx.emit_rendered("response", &REPLY_JSON).await {
                 tracing::debug!(sid = ctx.sid().short(), %err, "reply not emitted");
             }
         })

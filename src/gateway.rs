@@ -32,8 +32,8 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Auth, AuthError};
 use crate::config::Config;
 use crate::error::Error;
-use crate::hub::{Attachment, Hub, HubError, SessionHandle, Transport};
-use crate::protocol::{Cursor, Envelope, Sid};
+use crate::hub::{Attachment, Hub, HubError, Inbox, SessionHandle, Transport};
+use crate::protocol::{Cursor, Envelope, Rendered, Sid};
 use crate::transport;
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -93,6 +93,12 @@ impl Context {
     pub async fn emit(&self, event: &str, data: impl Serialize) -> Result<Cursor, HubError> {
         let data = serde_json::to_string(&data).unwrap_or_else(|_| "null".to_owned());
         self.hub.emit_json_to(&self.session, event, data).await
+    }
+
+    /// [`Context::emit`] of data rendered to JSON once, ahead of time (a constant reply): the
+    /// event shares that text instead of serializing and allocating its own.
+    pub async fn emit_rendered(&self, event: &str, data: &Rendered) -> Result<Cursor, HubError> {
+        self.hub.emit_json_to(&self.session, event, data.shared()).await
     }
 }
 
@@ -237,7 +243,21 @@ impl Gateway {
     /// still draining while a new one sends), and numbered events already handled are skipped.
     pub async fn dispatch(&self, sid: &Sid, envelopes: Vec<Envelope>) {
         let Ok(inbox) = self.hub.inbox(sid).await else { return };
+        self.dispatch_in(inbox, envelopes).await
+    }
+
+    /// [`Gateway::dispatch`] for a session already in hand (a transport's attached session).
+    pub async fn dispatch_to(&self, session: &SessionHandle, envelopes: Vec<Envelope>) {
+        let inbox = self.hub.inbox_to(session).await;
+        // As `dispatch` finds nothing for a session that is gone, events for one are dropped.
+        if session.is_live() {
+            self.dispatch_in(inbox, envelopes).await
+        }
+    }
+
+    async fn dispatch_in(&self, inbox: Inbox, envelopes: Vec<Envelope>) {
         let session = inbox.session();
+        let sid = session.sid();
         let subject = if self.inner.auth.is_some() { session.subject() } else { None };
         for Envelope { event, data, seq } in envelopes {
             if !inbox.accept(seq) {

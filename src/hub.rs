@@ -422,8 +422,17 @@ impl Hub {
     /// session is handled. Waiters are served in arrival order.
     pub async fn inbox(&self, sid: &Sid) -> Result<Inbox, HubError> {
         let session = self.find(sid).ok_or(HubError::NoSession)?;
+        Ok(Self::inbox_of(session).await)
+    }
+
+    /// [`Hub::inbox`] of a session already in hand (a transport's own): no table lookup.
+    pub async fn inbox_to(&self, handle: &SessionHandle) -> Inbox {
+        Self::inbox_of(handle.session.clone()).await
+    }
+
+    async fn inbox_of(session: Arc<Session>) -> Inbox {
         let guard = session.inbox.clone().lock_owned().await;
-        Ok(Inbox { session, _guard: guard })
+        Inbox { session, _guard: guard }
     }
 
     /// Records who opened the session (the auth subject); handlers see it in their context.
@@ -470,7 +479,9 @@ impl Hub {
     }
 
     /// [`Hub::emit_json`] to a session already in hand: no table lookup.
-    pub async fn emit_json_to(&self, handle: &SessionHandle, name: &str, data: String) -> Result<Cursor, HubError> {
+    /// `data` is JSON text: a `String` rendered for this event, or an `Arc<str>` rendered once
+    /// and shared (see [`crate::protocol::Rendered`]).
+    pub async fn emit_json_to(&self, handle: &SessionHandle, name: &str, data: impl Into<Arc<str>>) -> Result<Cursor, HubError> {
         validate_event_name(name)?;
         let seq = self.append(&handle.session, name.into(), data.into()).ok_or(HubError::NoSession)?;
         Ok(Cursor::event(handle.session.sid.clone(), seq))
@@ -927,6 +938,11 @@ impl SessionHandle {
     pub fn subject(&self) -> Option<Arc<str>> {
         lock(&self.session.state).subject.clone()
     }
+
+    /// Whether the session is still in the hub (not expired or removed).
+    pub fn is_live(&self) -> bool {
+        !lock(&self.session.state).removed
+    }
 }
 
 impl Inbox {
@@ -972,6 +988,11 @@ pub struct Attachment {
 impl Attachment {
     pub fn sid(&self) -> &Sid {
         &self.session.sid
+    }
+
+    /// The attached session, for sending into it without a lookup by sid.
+    pub fn session(&self) -> SessionHandle {
+        SessionHandle { session: self.session.clone() }
     }
 
     pub fn transport(&self) -> Transport {

@@ -135,6 +135,28 @@ impl FromStr for Cursor {
     }
 }
 
+/// Event data rendered to JSON text once, to be emitted many times without serializing again
+/// (a constant reply, a message broadcast as is).
+#[derive(Clone, Debug)]
+pub struct Rendered(std::sync::Arc<str>);
+
+impl Rendered {
+    /// Renders `data`; a value that cannot be JSON (a map with non-string keys) renders as
+    /// `null`, as [`crate::Context::emit`] sends it.
+    pub fn new(data: &impl serde::Serialize) -> Rendered {
+        Rendered(serde_json::to_string(data).unwrap_or_else(|_| "null".to_owned()).into())
+    }
+
+    /// The JSON text, shared.
+    pub fn shared(&self) -> std::sync::Arc<str> {
+        self.0.clone()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// One event as a client sends it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {

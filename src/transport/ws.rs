@@ -23,7 +23,7 @@ use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use super::{envelope_json, AttachQuery};
 use crate::error::Error;
 use crate::gateway::Gateway;
-use crate::hub::{Attachment, CloseReason, Event, Transport};
+use crate::hub::{Attachment, CloseReason, Event, SessionHandle, Transport};
 use crate::metrics;
 use crate::protocol::{parse_envelopes_with, ProtocolError, Sid};
 
@@ -66,9 +66,12 @@ where
     let ping_every = gateway.config().ws_ping;
     let mut ping = interval_at(Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
+    // Whether anything arrived since the last ping tick, and for how many ticks nothing has:
+    // a flag per frame rather than a clock reading per frame.
+    let (mut heard, mut silent_ticks) = (false, 0u32);
     let write_timeout = gateway.config().slow_client_timeout;
     let sid = attachment.sid().clone();
+    let session = attachment.session();
 
     let close = loop {
         tokio::select! {
@@ -85,9 +88,9 @@ where
                 Err(CloseReason::SlowConsumer) => break Some((CLOSE_SLOW_CONSUMER, "slow consumer")),
             },
             frame = stream.next() => {
-                last_heard = Instant::now();
+                heard = true;
                 match frame {
-                    Some(Ok(Message::Text(text))) => match handle_text(&gateway, &sid, text.as_str()).await {
+                    Some(Ok(Message::Text(text))) => match handle_text(&gateway, &session, text.as_str()).await {
                         Ok(()) => {
                             // Replies the handlers emitted go out now, without another turn
                             // of the loop (the common request-reply case).
@@ -112,7 +115,8 @@ where
                 }
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() > ping_every * 2 {
+                silent_ticks = if std::mem::take(&mut heard) { 0 } else { silent_ticks + 1 };
+                if silent_ticks >= 2 {
                     tracing::debug!(sid = sid.short(), "websocket peer silent; dropping it");
                     break None;
                 }
@@ -125,7 +129,7 @@ where
     if let Some((code, reason)) = close {
         let frame = CloseFrame { code, reason: reason.into() };
         if let Ok(Ok(())) = tokio::time::timeout(CLOSING, sink.send(Message::Close(Some(frame)))).await {
-            finish_closing(&gateway, &sid, &mut stream).await;
+            finish_closing(&gateway, &session, &mut stream).await;
         }
     }
 }
@@ -143,7 +147,7 @@ const CLOSING: Duration = Duration::from_secs(1);
 /// RFC 6455 closing handshake, server side: after our Close, the peer may still have frames in
 /// flight (it sent them before it saw our Close). They are handled, not dropped, until the
 /// peer's Close arrives or [`CLOSING`] runs out.
-async fn finish_closing<R>(gateway: &Gateway, sid: &Sid, stream: &mut R)
+async fn finish_closing<R>(gateway: &Gateway, session: &SessionHandle, stream: &mut R)
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -152,7 +156,7 @@ where
         match message {
             // Too late to tell the client what was wrong with a bad frame: it is closing.
             Message::Text(text) => {
-                let _ = handle_text(gateway, sid, text.as_str()).await;
+                let _ = handle_text(gateway, session, text.as_str()).await;
             }
             Message::Close(_) => break,
             _ => {}
@@ -161,10 +165,10 @@ where
 }
 
 /// Hands the envelopes of one text frame to the handlers, or says what is wrong with it.
-async fn handle_text(gateway: &Gateway, sid: &Sid, text: &str) -> Result<(), ProtocolError> {
+async fn handle_text(gateway: &Gateway, session: &SessionHandle, text: &str) -> Result<(), ProtocolError> {
     let envelopes = parse_envelopes_with(text, &gateway.config().limits)?;
     metrics::events_in_websocket(envelopes.len());
-    gateway.dispatch(sid, envelopes).await;
+    gateway.dispatch_to(session, envelopes).await;
     Ok(())
 }
 
