@@ -19,14 +19,13 @@ use std::sync::LazyLock;
 use serde_json::{json, Value};
 
 use crate::gateway::{Context, GatewayBuilder};
-use crate::hub::Target;
-use crate::protocol::Rendered;
+use crate::hub::{Rendered, Target};
 
 /// The seed's reply, byte for byte.
 pub const REPLY: &str = "Message received!";
 
-/// [`REPLY`] as JSON text, rendered once: every `message` gets the same bytes.
-static REPLY_JSON: LazyLock<Rendered> = LazyLock::new(|| Rendered::new(&REPLY));
+/// The `response` event with [`REPLY`], rendered once: every `message` gets the same bytes.
+static RESPONSE: LazyLock<Rendered> = LazyLock::new(|| Rendered::new("response", &REPLY).expect("a valid event name"));
 
 /// The room the demo page joins.
 pub const LOBBY: &str = "lobby";
@@ -41,7 +40,7 @@ pub fn seed(builder: GatewayBuilder) -> GatewayBuilder {
                 let chat = json!({"room": room, "from": ctx.sid().short(), "text": message});
                 let _ = ctx.hub().publish_except(&Target::Room(room), Some(ctx.sid()), "chat", &chat).await;
             }
-            if let Err(err) = ctx.emit_rendered("response", &REPLY_JSON).await {
+            if let Err(err) = ctx.emit_rendered(&RESPONSE) {
                 tracing::debug!(sid = ctx.sid().short(), %err, "reply not emitted");
             }
         })

@@ -479,11 +479,16 @@ impl Hub {
     }
 
     /// [`Hub::emit_json`] to a session already in hand: no table lookup.
-    /// `data` is JSON text: a `String` rendered for this event, or an `Arc<str>` rendered once
-    /// and shared (see [`crate::protocol::Rendered`]).
-    pub async fn emit_json_to(&self, handle: &SessionHandle, name: &str, data: impl Into<Arc<str>>) -> Result<Cursor, HubError> {
+    pub async fn emit_json_to(&self, handle: &SessionHandle, name: &str, data: String) -> Result<Cursor, HubError> {
         validate_event_name(name)?;
         let seq = self.append(&handle.session, name.into(), data.into()).ok_or(HubError::NoSession)?;
+        Ok(Cursor::event(handle.session.sid.clone(), seq))
+    }
+
+    /// Emits an event rendered ahead of time to a session already in hand: the event shares the
+    /// rendered name and data rather than validating, serializing and allocating its own.
+    pub fn emit_rendered_to(&self, handle: &SessionHandle, event: &Rendered) -> Result<Cursor, HubError> {
+        let seq = self.append(&handle.session, event.name.clone(), event.data.clone()).ok_or(HubError::NoSession)?;
         Ok(Cursor::event(handle.session.sid.clone(), seq))
     }
 
@@ -1100,6 +1105,33 @@ fn evict(state: &mut State, reason: CloseReason, sid: &Sid) {
 }
 
 /// Refuses names that would break SSE framing or are unbounded (see [`check_event_name`]).
+/// An event whose name is checked and whose data is rendered to JSON once, to be emitted many
+/// times (a constant reply): see [`Hub::emit_rendered_to`] and [`crate::Context::emit_rendered`].
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    name: Arc<str>,
+    data: Arc<str>,
+}
+
+impl Rendered {
+    /// Checks `name` and renders `data`; data that cannot be JSON (a map with non-string keys)
+    /// renders as `null`, as [`crate::Context::emit`] sends it.
+    pub fn new(name: &str, data: &impl serde::Serialize) -> Result<Rendered, HubError> {
+        validate_event_name(name)?;
+        let data = serde_json::to_string(data).unwrap_or_else(|_| "null".to_owned());
+        Ok(Rendered { name: name.into(), data: data.into() })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The data as JSON text.
+    pub fn data(&self) -> &str {
+        &self.data
+    }
+}
+
 pub fn validate_event_name(name: &str) -> Result<(), HubError> {
     check_event_name(name).map_err(HubError::EventName)
 }
@@ -1191,6 +1223,20 @@ mod tests {
         hub.expire(Instant::now());
         assert_eq!(a.recv().await.unwrap_err(), CloseReason::SlowConsumer);
         assert!(hub.contains(&sid).await, "the session stays for its grace period");
+    }
+
+    #[tokio::test]
+    async fn a_rendered_event_is_the_same_event_as_an_emitted_one() {
+        let hub = hub(8);
+        let mut a = hub.attach(Transport::WebSocket, None, None).await.unwrap();
+        next(&mut a).await;
+        let rendered = Rendered::new("response", &"Message received!").unwrap();
+        hub.emit_rendered_to(&a.session(), &rendered).unwrap();
+        hub.emit(a.sid(), "response", &json!("Message received!")).await.unwrap();
+        let (x, y) = (a.recv().await.unwrap(), a.recv().await.unwrap());
+        assert_eq!((&*x.name, &*x.data), (&*y.name, &*y.data));
+        assert_eq!((x.seq, y.seq), (1, 2));
+        assert!(Rendered::new("", &1).is_err(), "names are checked as for any emit");
     }
 
     #[tokio::test]

@@ -25,5 +25,5 @@ pub mod upstream;
 pub use config::Config;
 pub use error::Error;
 pub use gateway::{Context, Gateway, GatewayBuilder, Opening};
-pub use hub::{Hub, Target, Transport};
+pub use hub::{Hub, Rendered, Target, Transport};
 pub use protocol::{Cursor, Envelope, Sid};

@@ -135,28 +135,6 @@ impl FromStr for Cursor {
     }
 }
 
-/// Event data rendered to JSON text once, to be emitted many times without serializing again
-/// (a constant reply, a message broadcast as is).
-#[derive(Clone, Debug)]
-pub struct Rendered(std::sync::Arc<str>);
-
-impl Rendered {
-    /// Renders `data`; a value that cannot be JSON (a map with non-string keys) renders as
-    /// `null`, as [`crate::Context::emit`] sends it.
-    pub fn new(data: &impl serde::Serialize) -> Rendered {
-        Rendered(serde_json::to_string(data).unwrap_or_else(|_| "null".to_owned()).into())
-    }
-
-    /// The JSON text, shared.
-    pub fn shared(&self) -> std::sync::Arc<str> {
-        self.0.clone()
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 /// One event as a client sends it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
@@ -280,24 +258,25 @@ struct Wire {
 /// (or, for the rare valid body the strict reader refuses, such as a repeated field, to accept it
 /// as before).
 fn parse_well_formed(text: &str, limits: &Limits) -> Option<Vec<Envelope>> {
-    let wires: Vec<Wire> = if text.trim_start().starts_with('[') {
-        serde_json::from_str(text).ok()?
-    } else {
-        vec![serde_json::from_str(text).ok()?]
-    };
+    if !text.trim_start().starts_with('[') {
+        // One envelope, the usual case: straight into a one-element Vec.
+        return Some(vec![well_formed(serde_json::from_str(text).ok()?, limits)?]);
+    }
+    let wires: Vec<Wire> = serde_json::from_str(text).ok()?;
     if wires.is_empty() || wires.len() > limits.max_batch {
         return None;
     }
-    wires
-        .into_iter()
-        .map(|Wire { event, data, seq, .. }| {
-            let valid = check_event_name(&event).is_ok()
-                && seq != Some(0)
-                && depth(&data) <= limits.max_depth
-                && reserved_key(&data).is_none();
-            valid.then_some(Envelope { event, data, seq })
-        })
-        .collect()
+    wires.into_iter().map(|wire| well_formed(wire, limits)).collect()
+}
+
+/// A parsed envelope that needs no error message: a valid name, `seq` not 0, data within the
+/// depth limit and free of the reserved key.
+fn well_formed(Wire { event, data, seq, .. }: Wire, limits: &Limits) -> Option<Envelope> {
+    let valid = check_event_name(&event).is_ok()
+        && seq != Some(0)
+        && depth(&data) <= limits.max_depth
+        && reserved_key(&data).is_none();
+    valid.then_some(Envelope { event, data, seq })
 }
 
 fn envelope_from_value(value: Value, index: Option<usize>, limits: &Limits) -> Result<Envelope, ProtocolError> {
