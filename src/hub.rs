@@ -29,10 +29,12 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, Notify};
+use futures_util::task::AtomicWaker;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -161,8 +163,10 @@ pub enum HubError {
     RoomName(&'static str),
 }
 
-/// One outgoing event or notice, rendered once and shared by every write and replay of it.
-#[derive(Debug)]
+/// One outgoing event or notice. Its name and JSON data are rendered once and shared by every
+/// copy (ring, replay, every member of a room), so a copy is two reference counts; the ring
+/// holds events by value, so appending one allocates nothing of its own.
+#[derive(Debug, Clone)]
 pub struct Event {
     /// For events, the event's number (1, 2, ...). For notices, the number of the last event
     /// before it: the notice's cursor is the resume point just after that event.
@@ -179,8 +183,8 @@ impl Event {
         Cursor { sid: sid.clone(), seq: self.seq, notice: self.notice }
     }
 
-    fn notice(seq: u64, name: &str, data: Value) -> Arc<Event> {
-        Arc::new(Event { seq, notice: true, name: name.into(), data: data.to_string().into() })
+    fn notice(seq: u64, name: &str, data: Value) -> Event {
+        Event { seq, notice: true, name: name.into(), data: data.to_string().into() }
     }
 }
 
@@ -278,7 +282,7 @@ struct State {
     last_seq: u64,
     /// The most recent events, oldest first, at most `HubConfig::buffer` of them. Allocated on
     /// the first emit, not at creation, so idle sessions cost no ring.
-    ring: VecDeque<Arc<Event>>,
+    ring: VecDeque<Event>,
     /// The highest event number handed to any attachment: where an attach without a cursor
     /// resumes.
     delivered: u64,
@@ -310,7 +314,7 @@ struct Attached {
     id: u64,
     /// Woken on every emit and when the attachment is superseded. The other end is held by the
     /// [`Attachment`] with the same id.
-    wake: Arc<Notify>,
+    wake: Arc<AtomicWaker>,
     /// Number of the last event the attachment copied out of the ring.
     read_upto: u64,
     /// Since when events have been waiting that the attachment has not read; `None` while it
@@ -508,10 +512,10 @@ impl Hub {
                 evict(&mut state, CloseReason::SlowConsumer, &session.sid);
             }
         }
-        state.ring.push_back(Arc::new(Event { seq, notice: false, name, data }));
+        state.ring.push_back(Event { seq, notice: false, name, data });
         if let Some(attached) = &mut state.attached {
             attached.behind_since.get_or_insert_with(Instant::now);
-            attached.wake.notify_one();
+            attached.wake.wake();
         }
         Some(seq)
     }
@@ -558,7 +562,7 @@ impl Hub {
         gap: Option<GapReason>,
     ) -> Option<Attachment> {
         let id = self.inner.next_attachment.fetch_add(1, Ordering::Relaxed);
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(AtomicWaker::new());
         let mut state = lock(&session.state);
         if state.removed {
             return None;
@@ -573,7 +577,7 @@ impl Hub {
         let attached = Attached { id, wake: wake.clone(), read_upto: position, behind_since };
         if let Some(old) = state.attached.replace(attached) {
             metrics::counter!("switchyard_detaches_total", "reason" => "superseded").increment(1);
-            old.wake.notify_one();
+            old.wake.wake();
         }
         state.last_transport = Some(transport);
         state.detached_at = None;
@@ -703,7 +707,7 @@ impl Hub {
         for shard in self.inner.shards.iter() {
             for session in shard.read().unwrap_or_else(|e| e.into_inner()).values() {
                 if let Some(attached) = &lock(&session.state).attached {
-                    attached.wake.notify_one();
+                    attached.wake.wake();
                 }
             }
         }
@@ -859,7 +863,7 @@ impl Hub {
             state.removed = true;
             state.ring = VecDeque::new();
             if let Some(attached) = state.attached.take() {
-                attached.wake.notify_one();
+                attached.wake.wake();
             }
             std::mem::take(&mut state.rooms)
         };
@@ -978,11 +982,11 @@ pub struct Attachment {
     session: Arc<Session>,
     id: u64,
     /// Shared with the session's [`Attached`] entry while this attachment holds the session.
-    wake: Arc<Notify>,
+    wake: Arc<AtomicWaker>,
     /// Number of the last event handed out.
     position: u64,
     /// Events copied out of the ring (or notices), not yet handed out.
-    pending: VecDeque<Arc<Event>>,
+    pending: VecDeque<Event>,
     transport: Transport,
     /// Whether this attach created the session (rather than resuming one).
     fresh: bool,
@@ -1012,22 +1016,34 @@ impl Attachment {
 
     /// The next event to write, waiting for one if need be. Ends when the attachment is
     /// superseded or the server shuts down.
-    pub async fn recv(&mut self) -> Result<Arc<Event>, CloseReason> {
-        loop {
-            if let Some(event) = self.try_recv()? {
-                return Ok(event);
+    ///
+    /// Woken by emits, by being superseded or evicted, and by `close_all` (after which
+    /// `try_recv` flushes what is ready, then says goodbye). Each of those changes the session
+    /// under its lock and then wakes, and this registers before it looks, so no wake-up is lost.
+    /// The waker is a single slot (one attachment, one waiting task) rather than a `Notify`:
+    /// registering costs an atomic exchange instead of a lock on a waiter list, per wait.
+    pub async fn recv(&mut self) -> Result<Event, CloseReason> {
+        let wake = self.wake.clone();
+        // A transport's own handlers emit while it is not waiting here (it reads their replies
+        // with `try_recv` right after); unregistering when the wait is abandoned keeps those
+        // emits from waking the transport's task for nothing.
+        let _unregister = Unregister(&wake);
+        std::future::poll_fn(|cx| {
+            wake.register(cx.waker());
+            match self.try_recv() {
+                Ok(Some(event)) => Poll::Ready(Ok(event)),
+                Ok(None) => Poll::Pending,
+                Err(reason) => Poll::Ready(Err(reason)),
             }
-            // Woken by emits, by being superseded or evicted, and by `close_all` (after which
-            // `try_recv` flushes what is ready, then says goodbye).
-            self.wake.notified().await;
-        }
+        })
+        .await
     }
 
     /// The next event to write if one is ready, without waiting.
     ///
     /// When the server shuts down, the attachment hands out what is ready, then a `reconnect`
     /// notice (so clients resume, here or on another instance), then ends.
-    pub fn try_recv(&mut self) -> Result<Option<Arc<Event>>, CloseReason> {
+    pub fn try_recv(&mut self) -> Result<Option<Event>, CloseReason> {
         if let Some(event) = self.pending.pop_front() {
             return Ok(Some(event));
         }
@@ -1100,11 +1116,20 @@ fn evict(state: &mut State, reason: CloseReason, sid: &Sid) {
         metrics::counter!("switchyard_detaches_total", "reason" => reason.as_str()).increment(1);
         state.evicted = Some((attached.id, reason));
         state.detached_at = Some(Instant::now());
-        attached.wake.notify_one();
+        attached.wake.wake();
     }
 }
 
 /// Refuses names that would break SSE framing or are unbounded (see [`check_event_name`]).
+/// Takes the waker out of an attachment's slot when its wait ends or is abandoned.
+struct Unregister<'a>(&'a AtomicWaker);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0.take();
+    }
+}
+
 /// An event whose name is checked and whose data is rendered to JSON once, to be emitted many
 /// times (a constant reply): see [`Hub::emit_rendered_to`] and [`crate::Context::emit_rendered`].
 #[derive(Clone, Debug)]

@@ -9,7 +9,6 @@
 //! reconnect this one), `4001 slow consumer` (detached for reading too slowly: resume), `1001`
 //! (server going away: resume), `1009` (message too big), `1007` (invalid UTF-8).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -178,7 +177,7 @@ async fn handle_text(gateway: &Gateway, session: &SessionHandle, text: &str) -> 
 /// write costs no timer. Returns whether the socket is still usable.
 async fn deliver<W: Sink<Message> + Unpin>(
     sink: &mut W,
-    first: Arc<Event>,
+    first: Event,
     attachment: &mut Attachment,
     sid: &Sid,
     write_timeout: Duration,
@@ -198,7 +197,7 @@ async fn deliver<W: Sink<Message> + Unpin>(
 }
 
 /// Writes `first` and whatever else is ready, then flushes once.
-async fn write_ready<W: Sink<Message> + Unpin>(sink: &mut W, first: Arc<Event>, attachment: &mut Attachment, sid: &Sid) -> Result<(), ()> {
+async fn write_ready<W: Sink<Message> + Unpin>(sink: &mut W, first: Event, attachment: &mut Attachment, sid: &Sid) -> Result<(), ()> {
     sink.feed(frame(&first, sid)).await.map_err(drop)?;
     while let Ok(Some(event)) = attachment.try_recv() {
         sink.feed(frame(&event, sid)).await.map_err(drop)?;
