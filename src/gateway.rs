@@ -254,11 +254,10 @@ impl Gateway {
 
     /// [`Gateway::dispatch`] for a session already in hand (a transport's attached session).
     pub async fn dispatch_to(&self, session: &SessionHandle, envelopes: Vec<Envelope>) {
+        // A session removed meanwhile has told its transport to close; an event racing that
+        // is handled like one that arrived just before the removal.
         let inbox = self.hub.inbox_to(session).await;
-        // As `dispatch` finds nothing for a session that is gone, events for one are dropped.
-        if session.is_live() {
-            self.dispatch_in(inbox, envelopes).await
-        }
+        self.dispatch_in(inbox, envelopes).await
     }
 
     async fn dispatch_in(&self, inbox: Inbox, envelopes: Vec<Envelope>) {

@@ -275,6 +275,10 @@ struct Session {
     inbox: Arc<tokio::sync::Mutex<()>>,
     /// The highest client `seq` handled; told to the client in every `session` hello.
     received: AtomicU64,
+    /// How many rooms the session is in, kept beside `State::rooms` (written under the lock)
+    /// so that asking a session in no room for its rooms, as the default app does on every
+    /// message, takes no lock.
+    room_count: AtomicUsize,
 }
 
 struct State {
@@ -314,7 +318,7 @@ struct Attached {
     id: u64,
     /// Woken on every emit and when the attachment is superseded. The other end is held by the
     /// [`Attachment`] with the same id.
-    wake: Arc<AtomicWaker>,
+    wake: Arc<Signal>,
     /// Number of the last event the attachment copied out of the ring.
     read_upto: u64,
     /// Since when events have been waiting that the attachment has not read; `None` while it
@@ -366,6 +370,7 @@ impl Hub {
             sid: sid.clone(),
             inbox: Arc::new(tokio::sync::Mutex::new(())),
             received: AtomicU64::new(0),
+            room_count: AtomicUsize::new(0),
             state: Mutex::new(State {
                 last_seq: 0,
                 ring: VecDeque::new(),
@@ -515,7 +520,7 @@ impl Hub {
         state.ring.push_back(Event { seq, notice: false, name, data });
         if let Some(attached) = &mut state.attached {
             attached.behind_since.get_or_insert_with(Instant::now);
-            attached.wake.wake();
+            attached.wake.notify();
         }
         Some(seq)
     }
@@ -562,7 +567,7 @@ impl Hub {
         gap: Option<GapReason>,
     ) -> Option<Attachment> {
         let id = self.inner.next_attachment.fetch_add(1, Ordering::Relaxed);
-        let wake = Arc::new(AtomicWaker::new());
+        let wake = Arc::new(Signal::new());
         let mut state = lock(&session.state);
         if state.removed {
             return None;
@@ -577,7 +582,7 @@ impl Hub {
         let attached = Attached { id, wake: wake.clone(), read_upto: position, behind_since };
         if let Some(old) = state.attached.replace(attached) {
             metrics::counter!("switchyard_detaches_total", "reason" => "superseded").increment(1);
-            old.wake.wake();
+            old.wake.notify();
         }
         state.last_transport = Some(transport);
         state.detached_at = None;
@@ -612,6 +617,7 @@ impl Hub {
             id,
             wake,
             position,
+            seen: 0,
             pending,
             transport,
             fresh,
@@ -707,7 +713,7 @@ impl Hub {
         for shard in self.inner.shards.iter() {
             for session in shard.read().unwrap_or_else(|e| e.into_inner()).values() {
                 if let Some(attached) = &lock(&session.state).attached {
-                    attached.wake.wake();
+                    attached.wake.notify();
                 }
             }
         }
@@ -786,6 +792,7 @@ impl Hub {
         if !state.rooms.insert(room.clone()) {
             return Ok(false);
         }
+        session.room_count.store(state.rooms.len(), Ordering::Relaxed);
         let mut table = self.room_shard(&room).write().unwrap_or_else(|e| e.into_inner());
         table.entry(room).or_default().insert(sid.clone(), session.clone());
         Ok(true)
@@ -801,6 +808,7 @@ impl Hub {
         if !state.rooms.remove(room) {
             return Ok(false);
         }
+        session.room_count.store(state.rooms.len(), Ordering::Relaxed);
         self.drop_member(sid, room);
         Ok(true)
     }
@@ -863,7 +871,7 @@ impl Hub {
             state.removed = true;
             state.ring = VecDeque::new();
             if let Some(attached) = state.attached.take() {
-                attached.wake.wake();
+                attached.wake.notify();
             }
             std::mem::take(&mut state.rooms)
         };
@@ -940,17 +948,15 @@ impl SessionHandle {
 
     /// The rooms the session is in.
     pub fn rooms(&self) -> Vec<String> {
+        if self.session.room_count.load(Ordering::Relaxed) == 0 {
+            return Vec::new();
+        }
         lock(&self.session.state).rooms.iter().map(|room| room.to_string()).collect()
     }
 
     /// Who opened the session, if auth is on.
     pub fn subject(&self) -> Option<Arc<str>> {
         lock(&self.session.state).subject.clone()
-    }
-
-    /// Whether the session is still in the hub (not expired or removed).
-    pub fn is_live(&self) -> bool {
-        !lock(&self.session.state).removed
     }
 }
 
@@ -982,9 +988,11 @@ pub struct Attachment {
     session: Arc<Session>,
     id: u64,
     /// Shared with the session's [`Attached`] entry while this attachment holds the session.
-    wake: Arc<AtomicWaker>,
+    wake: Arc<Signal>,
     /// Number of the last event handed out.
     position: u64,
+    /// The [`Signal`] count as of the last look under the session lock.
+    seen: u64,
     /// Events copied out of the ring (or notices), not yet handed out.
     pending: VecDeque<Event>,
     transport: Transport,
@@ -1027,9 +1035,9 @@ impl Attachment {
         // A transport's own handlers emit while it is not waiting here (it reads their replies
         // with `try_recv` right after); unregistering when the wait is abandoned keeps those
         // emits from waking the transport's task for nothing.
-        let _unregister = Unregister(&wake);
+        let _unregister = Unregister(&wake.waker);
         std::future::poll_fn(|cx| {
-            wake.register(cx.waker());
+            wake.waker.register(cx.waker());
             match self.try_recv() {
                 Ok(Some(event)) => Poll::Ready(Ok(event)),
                 Ok(None) => Poll::Pending,
@@ -1050,6 +1058,12 @@ impl Attachment {
         if self.said_goodbye {
             return Err(CloseReason::Shutdown);
         }
+        // Read before the lock: a change made after this load bumps the count past `seen`.
+        let changes = self.wake.changes.load(Ordering::Acquire);
+        if changes == self.seen && !self.hub.inner.closing.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        self.seen = changes;
         let mut state = lock(&self.session.state);
         if state.attached.as_ref().map(|a| a.id) != Some(self.id) {
             return Err(match state.evicted {
@@ -1081,6 +1095,10 @@ impl Attachment {
             if let Some(attached) = &mut state.attached {
                 attached.read_upto = position;
                 attached.behind_since = if caught_up { None } else { Some(Instant::now()) };
+            }
+            if !caught_up {
+                // More than one batch was waiting: the rest is there to read with no new change.
+                self.seen = 0;
             }
         }
         drop(state);
@@ -1116,11 +1134,33 @@ fn evict(state: &mut State, reason: CloseReason, sid: &Sid) {
         metrics::counter!("switchyard_detaches_total", "reason" => reason.as_str()).increment(1);
         state.evicted = Some((attached.id, reason));
         state.detached_at = Some(Instant::now());
-        attached.wake.wake();
+        attached.wake.notify();
     }
 }
 
 /// Refuses names that would break SSE framing or are unbounded (see [`check_event_name`]).
+/// How the hub tells an attachment that something changed for it (an event, being superseded
+/// or evicted, the session removed, shutdown): a count bumped after every such change, made
+/// under the session lock, then a wake-up. An attachment that has seen the current count knows,
+/// without the lock, that nothing changed, so looking for more and finding none (once after
+/// every write, once before every wait) costs a load instead of a lock.
+struct Signal {
+    changes: AtomicU64,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    fn new() -> Signal {
+        // Starts at 1: a new attachment, having seen 0, looks under the lock at once.
+        Signal { changes: AtomicU64::new(1), waker: AtomicWaker::new() }
+    }
+
+    fn notify(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
 /// Takes the waker out of an attachment's slot when its wait ends or is abandoned.
 struct Unregister<'a>(&'a AtomicWaker);
 
@@ -1248,6 +1288,32 @@ mod tests {
         hub.expire(Instant::now());
         assert_eq!(a.recv().await.unwrap_err(), CloseReason::SlowConsumer);
         assert!(hub.contains(&sid).await, "the session stays for its grace period");
+    }
+
+    #[tokio::test]
+    async fn what_is_waiting_is_read_to_the_end_without_further_changes_then_the_goodbye() {
+        let hub = hub(BATCH * 4);
+        let mut a = hub.attach(Transport::WebSocket, None, None).await.unwrap();
+        next(&mut a).await;
+        // More than a batch waiting: all of it is read with nothing emitted in between.
+        let total = (BATCH * 2 + 3) as u64;
+        for i in 0..total {
+            hub.emit(a.sid(), "n", &json!(i)).await.unwrap();
+        }
+        for seq in 1..=total {
+            assert_eq!(a.try_recv().unwrap().expect("an event still in the ring").seq, seq);
+        }
+        assert!(a.try_recv().unwrap().is_none());
+        // Shutdown seen while events were still being handed out: the goodbye follows them.
+        for i in 0..5 {
+            hub.emit(a.sid(), "n", &json!(i)).await.unwrap();
+        }
+        hub.close_all();
+        for seq in total + 1..=total + 5 {
+            assert_eq!(a.try_recv().unwrap().expect("an event before the goodbye").seq, seq);
+        }
+        assert_eq!(&*a.try_recv().unwrap().expect("the goodbye").name, "reconnect");
+        assert_eq!(a.try_recv().unwrap_err(), CloseReason::Shutdown);
     }
 
     #[tokio::test]

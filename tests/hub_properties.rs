@@ -26,7 +26,6 @@
 //!   buffer or left events unread for the configured time.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -479,7 +478,7 @@ fn check_stream(stream: &mut Stream, event: &Event, emitted: &[u64], buffer: usi
 
 impl Client {
     /// Appends what the transport held handed out to the client's log, checking the log.
-    fn log(&mut self, event: &Arc<Event>, model: &Session) {
+    fn log(&mut self, event: &Event, model: &Session) {
         let stream = self.current.as_ref().unwrap();
         self.cursors.push(event.cursor(&model.sid));
         if event.notice {
