@@ -700,7 +700,10 @@ impl Hub {
                         hub.close_all();
                         break;
                     }
-                    _ = tick.tick() => { hub.expire(Instant::now()); }
+                    _ = tick.tick() => {
+                        hub.expire(Instant::now());
+                        crate::metrics::sync();
+                    }
                 }
             }
         })
