@@ -64,9 +64,13 @@ struct Args {
     /// rtt, nodelay: concurrent sessions, each in a closed loop.
     #[arg(long, default_value_t = 50)]
     sessions: usize,
-    /// rtt, nodelay: measured seconds per transport and server.
-    #[arg(long, default_value_t = 5.0)]
+    /// rtt, nodelay: measured seconds per transport, server and round.
+    #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// rtt: paired rounds (baseline then switchyard, then the other way round) per transport;
+    /// the ratio reported is the median of the rounds' ratios.
+    #[arg(long, default_value_t = 3)]
+    alternations: usize,
     /// rtt, nodelay: warm-up seconds before measuring.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
@@ -263,21 +267,45 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
     let switchyard = Server::start(Kind::Switchyard, pin, "rtt-switchyard").await?;
     let ws_base = Server::start(Kind::WsBaseline, pin, "rtt-ws-baseline").await?;
     let sse_base = Server::start(Kind::SseBaseline, pin, "rtt-sse-baseline").await?;
+    // The machine's speed drifts over a run (other tenants of the host), by more than the
+    // differences measured here. So each transport is measured in paired rounds, the order
+    // swapped every round, and the ratio reported is the median of the rounds' ratios; the
+    // table's figures are all rounds together.
+    let rounds = args.alternations.max(1);
     let mut rows = Vec::new();
+    let mut ratios = Vec::new();
     for transport in [Transport::Ws, Transport::Sse, Transport::Poll] {
         let baseline = if transport == Transport::Ws { &ws_base } else { &sse_base };
-        for server in [baseline, &switchyard] {
-            eprintln!("  {} against {} ...", transport.label(), server.kind.label());
-            rows.push(measure_loop(server, transport, args.sessions, warmup, seconds, Duration::ZERO).await);
+        let (mut base_rounds, mut sy_rounds) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let order = if round % 2 == 0 { [baseline, &switchyard] } else { [&switchyard, baseline] };
+            for server in order {
+                eprintln!("  {} against {} (round {}/{rounds}) ...", transport.label(), server.kind.label(), round + 1);
+                let row = measure_loop(server, transport, args.sessions, warmup, seconds, Duration::ZERO).await;
+                if server.kind == Kind::Switchyard { sy_rounds.push(row) } else { base_rounds.push(row) }
+            }
         }
+        let mut per_round: Vec<f64> =
+            base_rounds.iter().zip(&sy_rounds).map(|(b, s)| ratio(s.result.rate(), b.result.rate())).collect();
+        per_round.sort_by(f64::total_cmp);
+        ratios.push(per_round);
+        rows.push(merge_rounds(base_rounds));
+        rows.push(merge_rounds(sy_rounds));
     }
     let mut out = String::new();
-    writeln!(out, "### rtt: {} sessions in closed loops, {:.0} s measured after {:.1} s warm-up\n", args.sessions, args.seconds, args.warmup)?;
+    writeln!(
+        out,
+        "### rtt: {} sessions in closed loops, {rounds} paired rounds of {:.0} s measured after {:.1} s warm-up\n",
+        args.sessions, args.seconds, args.warmup
+    )?;
     out.push_str(&rtt_table(&rows));
-    writeln!(out, "\n| transport | rt/s ratio | target | p99 ratio | target | |\n|---|---:|---:|---:|---:|---|")?;
-    for pair in rows.chunks(2) {
+    writeln!(
+        out,
+        "\n| transport | rt/s ratio (median of rounds) | rounds' ratios | target | p99 ratio | target | |\n|---|---:|---|---:|---:|---:|---|"
+    )?;
+    for (pair, per_round) in rows.chunks(2).zip(&ratios) {
         let [base, sy] = pair else { continue };
-        let rate = ratio(sy.result.rate(), base.result.rate());
+        let rate = per_round[per_round.len() / 2];
         let p99 = ratio(q(&sy.result.latencies, 0.99) as f64, q(&base.result.latencies, 0.99) as f64);
         let (rate_target, p99_target) = match sy.transport {
             Transport::Ws => (Some(0.9), Some(1.5)),
@@ -288,11 +316,13 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
             (Some(r), Some(p)) => met(rate >= r && p99 <= p),
             _ => "no target",
         };
+        let listed: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
         writeln!(
             out,
-            "| {} | {:.2} | {} | {:.2} | {} | {} |",
+            "| {} | {:.2} | {} | {} | {:.2} | {} | {} |",
             sy.transport.label(),
             rate,
+            listed.join(", "),
             rate_target.map_or("-".into(), |r| format!(">= {r}")),
             p99,
             p99_target.map_or("-".into(), |p| format!("<= {p}")),
@@ -300,6 +330,23 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
         )?;
     }
     Ok(out)
+}
+
+/// One server's rounds as one row: round trips and latencies of all rounds, CPU shares averaged.
+fn merge_rounds(rounds: Vec<RttRow>) -> RttRow {
+    let n = rounds.len() as f64;
+    let mut rounds = rounds.into_iter();
+    let mut merged = rounds.next().expect("at least one round");
+    merged.server_cpu /= n;
+    merged.loadgen_cpu /= n;
+    for row in rounds {
+        merged.result.latencies.add(&row.result.latencies).expect("histograms with the same bounds");
+        merged.result.errors += row.result.errors;
+        merged.result.seconds += row.result.seconds;
+        merged.server_cpu += row.server_cpu / n;
+        merged.loadgen_cpu += row.loadgen_cpu / n;
+    }
+    merged
 }
 
 fn rtt_table(rows: &[RttRow]) -> String {
