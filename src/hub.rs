@@ -1039,15 +1039,23 @@ impl Attachment {
         // with `try_recv` right after); unregistering when the wait is abandoned keeps those
         // emits from waking the transport's task for nothing.
         let _unregister = Unregister(&wake.waker);
-        std::future::poll_fn(|cx| {
-            wake.waker.register(cx.waker());
-            match self.try_recv() {
-                Ok(Some(event)) => Poll::Ready(Ok(event)),
-                Ok(None) => Poll::Pending,
-                Err(reason) => Poll::Ready(Err(reason)),
-            }
-        })
-        .await
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`Attachment::recv`] as a poll, for a transport that waits on several things in one
+    /// `poll_fn`. It stays registered for wake-ups until [`Attachment::stop_waiting`].
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<Event, CloseReason>> {
+        self.wake.waker.register(cx.waker());
+        match self.try_recv() {
+            Ok(Some(event)) => Poll::Ready(Ok(event)),
+            Ok(None) => Poll::Pending,
+            Err(reason) => Poll::Ready(Err(reason)),
+        }
+    }
+
+    /// Ends a wait begun with [`Attachment::poll_recv`]: emits no longer wake the task.
+    pub fn stop_waiting(&self) {
+        self.wake.waker.take();
     }
 
     /// The next event to write if one is ready, without waiting.

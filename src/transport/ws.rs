@@ -3,12 +3,14 @@
 //! One task per socket runs [`serve_socket`]: it writes what the attachment yields, reads client
 //! frames (one envelope, or a JSON array of envelopes, per text frame) and hands them to the
 //! gateway's handlers, and pings the peer so a dead one is found and the session detached.
-//! The loop is generic over `Sink`/`Stream`, so it does not care where the frames come from.
+//! The loop is generic over a `Sink + Stream` of messages, so it does not care where the
+//! frames come from.
 //!
 //! Close codes the client sees: `4000 superseded` (another transport took the session: do not
 //! reconnect this one), `4001 slow consumer` (detached for reading too slowly: resume), `1001`
 //! (server going away: resume), `1009` (message too big), `1007` (invalid UTF-8).
 
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -51,16 +53,14 @@ pub async fn upgrade(
     // batch; 8 KiB is several events.
     let ws = ws.read_buffer_size(READ_BUFFER).write_buffer_size(8 * 1024);
     Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket: WebSocket| {
-        let (sink, stream) = socket.split();
-        gateway.track_socket(serve_socket(gateway.clone(), attachment, sink, stream))
+        gateway.track_socket(serve_socket(gateway.clone(), attachment, socket))
     }))
 }
 
 /// Serves one attached socket until the peer leaves, goes silent, or the attachment ends.
-pub async fn serve_socket<W, R>(gateway: Gateway, mut attachment: Attachment, mut sink: W, mut stream: R)
+pub async fn serve_socket<S>(gateway: Gateway, mut attachment: Attachment, mut socket: S)
 where
-    W: Sink<Message> + Unpin,
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let ping_every = gateway.config().ws_ping;
     let mut ping = interval_at(Instant::now() + ping_every, ping_every);
@@ -73,20 +73,36 @@ where
     let session = attachment.session();
 
     let close = loop {
-        tokio::select! {
-            // Outgoing events first: what is owed to the client goes out before more is read.
-            biased;
-            next = attachment.recv() => match next {
-                Ok(event) => {
-                    if !deliver(&mut sink, event, &mut attachment, &sid, write_timeout).await {
-                        break None;
-                    }
+        // One wait on three things, polled in this order: outgoing events first (what is owed
+        // to the client goes out before more is read), then the client's frames, then the ping
+        // timer. A `poll_fn` rather than `select!` so that one socket serves as both the sink
+        // and the stream: split halves would take a lock on every read and write.
+        let next = std::future::poll_fn(|cx| {
+            if let Poll::Ready(event) = attachment.poll_recv(cx) {
+                return Poll::Ready(Next::Event(event));
+            }
+            if let Poll::Ready(frame) = socket.poll_next_unpin(cx) {
+                return Poll::Ready(Next::Frame(frame));
+            }
+            match ping.poll_tick(cx) {
+                Poll::Ready(_) => Poll::Ready(Next::Ping),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match next {
+            Next::Event(Ok(event)) => {
+                if !deliver(&mut socket, event, &mut attachment, &sid, write_timeout).await {
+                    break None;
                 }
-                Err(CloseReason::Superseded) => break Some((CLOSE_SUPERSEDED, "superseded")),
-                Err(CloseReason::Shutdown) => break Some((CLOSE_GOING_AWAY, "server shutting down")),
-                Err(CloseReason::SlowConsumer) => break Some((CLOSE_SLOW_CONSUMER, "slow consumer")),
-            },
-            frame = stream.next() => {
+            }
+            Next::Event(Err(CloseReason::Superseded)) => break Some((CLOSE_SUPERSEDED, "superseded")),
+            Next::Event(Err(CloseReason::Shutdown)) => break Some((CLOSE_GOING_AWAY, "server shutting down")),
+            Next::Event(Err(CloseReason::SlowConsumer)) => break Some((CLOSE_SLOW_CONSUMER, "slow consumer")),
+            Next::Frame(frame) => {
+                // Not waiting for events while handling this frame: its handlers' replies are
+                // read just below, and must not wake this task for nothing.
+                attachment.stop_waiting();
                 heard = true;
                 match frame {
                     Some(Ok(Message::Text(text))) => match handle_text(&gateway, &session, text.as_str()).await {
@@ -94,7 +110,7 @@ where
                             // Replies the handlers emitted go out now, without another turn
                             // of the loop (the common request-reply case).
                             if let Ok(Some(event)) = attachment.try_recv() {
-                                if !deliver(&mut sink, event, &mut attachment, &sid, write_timeout).await {
+                                if !deliver(&mut socket, event, &mut attachment, &sid, write_timeout).await {
                                     break None;
                                 }
                             }
@@ -113,24 +129,33 @@ where
                     }
                 }
             }
-            _ = ping.tick() => {
+            Next::Ping => {
+                attachment.stop_waiting();
                 silent_ticks = if std::mem::take(&mut heard) { 0 } else { silent_ticks + 1 };
                 if silent_ticks >= 2 {
                     tracing::debug!(sid = sid.short(), "websocket peer silent; dropping it");
                     break None;
                 }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
                     break None;
                 }
             }
         }
     };
+    attachment.stop_waiting();
     if let Some((code, reason)) = close {
         let frame = CloseFrame { code, reason: reason.into() };
-        if let Ok(Ok(())) = tokio::time::timeout(CLOSING, sink.send(Message::Close(Some(frame)))).await {
-            finish_closing(&gateway, &session, &mut stream).await;
+        if let Ok(Ok(())) = tokio::time::timeout(CLOSING, socket.send(Message::Close(Some(frame)))).await {
+            finish_closing(&gateway, &session, &mut socket).await;
         }
     }
+}
+
+/// What one wait of [`serve_socket`] ended with.
+enum Next {
+    Event(Result<Event, CloseReason>),
+    Frame(Option<Result<Message, axum::Error>>),
+    Ping,
 }
 
 /// Bytes tungstenite reads per call. Its default is 128 KiB per socket, allocated up front and
