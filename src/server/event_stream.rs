@@ -90,7 +90,9 @@ pub async fn first_request(mut tcp: TcpStream, router: &Router, shutdown: &Cance
     Next::Hyper(Prefixed::new(leftover, tcp))
 }
 
-/// A first request head, read and classified.
+/// A first request head, read and classified. Lives only while the head is classified, so
+/// the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Head {
     /// `GET …/sse`, to be served here; `leftover` is what the client sent after the head.
     Stream { request: Request<Body>, leftover: BytesMut, close: bool },
