@@ -1077,6 +1077,8 @@ impl Attachment {
         self.seen = changes;
         let mut state = lock(&self.session.state);
         if state.attached.as_ref().map(|a| a.id) != Some(self.id) {
+            // An end is final: every later look must find it again, not take the change as seen.
+            self.seen = 0;
             return Err(match state.evicted {
                 Some((id, reason)) if id == self.id => reason,
                 _ => CloseReason::Superseded,
@@ -1325,6 +1327,19 @@ mod tests {
         }
         assert_eq!(&*a.try_recv().unwrap().expect("the goodbye").name, "reconnect");
         assert_eq!(a.try_recv().unwrap_err(), CloseReason::Shutdown);
+    }
+
+    #[tokio::test]
+    async fn an_end_is_reported_on_every_look_after_it() {
+        let hub = hub(8);
+        let mut a = hub.attach(Transport::WebSocket, None, None).await.unwrap();
+        next(&mut a).await;
+        let _b = hub.attach(Transport::Sse, Some(a.sid().as_str()), None).await.unwrap();
+        // A transport may ignore the first answer (it was only looking for replies to write)
+        // and must still be told when it next waits.
+        assert_eq!(a.try_recv().unwrap_err(), CloseReason::Superseded);
+        assert_eq!(a.try_recv().unwrap_err(), CloseReason::Superseded);
+        assert_eq!(a.recv().await.unwrap_err(), CloseReason::Superseded);
     }
 
     #[tokio::test]
