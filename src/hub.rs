@@ -1058,6 +1058,18 @@ impl Attachment {
         self.wake.waker.take();
     }
 
+    /// The transport is about to run handlers in its own task and will look for what they emit
+    /// with [`Attachment::try_recv`] after [`Attachment::end_handling`]: emits meanwhile need
+    /// not wake it (the reply to a request would otherwise schedule the task once for nothing).
+    pub fn begin_handling(&self) {
+        self.wake.handling.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends [`Attachment::begin_handling`]; call it before looking for the handlers' emits.
+    pub fn end_handling(&self) {
+        self.wake.handling.store(false, Ordering::SeqCst);
+    }
+
     /// The next event to write if one is ready, without waiting.
     ///
     /// When the server shuts down, the attachment hands out what is ready, then a `reconnect`
@@ -1070,7 +1082,7 @@ impl Attachment {
             return Err(CloseReason::Shutdown);
         }
         // Read before the lock: a change made after this load bumps the count past `seen`.
-        let changes = self.wake.changes.load(Ordering::Acquire);
+        let changes = self.wake.changes.load(Ordering::SeqCst);
         if changes == self.seen && !self.hub.inner.closing.load(Ordering::Acquire) {
             return Ok(None);
         }
@@ -1157,20 +1169,29 @@ fn evict(state: &mut State, reason: CloseReason, sid: &Sid) {
 /// under the session lock, then a wake-up. An attachment that has seen the current count knows,
 /// without the lock, that nothing changed, so looking for more and finding none (once after
 /// every write, once before every wait) costs a load instead of a lock.
+///
+/// While the transport runs handlers inline (`handling`), it reads what they emit right after
+/// they return, so changes need not wake its task. `notify` bumps the count and then reads the
+/// flag; the transport clears the flag and then reads the count; both sequentially consistent,
+/// so at least one of them sees the other: a change made while the flag was still set is found
+/// by the transport's look after clearing it.
 struct Signal {
     changes: AtomicU64,
+    handling: AtomicBool,
     waker: AtomicWaker,
 }
 
 impl Signal {
     fn new() -> Signal {
         // Starts at 1: a new attachment, having seen 0, looks under the lock at once.
-        Signal { changes: AtomicU64::new(1), waker: AtomicWaker::new() }
+        Signal { changes: AtomicU64::new(1), handling: AtomicBool::new(false), waker: AtomicWaker::new() }
     }
 
     fn notify(&self) {
-        self.changes.fetch_add(1, Ordering::Release);
-        self.waker.wake();
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        if !self.handling.load(Ordering::SeqCst) {
+            self.waker.wake();
+        }
     }
 }
 
@@ -1340,6 +1361,25 @@ mod tests {
         assert_eq!(a.try_recv().unwrap_err(), CloseReason::Superseded);
         assert_eq!(a.try_recv().unwrap_err(), CloseReason::Superseded);
         assert_eq!(a.recv().await.unwrap_err(), CloseReason::Superseded);
+    }
+
+    #[tokio::test]
+    async fn what_is_emitted_while_handling_is_found_after_it() {
+        let hub = hub(8);
+        let mut a = hub.attach(Transport::WebSocket, None, None).await.unwrap();
+        next(&mut a).await;
+        // Nothing found: the look is recorded as seen.
+        assert!(a.try_recv().unwrap().is_none());
+        a.begin_handling();
+        hub.emit(a.sid(), "n", &json!(1)).await.unwrap();
+        a.end_handling();
+        assert_eq!(a.try_recv().unwrap().expect("the emit made while handling").seq, 1);
+        // And after handling, emits wake a waiting transport again.
+        let sid = a.sid().clone();
+        let waiting = tokio::spawn(async move { a.recv().await.map(|e| e.seq) });
+        tokio::task::yield_now().await;
+        hub.emit(&sid, "n", &json!(2)).await.unwrap();
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap(), 2);
     }
 
     #[tokio::test]

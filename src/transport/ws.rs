@@ -100,37 +100,40 @@ where
             Next::Event(Err(CloseReason::Shutdown)) => break Some((CLOSE_GOING_AWAY, "server shutting down")),
             Next::Event(Err(CloseReason::SlowConsumer)) => break Some((CLOSE_SLOW_CONSUMER, "slow consumer")),
             Next::Frame(frame) => {
-                // Not waiting for events while handling this frame: its handlers' replies are
-                // read just below, and must not wake this task for nothing.
-                attachment.stop_waiting();
                 heard = true;
-                match frame {
-                    Some(Ok(Message::Text(text))) => match handle_text(&gateway, &session, text.as_str()).await {
-                        Ok(()) => {
-                            // Replies the handlers emitted go out now, without another turn
-                            // of the loop (the common request-reply case).
-                            if let Ok(Some(event)) = attachment.try_recv() {
-                                if !deliver(&mut socket, event, &mut attachment, &sid, write_timeout).await {
-                                    break None;
-                                }
-                            }
-                        }
-                        Err(err) => gateway.report_error(&sid, err).await,
-                    },
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Binary(_))) => {
                         gateway.report_error(&sid, "binary frames are not supported: send JSON envelopes as text frames").await;
+                        continue;
                     }
                     // Pongs only prove the peer is alive; pings are answered by the socket layer.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Close(_))) | None => break None,
                     Some(Err(err)) => {
                         tracing::debug!(sid = sid.short(), %err, "websocket read failed");
                         break read_error_close(&err);
                     }
+                };
+                // The handlers run here, and what they emit is read right after: their emits
+                // need not wake this task.
+                attachment.begin_handling();
+                let handled = handle_text(&gateway, &session, text.as_str()).await;
+                attachment.end_handling();
+                match handled {
+                    // Replies the handlers emitted go out now, without another turn of the
+                    // loop (the common request-reply case).
+                    Ok(()) => {
+                        if let Ok(Some(event)) = attachment.try_recv() {
+                            if !deliver(&mut socket, event, &mut attachment, &sid, write_timeout).await {
+                                break None;
+                            }
+                        }
+                    }
+                    Err(err) => gateway.report_error(&sid, err).await,
                 }
             }
             Next::Ping => {
-                attachment.stop_waiting();
                 silent_ticks = if std::mem::take(&mut heard) { 0 } else { silent_ticks + 1 };
                 if silent_ticks >= 2 {
                     tracing::debug!(sid = sid.short(), "websocket peer silent; dropping it");
