@@ -38,6 +38,19 @@ async fn read_until_from(tcp: &mut TcpStream, buf: &mut Vec<u8>, from: usize, ne
     .await
 }
 
+/// Reads from `tcp` until `buf` holds at least `len` bytes.
+async fn read_to_len(tcp: &mut TcpStream, buf: &mut Vec<u8>, len: usize, what: &str) {
+    within(what, async {
+        while buf.len() < len {
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed before {what}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+}
+
 /// The response head at the start of `buf` (status line and lower-cased header lines).
 fn head_of(buf: &[u8]) -> (String, Vec<(String, String)>) {
     let text = String::from_utf8_lossy(buf);
@@ -90,12 +103,7 @@ async fn an_event_stream_is_chunked_dated_and_carries_its_headers() {
     // The first chunk is the hello: `SIZE\r\n` then exactly SIZE bytes then `\r\n`.
     let size_end = read_until_from(&mut tcp, &mut buf, body_at, b"\r\n").await;
     let size = usize::from_str_radix(std::str::from_utf8(&buf[body_at..size_end - 2]).unwrap(), 16).unwrap();
-    while buf.len() < size_end + size + 2 {
-        let mut chunk = [0u8; 4096];
-        let n = within("the first chunk", tcp.read(&mut chunk)).await.unwrap();
-        assert!(n > 0);
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    read_to_len(&mut tcp, &mut buf, size_end + size + 2, "the first chunk").await;
     let chunk = String::from_utf8_lossy(&buf[size_end..size_end + size]);
     assert!(chunk.starts_with("id: ") && chunk.contains("\nevent: session\n") && chunk.ends_with("\n\n"), "{chunk:?}");
     assert_eq!(&buf[size_end + size..size_end + size + 2], b"\r\n");
@@ -165,12 +173,7 @@ async fn a_refused_stream_is_a_sized_answer_and_the_connection_stays_usable() {
     assert_eq!(status, "HTTP/1.1 403 Forbidden");
     let length: usize = header(&headers, "content-length").expect("a sized answer").parse().unwrap();
     assert_eq!(header(&headers, "transfer-encoding"), None);
-    while buf.len() < body_at + length {
-        let mut chunk = [0u8; 1024];
-        let n = within("the 403 body", tcp.read(&mut chunk)).await.unwrap();
-        assert!(n > 0);
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    read_to_len(&mut tcp, &mut buf, body_at + length, "the 403 body").await;
     let body: serde_json::Value = serde_json::from_slice(&buf[body_at..body_at + length]).unwrap();
     assert!(body["error"].as_str().unwrap().contains("origin"), "{body}");
 
