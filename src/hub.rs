@@ -1035,9 +1035,9 @@ impl Attachment {
     /// registering costs an atomic exchange instead of a lock on a waiter list, per wait.
     pub async fn recv(&mut self) -> Result<Event, CloseReason> {
         let wake = self.wake.clone();
-        // A transport's own handlers emit while it is not waiting here (it reads their replies
-        // with `try_recv` right after); unregistering when the wait is abandoned keeps those
-        // emits from waking the transport's task for nothing.
+        // Unregistered when the wait ends or is abandoned, so that emits arriving while the
+        // transport is busy elsewhere (writing what it got) do not wake its task for nothing;
+        // it looks again with `try_recv` before its next wait.
         let _unregister = Unregister(&wake.waker);
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }

@@ -24,7 +24,7 @@
 //! later on a reused keep-alive connection is therefore served by hyper: it works the same and
 //! costs hyper's buffers.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -202,16 +202,16 @@ async fn respond(
                     if data.is_empty() {
                         continue;
                     }
-                    let out = if chunked {
+                    if chunked {
+                        // One write per chunk: size line, data and the closing CRLF together.
                         let mut out = Vec::with_capacity(data.len() + 12);
-                        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        let _ = write!(out, "{:x}\r\n", data.len());
                         out.extend_from_slice(&data);
                         out.extend_from_slice(b"\r\n");
-                        out
+                        write(tcp, &out, limits.write_timeout).await.ok()?;
                     } else {
-                        data.to_vec()
-                    };
-                    write(tcp, &out, limits.write_timeout).await.ok()?;
+                        write(tcp, &data, limits.write_timeout).await.ok()?;
+                    }
                 }
                 Some(Err(err)) => {
                     // The client must not take a cut-off body for a whole one: close without
