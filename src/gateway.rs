@@ -33,7 +33,7 @@ use crate::auth::{Auth, AuthError};
 use crate::config::Config;
 use crate::error::Error;
 use crate::hub::{Attachment, Hub, HubError, Inbox, Rendered, SessionHandle, Transport};
-use crate::protocol::{Cursor, Envelope, Sid};
+use crate::protocol::{Cursor, Envelope, Envelopes, Sid};
 use crate::transport;
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -103,7 +103,8 @@ impl Context {
 
     /// [`Context::emit`] of an event rendered once, ahead of time (a constant reply): it shares
     /// that name and JSON text instead of checking, serializing and allocating its own.
-    pub fn emit_rendered(&self, event: &Rendered) -> Result<Cursor, HubError> {
+    /// Returns the event's number in the session (its cursor is the session's id and this).
+    pub fn emit_rendered(&self, event: &Rendered) -> Result<u64, HubError> {
         self.hub.emit_rendered_to(&self.session, event)
     }
 }
@@ -247,20 +248,20 @@ impl Gateway {
     /// The session's inbox is held throughout, so events of one session are handled one at a
     /// time in arrival order even when they come over two transports at once (an old socket
     /// still draining while a new one sends), and numbered events already handled are skipped.
-    pub async fn dispatch(&self, sid: &Sid, envelopes: Vec<Envelope>) {
-        let Ok(inbox) = self.hub.inbox(sid).await else { return };
-        self.dispatch_in(inbox, envelopes).await
+    pub async fn dispatch(&self, sid: &Sid, envelopes: Envelopes) {
+        let Ok(session) = self.hub.session(sid) else { return };
+        self.dispatch_to(&session, envelopes).await
     }
 
     /// [`Gateway::dispatch`] for a session already in hand (a transport's attached session).
-    pub async fn dispatch_to(&self, session: &SessionHandle, envelopes: Vec<Envelope>) {
+    pub async fn dispatch_to(&self, session: &SessionHandle, envelopes: Envelopes) {
         // A session removed meanwhile has told its transport to close; an event racing that
         // is handled like one that arrived just before the removal.
-        let inbox = self.hub.inbox_to(session).await;
+        let inbox = session.inbox().await;
         self.dispatch_in(inbox, envelopes).await
     }
 
-    async fn dispatch_in(&self, inbox: Inbox, envelopes: Vec<Envelope>) {
+    async fn dispatch_in(&self, inbox: Inbox<'_>, envelopes: Envelopes) {
         let session = inbox.session();
         let sid = session.sid();
         let subject = if self.inner.auth.is_some() { session.subject() } else { None };

@@ -163,9 +163,9 @@ pub enum HubError {
     RoomName(&'static str),
 }
 
-/// One outgoing event or notice. Its name and JSON data are rendered once and shared by every
-/// copy (ring, replay, every member of a room), so a copy is two reference counts; the ring
-/// holds events by value, so appending one allocates nothing of its own.
+/// One outgoing event or notice. Its name and JSON data are rendered once into one shared
+/// [`Body`], shared by every copy (ring, replay, every member of a room): a copy is one reference
+/// count, and the ring holds events by value, so appending one allocates nothing of its own.
 #[derive(Debug, Clone)]
 pub struct Event {
     /// For events, the event's number (1, 2, ...). For notices, the number of the last event
@@ -173,18 +173,38 @@ pub struct Event {
     pub seq: u64,
     /// Notices (`session`, `gap`) are per transport: never buffered, never replayed.
     pub notice: bool,
-    pub name: Arc<str>,
-    /// The event's data as JSON text.
-    pub data: Arc<str>,
+    body: Arc<Body>,
+}
+
+/// An event's name and its data as JSON text, behind one reference count: each copy of an event
+/// made on the per-event path (append, read, write) is then one atomic add, not two.
+#[derive(Debug)]
+struct Body {
+    name: Box<str>,
+    data: Box<str>,
 }
 
 impl Event {
+    pub fn name(&self) -> &str {
+        &self.body.name
+    }
+
+    /// The event's data as JSON text.
+    pub fn data(&self) -> &str {
+        &self.body.data
+    }
+
     pub fn cursor(&self, sid: &Sid) -> Cursor {
         Cursor { sid: sid.clone(), seq: self.seq, notice: self.notice }
     }
 
+    /// An event of `name` with `data` (JSON text), as the hub would hand it out.
+    pub(crate) fn new(seq: u64, notice: bool, name: &str, data: &str) -> Event {
+        Event { seq, notice, body: Arc::new(Body { name: name.into(), data: data.into() }) }
+    }
+
     fn notice(seq: u64, name: &str, data: Value) -> Event {
-        Event { seq, notice: true, name: name.into(), data: data.to_string().into() }
+        Event::new(seq, true, name, &data.to_string())
     }
 }
 
@@ -272,7 +292,7 @@ struct Session {
     state: Mutex<State>,
     /// Held while the session's client events are handled, so that they are handled one at a
     /// time in arrival order, whichever transports they came over ([`Hub::inbox`]).
-    inbox: Arc<tokio::sync::Mutex<()>>,
+    inbox: tokio::sync::Mutex<()>,
     /// The highest client `seq` handled; told to the client in every `session` hello.
     received: AtomicU64,
     /// How many rooms the session is in, kept beside `State::rooms` (written under the lock)
@@ -321,8 +341,11 @@ struct Attached {
     wake: Arc<Signal>,
     /// Number of the last event the attachment copied out of the ring.
     read_upto: u64,
-    /// Since when events have been waiting that the attachment has not read; `None` while it
-    /// keeps up. Checked by the expiry task against `slow_client_timeout`.
+    /// Since when the expiry task has seen events waiting that the attachment has not read;
+    /// `None` until then, and again after every read. The expiry task sets and checks it, once
+    /// per tick, so that neither an emit nor a read needs the clock: a reader is detached as slow
+    /// after at least `slow_client_timeout` without reading while behind, at most two ticks
+    /// (each at most a second) later than that.
     behind_since: Option<Instant>,
 }
 
@@ -368,7 +391,7 @@ impl Hub {
         let sid = Sid::random();
         let session = Arc::new(Session {
             sid: sid.clone(),
-            inbox: Arc::new(tokio::sync::Mutex::new(())),
+            inbox: tokio::sync::Mutex::new(()),
             received: AtomicU64::new(0),
             room_count: AtomicUsize::new(0),
             state: Mutex::new(State {
@@ -427,21 +450,9 @@ impl Hub {
         self.find(sid).is_some_and(|s| !lock(&s.state).removed)
     }
 
-    /// Takes the session's inbox: until the returned guard drops, no other client event of the
-    /// session is handled. Waiters are served in arrival order.
-    pub async fn inbox(&self, sid: &Sid) -> Result<Inbox, HubError> {
-        let session = self.find(sid).ok_or(HubError::NoSession)?;
-        Ok(Self::inbox_of(session).await)
-    }
-
-    /// [`Hub::inbox`] of a session already in hand (a transport's own): no table lookup.
-    pub async fn inbox_to(&self, handle: &SessionHandle) -> Inbox {
-        Self::inbox_of(handle.session.clone()).await
-    }
-
-    async fn inbox_of(session: Arc<Session>) -> Inbox {
-        let guard = session.inbox.clone().lock_owned().await;
-        Inbox { session, _guard: guard }
+    /// The live session `sid` names, to hold on to: its [`SessionHandle::inbox`], its rooms.
+    pub fn session(&self, sid: &Sid) -> Result<SessionHandle, HubError> {
+        self.find(sid).map(|session| SessionHandle { session }).ok_or(HubError::NoSession)
     }
 
     /// Records who opened the session (the auth subject); handlers see it in their context.
@@ -490,20 +501,22 @@ impl Hub {
     /// [`Hub::emit_json`] to a session already in hand: no table lookup.
     pub async fn emit_json_to(&self, handle: &SessionHandle, name: &str, data: String) -> Result<Cursor, HubError> {
         validate_event_name(name)?;
-        let seq = self.append(&handle.session, name.into(), data.into()).ok_or(HubError::NoSession)?;
+        let body = Arc::new(Body { name: name.into(), data: data.into() });
+        let seq = self.append(&handle.session, body).ok_or(HubError::NoSession)?;
         Ok(Cursor::event(handle.session.sid.clone(), seq))
     }
 
     /// Emits an event rendered ahead of time to a session already in hand: the event shares the
     /// rendered name and data rather than validating, serializing and allocating its own.
-    pub fn emit_rendered_to(&self, handle: &SessionHandle, event: &Rendered) -> Result<Cursor, HubError> {
-        let seq = self.append(&handle.session, event.name.clone(), event.data.clone()).ok_or(HubError::NoSession)?;
-        Ok(Cursor::event(handle.session.sid.clone(), seq))
+    /// Returns the event's number in the session; the per-event path of a constant reply, so it
+    /// leaves building a [`Cursor`] (a count on the sid) to the caller that wants one.
+    pub fn emit_rendered_to(&self, handle: &SessionHandle, event: &Rendered) -> Result<u64, HubError> {
+        self.append(&handle.session, event.0.clone()).ok_or(HubError::NoSession)
     }
 
     /// Appends an event to a session's ring and wakes its transport; `None` if the session is
     /// gone. The one write path of every emit, to one session or many (rooms).
-    fn append(&self, session: &Session, name: Arc<str>, data: Arc<str>) -> Option<u64> {
+    fn append(&self, session: &Session, body: Arc<Body>) -> Option<u64> {
         let mut state = lock(&session.state);
         if state.removed {
             return None;
@@ -517,9 +530,8 @@ impl Hub {
                 evict(&mut state, CloseReason::SlowConsumer, &session.sid);
             }
         }
-        state.ring.push_back(Event { seq, notice: false, name, data });
-        if let Some(attached) = &mut state.attached {
-            attached.behind_since.get_or_insert_with(Instant::now);
+        state.ring.push_back(Event { seq, notice: false, body });
+        if let Some(attached) = &state.attached {
             attached.wake.notify();
         }
         Some(seq)
@@ -578,8 +590,7 @@ impl Hub {
         let continuation = transport == Transport::Polling
             && state.last_transport == Some(Transport::Polling)
             && start.is_some();
-        let behind_since = (state.last_seq > position).then(Instant::now);
-        let attached = Attached { id, wake: wake.clone(), read_upto: position, behind_since };
+        let attached = Attached { id, wake: wake.clone(), read_upto: position, behind_since: None };
         if let Some(old) = state.attached.replace(attached) {
             metrics::counter!("switchyard_detaches_total", "reason" => "superseded").increment(1);
             old.wake.notify();
@@ -659,11 +670,18 @@ impl Hub {
             let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
             table.retain(|_, session| {
                 let mut state = lock(&session.state);
-                let stalled = state
-                    .attached
-                    .as_ref()
-                    .and_then(|a| a.behind_since)
-                    .is_some_and(|t| now.duration_since(t) >= slow);
+                let last_seq = state.last_seq;
+                let stalled = match &mut state.attached {
+                    Some(attached) if attached.read_upto < last_seq => {
+                        let since = *attached.behind_since.get_or_insert(now);
+                        now.duration_since(since) >= slow
+                    }
+                    Some(attached) => {
+                        attached.behind_since = None;
+                        false
+                    }
+                    None => false,
+                };
                 if stalled {
                     evict(&mut state, CloseReason::SlowConsumer, &session.sid);
                 }
@@ -922,19 +940,21 @@ impl Hub {
     fn fan_out(&self, sessions: &[Arc<Session>], except: Option<&Sid>, name: &str, data: &Value) -> usize {
         // Rendered once and shared by every member's ring: a broadcast costs one copy of the
         // data, not one per member.
-        let (name, data): (Arc<str>, Arc<str>) = (name.into(), data.to_string().into());
+        let body = Arc::new(Body { name: name.into(), data: data.to_string().into() });
         sessions
             .iter()
             .filter(|session| Some(&session.sid) != except)
-            .filter(|session| self.append(session, name.clone(), data.clone()).is_some())
+            .filter(|session| self.append(session, body.clone()).is_some())
             .count()
     }
 }
 
-/// Exclusive right to handle one session's client events, from [`Hub::inbox`].
-pub struct Inbox {
-    session: Arc<Session>,
-    _guard: tokio::sync::OwnedMutexGuard<()>,
+/// Exclusive right to handle one session's client events, from [`SessionHandle::inbox`]. It
+/// borrows the handle rather than holding a count of its own: taking and releasing it is then
+/// the lock alone, on the per-event path.
+pub struct Inbox<'a> {
+    handle: &'a SessionHandle,
+    _guard: tokio::sync::MutexGuard<'a, ()>,
 }
 
 /// One session, already found: what a handler's context holds, so that answering the session
@@ -947,6 +967,12 @@ pub struct SessionHandle {
 impl SessionHandle {
     pub fn sid(&self) -> &Sid {
         &self.session.sid
+    }
+
+    /// Takes the session's inbox: until the returned guard drops, no other client event of the
+    /// session is handled. Waiters are served in arrival order.
+    pub async fn inbox(&self) -> Inbox<'_> {
+        Inbox { handle: self, _guard: self.session.inbox.lock().await }
     }
 
     /// The rooms the session is in.
@@ -963,10 +989,10 @@ impl SessionHandle {
     }
 }
 
-impl Inbox {
+impl<'a> Inbox<'a> {
     /// The session whose inbox this is.
-    pub fn session(&self) -> SessionHandle {
-        SessionHandle { session: self.session.clone() }
+    pub fn session(&self) -> &'a SessionHandle {
+        self.handle
     }
 
     /// Whether an event numbered `seq` is new and should be handled; records it if so. Events
@@ -974,10 +1000,11 @@ impl Inbox {
     /// re-send of something already handled.
     pub fn accept(&self, seq: Option<u64>) -> bool {
         let Some(seq) = seq else { return true };
-        if seq <= self.session.received.load(Ordering::Acquire) {
+        let received = &self.handle.session.received;
+        if seq <= received.load(Ordering::Acquire) {
             return false;
         }
-        self.session.received.store(seq, Ordering::Release);
+        received.store(seq, Ordering::Release);
         true
     }
 }
@@ -1119,7 +1146,8 @@ impl Attachment {
             let (position, caught_up) = (self.position, self.position == state.last_seq);
             if let Some(attached) = &mut state.attached {
                 attached.read_upto = position;
-                attached.behind_since = if caught_up { None } else { Some(Instant::now()) };
+                // A read is progress: the stall clock starts again at the next tick if need be.
+                attached.behind_since = None;
             }
             if !caught_up {
                 // More than one batch was waiting: the rest is there to read with no new change.
@@ -1207,10 +1235,7 @@ impl Drop for Unregister<'_> {
 /// An event whose name is checked and whose data is rendered to JSON once, to be emitted many
 /// times (a constant reply): see [`Hub::emit_rendered_to`] and [`crate::Context::emit_rendered`].
 #[derive(Clone, Debug)]
-pub struct Rendered {
-    name: Arc<str>,
-    data: Arc<str>,
-}
+pub struct Rendered(Arc<Body>);
 
 impl Rendered {
     /// Checks `name` and renders `data`; data that cannot be JSON (a map with non-string keys)
@@ -1218,16 +1243,16 @@ impl Rendered {
     pub fn new(name: &str, data: &impl serde::Serialize) -> Result<Rendered, HubError> {
         validate_event_name(name)?;
         let data = serde_json::to_string(data).unwrap_or_else(|_| "null".to_owned());
-        Ok(Rendered { name: name.into(), data: data.into() })
+        Ok(Rendered(Arc::new(Body { name: name.into(), data: data.into() })))
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
 
     /// The data as JSON text.
     pub fn data(&self) -> &str {
-        &self.data
+        &self.0.data
     }
 }
 
@@ -1251,7 +1276,7 @@ mod tests {
 
     async fn next(attachment: &mut Attachment) -> (String, u64, bool, String) {
         let event = tokio::time::timeout(Duration::from_secs(1), attachment.recv()).await.expect("an event").expect("attached");
-        (event.name.to_string(), event.seq, event.notice, event.data.to_string())
+        (event.name().to_owned(), event.seq, event.notice, event.data().to_owned())
     }
 
     #[tokio::test]
@@ -1309,18 +1334,32 @@ mod tests {
             HubConfig { slow_client_timeout: Duration::from_secs(5), ..HubConfig::default() },
             CancellationToken::new(),
         );
+        // The expiry task's ticks, one a second.
+        let ticks = |seconds: u64| {
+            let hub = hub.clone();
+            async move {
+                for _ in 0..seconds {
+                    tokio::time::advance(Duration::from_secs(1)).await;
+                    hub.expire(Instant::now());
+                }
+            }
+        };
         let mut a = hub.attach(Transport::Sse, None, None).await.unwrap();
         let sid = a.sid().clone();
         next(&mut a).await;
         hub.emit(&sid, "n", &json!(1)).await.unwrap();
-        tokio::time::advance(Duration::from_secs(4)).await;
-        hub.expire(Instant::now());
+        ticks(4).await;
         // Reading in time keeps it attached.
         assert_eq!(next(&mut a).await.1, 1);
         hub.emit(&sid, "n", &json!(2)).await.unwrap();
-        tokio::time::advance(Duration::from_secs(6)).await;
-        hub.expire(Instant::now());
-        assert_eq!(a.recv().await.unwrap_err(), CloseReason::SlowConsumer);
+        ticks(5).await;
+        assert!(matches!(a.try_recv(), Ok(Some(_))), "not yet 5 s since a tick saw it behind");
+        hub.emit(&sid, "n", &json!(3)).await.unwrap();
+        ticks(5).await;
+        assert!(hub.info(&sid).unwrap().transport.is_some(), "reading restarted the clock");
+        ticks(1).await;
+        let end = tokio::time::timeout(Duration::from_secs(1), a.recv()).await.expect("detached by now");
+        assert_eq!(end.unwrap_err(), CloseReason::SlowConsumer);
         assert!(hub.contains(&sid).await, "the session stays for its grace period");
     }
 
@@ -1346,7 +1385,7 @@ mod tests {
         for seq in total + 1..=total + 5 {
             assert_eq!(a.try_recv().unwrap().expect("an event before the goodbye").seq, seq);
         }
-        assert_eq!(&*a.try_recv().unwrap().expect("the goodbye").name, "reconnect");
+        assert_eq!(&*a.try_recv().unwrap().expect("the goodbye").name(), "reconnect");
         assert_eq!(a.try_recv().unwrap_err(), CloseReason::Shutdown);
     }
 
@@ -1391,7 +1430,7 @@ mod tests {
         hub.emit_rendered_to(&a.session(), &rendered).unwrap();
         hub.emit(a.sid(), "response", &json!("Message received!")).await.unwrap();
         let (x, y) = (a.recv().await.unwrap(), a.recv().await.unwrap());
-        assert_eq!((&*x.name, &*x.data), (&*y.name, &*y.data));
+        assert_eq!((x.name(), x.data()), (y.name(), y.data()));
         assert_eq!((x.seq, y.seq), (1, 2));
         assert!(Rendered::new("", &1).is_err(), "names are checked as for any emit");
     }
@@ -1475,7 +1514,7 @@ mod room_tests {
     }
 
     fn names(attachment: &mut Attachment) -> Vec<String> {
-        std::iter::from_fn(|| attachment.try_recv().ok().flatten()).map(|e| e.data.to_string()).collect()
+        std::iter::from_fn(|| attachment.try_recv().ok().flatten()).map(|e| e.data().to_owned()).collect()
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::TryRngCore;
 use serde_json::Value;
+use smallvec::{smallvec, SmallVec};
 
 /// Length of a sid in characters: 16 bytes in base64url without padding.
 pub const SID_LEN: usize = 22;
@@ -198,13 +199,17 @@ pub fn check_event_name(name: &str) -> Result<(), &'static str> {
     }
 }
 
+/// The envelopes of one client body, in order. Almost every body holds one, which then needs no
+/// allocation of its own.
+pub type Envelopes = SmallVec<[Envelope; 1]>;
+
 /// Parses a client body with the default [`Limits`].
-pub fn parse_envelopes(text: &str) -> Result<Vec<Envelope>, ProtocolError> {
+pub fn parse_envelopes(text: &str) -> Result<Envelopes, ProtocolError> {
     parse_envelopes_with(text, &Limits::default())
 }
 
 /// Parses a client body: one envelope object or a non-empty array of them, within `limits`.
-pub fn parse_envelopes_with(text: &str, limits: &Limits) -> Result<Vec<Envelope>, ProtocolError> {
+pub fn parse_envelopes_with(text: &str, limits: &Limits) -> Result<Envelopes, ProtocolError> {
     match parse_well_formed(text, limits) {
         Some(envelopes) => Ok(envelopes),
         None => parse_as_value(text, limits),
@@ -213,7 +218,7 @@ pub fn parse_envelopes_with(text: &str, limits: &Limits) -> Result<Vec<Envelope>
 
 /// The slow path: the body as a `Value` first, then each envelope checked field by field, so
 /// that an error can say which envelope and which field.
-fn parse_as_value(text: &str, limits: &Limits) -> Result<Vec<Envelope>, ProtocolError> {
+fn parse_as_value(text: &str, limits: &Limits) -> Result<Envelopes, ProtocolError> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| ProtocolError::Json(e.to_string()))?;
     match value {
@@ -234,7 +239,7 @@ fn parse_as_value(text: &str, limits: &Limits) -> Result<Vec<Envelope>, Protocol
                 .map(|(i, item)| envelope_from_value(item, Some(i), limits))
                 .collect()
         }
-        other => Ok(vec![envelope_from_value(other, None, limits)?]),
+        other => Ok(smallvec![envelope_from_value(other, None, limits)?]),
     }
 }
 
@@ -257,10 +262,10 @@ struct Wire {
 /// else, which [`parse_envelopes_with`] then reads the slow way to say precisely what is wrong
 /// (or, for the rare valid body the strict reader refuses, such as a repeated field, to accept it
 /// as before).
-fn parse_well_formed(text: &str, limits: &Limits) -> Option<Vec<Envelope>> {
+fn parse_well_formed(text: &str, limits: &Limits) -> Option<Envelopes> {
     if !text.trim_start().starts_with('[') {
-        // One envelope, the usual case: straight into a one-element Vec.
-        return Some(vec![well_formed(serde_json::from_str(text).ok()?, limits)?]);
+        // One envelope, the usual case.
+        return Some(smallvec![well_formed(serde_json::from_str(text).ok()?, limits)?]);
     }
     let wires: Vec<Wire> = serde_json::from_str(text).ok()?;
     if wires.is_empty() || wires.len() > limits.max_batch {
@@ -405,7 +410,7 @@ mod tests {
     #[test]
     fn parses_one_envelope_or_a_batch() {
         assert_eq!(
-            parse_envelopes(r#"{"event":"message","data":"hi"}"#).unwrap(),
+            parse_envelopes(r#"{"event":"message","data":"hi"}"#).unwrap().into_vec(),
             vec![Envelope::new("message", json!("hi"))]
         );
         let batch = parse_envelopes(r#"[{"event":"a","data":1},{"event":"b"}]"#).unwrap();

@@ -149,7 +149,7 @@ async fn history(server: &TestServer, sid: &str) -> Vec<(u64, String, Value)> {
     let mut events = Vec::new();
     while let Some(event) = attachment.try_recv().expect("nothing supersedes the check") {
         if !event.notice {
-            events.push((event.seq, event.name.to_string(), serde_json::from_str(&event.data).unwrap()));
+            events.push((event.seq, event.name().to_owned(), serde_json::from_str(event.data()).unwrap()));
         }
     }
     events

@@ -431,12 +431,12 @@ async fn attach(
 
 /// Checks one event or notice against what the stream must yield next.
 fn check_stream(stream: &mut Stream, event: &Event, emitted: &[u64], buffer: usize) {
-    let data: Value = serde_json::from_str(&event.data).expect("data is JSON");
+    let data: Value = serde_json::from_str(event.data()).expect("data is JSON");
     if let Some(expected) = stream.expect.pop_front() {
         assert!(event.notice, "expected {expected:?}, got event {}", event.seq);
         match expected {
             Expected::Hello { kind, resumed } => {
-                assert_eq!(&*event.name, "session");
+                assert_eq!(event.name(), "session");
                 assert_eq!(data["sid"], stream.sid.as_str());
                 assert_eq!(data["transport"], kind.as_str());
                 assert_eq!(data["resumed"], resumed);
@@ -450,7 +450,7 @@ fn check_stream(stream: &mut Stream, event: &Event, emitted: &[u64], buffer: usi
                 }
             }
             Expected::Gap(reason) => {
-                assert_eq!(&*event.name, "gap");
+                assert_eq!(event.name(), "gap");
                 assert_eq!(data["reason"], reason);
                 assert_eq!(event.seq, 0);
             }
@@ -459,7 +459,7 @@ fn check_stream(stream: &mut Stream, event: &Event, emitted: &[u64], buffer: usi
     }
     let position = stream.position.expect("a stream knows its position after the hello");
     if event.notice {
-        assert_eq!(&*event.name, "gap", "only a gap notice may come between events");
+        assert_eq!(event.name(), "gap", "only a gap notice may come between events");
         assert_eq!(data["reason"], "overflow");
         let lost = data["lost"].as_u64().expect("lost is a count");
         assert!(lost > 0);
@@ -469,7 +469,7 @@ fn check_stream(stream: &mut Stream, event: &Event, emitted: &[u64], buffer: usi
         assert_eq!(event.seq + buffer as u64, emitted.len() as u64, "gap not where the buffer lost events");
         stream.position = Some(event.seq);
     } else {
-        assert_eq!(&*event.name, "ev");
+        assert_eq!(event.name(), "ev");
         assert_eq!(event.seq, position + 1, "events come in order, each once, with no silent hole");
         assert_eq!(data, json!(emitted[(event.seq - 1) as usize]), "event {} carries what was emitted", event.seq);
         stream.position = Some(event.seq);
@@ -482,12 +482,12 @@ impl Client {
         let stream = self.current.as_ref().unwrap();
         self.cursors.push(event.cursor(&model.sid));
         if event.notice {
-            if &*event.name == "gap" {
+            if event.name() == "gap" {
                 self.after_gap = Some(event.seq);
             }
             // A resume without cursor starts after what any transport was handed, which may be
             // more than the client read (checked against the stream): the client is there now.
-            if &*event.name == "session" && stream.no_cursor {
+            if event.name() == "session" && stream.no_cursor {
                 self.highest = self.highest.max(event.seq);
             }
             return;

@@ -379,6 +379,31 @@ async fn websocket_pings_and_drops_a_silent_peer() {
 }
 
 #[tokio::test]
+async fn websocket_pings_keep_coming_while_the_peer_is_busy() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::with_config(Config { ws_ping: Duration::from_millis(100), ..Config::default() }).await;
+    let mut ws = server.ws("/ws").await;
+    ws.hello().await;
+    // Round trips back to back for 8 ping periods: the socket task is never idle for long,
+    // and its ping timer fires while it is busy. Every period must still bring a ping.
+    let (mut pings, mut replies) = (0, 0);
+    let until = tokio::time::Instant::now() + Duration::from_millis(800);
+    while tokio::time::Instant::now() < until {
+        ws.socket.send(Message::text(r#"{"event":"message","data":"hi"}"#)).await.unwrap();
+        loop {
+            match within("a frame", ws.socket.next()).await {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                Some(Ok(Message::Text(_))) => break replies += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert!(replies > 50, "busy: {replies} round trips");
+    assert!(pings >= 5, "{pings} pings in 8 ping periods of steady traffic");
+}
+
+#[tokio::test]
 async fn numbered_sends_are_handled_once_and_the_hello_says_how_far() {
     let server = TestServer::start().await;
     let mut ws = server.ws("/ws").await;

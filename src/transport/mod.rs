@@ -50,27 +50,27 @@ pub struct AttachQuery {
 /// One event as a JSON envelope: `{"event":NAME,"data":DATA,"id":CURSOR}`. The data is already
 /// JSON text, rendered once at emit time; only the frame around it is built per write.
 pub fn envelope_json(event: &Event, sid: &Sid) -> String {
-    let plain_name = event.name.bytes().all(|b| b != b'"' && b != b'\\');
+    let plain_name = event.name().bytes().all(|b| b != b'"' && b != b'\\');
     let mut seq = itoa::Buffer::new();
     let seq = seq.format(event.seq);
     let notice = if event.notice { "~" } else { "" };
     // Sized exactly: the frame's bytes are then handed on without a copy or a second allocation
     // (`Bytes::from` a `Vec` whose length is its capacity).
-    let name_len = if plain_name { event.name.len() + 2 } else { 0 };
-    let len = r#"{"event":,"data":,"id":"."}"#.len() + name_len + event.data.len() + sid.as_str().len() + seq.len() + notice.len();
+    let name_len = if plain_name { event.name().len() + 2 } else { 0 };
+    let len = r#"{"event":,"data":,"id":"."}"#.len() + name_len + event.data().len() + sid.as_str().len() + seq.len() + notice.len();
     let mut out = String::with_capacity(len);
     out.push_str("{\"event\":");
     if plain_name {
         // Names hold no control characters (the hub refuses them); without quotes or
         // backslashes there is nothing to escape.
         out.push('"');
-        out.push_str(&event.name);
+        out.push_str(event.name());
         out.push('"');
     } else {
-        out.push_str(&serde_json::to_string(&*event.name).expect("a string always serializes"));
+        out.push_str(&serde_json::to_string(event.name()).expect("a string always serializes"));
     }
     out.push_str(",\"data\":");
-    out.push_str(&event.data);
+    out.push_str(event.data());
     // Cursors are base64url, digits, '.' and '~': nothing to escape.
     out.push_str(",\"id\":\"");
     out.push_str(sid.as_str());
@@ -85,13 +85,12 @@ pub fn envelope_json(event: &Event, sid: &Sid) -> String {
 mod tests {
     use super::*;
     use crate::protocol::Cursor;
-    use std::sync::Arc;
 
     #[test]
     fn envelope_json_is_the_envelope_with_a_cursor_that_parses_back() {
         let sid = Sid::random();
         for (name, notice) in [("response", false), ("quote\"and\\slash", false), ("session", true)] {
-            let event = Event { seq: 7, notice, name: Arc::from(name), data: Arc::from(r#"{"a":[1,"x"]}"#) };
+            let event = Event::new(7, notice, name, r#"{"a":[1,"x"]}"#);
             let text = envelope_json(&event, &sid);
             if !name.contains('"') {
                 assert_eq!(text.len(), text.capacity(), "sized exactly: {text}");

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::AttachQuery;
 use crate::error::Error;
 use crate::gateway::Gateway;
-use crate::protocol::{parse_envelopes_with, Envelope, Limits, Sid};
+use crate::protocol::{parse_envelopes_with, Envelope, Envelopes, Limits, Sid};
 
 pub async fn send(
     State(gateway): State<Gateway>,
@@ -55,7 +55,7 @@ async fn accept(
 
 /// Reads the body according to its content type. `curl -d` sends
 /// `application/x-www-form-urlencoded`; its body is read as JSON too, so the bare command works.
-fn parse_body(headers: &HeaderMap, bytes: &[u8], limits: &Limits) -> Result<Vec<Envelope>, Error> {
+fn parse_body(headers: &HeaderMap, bytes: &[u8], limits: &Limits) -> Result<Envelopes, Error> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime: Option<mime::Mime> = content_type.parse().ok();
     let essence = mime.as_ref().map(|m| m.essence_str().to_ascii_lowercase());
@@ -68,7 +68,7 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8], limits: &Limits) -> Result<Vec<
             if let Some(charset) = charset.filter(|c| c != "utf-8" && c != "us-ascii") {
                 return Err(Error::UnsupportedMediaType(format!("text/plain; charset={charset}")));
             }
-            Ok(vec![Envelope::new("message", Value::String(text(bytes)?))])
+            Ok(smallvec::smallvec![Envelope::new("message", Value::String(text(bytes)?))])
         }
         _ if reads_as_json(headers) => parse_json(&text(bytes)?, limits),
         _ => Err(Error::UnsupportedMediaType(content_type.to_owned())),
@@ -90,7 +90,7 @@ pub(crate) fn reads_as_json(headers: &HeaderMap) -> bool {
     })
 }
 
-fn parse_json(text: &str, limits: &Limits) -> Result<Vec<Envelope>, Error> {
+fn parse_json(text: &str, limits: &Limits) -> Result<Envelopes, Error> {
     parse_envelopes_with(text, limits).map_err(|err| Error::BadRequest(err.to_string()))
 }
 

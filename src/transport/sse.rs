@@ -45,12 +45,12 @@ pub async fn stream(
     let sid = attachment.sid().clone();
     let events = async_stream::stream! {
         while let Ok(event) = attachment.recv().await {
-            metrics::event_out(Transport::Sse, event.data.len());
+            metrics::event_out(Transport::Sse, event.data().len());
             yield Ok::<_, Infallible>(
                 SseEvent::default()
                     .id(event.cursor(&sid).to_string())
-                    .event(&*event.name)
-                    .data(&*event.data),
+                    .event(event.name())
+                    .data(event.data()),
             );
         }
     };

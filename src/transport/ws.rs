@@ -10,6 +10,7 @@
 //! reconnect this one), `4001 slow consumer` (detached for reading too slowly: resume), `1001`
 //! (server going away: resume), `1009` (message too big), `1007` (invalid UTF-8).
 
+use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use super::{envelope_json, AttachQuery};
 use crate::error::Error;
@@ -63,8 +64,12 @@ where
     S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let ping_every = gateway.config().ws_ping;
-    let mut ping = interval_at(Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The ping timer is polled, which registers this task with it, once each time it is set;
+    // until it fires, a wait only looks at whether it has (a load, where a poll is some 140
+    // instructions: a round trip would otherwise pay for a timer it never uses). Each ping sets
+    // it again from the time of that ping.
+    let mut ping = std::pin::pin!(tokio::time::sleep(ping_every));
+    let mut ping_registered = false;
     // Whether anything arrived since the last ping tick, and for how many ticks nothing has:
     // a flag per frame rather than a clock reading per frame.
     let (mut heard, mut silent_ticks) = (false, 0u32);
@@ -84,10 +89,11 @@ where
             if let Poll::Ready(frame) = socket.poll_next_unpin(cx) {
                 return Poll::Ready(Next::Frame(frame));
             }
-            match ping.poll_tick(cx) {
-                Poll::Ready(_) => Poll::Ready(Next::Ping),
-                Poll::Pending => Poll::Pending,
+            if ping_registered {
+                return if ping.is_elapsed() { Poll::Ready(Next::Ping) } else { Poll::Pending };
             }
+            ping_registered = true;
+            ping.as_mut().poll(cx).map(|()| Next::Ping)
         })
         .await;
         match next {
@@ -134,6 +140,8 @@ where
                 }
             }
             Next::Ping => {
+                ping.as_mut().reset(Instant::now() + ping_every);
+                ping_registered = false;
                 silent_ticks = if std::mem::take(&mut heard) { 0 } else { silent_ticks + 1 };
                 if silent_ticks >= 2 {
                     tracing::debug!(sid = sid.short(), "websocket peer silent; dropping it");
