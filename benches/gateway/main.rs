@@ -65,14 +65,16 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     sessions: usize,
     /// rtt, nodelay: measured seconds per transport, server and round.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 1.0)]
     seconds: f64,
     /// rtt: paired rounds (baseline then switchyard, then the other way round) per transport;
-    /// the ratio reported is the median of the rounds' ratios.
-    #[arg(long, default_value_t = 3)]
+    /// the ratio reported is the median of the rounds' ratios. Many short rounds rather than a
+    /// few long ones: a pair measured within seconds of each other sees the same machine, and
+    /// the median of nine shrugs off the odd round the host slowed in the middle of.
+    #[arg(long, default_value_t = 9)]
     alternations: usize,
     /// rtt, nodelay: warm-up seconds before measuring.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 0.5)]
     warmup: f64,
     /// idle: sessions to open and hold, per transport and server.
     #[arg(long, default_value_t = 10_000)]
@@ -104,6 +106,9 @@ struct Args {
     /// stuck: clients that open an SSE stream and never read it.
     #[arg(long, default_value_t = 200)]
     stuck: usize,
+    /// stuck: measured seconds of the healthy sessions' rtt, per phase.
+    #[arg(long, default_value_t = 3.0)]
+    stuck_seconds: f64,
     /// stuck: healthy WebSocket sessions measured (paced like scale's rtt load).
     #[arg(long, default_value_t = 20)]
     stuck_rtt: usize,
@@ -295,7 +300,7 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
     let mut out = String::new();
     writeln!(
         out,
-        "### rtt: {} sessions in closed loops, {rounds} paired rounds of {:.0} s measured after {:.1} s warm-up\n",
+        "### rtt: {} sessions in closed loops, {rounds} paired rounds of {} s measured after {} s warm-up\n",
         args.sessions, args.seconds, args.warmup
     )?;
     out.push_str(&rtt_table(&rows));
@@ -915,7 +920,7 @@ fn spawn_flood(client: &reqwest::Client, addr: std::net::SocketAddr, end: Instan
 async fn stuck(args: &Args) -> anyhow::Result<String> {
     let pin = !args.no_pin;
     let warmup = Duration::from_secs_f64(args.warmup);
-    let seconds = Duration::from_secs_f64(args.seconds);
+    let seconds = Duration::from_secs_f64(args.stuck_seconds);
     let pause = Duration::from_millis(args.scale_pause_ms);
     let client = client::http_client(None);
     let mut rows = Vec::new();
