@@ -21,7 +21,7 @@
 //! * **No global lock on the per-event path.** The session table is split into shards, each
 //!   behind its own `RwLock` taken only briefly (read for lookups); each session has its own
 //!   `Mutex`, held for a few pointer copies and never across an `.await` or a socket write.
-//! * **A seam for many nodes.** The interface speaks only in sids, cursors, [`Envelope`]-like
+//! * **A seam for many nodes.** The interface speaks only in sids, cursors, [`Envelope`](crate::protocol::Envelope)-like
 //!   values and async calls, so a Redis-backed hub (pub/sub for wake-ups, streams for the ring)
 //!   can provide the same methods without touching transports or app code.
 
@@ -163,8 +163,8 @@ pub enum HubError {
     RoomName(&'static str),
 }
 
-/// One outgoing event or notice. Its name and JSON data are rendered once into one shared
-/// [`Body`], shared by every copy (ring, replay, every member of a room): a copy is one reference
+/// One outgoing event or notice. Its name and JSON data are rendered once into one body,
+/// shared by every copy (ring, replay, every member of a room): a copy is one reference
 /// count, and the ring holds events by value, so appending one allocates nothing of its own.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -291,7 +291,7 @@ struct Session {
     sid: Sid,
     state: Mutex<State>,
     /// Held while the session's client events are handled, so that they are handled one at a
-    /// time in arrival order, whichever transports they came over ([`Hub::inbox`]).
+    /// time in arrival order, whichever transports they came over ([`SessionHandle::inbox`]).
     inbox: tokio::sync::Mutex<()>,
     /// The highest client `seq` handled; told to the client in every `session` hello.
     received: AtomicU64,

@@ -14,7 +14,7 @@
 //!   leaves clients hanging;
 //! * a **drain** on shutdown that covers upgraded WebSockets as well as HTTP connections;
 //! * **lean SSE connections**: a connection whose first request opens an event stream is
-//!   served by [`event_stream`] without hyper's two 8 KiB connection buffers.
+//!   served by `server/event_stream.rs` without hyper's two 8 KiB connection buffers.
 
 use std::future::Future;
 use std::io;
@@ -39,7 +39,7 @@ mod event_stream;
 /// at a time) overflows that: each dropped SYN costs its client a one-second retry.
 const BACKLOG: u32 = 4096;
 
-/// Binds a listener with a backlog fit for bursts of connections (see [`BACKLOG`]).
+/// Binds a listener with a backlog fit for bursts of connections (see `BACKLOG`).
 pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
