@@ -97,8 +97,7 @@ impl Context {
     /// `data` is any serializable value; one that cannot be JSON (a map with non-string keys)
     /// is sent as `null`.
     pub async fn emit(&self, event: &str, data: impl Serialize) -> Result<Cursor, HubError> {
-        let data = serde_json::to_string(&data).unwrap_or_else(|_| "null".to_owned());
-        self.hub.emit_json_to(&self.session, event, data).await
+        self.hub.emit_json_to(&self.session, event, crate::hub::render_data(&data)).await
     }
 
     /// [`Context::emit`] of an event rendered once, ahead of time (a constant reply): it shares

@@ -184,6 +184,13 @@ struct Body {
     data: Box<str>,
 }
 
+impl Body {
+    /// `data` is JSON text.
+    fn shared(name: &str, data: impl Into<Box<str>>) -> Arc<Body> {
+        Arc::new(Body { name: name.into(), data: data.into() })
+    }
+}
+
 impl Event {
     pub fn name(&self) -> &str {
         &self.body.name
@@ -200,7 +207,7 @@ impl Event {
 
     /// An event of `name` with `data` (JSON text), as the hub would hand it out.
     pub(crate) fn new(seq: u64, notice: bool, name: &str, data: &str) -> Event {
-        Event { seq, notice, body: Arc::new(Body { name: name.into(), data: data.into() }) }
+        Event { seq, notice, body: Body::shared(name, data) }
     }
 
     fn notice(seq: u64, name: &str, data: Value) -> Event {
@@ -501,8 +508,7 @@ impl Hub {
     /// [`Hub::emit_json`] to a session already in hand: no table lookup.
     pub async fn emit_json_to(&self, handle: &SessionHandle, name: &str, data: String) -> Result<Cursor, HubError> {
         validate_event_name(name)?;
-        let body = Arc::new(Body { name: name.into(), data: data.into() });
-        let seq = self.append(&handle.session, body).ok_or(HubError::NoSession)?;
+        let seq = self.append(&handle.session, Body::shared(name, data)).ok_or(HubError::NoSession)?;
         Ok(Cursor::event(handle.session.sid.clone(), seq))
     }
 
@@ -940,7 +946,7 @@ impl Hub {
     fn fan_out(&self, sessions: &[Arc<Session>], except: Option<&Sid>, name: &str, data: &Value) -> usize {
         // Rendered once and shared by every member's ring: a broadcast costs one copy of the
         // data, not one per member.
-        let body = Arc::new(Body { name: name.into(), data: data.to_string().into() });
+        let body = Body::shared(name, data.to_string());
         sessions
             .iter()
             .filter(|session| Some(&session.sid) != except)
@@ -1238,12 +1244,10 @@ impl Drop for Unregister<'_> {
 pub struct Rendered(Arc<Body>);
 
 impl Rendered {
-    /// Checks `name` and renders `data`; data that cannot be JSON (a map with non-string keys)
-    /// renders as `null`, as [`crate::Context::emit`] sends it.
+    /// Checks `name` and renders `data` (see [`render_data`]).
     pub fn new(name: &str, data: &impl serde::Serialize) -> Result<Rendered, HubError> {
         validate_event_name(name)?;
-        let data = serde_json::to_string(data).unwrap_or_else(|_| "null".to_owned());
-        Ok(Rendered(Arc::new(Body { name: name.into(), data: data.into() })))
+        Ok(Rendered(Body::shared(name, render_data(data))))
     }
 
     pub fn name(&self) -> &str {
@@ -1254,6 +1258,12 @@ impl Rendered {
     pub fn data(&self) -> &str {
         &self.0.data
     }
+}
+
+/// An event's data as JSON text. Data that cannot be JSON (a map with non-string keys) renders
+/// as `null`: the one rule for every emit that takes a serializable value.
+pub fn render_data(data: &impl serde::Serialize) -> String {
+    serde_json::to_string(data).unwrap_or_else(|_| "null".to_owned())
 }
 
 pub fn validate_event_name(name: &str) -> Result<(), HubError> {

@@ -56,23 +56,21 @@ async fn accept(
 /// Reads the body according to its content type. `curl -d` sends
 /// `application/x-www-form-urlencoded`; its body is read as JSON too, so the bare command works.
 fn parse_body(headers: &HeaderMap, bytes: &[u8], limits: &Limits) -> Result<Envelopes, Error> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime: Option<mime::Mime> = content_type.parse().ok();
-    let essence = mime.as_ref().map(|m| m.essence_str().to_ascii_lowercase());
-    let text = |bytes: &[u8]| {
-        std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| Error::BadRequest("body is not valid UTF-8".into()))
-    };
-    match essence.as_deref() {
-        Some("text/plain") => {
-            let charset = mime.as_ref().and_then(|m| m.get_param(mime::CHARSET)).map(|c| c.as_str().to_ascii_lowercase());
-            if let Some(charset) = charset.filter(|c| c != "utf-8" && c != "us-ascii") {
-                return Err(Error::UnsupportedMediaType(format!("text/plain; charset={charset}")));
-            }
-            Ok(smallvec::smallvec![Envelope::new("message", Value::String(text(bytes)?))])
-        }
-        _ if reads_as_json(headers) => parse_json(&text(bytes)?, limits),
-        _ => Err(Error::UnsupportedMediaType(content_type.to_owned())),
+    let text = || std::str::from_utf8(bytes).map_err(|_| Error::BadRequest("body is not valid UTF-8".into()));
+    // JSON first: it is the common case, and is read straight from the body.
+    if reads_as_json(headers) {
+        return parse_json(text()?, limits);
     }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.parse::<mime::Mime>().ok().filter(|m| m.essence_str().eq_ignore_ascii_case("text/plain"));
+    let Some(mime) = mime else {
+        return Err(Error::UnsupportedMediaType(content_type.to_owned()));
+    };
+    let charset = mime.get_param(mime::CHARSET).map(|c| c.as_str().to_ascii_lowercase());
+    if let Some(charset) = charset.filter(|c| c != "utf-8" && c != "us-ascii") {
+        return Err(Error::UnsupportedMediaType(format!("text/plain; charset={charset}")));
+    }
+    Ok(smallvec::smallvec![Envelope::new("message", Value::String(text()?.to_owned()))])
 }
 
 /// Whether a body with these headers is read as JSON: `application/json`, no content type at
