@@ -70,12 +70,6 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 
-fn sid_in(buf: &[u8]) -> Sid {
-    let text = String::from_utf8_lossy(buf);
-    let at = text.find("\"sid\":\"").expect("a hello with a sid") + 7;
-    text[at..at + 22].parse().unwrap()
-}
-
 /// Ends the stream held by the raw connection by attaching the same session elsewhere.
 async fn supersede(server: &TestServer, sid: &Sid) -> SseClient {
     let mut other = server.sse(&format!("/sse?sid={sid}")).await;
@@ -120,7 +114,7 @@ async fn a_keep_alive_connection_carries_on_after_its_stream_with_pipelined_requ
     let mut buf = Vec::new();
     read_until(&mut tcp, &mut buf, b"event: session").await;
     read_until(&mut tcp, &mut buf, b"\n\n").await;
-    let sid = sid_in(&buf);
+    let sid = sid_in(&buf).expect("a hello with a sid");
     assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1 200 OK\r\ncontent-length"), "answered out of order");
 
     let _other = supersede(&server, &sid).await;
@@ -151,7 +145,7 @@ async fn connection_close_is_answered_in_kind_and_the_socket_closed() {
     read_until(&mut tcp, &mut buf, b"event: session").await;
     read_until(&mut tcp, &mut buf, b"\n\n").await;
     assert_eq!(header(&head_of(&buf).1, "connection"), Some("close"));
-    let _other = supersede(&server, &sid_in(&buf)).await;
+    let _other = supersede(&server, &sid_in(&buf).expect("a hello with a sid")).await;
     let rest = within("the server to close", async {
         let mut rest = Vec::new();
         tcp.read_to_end(&mut rest).await.unwrap();

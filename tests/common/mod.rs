@@ -157,17 +157,23 @@ impl TestServer {
                 let n = tcp.read(&mut buf).await.unwrap();
                 assert!(n > 0, "the stream ended before its hello");
                 head.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&head);
-                if let Some(at) = text.find("\"sid\":\"") {
-                    if text.len() >= at + 7 + 22 {
-                        return text[at + 7..at + 7 + 22].to_owned();
-                    }
+                if let Some(sid) = sid_in(&head) {
+                    return sid;
                 }
             }
         })
         .await;
-        (tcp, sid.parse().unwrap())
+        (tcp, sid)
     }
+}
+
+/// The sid of the first `"sid":"…"` in raw bytes read off a stream (the hello's), once all of it
+/// has arrived.
+pub fn sid_in(buf: &[u8]) -> Option<Sid> {
+    let text = String::from_utf8_lossy(buf);
+    let at = text.find("\"sid\":\"")? + "\"sid\":\"".len();
+    let sid = text.get(at..at + switchyard::protocol::SID_LEN)?;
+    Some(sid.parse().expect("a sid in the hello"))
 }
 
 pub fn received_from_envelope(v: Value) -> Received {
