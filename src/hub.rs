@@ -666,46 +666,65 @@ impl Hub {
         Ok(Some((session, Some(cursor.seq))))
     }
 
-    /// Removes every session whose grace period has run out. Returns how many were removed.
+    /// Removes every session whose grace period has run out, and detaches readers stalled past
+    /// the slow-client timeout. Returns how many sessions were removed.
     pub fn expire(&self, now: Instant) -> usize {
+        let removed = self.inner.shards.iter().map(|shard| self.expire_shard(shard, now)).sum();
+        metrics::counter!("switchyard_sessions_expired_total").increment(removed as u64);
+        removed
+    }
+
+    /// [`Hub::expire`] for the expiry task: one shard at a time, letting the runtime run other
+    /// tasks between shards. The sweep visits every session, so in one go it would hold the
+    /// worker thread for time in proportion to the session count (about 1 ms per 19,000
+    /// sessions here, once a second: every round trip in flight meanwhile waited that long);
+    /// a shard at a time, a round trip waits at most one shard's share of it.
+    async fn sweep(&self, now: Instant) -> usize {
+        let mut removed = 0;
+        for shard in self.inner.shards.iter() {
+            removed += self.expire_shard(shard, now);
+            tokio::task::yield_now().await;
+        }
+        metrics::counter!("switchyard_sessions_expired_total").increment(removed as u64);
+        removed
+    }
+
+    fn expire_shard(&self, shard: &Shard, now: Instant) -> usize {
         let grace = self.inner.config.grace;
         let slow = self.inner.config.slow_client_timeout;
-        let mut removed = 0;
         let mut gone = Vec::new();
-        for shard in self.inner.shards.iter() {
-            let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
-            table.retain(|_, session| {
-                let mut state = lock(&session.state);
-                let last_seq = state.last_seq;
-                let stalled = match &mut state.attached {
-                    Some(attached) if attached.read_upto < last_seq => {
-                        let since = *attached.behind_since.get_or_insert(now);
-                        now.duration_since(since) >= slow
-                    }
-                    Some(attached) => {
-                        attached.behind_since = None;
-                        false
-                    }
-                    None => false,
-                };
-                if stalled {
-                    evict(&mut state, CloseReason::SlowConsumer, &session.sid);
+        shard.write().unwrap_or_else(|e| e.into_inner()).retain(|_, session| {
+            let mut state = lock(&session.state);
+            let last_seq = state.last_seq;
+            let stalled = match &mut state.attached {
+                Some(attached) if attached.read_upto < last_seq => {
+                    let since = *attached.behind_since.get_or_insert(now);
+                    now.duration_since(since) >= slow
                 }
-                let expired = state.detached_at.is_some_and(|t| now.duration_since(t) >= grace);
-                if expired {
-                    state.removed = true;
-                    state.ring = VecDeque::new();
-                    removed += 1;
-                    gone.push((session.sid.clone(), std::mem::take(&mut state.rooms)));
-                    tracing::debug!(sid = session.sid.short(), "session expired");
+                Some(attached) => {
+                    attached.behind_since = None;
+                    false
                 }
-                !expired
-            });
+                None => false,
+            };
+            if stalled {
+                evict(&mut state, CloseReason::SlowConsumer, &session.sid);
+            }
+            let expired = state.detached_at.is_some_and(|t| now.duration_since(t) >= grace);
+            if expired {
+                state.removed = true;
+                state.ring = VecDeque::new();
+                gone.push((session.sid.clone(), std::mem::take(&mut state.rooms)));
+                tracing::debug!(sid = session.sid.short(), "session expired");
+            }
+            !expired
+        });
+        let removed = gone.len();
+        if removed > 0 {
+            self.inner.live.fetch_sub(removed, Ordering::Relaxed);
+            // Room tables and watchers are touched with no session table lock held.
+            self.forget(gone, true);
         }
-        self.inner.live.fetch_sub(removed, Ordering::Relaxed);
-        metrics::counter!("switchyard_sessions_expired_total").increment(removed as u64);
-        // Room tables and watchers are touched with no session table lock held.
-        self.forget(gone, true);
         removed
     }
 
@@ -725,7 +744,7 @@ impl Hub {
                         break;
                     }
                     _ = tick.tick() => {
-                        hub.expire(Instant::now());
+                        hub.sweep(Instant::now()).await;
                         crate::metrics::sync();
                     }
                 }
@@ -1395,7 +1414,7 @@ mod tests {
         for seq in total + 1..=total + 5 {
             assert_eq!(a.try_recv().unwrap().expect("an event before the goodbye").seq, seq);
         }
-        assert_eq!(&*a.try_recv().unwrap().expect("the goodbye").name(), "reconnect");
+        assert_eq!(a.try_recv().unwrap().expect("the goodbye").name(), "reconnect");
         assert_eq!(a.try_recv().unwrap_err(), CloseReason::Shutdown);
     }
 
@@ -1476,6 +1495,42 @@ mod tests {
         assert_eq!(hub.emit(&sid, "n", &json!(1)).await, Err(HubError::NoSession));
         assert!(hub.contains(kept.sid()).await);
         assert_eq!(hub.len(), 1);
+    }
+
+    /// The expiry task's sweep must not hold the worker thread for the whole table: on one
+    /// thread, another task gets turns while it runs, and it still removes what has expired.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_expiry_sweep_lets_other_tasks_run_between_shards() {
+        let hub = hub(8);
+        let mut held = Vec::new();
+        for _ in 0..SHARDS * 4 {
+            held.push(hub.attach(Transport::Sse, None, None).await.unwrap());
+        }
+        let gone: Vec<Sid> = held.drain(..SHARDS).map(|a| a.sid().clone()).collect();
+        tokio::time::advance(Duration::from_secs(31)).await;
+
+        let done = Arc::new(AtomicBool::new(false));
+        let turns = tokio::spawn({
+            let done = done.clone();
+            async move {
+                let mut turns = 0;
+                while !done.load(Ordering::Relaxed) {
+                    turns += 1;
+                    tokio::task::yield_now().await;
+                }
+                turns
+            }
+        });
+        let removed = hub.sweep(Instant::now()).await;
+        done.store(true, Ordering::Relaxed);
+        let turns = turns.await.unwrap();
+
+        assert_eq!(removed, SHARDS);
+        assert_eq!(hub.len(), SHARDS * 3);
+        for sid in &gone {
+            assert!(!hub.contains(sid).await);
+        }
+        assert!(turns >= SHARDS / 2, "the other task ran {turns} times during a sweep of {SHARDS} shards");
     }
 
     #[tokio::test]
