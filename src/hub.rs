@@ -21,6 +21,8 @@
 //! * **No global lock on the per-event path.** The session table is split into shards, each
 //!   behind its own `RwLock` taken only briefly (read for lookups); each session has its own
 //!   `Mutex`, held for a few pointer copies and never across an `.await` or a socket write.
+//!   The one walk over every session, the expiry task's once-a-second sweep, goes a shard at a
+//!   time and lets other tasks run in between, so no round trip waits for the whole table.
 //! * **A seam for many nodes.** The interface speaks only in sids, cursors, [`Envelope`](crate::protocol::Envelope)-like
 //!   values and async calls, so a Redis-backed hub (pub/sub for wake-ups, streams for the ring)
 //!   can provide the same methods without touching transports or app code.
