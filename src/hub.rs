@@ -1218,7 +1218,6 @@ fn evict(state: &mut State, reason: CloseReason, sid: &Sid) {
     }
 }
 
-/// Refuses names that would break SSE framing or are unbounded (see [`check_event_name`]).
 /// How the hub tells an attachment that something changed for it (an event, being superseded
 /// or evicted, the session removed, shutdown): a count bumped after every such change, made
 /// under the session lock, then a wake-up. An attachment that has seen the current count knows,
@@ -1287,6 +1286,7 @@ pub fn render_data(data: &impl serde::Serialize) -> String {
     serde_json::to_string(data).unwrap_or_else(|_| "null".to_owned())
 }
 
+/// Refuses names that would break SSE framing or are unbounded (see [`check_event_name`]).
 pub fn validate_event_name(name: &str) -> Result<(), HubError> {
     check_event_name(name).map_err(HubError::EventName)
 }
