@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::admission::IpBlock;
 use crate::hub::HubConfig;
 use crate::protocol::Limits;
 
@@ -45,6 +46,12 @@ pub struct Config {
     pub drain: Duration,
     /// With a secret, opening a session takes an HS256 JWT signed with it (see `auth`).
     pub auth_secret: Option<String>,
+    /// Most new sessions one client address may open per minute (a token bucket that deep,
+    /// refilled continuously); 0 turns the limit off. See `admission`: it needs the peer
+    /// address (`ConnectInfo<SocketAddr>`), which `server::run` provides.
+    pub max_new_sessions_per_ip: u32,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<IpBlock>,
 }
 
 impl Default for Config {
@@ -65,6 +72,8 @@ impl Default for Config {
             header_timeout: Duration::from_secs(10),
             drain: Duration::from_secs(10),
             auth_secret: None,
+            max_new_sessions_per_ip: 120,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -78,6 +87,8 @@ impl Config {
             slow_client_timeout: self.slow_client_timeout,
             send_rate: self.send_rate,
             send_burst: self.send_burst,
+            max_body: self.max_body,
+            max_batch: self.limits.max_batch,
         }
     }
 }
@@ -151,6 +162,17 @@ pub struct Cli {
     #[arg(long, env = "SWITCHYARD_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
 
+    /// Most new sessions one client address may open per minute (a bucket that deep, refilled
+    /// continuously; beyond it 429 with Retry-After); 0 turns the limit off. Resuming a live
+    /// session is never limited.
+    #[arg(long, env = "SWITCHYARD_MAX_NEW_SESSIONS_PER_IP", default_value_t = 120)]
+    pub max_new_sessions_per_ip: u32,
+
+    /// Proxies whose X-Forwarded-For names the client, comma-separated addresses or CIDR
+    /// blocks (`10.0.0.0/8,192.0.2.7`). From any other peer the header is ignored.
+    #[arg(long, env = "SWITCHYARD_TRUSTED_PROXIES", value_name = "LIST", value_parser = ip_blocks)]
+    pub trusted_proxies: Option<IpBlocks>,
+
     /// The application behind the gateway (forwarding, hooks) and the publish API's key.
     #[command(flatten)]
     pub upstream: UpstreamArgs,
@@ -183,8 +205,20 @@ impl Cli {
             header_timeout: self.header_timeout,
             drain: self.drain,
             auth_secret: self.auth_secret.clone(),
+            max_new_sessions_per_ip: self.max_new_sessions_per_ip,
+            trusted_proxies: self.trusted_proxies.clone().map(|blocks| blocks.0).unwrap_or_default(),
         }
     }
+}
+
+/// The value of `--trusted-proxies`: addresses and CIDR blocks.
+#[derive(Debug, Clone)]
+pub struct IpBlocks(pub Vec<IpBlock>);
+
+/// A comma-separated list of addresses and CIDR blocks. Empty entries are skipped, so an empty
+/// `SWITCHYARD_TRUSTED_PROXIES` (as a deployment template may leave it) means none.
+fn ip_blocks(raw: &str) -> Result<IpBlocks, String> {
+    raw.split(',').filter(|entry| !entry.trim().is_empty()).map(str::parse).collect::<Result<_, _>>().map(IpBlocks)
 }
 
 /// Flags of the application behind the gateway: where events and lifecycle hooks go, and the
@@ -271,5 +305,21 @@ mod upstream_args_tests {
         for bad in ["https://app/events", "127.0.0.1:5000", "http://", "ftp://x/"] {
             assert!(parse(&["--upstream", bad]).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn admission_flags_parse_addresses_and_blocks() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["switchyard"], args].concat());
+        let config = parse(&[]).unwrap().config();
+        assert_eq!((config.max_new_sessions_per_ip, config.trusted_proxies.len()), (120, 0));
+        let cli = parse(&["--max-new-sessions-per-ip", "0", "--trusted-proxies", "127.0.0.1,10.0.0.0/8, 2001:db8::/32"]).unwrap();
+        let config = cli.config();
+        assert_eq!(config.max_new_sessions_per_ip, 0);
+        let blocks: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(blocks, ["127.0.0.1/32", "10.0.0.0/8", "2001:db8::/32"]);
+        assert!(parse(&["--trusted-proxies", "10.0.0.0/40"]).is_err());
+        assert!(parse(&["--trusted-proxies", "10.0.0.1,example.com"]).is_err());
+        assert!(parse(&["--trusted-proxies", ""]).unwrap().config().trusted_proxies.is_empty());
+        assert!(parse(&["--max-new-sessions-per-ip", "-1"]).is_err());
     }
 }

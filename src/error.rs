@@ -36,6 +36,10 @@ pub enum Error {
     /// The session sends faster than its budget allows.
     #[error("too many requests for this session; slow down")]
     RateLimited,
+    /// The client's address opened as many sessions as it may for now; a token comes back in
+    /// this many seconds (see [`crate::admission`]).
+    #[error("too many new sessions from this address; retry in {0} s")]
+    TooManyNewSessions(u64),
     /// The publish API was called without the right bearer key.
     #[error("missing or wrong API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
@@ -59,7 +63,7 @@ impl Error {
             Error::UnsupportedMediaType(_) | Error::ApiMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Superseded => StatusCode::CONFLICT,
             Error::Full => StatusCode::SERVICE_UNAVAILABLE,
-            Error::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Error::RateLimited | Error::TooManyNewSessions(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unauthorized | Error::Auth(_) => StatusCode::UNAUTHORIZED,
             Error::ApiDisabled | Error::Refused(_) => StatusCode::FORBIDDEN,
         }
@@ -75,6 +79,7 @@ impl Error {
             Error::Superseded => "superseded",
             Error::Full => "full",
             Error::RateLimited => "rate_limited",
+            Error::TooManyNewSessions(_) => "too_many_new_sessions",
             Error::Unauthorized => "unauthorized",
             Error::Auth(_) => "auth",
             Error::ApiDisabled => "api_disabled",
@@ -83,10 +88,11 @@ impl Error {
     }
 
     /// Seconds a client should wait before retrying, for the statuses where waiting helps.
-    fn retry_after(&self) -> Option<&'static str> {
+    fn retry_after(&self) -> Option<u64> {
         match self {
-            Error::Full => Some("5"),
-            Error::RateLimited => Some("1"),
+            Error::Full => Some(5),
+            Error::RateLimited => Some(1),
+            Error::TooManyNewSessions(seconds) => Some(*seconds),
             _ => None,
         }
     }
@@ -97,7 +103,7 @@ impl IntoResponse for Error {
         metrics::counter!("switchyard_errors_total", "kind" => self.kind()).increment(1);
         let mut response = (self.status(), Json(json!({ "error": self.to_string() }))).into_response();
         if let Some(seconds) = self.retry_after() {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -112,6 +118,12 @@ impl From<HubError> for Error {
             HubError::EventName(why) => Error::BadRequest(format!("event name {why}")),
             HubError::RoomName(why) => Error::BadRequest(format!("room name {why}")),
         }
+    }
+}
+
+impl From<crate::admission::Limited> for Error {
+    fn from(limited: crate::admission::Limited) -> Error {
+        Error::TooManyNewSessions(limited.retry_after)
     }
 }
 

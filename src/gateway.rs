@@ -29,10 +29,11 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Admission, ClientAddr};
 use crate::auth::{Auth, AuthError};
 use crate::config::Config;
 use crate::error::Error;
-use crate::hub::{Attachment, Hub, HubError, Inbox, Rendered, SessionHandle, Transport};
+use crate::hub::{AttachRequest, Attachment, Hub, HubError, Inbox, Rendered, SessionHandle, Transport};
 use crate::protocol::{Cursor, Envelope, Envelopes, Sid};
 use crate::transport;
 
@@ -163,6 +164,7 @@ impl GatewayBuilder {
     pub fn build(self) -> Gateway {
         crate::metrics::install();
         let auth = self.config.auth_secret.as_deref().map(Auth::new);
+        let admission = Admission::new(self.config.max_new_sessions_per_ip, self.config.trusted_proxies.clone());
         let hub = Hub::new(self.config.hub(), self.shutdown.clone());
         hub.spawn_expiry();
         Gateway {
@@ -175,6 +177,7 @@ impl GatewayBuilder {
                 shutdown: self.shutdown,
                 sockets: TaskTracker::new(),
                 auth,
+                admission,
             }),
         }
     }
@@ -200,6 +203,15 @@ struct Shared {
     sockets: TaskTracker,
     /// Token verification, when `auth_secret` is configured.
     auth: Option<Auth>,
+    /// The per-address limit on new sessions, asked by [`Gateway::attach`].
+    admission: Admission,
+}
+
+/// What [`ClientAddr`] needs from the state of the gateway's routes.
+impl axum::extract::FromRef<Gateway> for Admission {
+    fn from_ref(gateway: &Gateway) -> Admission {
+        gateway.inner.admission.clone()
+    }
 }
 
 impl Gateway {
@@ -213,6 +225,24 @@ impl Gateway {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The per-address limit on new sessions and the trusted proxies.
+    pub fn admission(&self) -> &Admission {
+        &self.inner.admission
+    }
+
+    /// Attaches a transport for `client`: a new session (none asked for, or the one asked for
+    /// cannot be honoured) only if the client's address may open one now, else
+    /// [`Error::TooManyNewSessions`] and no session is created. Resuming is never limited.
+    pub async fn attach(&self, request: AttachRequest<'_>, client: ClientAddr) -> Result<Attachment, Error> {
+        let gate = || {
+            self.inner.admission.admit(client.0).map_err(|limited| {
+                tracing::debug!(client = ?client.0, retry_after = limited.retry_after, "too many new sessions from this address");
+                Error::from(limited)
+            })
+        };
+        self.hub.attach_with(request, gate).await
     }
 
     /// Ends every transport (clients are told to resume) and stops background tasks.

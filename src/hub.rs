@@ -6,6 +6,8 @@
 //! * [`Hub::attach`] gives a transport an [`Attachment`]: the session's outgoing events, starting
 //!   with a `session` hello, then a replay of everything after the client's cursor, then live
 //!   events. Attaching detaches whatever transport held the session before (newest wins).
+//!   [`Hub::attach_with`] takes a gate it asks only when the attach would create a session, so
+//!   a caller can refuse new sessions (the gateway's per-address limit) before one exists.
 //! * [`Hub::emit`] appends an event to a session and wakes its attachment, if any.
 //! * Dropping an [`Attachment`] detaches it; the session then lives for the grace period, and the
 //!   expiry task ([`Hub::spawn_expiry`]) removes it when that runs out.
@@ -65,6 +67,11 @@ pub struct HubConfig {
     pub send_rate: u32,
     /// How many sends a session may make in a burst above `send_rate`.
     pub send_burst: u32,
+    /// The largest client message (POST body or WebSocket message) in bytes, and the most
+    /// envelopes in one batch: the transports enforce them; the hub only tells clients, in
+    /// every `session` hello (`max_body`, `max_batch`), so they can size their batches.
+    pub max_body: usize,
+    pub max_batch: usize,
 }
 
 impl Default for HubConfig {
@@ -76,6 +83,8 @@ impl Default for HubConfig {
             slow_client_timeout: Duration::from_secs(30),
             send_rate: 200,
             send_burst: 400,
+            max_body: 64 * 1024,
+            max_batch: crate::protocol::Limits::default().max_batch,
         }
     }
 }
@@ -95,6 +104,29 @@ impl Transport {
             Transport::Sse => "sse",
             Transport::Polling => "polling",
         }
+    }
+}
+
+/// What a transport asks of [`Hub::attach_with`]: the session and resume point, raw from the
+/// request, and what the `session` hello tells about the transport.
+#[derive(Debug, Clone, Copy)]
+pub struct AttachRequest<'a> {
+    pub transport: Transport,
+    pub sid: Option<&'a str>,
+    pub cursor: Option<&'a str>,
+    /// The longest the transport stays silent (keep-alive, poll timeout, WebSocket heartbeat),
+    /// told in the hello as `heartbeat` in milliseconds so a client knows when to give up on
+    /// it; `None` leaves it out (a WebSocket whose client did not ask for heartbeats).
+    pub heartbeat: Option<Duration>,
+}
+
+impl<'a> AttachRequest<'a> {
+    pub fn new(transport: Transport, sid: Option<&'a str>, cursor: Option<&'a str>) -> AttachRequest<'a> {
+        AttachRequest { transport, sid, cursor, heartbeat: None }
+    }
+
+    pub fn heartbeat(self, heartbeat: Option<Duration>) -> AttachRequest<'a> {
+        AttachRequest { heartbeat, ..self }
     }
 }
 
@@ -563,29 +595,43 @@ impl Hub {
         sid: Option<&str>,
         cursor: Option<&str>,
     ) -> Result<Attachment, HubError> {
-        let resolved = self.resolve(sid, cursor);
-        let attached = match resolved {
-            Ok(Some((session, start))) => self.attach_to(session, transport, Some(start), None),
-            Ok(None) => self.attach_to(self.create()?, transport, None, None),
-            Err(reason) => self.attach_to(self.create()?, transport, None, Some(reason)),
+        self.attach_with(AttachRequest::new(transport, sid, cursor), || Ok(())).await
+    }
+
+    /// [`Hub::attach`], with `gate` asked first whenever the attach would create a session (no
+    /// sid, or one that cannot be honoured): its error is returned and nothing is created.
+    /// Resuming a live session never calls it. The gateway's per-address limit is such a gate;
+    /// the hub knows nothing of addresses.
+    pub async fn attach_with<E: From<HubError>>(
+        &self,
+        request: AttachRequest<'_>,
+        gate: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Attachment, E> {
+        let gap = match self.resolve(request.sid, request.cursor) {
+            Ok(Some((session, start))) => match self.attach_to(session, &request, Some(start), None) {
+                Some(attachment) => return Ok(attachment),
+                // The expiry task removed the session between lookup and lock.
+                None => Some(GapReason::Expired),
+            },
+            Ok(None) => None,
+            Err(reason) => Some(reason),
         };
-        // `None`: the expiry task removed the session between lookup and lock.
-        match attached {
-            Some(attachment) => Ok(attachment),
-            None => Ok(self
-                .attach_to(self.create()?, transport, None, Some(GapReason::Expired))
-                .expect("a session just created is not expired: it is created attached")),
-        }
+        gate()?;
+        let session = self.create()?;
+        Ok(self
+            .attach_to(session, &request, None, gap)
+            .expect("a session just created is not expired: it is created attached"))
     }
 
     /// Attaches to a session found (`found` is `Some(start)`) or just created (`None`).
     fn attach_to(
         &self,
         session: Arc<Session>,
-        transport: Transport,
+        request: &AttachRequest<'_>,
         found: Option<Option<u64>>,
         gap: Option<GapReason>,
     ) -> Option<Attachment> {
+        let transport = request.transport;
         let id = self.inner.next_attachment.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Signal::new());
         let mut state = lock(&session.state);
@@ -610,12 +656,14 @@ impl Hub {
 
         let mut pending = VecDeque::new();
         if !continuation {
-            pending.push_back(Event::notice(
-                position,
-                "session",
-                json!({"sid": session.sid.as_str(), "transport": transport.as_str(), "resumed": found.is_some(),
-                       "received": session.received.load(Ordering::Acquire)}),
-            ));
+            let config = &self.inner.config;
+            let mut hello = json!({"sid": session.sid.as_str(), "transport": transport.as_str(), "resumed": found.is_some(),
+                                   "received": session.received.load(Ordering::Acquire),
+                                   "max_body": config.max_body, "max_batch": config.max_batch});
+            if let Some(heartbeat) = request.heartbeat {
+                hello["heartbeat"] = json!(u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX));
+            }
+            pending.push_back(Event::notice(position, "session", hello));
         }
         if let Some(reason) = gap {
             pending.push_back(Event::notice(
@@ -1464,6 +1512,52 @@ mod tests {
         assert_eq!((x.name(), x.data()), (y.name(), y.data()));
         assert_eq!((x.seq, y.seq), (1, 2));
         assert!(Rendered::new("", &1).is_err(), "names are checked as for any emit");
+    }
+
+    #[tokio::test]
+    async fn the_gate_is_asked_only_when_a_session_would_be_created() {
+        let hub = hub(8);
+        let refuse = || Err::<(), HubError>(HubError::RateLimited);
+        let new = AttachRequest::new(Transport::Sse, None, None);
+        assert_eq!(hub.attach_with(new, refuse).await.err(), Some(HubError::RateLimited));
+        assert_eq!(hub.len(), 0, "a refused attach leaves no session behind");
+
+        let mut asked = 0;
+        let mut a = hub.attach_with(new, || { asked += 1; Ok::<(), HubError>(()) }).await.unwrap();
+        assert_eq!((asked, hub.len()), (1, 1));
+        let sid = a.sid().clone();
+        let hello = a.try_recv().unwrap().unwrap().cursor(&sid).to_string();
+        // Resuming a live session, with or without a cursor, never asks.
+        for cursor in [None, Some(hello.as_str())] {
+            let resume = AttachRequest::new(Transport::WebSocket, Some(sid.as_str()), cursor);
+            let b = hub.attach_with(resume, || -> Result<(), HubError> { panic!("asked on a resume") }).await.unwrap();
+            assert_eq!(b.sid(), &sid);
+        }
+        // What cannot be honoured would create a session: asked, and refused here.
+        let unknown = Sid::random();
+        let bad_cursor = format!("{sid}.99");
+        for (sid, cursor) in [(Some(unknown.as_str()), None), (Some("not-a-sid"), None), (Some(sid.as_str()), Some(bad_cursor.as_str()))] {
+            let request = AttachRequest::new(Transport::Polling, sid, cursor);
+            assert_eq!(hub.attach_with(request, refuse).await.err(), Some(HubError::RateLimited), "{sid:?} {cursor:?}");
+        }
+        assert_eq!(hub.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_hello_tells_the_limits_and_the_heartbeat_asked_for() {
+        let config = HubConfig { max_body: 1000, max_batch: 7, ..HubConfig::default() };
+        let hub = Hub::new(config, CancellationToken::new());
+        let request = AttachRequest::new(Transport::Sse, None, None).heartbeat(Some(Duration::from_secs(15)));
+        let mut a = hub.attach_with(request, || Ok::<(), HubError>(())).await.unwrap();
+        let hello = a.try_recv().unwrap().unwrap();
+        let data: Value = serde_json::from_str(hello.data()).unwrap();
+        let expected = json!({"sid": a.sid().as_str(), "transport": "sse", "resumed": false, "received": 0,
+                              "max_body": 1000, "max_batch": 7, "heartbeat": 15000});
+        assert_eq!(data, expected);
+        let mut b = hub.attach(Transport::WebSocket, Some(a.sid().as_str()), None).await.unwrap();
+        let data: Value = serde_json::from_str(b.try_recv().unwrap().unwrap().data()).unwrap();
+        assert_eq!(data.get("heartbeat"), None, "no heartbeat asked for, none told");
+        assert_eq!((&data["resumed"], &data["max_body"]), (&json!(true), &json!(1000)));
     }
 
     #[tokio::test]

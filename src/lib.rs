@@ -7,8 +7,10 @@
 //! * [`app`]: the default app (the seed's `message` -> `response`).
 //! * [`server`]: the binary's router and `run(listener, shutdown)`.
 //! * [`upstream`]: forwarding events to an application over HTTP, and its lifecycle hooks.
+//! * [`admission`]: the per-client-address limit on new sessions, and whose address that is.
 //! * [`api`]: the publish API (`/api/...`): the application pushes to sessions and rooms.
 
+pub mod admission;
 pub mod api;
 pub mod app;
 pub mod auth;

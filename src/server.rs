@@ -21,6 +21,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -28,6 +29,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio_util::task::TaskTracker;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tower::util::MapRequest;
 use tower_http::services::ServeDir;
 
 use crate::gateway::Gateway;
@@ -55,6 +57,9 @@ pub fn app(gateway: &Gateway, static_dir: &Path) -> Router {
 /// Serves `router` on `listener` until `shutdown` completes (or the gateway is shut down), then
 /// stops accepting, shuts the gateway down (every client is told to reconnect and its transport
 /// closed) and waits for connections to finish. Returns once they have.
+///
+/// Every request carries `axum::extract::ConnectInfo<SocketAddr>`, the peer's address, in its
+/// extensions: the per-address limit on new sessions reads it, and so may the app's handlers.
 pub async fn run(
     listener: TcpListener,
     router: Router,
@@ -84,7 +89,7 @@ pub async fn run(
     tokio::pin!(shutdown);
 
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
             _ = token.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -106,11 +111,18 @@ pub async fn run(
         }
         let (router, builder, token) = (router.clone(), builder.clone(), token.clone());
         connections.spawn(async move {
-            let io = match event_stream::first_request(tcp, &router, &token, limits).await {
+            let io = match event_stream::first_request(tcp, peer, &router, &token, limits).await {
                 event_stream::Next::Done => return,
                 event_stream::Next::Hyper(io) => io,
             };
-            let service = TowerToHyperService::new(router);
+            // Every request carries the peer address, as under axum's
+            // `into_make_service_with_connect_info`: a cheap map per request rather than a
+            // `Router::layer` per connection, which would wrap every route again each time.
+            let with_peer = MapRequest::new(router, move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            });
+            let service = TowerToHyperService::new(with_peer);
             // Boxed so that a connection served by `first_request` alone (an SSE stream) does
             // not carry room for hyper's connection state in its task.
             let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service).with_upgrades());

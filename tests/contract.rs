@@ -308,3 +308,112 @@ async fn a_websocket_message_just_under_the_size_limit_arrives_whole() {
     ws.send(&json!({"event": "echo", "data": big}).to_string()).await;
     assert_eq!(ws.next().await.data, json!(big));
 }
+
+#[tokio::test]
+async fn the_hello_announces_the_limits_and_how_long_each_transport_may_stay_silent() {
+    let server = TestServer::with_config(Config {
+        max_body: 4096,
+        limits: switchyard::protocol::Limits { max_batch: 7, ..Default::default() },
+        keepalive: Duration::from_secs(3),
+        poll_timeout: Duration::from_secs(4),
+        ws_ping: Duration::from_secs(5),
+        ..Config::default()
+    })
+    .await;
+    let hello = |sid: &str, transport: &str, resumed: bool, heartbeat: Option<u64>| {
+        let mut expected = json!({"sid": sid, "transport": transport, "resumed": resumed, "received": 0,
+                                  "max_body": 4096, "max_batch": 7});
+        if let Some(ms) = heartbeat {
+            expected["heartbeat"] = json!(ms);
+        }
+        expected
+    };
+    // SSE: the keep-alive interval; polling: the poll timeout.
+    let mut sse = server.sse("/sse").await;
+    let first = sse.next().await;
+    let sid = hello_sid(first.clone(), "sse");
+    assert_eq!(first.data, hello(&sid, "sse", false, Some(3000)));
+    let (_, events) = server.poll("").await;
+    let poll_sid = hello_sid(events[0].clone(), "polling");
+    assert_eq!(events[0].data, hello(&poll_sid, "polling", false, Some(4000)));
+    // WebSocket: the ping interval only for a client that asked for heartbeats, new or resuming.
+    let mut ws = server.ws("/ws").await;
+    let first = ws.next().await;
+    let ws_sid = hello_sid(first.clone(), "websocket");
+    assert_eq!(first.data, hello(&ws_sid, "websocket", false, None));
+    let mut ws = server.ws("/ws?heartbeat=1").await;
+    let first = ws.next().await;
+    let ws_sid = hello_sid(first.clone(), "websocket");
+    assert_eq!(first.data, hello(&ws_sid, "websocket", false, Some(5000)));
+    let mut resumed = server.ws(&format!("/ws?sid={sid}&heartbeat=1&page_param=kept")).await;
+    assert_eq!(resumed.next().await.data, hello(&sid, "websocket", true, Some(5000)));
+}
+
+/// The next text frame, counting the pings before it.
+async fn next_text(ws: &mut WsClient, pings: &mut usize) -> String {
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match within("a WebSocket frame", ws.socket.next()).await {
+            Some(Ok(Message::Ping(_))) => *pings += 1,
+            Some(Ok(Message::Text(text))) => return text.as_str().to_owned(),
+            other => panic!("expected a text frame or a ping, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_that_asks_gets_a_heartbeat_frame_with_every_ping_and_it_is_no_event() {
+    use tokio_tungstenite::tungstenite::Message;
+    const HEARTBEAT: &str = r#"{"event":"heartbeat","data":null}"#;
+    let server = TestServer::with_config(Config { ws_ping: Duration::from_millis(100), ..Config::default() }).await;
+    let mut ws = server.ws("/ws?heartbeat=1").await;
+    let hello = ws.next().await;
+    let sid = hello_sid(hello.clone(), "websocket");
+    // Each tick: the heartbeat frame, then the protocol ping.
+    for tick in 0..3 {
+        let mut pings = 0;
+        assert_eq!(next_text(&mut ws, &mut pings).await, HEARTBEAT, "tick {tick}");
+        let ping = within("the ping after a heartbeat", ws.socket.next()).await;
+        assert!(matches!(ping, Some(Ok(Message::Ping(_)))), "tick {tick}: {ping:?}");
+    }
+    // Heartbeats take no place in the session: the first event is still number 1, and a
+    // replay from the hello's cursor holds that event and no heartbeat.
+    ws.send(r#"{"event":"echo","data":"after heartbeats"}"#).await;
+    let mut pings = 0;
+    let echo = loop {
+        let text = next_text(&mut ws, &mut pings).await;
+        if text != HEARTBEAT {
+            break received_from_envelope(serde_json::from_str(&text).unwrap());
+        }
+    };
+    assert_eq!((echo.data, seq(&echo.id)), (json!("after heartbeats"), 1));
+    drop(ws);
+    let (status, events) = server.poll(&format!("?sid={sid}&last_event_id={}", hello.id)).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names, ["session", "echo"]);
+
+    // A resuming socket asks again and gets them again.
+    let mut resumed = server.ws(&format!("/ws?sid={sid}&heartbeat=1")).await;
+    assert_eq!(resumed.hello().await, sid);
+    assert_eq!(next_text(&mut resumed, &mut pings).await, HEARTBEAT);
+}
+
+#[tokio::test]
+async fn a_websocket_that_does_not_ask_gets_pings_and_no_heartbeat_frames() {
+    let server = TestServer::with_config(Config { ws_ping: Duration::from_millis(100), ..Config::default() }).await;
+    for path in ["/ws", "/ws?heartbeat=0"] {
+        let mut ws = server.ws(path).await;
+        ws.hello().await;
+        // Three ping ticks, and nothing else on the socket between them.
+        within("three pings", async {
+            for _ in 0..3 {
+                match ws.socket.next().await {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_))) => {}
+                    other => panic!("{path}: expected only pings, got {other:?}"),
+                }
+            }
+        })
+        .await;
+    }
+}

@@ -9,8 +9,9 @@
 //!
 //! The load generator (this process, on one tokio thread) runs on core 0; every server is a
 //! separate process pinned to core 1 with `taskset`, so its CPU time and RSS come from
-//! `/proc/PID`. switchyard is `target/release/switchyard` with its default app (and the send
-//! limiter's threshold lifted, see `procs::SWITCHYARD_ARGS`); fan-out goes through its publish API
+//! `/proc/PID`. switchyard is `target/release/switchyard` with its default app (the send
+//! limiter's threshold lifted and the per-address limit on new sessions off, see
+//! `procs::SWITCHYARD_ARGS` and `procs::SWITCHYARD_ENV`); fan-out goes through its publish API
 //! (`POST /api/emit` to all). The baselines are this same binary re-executed with
 //! `__serve KIND ADDR` (see `servers.rs`); `scale` spreads its clients over
 //! child processes (`__hold`) with their own 127.0.0.x source addresses, because one process may
@@ -189,7 +190,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     writeln!(report, "- command: `{}`", command_line())?;
     writeln!(report, "- when: {} (took {:.0} s)", utc_now(), started.elapsed().as_secs_f64())?;
     writeln!(report, "- machine: {}", machine())?;
-    writeln!(report, "- switchyard: `{} {}`", procs::switchyard_exe(), procs::SWITCHYARD_ARGS.join(" "))?;
+    let env: Vec<String> = procs::SWITCHYARD_ENV.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    writeln!(report, "- switchyard: `{} {} {}`", env.join(" "), procs::switchyard_exe(), procs::SWITCHYARD_ARGS.join(" "))?;
     writeln!(report, "- load average before / after: {load_before} / {}", loadavg())?;
     writeln!(
         report,

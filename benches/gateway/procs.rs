@@ -32,6 +32,13 @@ pub fn switchyard_exe() -> &'static str {
 /// threshold is lifted, its bookkeeping still runs on every POST.
 pub const SWITCHYARD_ARGS: &[&str] = &["--send-rate", "1000000", "--send-burst", "1000000"];
 
+/// Environment switchyard runs with in every scenario: the per-address limit on new sessions
+/// (`--max-new-sessions-per-ip`, 120 a minute by default) is off, since every load-generator
+/// session comes from one loopback address. Set through the environment rather than the flag
+/// so that an older build given with `--alt-bin` or `--switchyard-bin`, which has no such flag,
+/// still starts.
+pub const SWITCHYARD_ENV: &[(&str, &str)] = &[("SWITCHYARD_MAX_NEW_SESSIONS_PER_IP", "0")];
+
 /// The core servers run on; the load generator runs on core 0.
 pub const SERVER_CORE: usize = 1;
 
@@ -110,6 +117,9 @@ impl Server {
             argv = pinned;
         }
         let mut command = Command::new(&argv[0]);
+        if matches!(kind, Kind::Switchyard | Kind::Alt) {
+            command.envs(SWITCHYARD_ENV.iter().copied());
+        }
         command
             .args(&argv[1..])
             .env("RUST_LOG", "info")

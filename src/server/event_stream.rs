@@ -25,11 +25,13 @@
 //! costs hyper's buffers.
 
 use std::io::{self, Write as _};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Method, Request, Response, StatusCode, Version};
 use axum::Router;
 use bytes::{Buf, BytesMut};
@@ -66,18 +68,26 @@ pub struct Limits {
     pub write_timeout: Duration,
 }
 
-/// Reads the connection's first request head; serves it here if it opens an event stream.
-pub async fn first_request(mut tcp: TcpStream, router: &Router, shutdown: &CancellationToken, limits: Limits) -> Next {
+/// Reads the connection's first request head; serves it here if it opens an event stream. The
+/// request carries `ConnectInfo(peer)`, as the ones hyper serves do.
+pub async fn first_request(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    router: &Router,
+    shutdown: &CancellationToken,
+    limits: Limits,
+) -> Next {
     let head = match tokio::time::timeout(limits.header_timeout, read_head(&mut tcp, limits.max_head)).await {
         Ok(Ok(head)) => head,
         // Nothing arrived in time (the slowloris case), or the client left: close, as hyper
         // does when its header timeout fires.
         Ok(Err(_)) | Err(_) => return Next::Done,
     };
-    let (request, leftover, close) = match head {
+    let (mut request, leftover, close) = match head {
         Head::Stream { request, leftover, close } => (request, leftover, close),
         Head::Other(bytes) => return Next::Hyper(Prefixed::new(bytes, tcp)),
     };
+    request.extensions_mut().insert(ConnectInfo(peer));
     let Ok(response) = router.clone().oneshot(request).await;
     let close = close || shutdown.is_cancelled();
     let Some(leftover) = respond(&mut tcp, response, leftover, close, limits).await else {

@@ -40,11 +40,22 @@ pub fn router(gateway: Gateway) -> Router {
         .layer(middleware::from_fn_with_state(policy, origin::guard))
 }
 
-/// The query of every attaching request: which session, and where to resume.
+/// The query of every attaching request: which session, and where to resume. Parameters not
+/// named here (a page's own, `token`) are accepted and ignored.
 #[derive(Debug, Default, Deserialize)]
 pub struct AttachQuery {
     pub sid: Option<String>,
     pub last_event_id: Option<String>,
+    /// `heartbeat=1` (or `true`) on a WebSocket: send a `heartbeat` frame at every ping, for
+    /// clients that cannot see protocol pings (browsers). Any other value is off.
+    pub heartbeat: Option<String>,
+}
+
+impl AttachQuery {
+    /// Whether the client asked for application-level heartbeats.
+    pub fn wants_heartbeat(&self) -> bool {
+        matches!(self.heartbeat.as_deref(), Some("1" | "true"))
+    }
 }
 
 /// One event as a JSON envelope: `{"event":NAME,"data":DATA,"id":CURSOR}`. The data is already

@@ -12,22 +12,26 @@ use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 
 use super::{envelope_json, AttachQuery};
+use crate::admission::ClientAddr;
 use crate::error::Error;
 use crate::gateway::Gateway;
-use crate::hub::{Attachment, CloseReason, Transport};
+use crate::hub::{AttachRequest, Attachment, CloseReason, Transport};
 
 /// Most events one poll answer carries; the rest wait for the next poll.
 const MAX_PER_POLL: usize = 256;
 
 pub async fn poll(
     State(gateway): State<Gateway>,
+    client: ClientAddr,
     headers: HeaderMap,
     uri: Uri,
     query: Result<Query<AttachQuery>, QueryRejection>,
 ) -> Result<Response, Error> {
     let Query(query) = query?;
-    let mut attachment =
-        gateway.hub().attach(Transport::Polling, query.sid.as_deref(), query.last_event_id.as_deref()).await?;
+    // A poll answers within the poll timeout: the hello tells it as `heartbeat`.
+    let request = AttachRequest::new(Transport::Polling, query.sid.as_deref(), query.last_event_id.as_deref())
+        .heartbeat(Some(gateway.config().poll_timeout));
+    let mut attachment = gateway.attach(request, client).await?;
     gateway.admit(&attachment, &headers, uri.query()).await?;
     let mut frames = Vec::new();
     drain(&mut attachment, &mut frames)?;

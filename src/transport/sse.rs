@@ -20,13 +20,15 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 
 use super::AttachQuery;
+use crate::admission::ClientAddr;
 use crate::error::Error;
 use crate::gateway::Gateway;
-use crate::hub::Transport;
+use crate::hub::{AttachRequest, Transport};
 use crate::metrics;
 
 pub async fn stream(
     State(gateway): State<Gateway>,
+    client: ClientAddr,
     query: Result<Query<AttachQuery>, QueryRejection>,
     headers: HeaderMap,
     uri: Uri,
@@ -40,7 +42,10 @@ pub async fn stream(
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
         .or(query.last_event_id);
-    let mut attachment = gateway.hub().attach(Transport::Sse, query.sid.as_deref(), cursor.as_deref()).await?;
+    // The keep-alive is the longest the stream stays silent: the hello tells it as `heartbeat`.
+    let request = AttachRequest::new(Transport::Sse, query.sid.as_deref(), cursor.as_deref())
+        .heartbeat(Some(gateway.config().keepalive));
+    let mut attachment = gateway.attach(request, client).await?;
     gateway.admit(&attachment, &headers, uri.query()).await?;
     let sid = attachment.sid().clone();
     let events = async_stream::stream! {

@@ -2,7 +2,9 @@
 //!
 //! One task per socket runs [`serve_socket`]: it writes what the attachment yields, reads client
 //! frames (one envelope, or a JSON array of envelopes, per text frame) and hands them to the
-//! gateway's handlers, and pings the peer so a dead one is found and the session detached.
+//! gateway's handlers, and pings the peer so a dead one is found and the session detached. A
+//! client that asked for it (`?heartbeat=1`) also gets a `heartbeat` text frame with each ping,
+//! since a browser page cannot see pings and would otherwise not notice a dead path.
 //! The loop is generic over a `Sink + Stream` of messages, so it does not care where the
 //! frames come from.
 //!
@@ -15,7 +17,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
@@ -23,9 +25,10 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::Instant;
 
 use super::{envelope_json, AttachQuery};
+use crate::admission::ClientAddr;
 use crate::error::Error;
 use crate::gateway::Gateway;
-use crate::hub::{Attachment, CloseReason, Event, SessionHandle, Transport};
+use crate::hub::{AttachRequest, Attachment, CloseReason, Event, SessionHandle, Transport};
 use crate::metrics;
 use crate::protocol::{parse_envelopes_with, ProtocolError, Sid};
 
@@ -40,26 +43,36 @@ const CLOSE_INVALID_DATA: u16 = 1007;
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(gateway): State<Gateway>,
+    client: ClientAddr,
     headers: HeaderMap,
     uri: Uri,
     query: Result<Query<AttachQuery>, QueryRejection>,
 ) -> Result<Response, Error> {
     let Query(query) = query?;
     let max = gateway.config().max_body;
-    // Attach before upgrading, so that a full server answers 503 rather than accept and close.
-    let attachment =
-        gateway.hub().attach(Transport::WebSocket, query.sid.as_deref(), query.last_event_id.as_deref()).await?;
+    let heartbeat = query.wants_heartbeat();
+    // Attach before upgrading, so that a full server (503) or an address over its new-session
+    // limit (429) is answered rather than accepted and closed.
+    let request = AttachRequest::new(Transport::WebSocket, query.sid.as_deref(), query.last_event_id.as_deref())
+        .heartbeat(heartbeat.then_some(gateway.config().ws_ping));
+    let attachment = gateway.attach(request, client).await?;
     gateway.admit(&attachment, &headers, uri.query()).await?;
     // Read buffer (see READ_BUFFER). Write buffer: frames collect until the flush after each
     // batch; 8 KiB is several events.
     let ws = ws.read_buffer_size(READ_BUFFER).write_buffer_size(8 * 1024);
     Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket: WebSocket| {
-        gateway.track_socket(serve_socket(gateway.clone(), attachment, socket))
+        gateway.track_socket(serve_socket(gateway.clone(), attachment, socket, heartbeat))
     }))
 }
 
+/// The application-level heartbeat, sent at every ping tick to a client that asked for it
+/// (`?heartbeat=1`): browsers cannot see protocol pings, so a page watches for this instead.
+/// It is not an event of the session: no cursor, never buffered, never replayed.
+const HEARTBEAT_FRAME: &str = r#"{"event":"heartbeat","data":null}"#;
+
 /// Serves one attached socket until the peer leaves, goes silent, or the attachment ends.
-pub async fn serve_socket<S>(gateway: Gateway, mut attachment: Attachment, mut socket: S)
+/// With `heartbeat`, each ping is preceded by a [`HEARTBEAT_FRAME`].
+pub async fn serve_socket<S>(gateway: Gateway, mut attachment: Attachment, mut socket: S, heartbeat: bool)
 where
     S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -145,6 +158,9 @@ where
                 silent_ticks = if std::mem::take(&mut heard) { 0 } else { silent_ticks + 1 };
                 if silent_ticks >= 2 {
                     tracing::debug!(sid = sid.short(), "websocket peer silent; dropping it");
+                    break None;
+                }
+                if heartbeat && socket.feed(Message::Text(Utf8Bytes::from_static(HEARTBEAT_FRAME))).await.is_err() {
                     break None;
                 }
                 if socket.send(Message::Ping(Default::default())).await.is_err() {
