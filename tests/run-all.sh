@@ -10,9 +10,16 @@ declare -A needs=(
   [chromium-driver]=/usr/bin/chromedriver
   [squid]=/usr/sbin/squid
   [nginx]=/usr/sbin/nginx
+  [nodejs]=/usr/bin/node
+  [npm]=/usr/bin/npm
 )
 missing=()
 for pkg in "${!needs[@]}"; do
+  # Node and npm from anywhere on PATH will do (a machine may bring its own, newer, Node).
+  case $pkg in
+    nodejs) command -v node >/dev/null && continue ;;
+    npm) command -v npm >/dev/null && continue ;;
+  esac
   [ -x "${needs[$pkg]}" ] || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -22,6 +29,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Node packages of the client tests (tests/client: the `ws` WebSocket client), from the lock file.
+if [ ! -d tests/client/node_modules/ws ]; then
+  npm ci --prefix tests/client --no-audit --no-fund
 fi
 
 # One build shared by every test binary; test binaries run one at a time, their tests in

@@ -120,6 +120,16 @@ impl Browser {
         }
     }
 
+    /// Runs a Chrome DevTools protocol command on the page (chromedriver's `goog/cdp/execute`):
+    /// freezing it as a background tab is, taking its network away.
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        let command = Cdp { cmd: cmd.to_owned(), params };
+        tokio::time::timeout(PAGE_WAIT, self.client.issue_cmd(command))
+            .await
+            .unwrap_or_else(|_| panic!("timed out running the DevTools command {cmd}"))
+            .unwrap_or_else(|err| panic!("DevTools command {cmd}: {err}"))
+    }
+
     pub async fn goto(&self, url: &str) {
         tokio::time::timeout(PAGE_WAIT, self.client.goto(url))
             .await
@@ -269,6 +279,23 @@ impl Browser {
             .eval("return [...document.querySelectorAll('#log .lifecycle-transport')].map(li => li.textContent);")
             .await;
         list.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+    }
+}
+
+/// A DevTools command sent through chromedriver.
+#[derive(Debug)]
+struct Cdp {
+    cmd: String,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/goog/cdp/execute", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (axum::http::Method, Option<String>) {
+        (axum::http::Method::POST, Some(json!({ "cmd": self.cmd, "params": self.params }).to_string()))
     }
 }
 

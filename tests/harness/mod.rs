@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod node;
 pub mod proxies;
 pub mod relay;
 

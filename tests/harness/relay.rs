@@ -142,13 +142,20 @@ async fn relay(shared: Arc<Shared>, mut browser: TcpStream, mode: Mode) {
     tokio::join!(up, down);
 }
 
-/// Copies bytes until either side ends. Downstream, bytes read while stalled are held until the
-/// stall ends (or lost with the connection when it is cut).
+/// Copies bytes until either side ends. Downstream, bytes read while stalled, and the end of
+/// the stream, are held until the stall ends (or lost with the connection when it is cut).
 async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut stall: Option<watch::Receiver<bool>>) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => {
+                // A frozen path holds the end of the stream too: the browser learns of it
+                // only once the stall ends (or never, if the connection is cut first).
+                if let Some(stall) = stall.as_mut() {
+                    let _ = stall.wait_for(|stalled| !stalled).await;
+                }
+                break;
+            }
             Ok(n) => n,
         };
         if let Some(stall) = stall.as_mut() {
