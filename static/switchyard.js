@@ -938,6 +938,11 @@
       } catch (e) {
         /* the socket is closing: the next hello says what to send again */
       }
+      // The server closes a WebSocket at once on a message it cannot take: one still open a
+      // second after the last send has taken it, and the backoff may start over.
+      this._later('sent', 1000, function () {
+        if (self._current === tr && tr.ready()) self._attempts = 0;
+      });
       if (this._outbox.length) this._flush();
       return;
     }

@@ -222,3 +222,19 @@ async fn connect_error_carries_the_servers_words_and_socket_io_names_work() {
     assert!(log.iter().any(|l| l.contains("giving up")), "{log:?}");
     assert_eq!(out["auth"], json!({"whoami": "ada", "down": false, "sameSession": true}), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backoff_grows_while_sends_fail_and_starts_over_once_one_gets_through() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::with_config(Config { grace: Duration::from_secs(30), ..config() }).await;
+    let relay = Relay::start(server.addr, Mode::Pass).await;
+    let out = scenario(&server, Some(&relay), "backoff.mjs", &[]).await.result;
+    // Delays of 100 ms doubling to 1.6 s (times 0.5 to 1): some 6 connects in 5 s, where an
+    // attempt count reset by every connect gives dozens.
+    let connects = out["connects"].as_u64().unwrap();
+    assert!((3..=10).contains(&connects), "connects in 5 s of a path that drops every send: {out}");
+    let gaps: Vec<u64> = out["gaps"].as_array().unwrap().iter().map(|g| g.as_u64().unwrap()).collect();
+    assert!(gaps.len() >= 3 && gaps[gaps.len() - 1] >= 4 * gaps[0], "the delays grow: {gaps:?}");
+    assert_eq!(out["replies"], json!(1), "{out}");
+    assert!(out["resumeAfterCut"].as_u64().unwrap() < 1000, "after a send got through the backoff starts over: {out}");
+}

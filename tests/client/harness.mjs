@@ -81,9 +81,20 @@ export async function waitFor(what, condition, ms = 10000) {
   }
 }
 
+const recorded = [];
+// A failing scenario shows what its sockets saw.
+process.on('uncaughtException', (err) => {
+  for (const events of recorded) {
+    process.stderr.write(`events: ${JSON.stringify(events.map((e) => [e.t, e.event, e.data]))}\n`);
+  }
+  process.stderr.write(`${err.stack || err}\n`);
+  process.exit(1);
+});
+
 /** Every event a socket hands the page, with its time: {event, data, id, t}. */
 export function record(socket) {
   const events = [];
+  recorded.push(events);
   const start = Date.now();
   socket.onAny((event, data, id) => {
     if (event.charAt(0) !== '_') events.push({ event, data, id: id ?? null, t: Date.now() - start });

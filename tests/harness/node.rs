@@ -2,8 +2,9 @@
 //! and serves its steps: the script asks for an action on a line `STEP <name>`, this side does
 //! it and answers one line; `RESULT <json>` is what the scenario found.
 //!
-//! Steps: `relay:cut`, `relay:refuse`, `relay:pass`, `relay:stall`, `relay:unstall` (on the
-//! relay given, see `relay.rs`), `sessions` (answers the hub's live session count).
+//! Steps: `relay:cut`, `relay:refuse`, `relay:pass`, `relay:cut-on-send`, `relay:stall`,
+//! `relay:unstall` (on the relay given, see `relay.rs`), `sessions` (answers the hub's live
+//! session count).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -72,6 +73,7 @@ pub async fn run(script: &str, env: &[(&str, String)], gateway: &Gateway, relay:
                 "relay:cut" => act(relay, script, |r| r.cut()),
                 "relay:refuse" => act(relay, script, |r| r.set_mode(Mode::Refuse)),
                 "relay:pass" => act(relay, script, |r| r.set_mode(Mode::Pass)),
+                "relay:cut-on-send" => act(relay, script, |r| r.set_mode(Mode::CutOnSend)),
                 "relay:stall" => act(relay, script, |r| r.stall_downstream(true)),
                 "relay:unstall" => act(relay, script, |r| r.stall_downstream(false)),
                 other => panic!("{script}: unknown step {other:?}"),

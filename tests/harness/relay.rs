@@ -22,6 +22,9 @@ pub enum Mode {
     Refuse,
     /// Close connections whose first request is a WebSocket handshake; relay the rest.
     RefuseWebSocket,
+    /// Relay WebSocket handshakes, then cut the connection as soon as the browser sends
+    /// anything more (a path that drops whatever a client sends).
+    CutOnSend,
 }
 
 pub struct Relay {
@@ -137,8 +140,21 @@ async fn relay(shared: Arc<Shared>, mut browser: TcpStream, mode: Mode) {
     if server_tx.write_all(&head).await.is_err() {
         return;
     }
-    let up = pipe(browser_rx, server_tx, None);
     let down = pipe(server_rx, browser_tx, Some(shared.stall_tx.subscribe()));
+    if is_websocket && mode == Mode::CutOnSend {
+        // The first bytes the browser sends after its handshake end both directions.
+        let mut browser_rx = browser_rx;
+        let first = async move {
+            let mut byte = [0u8; 1];
+            let _ = browser_rx.read(&mut byte).await;
+        };
+        tokio::select! {
+            () = first => {}
+            () = down => {}
+        }
+        return;
+    }
+    let up = pipe(browser_rx, server_tx, None);
     tokio::join!(up, down);
 }
 
