@@ -998,14 +998,22 @@
   /** Sends what is queued as the page goes away: over the WebSocket, or a keepalive POST. */
   Socket.prototype._flushOnExit = function () {
     var tr = this._current;
-    if (!this.id || !this._outbox.length || !tr || !tr.ready()) return;
+    if (!this.id || !(this._outbox.length || this._unacked.length) || !tr || !tr.ready()) return;
     if (tr.name === 'websocket') {
       this._flush();
       return;
     }
+    // A POST still out may never arrive: what it carries goes again, first (the server skips
+    // numbers it already handled, so order holds either way).
+    var pending = this._unacked;
+    this._outbox = pending.concat(
+      this._outbox.filter(function (e) {
+        return pending.indexOf(e) < 0;
+      })
+    );
     var batch = this._takeBatch();
     if (!batch) return;
-    this._unacked = this._unacked.concat(batch.envs);
+    this._unacked = batch.envs.slice();
     try {
       fetch(this._url('sse', { sid: this.id }), {
         method: 'POST',

@@ -238,3 +238,15 @@ async fn the_backoff_grows_while_sends_fail_and_starts_over_once_one_gets_throug
     assert_eq!(out["replies"], json!(1), "{out}");
     assert!(out["resumeAfterCut"].as_u64().unwrap() < 1000, "after a send got through the backoff starts over: {out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagehide_sends_what_is_queued_and_what_a_hung_post_carried() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::with_config(config()).await;
+    let out = scenario(&server, None, "pagehide.mjs", &[]).await.result;
+    assert_eq!(out["echoes"], json!([1, 2, 3]), "each once, in order: {out}");
+    let sent = &out["keepalive"];
+    assert_eq!(sent.as_array().unwrap().len(), 1, "one keepalive POST: {out}");
+    let seqs: Vec<u64> = sent[0].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3], "{out}");
+}
