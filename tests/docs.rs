@@ -23,6 +23,7 @@ mod backend;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -82,28 +83,25 @@ fn blocks(file: &str) -> Vec<Block> {
     let mut section = String::new();
     let mut open: Option<Block> = None;
     for (i, line) in read(file).lines().enumerate() {
-        match &mut open {
-            Some(block) => {
-                if line.trim_start().starts_with("```") {
-                    out.push(open.take().unwrap());
-                } else {
-                    block.text.push_str(line);
-                    block.text.push('\n');
-                }
+        if let Some(block) = &mut open {
+            if line.trim_start().starts_with("```") {
+                out.push(open.take().unwrap());
+            } else {
+                block.text.push_str(line);
+                block.text.push('\n');
             }
-            None => {
-                if let Some(title) = line.strip_prefix("## ") {
-                    section = title.to_owned();
-                }
-                if let Some(info) = line.trim_start().strip_prefix("```") {
-                    assert!(
-                        !line.starts_with(' '),
-                        "{file}:{}: an indented code block; keep fences at the start of the line so this test sees them",
-                        i + 1
-                    );
-                    open = Some(Block { info: info.trim().into(), text: String::new(), line: i + 1, section: section.clone() });
-                }
-            }
+            continue;
+        }
+        if let Some(title) = line.strip_prefix("## ") {
+            title.clone_into(&mut section);
+        }
+        if let Some(info) = line.trim_start().strip_prefix("```") {
+            assert!(
+                !line.starts_with(' '),
+                "{file}:{}: an indented code block; keep fences at the start of the line so this test sees them",
+                i + 1
+            );
+            open = Some(Block { info: info.trim().into(), text: String::new(), line: i + 1, section: section.clone() });
         }
     }
     assert!(open.is_none(), "{file}: a code block is never closed");
@@ -286,9 +284,8 @@ impl Stream {
     fn ends(&mut self) -> bool {
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(50)) {
-                Err(mpsc::RecvTimeoutError::Disconnected) => return true,
-                _ => continue,
+            if let Err(mpsc::RecvTimeoutError::Disconnected) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                return true;
             }
         }
         false
@@ -393,7 +390,6 @@ fn the_first_commands_of_the_readme_are_what_they_say() {
     assert!(help.contains("[default: 127.0.0.1:3000]"), "the gateway listens on 127.0.0.1:3000 by default:\n{help}");
 
     // tests/run-all.sh: executable, parses, called by CI, and installs what the comment says.
-    use std::os::unix::fs::PermissionsExt;
     let script = root().join("tests/run-all.sh");
     assert!(std::fs::metadata(&script).unwrap().permissions().mode() & 0o111 != 0, "tests/run-all.sh is executable");
     let syntax = Command::new("bash").arg("-n").arg(&script).status().unwrap();
