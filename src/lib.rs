@@ -29,3 +29,29 @@ pub use error::Error;
 pub use gateway::{Context, Gateway, GatewayBuilder, Opening};
 pub use hub::{Hub, Rendered, Target, Transport};
 pub use protocol::{Cursor, Envelope, Sid};
+
+// The Rust blocks of the README and the docs, compiled (and run, unless marked `no_run`) as doc
+// tests, so they cannot drift from the API. tests/docs.rs holds the other blocks to account.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme_doctests {}
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/design.md")]
+mod design_doctests {}
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/protocol.md")]
+mod protocol_doctests {}
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/client.md")]
+mod client_doctests {}
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/deploy.md")]
+mod deploy_doctests {}
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/performance.md")]
+mod performance_doctests {}

@@ -1,6 +1,6 @@
 /*! switchyard.js: the browser client of switchyard (WebSocket, then SSE+POST, then long-polling).
  *
- * One dependency-free file, no build step. docs: the README's "The browser client" section.
+ * One dependency-free file, no build step. docs: docs/client.md; types: switchyard.d.ts.
  *
  *   Classic script:  <script src="/switchyard.js"></script>
  *                    const socket = switchyard.connect();        // or switchyard.io()

@@ -12,6 +12,7 @@ declare -A needs=(
   [nginx]=/usr/sbin/nginx
   [nodejs]=/usr/bin/node
   [npm]=/usr/bin/npm
+  [curl]=/usr/bin/curl
 )
 missing=()
 for pkg in "${!needs[@]}"; do
@@ -31,8 +32,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Node packages of the client tests (tests/client: the `ws` WebSocket client), from the lock file.
-if [ ! -d tests/client/node_modules/ws ]; then
+# Node packages of the client tests (tests/client: the `ws` WebSocket client, and `typescript`
+# for the check of static/switchyard.d.ts in tests/docs.rs), from the lock file.
+if [ ! -d tests/client/node_modules/ws ] || [ ! -d tests/client/node_modules/typescript ]; then
   npm ci --prefix tests/client --no-audit --no-fund
 fi
 

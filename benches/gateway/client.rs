@@ -1,6 +1,6 @@
 //! The load generator's clients: a real WebSocket client (tokio-tungstenite), a real SSE parser
 //! (eventsource-stream over reqwest's byte stream) and long-polling over reqwest, each speaking
-//! the wire contract of the README as a browser would.
+//! the wire contract (docs/protocol.md) as a browser would.
 //!
 //! Every wait has a timeout, every loop a deadline: a server that stops answering costs a
 //! counted error, never a hung bench.
