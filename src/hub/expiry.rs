@@ -1,6 +1,8 @@
 //! Time in the hub: sessions past their grace period are removed, readers that stopped reading
 //! are detached, and at shutdown every attachment is told to say goodbye. One background task
-//! ([`Hub::spawn_expiry`]) does all three.
+//! ([`Hub::expiry_task`]) does all three. It is the hub's only task, and whoever runs it owns
+//! it (the gateway, on its task tracker); it holds the hub weakly, so a hub nobody uses any more
+//! is freed with its sessions even if nobody cancelled its token.
 //!
 //! Nothing here is on the per-event path. An emit or a read never looks at the clock: the task
 //! notes, once per tick, since when an attachment has had events waiting unread, and detaches it
@@ -11,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -102,28 +105,43 @@ impl Hub {
         removed
     }
 
-    /// Starts the hub's background task: it expires sessions, checking a few times per grace
-    /// period, and when the shutdown token is cancelled it tells every attachment to say goodbye
-    /// ([`Hub::close_all`]) and stops. A hub without this task never expires nor closes.
+    /// Starts the hub's background task on the runtime, unowned: [`Hub::expiry_task`], spawned.
+    /// The gateway runs that future on its own task tracker instead, so that it is awaited on
+    /// shutdown.
     pub fn spawn_expiry(&self) -> tokio::task::JoinHandle<()> {
-        let hub = self.clone();
+        tokio::spawn(self.expiry_task())
+    }
+
+    /// The hub's background task: it expires sessions, checking a few times per grace period,
+    /// and when the shutdown token is cancelled it tells every attachment to say goodbye
+    /// ([`Hub::close_all`]) and stops. A hub without this task never expires nor closes.
+    ///
+    /// The task holds the hub weakly, so it never keeps the sessions alive by itself: once every
+    /// [`Hub`] handle is gone (the gateway, transports, handlers), the next tick finds nothing to
+    /// sweep and the task ends, whether or not the token was cancelled.
+    pub fn expiry_task(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let hub = Arc::downgrade(&self.inner);
+        let shutdown = self.inner.shutdown.clone();
         let period = (self.inner.config.grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        tokio::spawn(async move {
+        async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = hub.inner.shutdown.cancelled() => {
-                        hub.close_all();
+                    _ = shutdown.cancelled() => {
+                        if let Some(inner) = hub.upgrade() {
+                            Hub { inner }.close_all();
+                        }
                         break;
                     }
                     _ = tick.tick() => {
-                        hub.sweep(Instant::now()).await;
+                        let Some(inner) = hub.upgrade() else { break };
+                        Hub { inner }.sweep(Instant::now()).await;
                         crate::metrics::sync();
                     }
                 }
             }
-        })
+        }
     }
 
     /// Shutdown: every attachment hands out what is ready, then a `reconnect` notice, then ends;
@@ -143,7 +161,6 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
 
     use serde_json::json;
     use tokio_util::sync::CancellationToken;
@@ -239,6 +256,22 @@ mod tests {
             assert!(!hub.contains(sid).await);
         }
         assert!(turns >= SHARDS / 2, "the other task ran {turns} times during a sweep of {SHARDS} shards");
+    }
+
+    /// The task must not keep the sessions alive: with the token never cancelled, dropping the
+    /// last handle to the hub still ends it, and frees every session's state.
+    #[tokio::test(start_paused = true)]
+    async fn the_expiry_task_ends_and_frees_the_sessions_once_every_handle_is_gone() {
+        let hub = hub(8);
+        let task = hub.spawn_expiry();
+        let subject: Arc<str> = "someone".into();
+        let held = Arc::downgrade(&subject);
+        let a = hub.attach(Transport::Sse, None, None).await.unwrap();
+        hub.set_subject(a.sid(), subject).unwrap();
+        hub.emit(a.sid(), "n", &json!(1)).await.unwrap();
+        drop((a, hub));
+        tokio::time::timeout(Duration::from_secs(60), task).await.expect("the expiry task ended").unwrap();
+        assert!(held.upgrade().is_none(), "the session's state was freed");
     }
 
     #[tokio::test]
