@@ -74,9 +74,11 @@ pub struct Tasks {
     /// their dispatcher, upstream workers, and tasks started with [`Tasks::spawn`]. Closed (and
     /// then waited for) by [`Tasks::drained`], or when the last `Gateway` handle drops.
     tracker: TaskTracker,
-    /// The gateway's own token. Cancelled by [`Gateway::shutdown`], by the parent token given
-    /// to [`GatewayBuilder::shutdown_token`], or when the last `Gateway` handle drops; every
-    /// task in `tracker` watches it (the hub's expiry task through the hub, which holds a clone).
+    /// The gateway's own token, also held by the hub. Cancelled by [`Gateway::shutdown`], by the
+    /// parent token given to [`GatewayBuilder::shutdown_token`], or when the last `Gateway`
+    /// handle drops. Every task in `tracker` then ends: those started with [`Tasks::spawn`] are
+    /// dropped, the expiry task tells every attachment to say goodbye and stops, and WebSocket
+    /// tasks close their sockets once their attachment has said it.
     shutdown: CancellationToken,
 }
 
@@ -283,6 +285,7 @@ impl GatewayBuilder {
         // Not through `Tasks::spawn`: at shutdown the expiry task has work to do (telling every
         // attachment to say goodbye), so it watches the token itself.
         tasks.tracker.spawn(hub.expiry_task());
+        tasks.spawn(crate::metrics::sync_every_second());
         if let Some(hook) = self.expire {
             let (hub, expired) = (hub.clone(), hub.watch_expired());
             let limits = HookLimits { at_once: EXPIRE_HOOKS_AT_ONCE, waiting: EXPIRE_HOOKS_WAITING };
@@ -614,7 +617,7 @@ mod tests {
         drop(attachments.remove(0));
         let mut held = attachments.remove(0);
         gateway.tasks().spawn(std::future::pending());
-        assert_eq!(tasks.len(), 3, "the expiry task, the expire hooks' dispatcher and the user's task");
+        assert_eq!(tasks.len(), 4, "the expiry task, the metrics sync, the expire hooks' dispatcher and the user's task");
 
         drop((gateway, hub, attachments));
         within("every task of the dropped gateway to end", tasks.drained()).await;

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::protocol::{Cursor, Sid};
 
+use super::counters;
 use super::event::Event;
 use super::session::{lock, Session, SessionHandle, State};
 use super::{Hub, HubError, Transport};
@@ -225,7 +226,7 @@ impl Hub {
         }
         tracing::debug!(sid = session.sid.short(), transport = transport.as_str(), position, ?gap, "attached");
         let fresh = found.is_none();
-        crate::metrics::transport_attached(transport, fresh, !continuation);
+        counters::transport_attached(transport, fresh, !continuation);
         if let Some(reason) = gap {
             metrics::counter!("switchyard_gaps_total", "reason" => reason.as_str()).increment(1);
         }
@@ -430,7 +431,7 @@ impl Drop for Attachment {
     fn drop(&mut self) {
         let mut state = lock(&self.session.state);
         let holds = state.attached.as_ref().is_some_and(|a| a.id == self.id);
-        crate::metrics::transport_closed(self.transport, holds);
+        counters::transport_closed(self.transport, holds);
         if holds {
             state.attached = None;
             state.detached_at = Some(Instant::now());

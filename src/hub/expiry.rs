@@ -137,7 +137,6 @@ impl Hub {
                     _ = tick.tick() => {
                         let Some(inner) = hub.upgrade() else { break };
                         Hub { inner }.sweep(Instant::now()).await;
-                        crate::metrics::sync();
                     }
                 }
             }

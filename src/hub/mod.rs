@@ -40,8 +40,15 @@
 //! | `rooms.rs` | rooms and broadcasts ([`Target`]) |
 //! | `expiry.rs` | the grace period, slow readers, shutdown, and the task that runs them |
 //! | `event.rs` | [`Event`], [`Rendered`], and the rules every emit follows |
+//! | `counters.rs` | the metrics recorded on every attach and detach |
+//!
+//! The hub imports nothing of the crate but [`protocol`](crate::protocol): it sits at the bottom,
+//! under the transports, the app, upstream forwarding and the gateway, which all reach sessions
+//! through it. (It records metrics with the `metrics` crate directly; which recorder receives
+//! them is the application's business.)
 
 mod attachment;
+mod counters;
 mod event;
 mod expiry;
 mod rooms;
@@ -113,6 +120,18 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Every transport, in the order of [`Transport::index`].
+    pub(crate) const ALL: [Transport; 3] = [Transport::WebSocket, Transport::Sse, Transport::Polling];
+
+    /// The transport's place in [`Transport::ALL`], for tables indexed by transport.
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Transport::WebSocket => 0,
+            Transport::Sse => 1,
+            Transport::Polling => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::WebSocket => "websocket",
