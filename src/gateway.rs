@@ -17,8 +17,15 @@
 //! Handlers run in the order a session's events arrive: the transport that read an event awaits
 //! its handler before reading the next, so one session's events are handled one at a time, in
 //! order, while different sessions run concurrently.
+//!
+//! Every background task of a gateway belongs to it: the hub's expiry task, WebSocket tasks,
+//! expire hooks, upstream workers, and whatever a user starts with [`Tasks::spawn`]. They all
+//! live in one task tracker under one cancellation token ([`Tasks`]); [`Gateway::shutdown`], a
+//! cancelled parent token ([`GatewayBuilder::shutdown_token`]) or dropping the last `Gateway`
+//! handle cancels it, and [`Gateway::drained`] waits until every task has ended. So a gateway
+//! that is dropped without a shutdown leaves nothing running and frees its sessions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,6 +33,7 @@ use std::sync::Arc;
 use axum::Router;
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,7 +41,7 @@ use crate::admission::{Admission, ClientAddr};
 use crate::auth::{Auth, AuthError};
 use crate::config::Config;
 use crate::error::Error;
-use crate::hub::{AttachRequest, Attachment, Hub, HubError, Inbox, Rendered, SessionHandle, Transport};
+use crate::hub::{AttachRequest, Attachment, Expired, Hub, HubError, Inbox, Rendered, SessionHandle, Transport};
 use crate::protocol::{Cursor, Envelope, Envelopes, Sid};
 use crate::transport;
 
@@ -46,6 +54,81 @@ type Handler = Arc<dyn Fn(Context, Value) -> BoxFuture + Send + Sync>;
 /// per event (callgrind).
 type Handlers = HashMap<String, Handler, foldhash::fast::RandomState>;
 type OpenHook = Arc<dyn Fn(Opening) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+type ExpireHook = Arc<dyn Fn(Hub, Expired) -> BoxFuture + Send + Sync>;
+
+/// Most expire hooks running at once. A hook usually calls the application (an HTTP request):
+/// this bounds the requests a burst of expiries (many clients gone at once) makes in parallel.
+const EXPIRE_HOOKS_AT_ONCE: usize = 64;
+
+/// Most expiries waiting for an expire hook slot. When every slot is taken and this many wait,
+/// a further expiry is not hooked: it is dropped with a warning and counted in
+/// `switchyard_expire_hooks_dropped_total`. The application is then far behind, and holding
+/// every expiry for it would let memory grow without bound while expiry itself must go on.
+const EXPIRE_HOOKS_WAITING: usize = 10_000;
+
+/// The gateway's background work: one task tracker and the token that stops everything in it.
+/// Cheap to clone; holding a clone keeps nothing running (only `Gateway` handles do).
+#[derive(Clone)]
+pub struct Tasks {
+    /// Every task the gateway owns: the hub's expiry task, WebSocket tasks, expire hooks and
+    /// their dispatcher, upstream workers, and tasks started with [`Tasks::spawn`]. Closed (and
+    /// then waited for) by [`Tasks::drained`], or when the last `Gateway` handle drops.
+    tracker: TaskTracker,
+    /// The gateway's own token, also held by the hub. Cancelled by [`Gateway::shutdown`], by the
+    /// parent token given to [`GatewayBuilder::shutdown_token`], or when the last `Gateway`
+    /// handle drops. Every task in `tracker` then ends: those started with [`Tasks::spawn`] are
+    /// dropped, the expiry task tells every attachment to say goodbye and stops, and WebSocket
+    /// tasks close their sockets once their attachment has said it.
+    shutdown: CancellationToken,
+}
+
+impl Tasks {
+    pub(crate) fn new() -> Tasks {
+        Tasks { tracker: TaskTracker::new(), shutdown: CancellationToken::new() }
+    }
+
+    /// Runs `task` as one of the gateway's tasks: [`Gateway::drained`] waits for it, and once
+    /// the gateway shuts down it is dropped at its next `.await` if it has not finished.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {}
+                _ = task => {}
+            }
+        });
+    }
+
+    /// Whether the gateway has shut down (or was dropped).
+    pub fn is_shut_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// The gateway's token; see [`Gateway::shutdown_token`].
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// How many of the gateway's tasks are running.
+    pub fn len(&self) -> usize {
+        self.tracker.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tracker.is_empty()
+    }
+
+    /// Completes once the gateway has shut down and every one of its tasks has ended.
+    pub async fn drained(&self) {
+        self.shutdown.cancelled().await;
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
 
 /// What an open hook knows about a session being created: enough to authorize it.
 pub struct Opening {
@@ -114,8 +197,14 @@ pub struct GatewayBuilder {
     config: Config,
     handlers: Handlers,
     fallback: Option<Handler>,
-    shutdown: CancellationToken,
     open: Option<OpenHook>,
+    expire: Option<ExpireHook>,
+    /// The token given to [`GatewayBuilder::shutdown_token`], if any: its cancellation cancels
+    /// the gateway's own token (not the other way round).
+    parent: Option<CancellationToken>,
+    /// The gateway's tasks, made with the builder so that what is installed on it (an upstream)
+    /// can start tasks the gateway will own.
+    tasks: Tasks,
 }
 
 impl GatewayBuilder {
@@ -153,20 +242,58 @@ impl GatewayBuilder {
         self
     }
 
-    /// Ties the gateway's lifetime to `token`: cancelling it ends every transport and the
-    /// expiry task. By default the gateway has a token of its own ([`Gateway::shutdown`]).
-    pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
-        self.shutdown = token;
+    /// Registers a hook run for each session the hub expires (its grace period ran out), with
+    /// the hub to act on others (tell a room the session left). Hooks run as the gateway's
+    /// tasks, at most 64 at once; expiries beyond that wait, at most 10,000 of them, and further
+    /// ones get no hook (a warning and `switchyard_expire_hooks_dropped_total` say so). Hooks
+    /// still running at shutdown are cancelled.
+    pub fn on_expire<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Hub, Expired) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.expire = Some(Arc::new(move |hub, gone| Box::pin(hook(hub, gone))));
         self
     }
 
-    /// Builds the gateway and starts its expiry task; call it inside a tokio runtime.
+    /// Ties the gateway's lifetime to `token`: cancelling it shuts the gateway down (every
+    /// transport ends, every task stops). The gateway keeps a token of its own, a child of this
+    /// one: [`Gateway::shutdown`] and dropping the gateway cancel only that.
+    pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
+        self.parent = Some(token);
+        self
+    }
+
+    /// The tasks the gateway will own, for starting work that belongs to it before it is built
+    /// (an upstream's workers): see [`Tasks`].
+    pub fn tasks(&self) -> Tasks {
+        self.tasks.clone()
+    }
+
+    /// Builds the gateway and starts its tasks (the expiry task, and the expire hooks' if one is
+    /// registered); call it inside a tokio runtime.
     pub fn build(self) -> Gateway {
         crate::metrics::install();
         let auth = self.config.auth_secret.as_deref().map(Auth::new);
         let admission = Admission::new(self.config.max_new_sessions_per_ip, self.config.trusted_proxies.clone());
-        let hub = Hub::new(self.config.hub(), self.shutdown.clone());
-        hub.spawn_expiry();
+        let tasks = self.tasks;
+        if let Some(parent) = self.parent {
+            let own = tasks.shutdown.clone();
+            tasks.spawn(async move { parent.cancelled().await; own.cancel() });
+        }
+        let hub = Hub::new(self.config.hub(), tasks.shutdown.clone());
+        // Not through `Tasks::spawn`: at shutdown the expiry task has work to do (telling every
+        // attachment to say goodbye), so it watches the token itself.
+        tasks.tracker.spawn(hub.expiry_task());
+        tasks.spawn(crate::metrics::sync_every_second());
+        if let Some(hook) = self.expire {
+            let (hub, expired) = (hub.clone(), hub.watch_expired());
+            let limits = HookLimits { at_once: EXPIRE_HOOKS_AT_ONCE, waiting: EXPIRE_HOOKS_WAITING };
+            let dispatcher = run_expire_hooks(hub, expired, hook, tasks.clone(), limits);
+            tasks.spawn(async move {
+                dispatcher.await;
+            });
+        }
         Gateway {
             hub,
             inner: Arc::new(Shared {
@@ -174,11 +301,63 @@ impl GatewayBuilder {
                 handlers: self.handlers,
                 fallback: self.fallback,
                 open: self.open,
-                shutdown: self.shutdown,
-                sockets: TaskTracker::new(),
+                tasks,
                 auth,
                 admission,
             }),
+        }
+    }
+}
+
+/// How many expire hooks may run at once, and how many expiries may wait for a slot.
+#[derive(Debug, Clone, Copy)]
+struct HookLimits {
+    at_once: usize,
+    waiting: usize,
+}
+
+/// Runs `hook` for each session the hub reports expired, each as one of the gateway's tasks,
+/// at most `limits.at_once` at a time, in the order the sessions expired. Expiries that find
+/// every slot taken wait, at most `limits.waiting` of them; one more is dropped (see
+/// [`EXPIRE_HOOKS_WAITING`]). Returns how many were dropped, once the hub stops reporting and
+/// the waiting ones have started (in the gateway it runs until shutdown instead).
+async fn run_expire_hooks(
+    hub: Hub,
+    mut expired: mpsc::UnboundedReceiver<Expired>,
+    hook: ExpireHook,
+    tasks: Tasks,
+    limits: HookLimits,
+) -> u64 {
+    let slots = Arc::new(Semaphore::new(limits.at_once.max(1)));
+    let mut waiting = VecDeque::new();
+    let mut dropped = 0u64;
+    let mut reporting = true;
+    loop {
+        tokio::select! {
+            // Start what waits before taking more: the queue only grows while every slot is busy.
+            biased;
+            slot = slots.clone().acquire_owned(), if !waiting.is_empty() => {
+                let slot = slot.expect("the semaphore is never closed");
+                let gone = waiting.pop_front().expect("something waits");
+                let run = hook(hub.clone(), gone);
+                tasks.spawn(async move {
+                    run.await;
+                    drop(slot);
+                });
+            }
+            next = expired.recv(), if reporting => match next {
+                Some(gone) if waiting.len() < limits.waiting => waiting.push_back(gone),
+                Some(gone) => {
+                    dropped += 1;
+                    metrics::counter!("switchyard_expire_hooks_dropped_total").increment(1);
+                    if dropped == 1 || dropped.is_multiple_of(1000) {
+                        tracing::warn!(sid = gone.sid.short(), dropped, running = limits.at_once, waiting = limits.waiting,
+                                       "expire hooks are not keeping up; dropping the hook of an expired session");
+                    }
+                }
+                None => reporting = false,
+            },
+            else => return dropped,
         }
     }
 }
@@ -194,17 +373,28 @@ struct Shared {
     config: Config,
     handlers: Handlers,
     fallback: Option<Handler>,
-    /// Run for each session a transport creates; see [`GatewayBuilder::on_open`].
+    /// Run for each session a transport creates; see [`GatewayBuilder::on_open`]. It runs
+    /// inside the request that created the session, not as a task of its own.
     open: Option<OpenHook>,
-    /// Cancelled by [`Gateway::shutdown`] (or by the owner of a token passed to the builder).
-    shutdown: CancellationToken,
-    /// The per-socket tasks of upgraded WebSockets, which outlive the HTTP request that started
-    /// them; [`Gateway::drained`] waits for them.
-    sockets: TaskTracker,
+    /// Every background task of the gateway and the token that stops them: see [`Tasks`]. The
+    /// per-socket tasks of upgraded WebSockets, which outlive the HTTP request that started
+    /// them, are among them. Cancelled and closed when this, the last part of the last
+    /// `Gateway` handle, drops.
+    tasks: Tasks,
     /// Token verification, when `auth_secret` is configured.
     auth: Option<Auth>,
     /// The per-address limit on new sessions, asked by [`Gateway::attach`].
     admission: Admission,
+}
+
+/// Dropping the last `Gateway` handle shuts the gateway down, as [`Gateway::shutdown`] would:
+/// its tasks stop (the expiry task first tells any attachment still held to say goodbye), and
+/// with them go the last references to the hub that they held.
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.tasks.shutdown.cancel();
+        self.tasks.tracker.close();
+    }
 }
 
 /// What [`ClientAddr`] needs from the state of the gateway's routes.
@@ -216,7 +406,15 @@ impl axum::extract::FromRef<Gateway> for Admission {
 
 impl Gateway {
     pub fn builder(config: Config) -> GatewayBuilder {
-        GatewayBuilder { config, handlers: Handlers::default(), fallback: None, shutdown: CancellationToken::new(), open: None }
+        GatewayBuilder {
+            config,
+            handlers: Handlers::default(),
+            fallback: None,
+            open: None,
+            expire: None,
+            parent: None,
+            tasks: Tasks::new(),
+        }
     }
 
     pub fn hub(&self) -> &Hub {
@@ -245,25 +443,35 @@ impl Gateway {
         self.hub.attach_with(request, gate).await
     }
 
-    /// Ends every transport (clients are told to resume) and stops background tasks.
+    /// Ends every transport (clients are told to resume) and stops background tasks;
+    /// [`Gateway::drained`] says when they have stopped.
     pub fn shutdown(&self) {
-        self.inner.shutdown.cancel();
+        self.inner.tasks.shutdown.cancel();
     }
 
+    /// The gateway's own token: cancelled by [`Gateway::shutdown`], by the parent token given to
+    /// the builder, or when the last handle drops. Cancelling it shuts the gateway down.
     pub fn shutdown_token(&self) -> &CancellationToken {
-        &self.inner.shutdown
+        &self.inner.tasks.shutdown
     }
 
-    /// Runs a WebSocket's task so that [`Gateway::drained`] waits for it.
+    /// The gateway's background tasks, to start one of your own that it should own, or to
+    /// await them after the last handle is gone.
+    pub fn tasks(&self) -> &Tasks {
+        &self.inner.tasks
+    }
+
+    /// Runs a WebSocket's task so that [`Gateway::drained`] waits for it. Not cancelled at
+    /// shutdown: the socket ends by itself once the hub has told its attachment to say goodbye.
     pub(crate) fn track_socket<F: Future<Output = ()>>(&self, task: F) -> impl Future<Output = ()> {
-        self.inner.sockets.track_future(task)
+        self.inner.tasks.tracker.track_future(task)
     }
 
-    /// Completes when the gateway is shut down and every WebSocket task has closed its socket.
+    /// Completes when the gateway is shut down and every one of its tasks has ended: WebSocket
+    /// tasks have closed their sockets, and the expiry task, expire hooks and upstream workers
+    /// have stopped.
     pub async fn drained(&self) {
-        self.inner.shutdown.cancelled().await;
-        self.inner.sockets.close();
-        self.inner.sockets.wait().await;
+        self.inner.tasks.drained().await
     }
 
     /// The gateway's routes: `/ws`, `/sse` (GET stream, POST send) and `/poll` (GET, and POST as
@@ -369,5 +577,146 @@ impl Gateway {
     /// Tells the session, in its own event stream, that something it sent was refused.
     pub async fn report_error(&self, sid: &Sid, error: impl std::fmt::Display) {
         let _ = self.hub.emit(sid, "error", &json!({ "error": error.to_string() })).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::hub::{CloseReason, HubConfig};
+
+    /// Longest any wait here may take; each ends far sooner unless something is wrong.
+    const WAIT: Duration = Duration::from_secs(5);
+
+    async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+        tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+
+    /// Without a shutdown, a dropped gateway used to keep its expiry task, and through it the
+    /// hub and every session, alive for the life of the process.
+    #[tokio::test]
+    async fn dropping_the_last_handle_stops_every_task_and_frees_the_sessions() {
+        let gateway = Gateway::builder(Config::default()).on_expire(|_, _| async {}).build();
+        let tasks = gateway.tasks().clone();
+        let hub = gateway.hub().clone();
+        let (mut freed, mut attachments) = (Vec::new(), Vec::new());
+        for i in 0..3 {
+            let attachment = hub.attach(Transport::Sse, None, None).await.unwrap();
+            // Held by the session's state, so its weak count tells when that state is freed.
+            let subject: Arc<str> = format!("user {i}").into();
+            freed.push(Arc::downgrade(&subject));
+            hub.set_subject(attachment.sid(), subject).unwrap();
+            hub.emit(attachment.sid(), "n", &json!(i)).await.unwrap();
+            attachments.push(attachment);
+        }
+        // One session in its grace period, one whose attachment is still held, one attached
+        // until now; and a task of the user's that would never end by itself.
+        drop(attachments.remove(0));
+        let mut held = attachments.remove(0);
+        gateway.tasks().spawn(std::future::pending());
+        assert_eq!(tasks.len(), 4, "the expiry task, the metrics sync, the expire hooks' dispatcher and the user's task");
+
+        drop((gateway, hub, attachments));
+        within("every task of the dropped gateway to end", tasks.drained()).await;
+        assert!(tasks.is_empty() && tasks.is_shut_down());
+        // The attachment still held was told to resume elsewhere, after what was ready for it.
+        let mut names = Vec::new();
+        let end = loop {
+            match within("the held attachment's next event", held.recv()).await {
+                Ok(event) => names.push(event.name().to_owned()),
+                Err(reason) => break reason,
+            }
+        };
+        assert_eq!((names, end), (vec!["session".to_owned(), "n".to_owned(), "reconnect".to_owned()], CloseReason::Shutdown));
+        assert!(freed[1].upgrade().is_some(), "a held attachment keeps the hub, and its session");
+        drop(held);
+        assert!(freed.iter().all(|subject| subject.upgrade().is_none()), "every session's state was freed");
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_the_gateways_tasks_and_drained_awaits_them() {
+        let gateway = Gateway::builder(Config::default()).build();
+        let alive = Arc::new(());
+        let held = Arc::downgrade(&alive);
+        gateway.tasks().spawn(async move {
+            let _alive = alive;
+            std::future::pending::<()>().await
+        });
+        let drained = tokio::spawn({
+            let gateway = gateway.clone();
+            async move { gateway.drained().await }
+        });
+        gateway.shutdown();
+        within("the gateway's tasks to end", drained).await.unwrap();
+        assert!(held.upgrade().is_none(), "the task was dropped");
+        assert!(gateway.tasks().is_empty());
+        // A task started after shutdown does not run on.
+        gateway.tasks().spawn(std::future::pending());
+        within("a task started after shutdown to end", gateway.drained()).await;
+    }
+
+    #[tokio::test]
+    async fn a_parent_token_shuts_the_gateway_down_and_the_gateway_never_cancels_it() {
+        let parent = CancellationToken::new();
+        let gateway = Gateway::builder(Config::default()).shutdown_token(parent.clone()).build();
+        gateway.shutdown();
+        within("the gateway's own shutdown", gateway.drained()).await;
+        assert!(!parent.is_cancelled(), "shutting one gateway down leaves its parent alone");
+
+        let gateway = Gateway::builder(Config::default()).shutdown_token(parent.clone()).build();
+        drop(Gateway::builder(Config::default()).shutdown_token(parent.clone()).build());
+        assert!(!parent.is_cancelled(), "nor does dropping one");
+        parent.cancel();
+        within("the shutdown the parent asked for", gateway.drained()).await;
+        assert!(gateway.shutdown_token().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn expire_hooks_run_a_bounded_number_at_once_and_beyond_the_queue_are_dropped() {
+        let hub = Hub::new(HubConfig::default(), CancellationToken::new());
+        let tasks = Tasks::new();
+        // Hooks start, say so, and wait for `release`.
+        let release = Arc::new(Semaphore::new(0));
+        let (started_tx, mut started) = mpsc::unbounded_channel();
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let hook: ExpireHook = {
+            let (release, running, most) = (release.clone(), running.clone(), most.clone());
+            Arc::new(move |_hub, gone: Expired| {
+                let (release, running, most, started_tx) = (release.clone(), running.clone(), most.clone(), started_tx.clone());
+                Box::pin(async move {
+                    most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    started_tx.send(gone.sid).unwrap();
+                    let _turn = release.acquire().await.unwrap();
+                    running.fetch_sub(1, Ordering::SeqCst);
+                })
+            })
+        };
+        // Ten sessions expire at once.
+        let (expired_tx, expired) = mpsc::unbounded_channel();
+        let sids: Vec<Sid> = (0..10).map(|_| Sid::random()).collect();
+        for sid in &sids {
+            expired_tx.send(Expired { sid: sid.clone(), rooms: Vec::new() }).unwrap();
+        }
+        drop(expired_tx);
+        let limits = HookLimits { at_once: 2, waiting: 3 };
+        let dispatcher = tokio::spawn(run_expire_hooks(hub, expired, hook, tasks.clone(), limits));
+
+        // Two run; three wait for them; the other five find no room. (On this one-thread
+        // runtime the dispatcher takes in all ten before any hook runs.)
+        let first = [within("a first hook", started.recv()).await.unwrap(), within("a second hook", started.recv()).await.unwrap()];
+        assert_eq!(first, [sids[0].clone(), sids[1].clone()]);
+        release.add_permits(10);
+        assert_eq!(within("the dispatcher", dispatcher).await.unwrap(), 5, "dropped");
+        tasks.tracker.close();
+        within("the hooks", tasks.tracker.wait()).await;
+        let mut hooked: Vec<Sid> = first.into_iter().chain(std::iter::from_fn(|| started.try_recv().ok())).collect();
+        hooked.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        let mut expected = sids[..5].to_vec();
+        expected.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        assert_eq!(hooked, expected, "the first five expiries were hooked, each once");
+        assert_eq!(most.load(Ordering::SeqCst), 2, "never more than two at once");
     }
 }

@@ -26,7 +26,7 @@ pub mod upstream;
 
 pub use config::Config;
 pub use error::Error;
-pub use gateway::{Context, Gateway, GatewayBuilder, Opening};
+pub use gateway::{Context, Gateway, GatewayBuilder, Opening, Tasks};
 pub use hub::{Hub, Rendered, Target, Transport};
 pub use protocol::{Cursor, Envelope, Sid};
 

@@ -26,7 +26,6 @@ async fn main() -> anyhow::Result<()> {
     };
     let gateway = builder.build();
     if let Some(upstream) = &upstream {
-        upstream.spawn_expire_hook(gateway.hub(), gateway.shutdown_token().clone());
         tracing::info!(events = ?upstream.config().events, on_open = ?upstream.config().on_open,
                        on_expire = ?upstream.config().on_expire, "forwarding to the application");
     }

@@ -11,11 +11,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use metrics::{Counter, Gauge};
+use metrics::Counter;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::gateway::Gateway;
@@ -54,82 +55,42 @@ fn describe() {
     describe_counter!("switchyard_post_responses_total", "Answers to POSTed events, by status");
     describe_counter!("switchyard_errors_total", "Errors answered to clients, by kind");
     describe_counter!("switchyard_resends_skipped_total", "Numbered client sends skipped as already handled");
+    describe_counter!("switchyard_expire_hooks_dropped_total", "Expired sessions whose expire hook was dropped: too many hooks waiting");
     describe_counter!(
         "switchyard_upstream_requests_total",
         "Requests to the application (--upstream), by outcome: ok, unavailable, timeout, status, malformed, busy"
     );
 }
 
-/// Handles of the metrics touched for every event, and for every attach (each long-poll is
-/// one), registered once: the `counter!` macro builds and looks up its key on every call, which
-/// is measurable at tens of thousands of events a second.
+/// Handles of the metrics touched for every event, registered once: the `counter!` macro builds
+/// and looks up its key on every call, which is measurable at tens of thousands of events a
+/// second. (The hub keeps its own for every attach and detach.)
 struct PerEvent {
     /// By transport: WebSocket, SSE, polling.
     events_out: [Counter; 3],
     bytes_out: [Counter; 3],
     in_websocket: Counter,
     in_post: Counter,
-    attaches: [Counter; 3],
-    resumes: [Counter; 3],
-    open: [Gauge; 3],
-    sessions_created: Counter,
-    detached_closed: Counter,
 }
 
 fn per_event() -> &'static PerEvent {
     static PER_EVENT: OnceLock<PerEvent> = OnceLock::new();
     PER_EVENT.get_or_init(|| {
-        const ALL: [Transport; 3] = [Transport::WebSocket, Transport::Sse, Transport::Polling];
-        let by_transport = |name: &'static str| ALL.map(|t| metrics::counter!(name, "transport" => t.as_str()));
+        let by_transport = |name: &'static str| Transport::ALL.map(|t| metrics::counter!(name, "transport" => t.as_str()));
         PerEvent {
             events_out: by_transport("switchyard_events_out_total"),
             bytes_out: by_transport("switchyard_bytes_out_total"),
             in_websocket: metrics::counter!("switchyard_events_in_total", "via" => "websocket"),
             in_post: metrics::counter!("switchyard_events_in_total", "via" => "post"),
-            attaches: by_transport("switchyard_attaches_total"),
-            resumes: by_transport("switchyard_resumes_total"),
-            open: ALL.map(|t| metrics::gauge!("switchyard_transports_open", "transport" => t.as_str())),
-            sessions_created: metrics::counter!("switchyard_sessions_created_total"),
-            detached_closed: metrics::counter!("switchyard_detaches_total", "reason" => "closed"),
         }
     })
 }
 
-/// Counts a transport attached: to a session it created (`fresh`), or resuming one (`resumed`;
-/// neither for a long-poll that continues a long-poll).
-pub fn transport_attached(transport: Transport, fresh: bool, resumed: bool) {
-    let m = per_event();
-    m.attaches[index(transport)].increment(1);
-    m.open[index(transport)].increment(1);
-    if fresh {
-        m.sessions_created.increment(1);
-    } else if resumed {
-        m.resumes[index(transport)].increment(1);
-    }
-}
-
-/// Counts a transport gone; `detached` when it still held its session (a close, not a takeover).
-pub fn transport_closed(transport: Transport, detached: bool) {
-    let m = per_event();
-    m.open[index(transport)].decrement(1);
-    if detached {
-        m.detached_closed.increment(1);
-    }
-}
-
-fn index(transport: Transport) -> usize {
-    match transport {
-        Transport::WebSocket => 0,
-        Transport::Sse => 1,
-        Transport::Polling => 2,
-    }
-}
-
 /// The counters touched several times per round trip (events in, events and bytes out) are
 /// counted here in plain atomics, one add each, and copied into the registry by [`sync`] (at
-/// every `/metrics` render, and every second from the hub's expiry task): a registry counter
-/// costs two atomic adds per increment (value and generation), and at the margins issue 5's
-/// round-trip target is measured at, the difference shows.
+/// every `/metrics` render, and every second by [`sync_every_second`], a task of each gateway):
+/// a registry counter costs two atomic adds per increment (value and generation), and at the
+/// margins issue 5's round-trip target is measured at, the difference shows.
 struct EventCounts {
     out: [AtomicU64; 3],
     bytes: [AtomicU64; 3],
@@ -144,6 +105,17 @@ static COUNTS: EventCounts = EventCounts {
     in_post: AtomicU64::new(0),
 };
 
+/// Runs [`sync`] once a second, forever: for a recorder that is read without a `/metrics`
+/// render (an embedding application's own). The gateway runs it as one of its tasks.
+pub async fn sync_every_second() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        sync();
+    }
+}
+
 /// Copies the per-event counts into the registry's counters.
 pub fn sync() {
     let m = per_event();
@@ -157,8 +129,8 @@ pub fn sync() {
 
 /// Counts one written event of `bytes` bytes on `transport`.
 pub fn event_out(transport: Transport, bytes: usize) {
-    COUNTS.out[index(transport)].fetch_add(1, Ordering::Relaxed);
-    COUNTS.bytes[index(transport)].fetch_add(bytes as u64, Ordering::Relaxed);
+    COUNTS.out[transport.index()].fetch_add(1, Ordering::Relaxed);
+    COUNTS.bytes[transport.index()].fetch_add(bytes as u64, Ordering::Relaxed);
 }
 
 /// Counts one answer to a POST. The common answer's counter is registered once; the others

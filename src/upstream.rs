@@ -28,17 +28,21 @@
 //!   anything else may have had effects.
 //! * **All or nothing.** An answer is parsed and checked whole before any action is applied, so a
 //!   malformed answer changes nothing.
+//! * **Owned by the gateway.** [`Upstream::install`] hands the upstream the gateway's
+//!   [`Tasks`]: the per-session workers and the expire hooks are the gateway's tasks, stopped at
+//!   its shutdown (a request in flight is abandoned; events still queued are not sent) and
+//!   awaited by [`Gateway::drained`](crate::Gateway::drained).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Notify, Semaphore};
 
-use crate::gateway::{GatewayBuilder, Opening};
+use crate::gateway::{GatewayBuilder, Opening, Tasks};
 use crate::hub::{check_room_name, Expired, Hub, Target};
 use crate::protocol::{check_event_name, Sid};
 
@@ -173,11 +177,16 @@ struct Inner {
     /// session is queued or in flight, and is removed by its worker when the queue runs empty.
     queues: Mutex<HashMap<Sid, Queue>>,
     counters: Counters,
+    /// The tasks of the gateway the upstream is installed in, where its workers run; set by
+    /// [`Upstream::install`]. An upstream used without one runs them on tasks of its own that
+    /// nothing stops.
+    tasks: OnceLock<Tasks>,
 }
 
 struct Queue {
     /// Events for the session's worker task, which holds the receiving end; it exits (and this
-    /// entry is removed) when the queue runs empty, both under the map's lock.
+    /// entry is removed) when the queue runs empty, both under the map's lock. At shutdown the
+    /// worker is dropped instead and the entry stays, unused: nothing is queued after shutdown.
     jobs: mpsc::UnboundedSender<Job>,
     /// Events of the session queued or in flight; at most `max_per_session`.
     waiting: usize,
@@ -209,6 +218,7 @@ impl Upstream {
                 client,
                 queues: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
+                tasks: OnceLock::new(),
             }),
         }
     }
@@ -231,8 +241,14 @@ impl Upstream {
     }
 
     /// Registers what the configuration asks for on a gateway builder: the fallback that forwards
-    /// unclaimed events, and the open hook. Call [`Upstream::spawn_expire_hook`] after `build`.
+    /// unclaimed events, the open hook and the expire hook; and makes the upstream's workers
+    /// tasks of that gateway. An upstream is installed in one gateway.
+    ///
+    /// # Panics
+    ///
+    /// If the upstream is already installed in a gateway, or has already forwarded an event.
     pub fn install(&self, mut builder: GatewayBuilder) -> GatewayBuilder {
+        assert!(self.inner.tasks.set(builder.tasks()).is_ok(), "an Upstream is installed in one gateway, before it forwards");
         if self.inner.config.events.is_some() {
             let upstream = self.clone();
             builder = builder.fallback(move |ctx, data| {
@@ -247,28 +263,22 @@ impl Upstream {
                 async move { upstream.open(opening).await }
             });
         }
+        if self.inner.config.on_expire.is_some() {
+            // The gateway runs expire hooks as its tasks, a bounded number at once (see
+            // `GatewayBuilder::on_expire`), so a slow app holds back neither the next expiry
+            // nor memory.
+            let upstream = self.clone();
+            builder = builder.on_expire(move |hub, gone| {
+                let upstream = upstream.clone();
+                async move { upstream.expire(&hub, gone).await }
+            });
+        }
         builder
     }
 
-    /// Starts the task that POSTs an `expire` hook for each session the hub expires, if an expire
-    /// URL is configured. It stops when `shutdown` is cancelled.
-    pub fn spawn_expire_hook(&self, hub: &Hub, shutdown: tokio_util::sync::CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
-        self.inner.config.on_expire.as_ref()?;
-        let mut expired = hub.watch_expired();
-        let upstream = self.clone();
-        let hub = hub.clone();
-        Some(tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    next = expired.recv() => next,
-                };
-                let Some(gone) = next else { break };
-                // Each hook is its own task: a slow app must not hold back the next expiry.
-                let (upstream, hub) = (upstream.clone(), hub.clone());
-                tokio::spawn(async move { upstream.expire(&hub, gone).await });
-            }
-        }))
+    /// Where the workers run: the gateway's tasks once installed.
+    fn tasks(&self) -> &Tasks {
+        self.inner.tasks.get_or_init(Tasks::new)
     }
 
     /// Queues one client event for the app; the session's worker sends it after the ones before
@@ -279,6 +289,12 @@ impl Upstream {
     /// `subject` is who the client is, when the gateway authenticates sessions.
     pub async fn forward(&self, hub: &Hub, sid: &Sid, subject: Option<&str>, event: &str, data: Value) {
         if self.inner.config.events.is_none() {
+            return;
+        }
+        let shutdown = self.tasks().shutdown_token();
+        if shutdown.is_cancelled() {
+            // The workers are stopped and every client was told to resume elsewhere.
+            tracing::debug!(sid = sid.short(), event, "gateway shut down; event not forwarded");
             return;
         }
         let mut job = Job { hub: hub.clone(), subject: subject.map(str::to_owned), event: event.to_owned(), data };
@@ -312,8 +328,13 @@ impl Upstream {
                 }
             };
             // Full: wait for the worker to finish one (this holds the transport back, which is
-            // the backpressure a burst needs), but not past the timeout: then the app is stuck.
-            if tokio::time::timeout_at(deadline, full.notified()).await.is_err() {
+            // the backpressure a burst needs), but not past the timeout: then the app is stuck;
+            // nor past shutdown, which stops the worker.
+            let room = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                room = tokio::time::timeout_at(deadline, full.notified()) => room,
+            };
+            if room.is_err() {
                 let detail = format!("{max} events of this session still queued after {:?}", self.inner.config.timeout);
                 self.failed(hub, sid, event, Failure::Busy, &detail).await;
                 return;
@@ -322,10 +343,10 @@ impl Upstream {
     }
 
     /// The session's worker: sends its events one at a time, in queue order, and exits when the
-    /// queue is empty.
+    /// queue is empty, or at the gateway's shutdown.
     fn spawn_worker(&self, sid: Sid, mut jobs: mpsc::UnboundedReceiver<Job>) {
         let upstream = self.clone();
-        tokio::spawn(async move {
+        self.tasks().spawn(async move {
             while let Some(job) = jobs.recv().await {
                 upstream.send_event(&sid, job).await;
                 let mut queues = upstream.inner.queues.lock().unwrap_or_else(|e| e.into_inner());

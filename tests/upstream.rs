@@ -129,7 +129,6 @@ async fn backend_expire(State(seen): State<Seen>, Json(request): Json<Value>) ->
 async fn gateway(config: Config, upstream: UpstreamConfig) -> (TestServer, Upstream) {
     let upstream = Upstream::new(upstream);
     let gateway = upstream.install(Gateway::builder(config)).build();
-    upstream.spawn_expire_hook(gateway.hub(), gateway.shutdown_token().clone());
     let static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
     let router = server::app(&gateway, &static_dir).nest("/api", api::router(gateway.clone(), ApiAccess::Loopback));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -460,4 +459,55 @@ async fn with_auth_on_the_app_learns_who_the_client_is() {
     assert_eq!((&event["sid"], &event["subject"]), (&json!(sid), &json!("alice")));
     let info: Value = server.http.get(server.url(&format!("/api/sessions/{sid}"))).send().await.unwrap().json().await.unwrap();
     assert_eq!(info["subject"], "alice");
+}
+
+/// An app that takes requests and never answers them; each request's path (`/events`,
+/// `/expire`) is sent on the channel as it arrives.
+async fn silent_app() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (arrived_tx, arrived) = tokio::sync::mpsc::unbounded_channel();
+    let router = Router::new().route(
+        "/{kind}",
+        post(move |axum::extract::Path(kind): axum::extract::Path<String>| {
+            let _ = arrived_tx.send(format!("/{kind}"));
+            std::future::pending::<()>()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (addr, arrived)
+}
+
+#[tokio::test]
+async fn shutdown_stops_and_awaits_upstream_workers_and_expire_hooks_in_flight() {
+    let (app, mut arrived) = silent_app().await;
+    // A timeout far beyond any wait here: only the shutdown can end these requests in time.
+    let upstream = UpstreamConfig {
+        events: Some(format!("http://{app}/events")),
+        on_expire: Some(format!("http://{app}/expire")),
+        timeout: Duration::from_secs(600),
+        ..UpstreamConfig::default()
+    };
+    let config = Config { grace: Duration::from_millis(100), ..Config::default() };
+    let (server, _upstream) = gateway(config, upstream).await;
+    let tasks = server.gateway.tasks().clone();
+    let idle = tasks.len();
+
+    // An event forwarded: its session's worker waits for the app.
+    let mut sse = server.sse("/sse").await;
+    let sid = sse.hello().await;
+    let (status, _) = server.post_json(&sid, r#"{"event":"anything","data":1}"#).await;
+    assert_eq!(status, 202);
+    assert_eq!(within("the event at the app", arrived.recv()).await.unwrap(), "/events");
+    assert_eq!(tasks.len(), idle + 1, "the worker is one of the gateway's tasks");
+
+    // A session expires: its hook waits for the app.
+    let gone = server.gateway.hub().attach(switchyard::Transport::Polling, None, None).await.unwrap();
+    drop(gone);
+    assert_eq!(within("the expire hook at the app", arrived.recv()).await.unwrap(), "/expire");
+    assert_eq!(tasks.len(), idle + 2, "the hook is one of the gateway's tasks");
+
+    server.gateway.shutdown();
+    within("the worker and the hook to stop", server.gateway.drained()).await;
+    assert!(tasks.is_empty(), "{} of the gateway's tasks still running", tasks.len());
 }

@@ -1,0 +1,296 @@
+//! Time in the hub: sessions past their grace period are removed, readers that stopped reading
+//! are detached, and at shutdown every attachment is told to say goodbye. One background task
+//! ([`Hub::expiry_task`]) does all three. It is the hub's only task, and whoever runs it owns
+//! it (the gateway, on its task tracker); it holds the hub weakly, so a hub nobody uses any more
+//! is freed with its sessions even if nobody cancelled its token.
+//!
+//! Nothing here is on the per-event path. An emit or a read never looks at the clock: the task
+//! notes, once per tick, since when an attachment has had events waiting unread, and detaches it
+//! once that exceeds the slow-client timeout. The sweep over every session goes a shard at a
+//! time and lets other tasks run in between, so no round trip waits for the whole table.
+//! Removed sessions are reported to [`Hub::watch_expired`] subscribers (lifecycle hooks), which
+//! are told after the table and room locks are released.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::protocol::Sid;
+
+use super::attachment::{evict, CloseReason};
+use super::session::lock;
+use super::table::Shard;
+use super::Hub;
+
+/// A session the expiry task removed, as [`Hub::watch_expired`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub sid: Sid,
+    /// The rooms it was in when it expired (it is in none now).
+    pub rooms: Vec<String>,
+}
+
+impl Hub {
+    /// A stream of the sessions the expiry task removes, for lifecycle hooks. Each call makes a
+    /// new subscriber; dropping the receiver unsubscribes.
+    pub fn watch_expired(&self) -> mpsc::UnboundedReceiver<Expired> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inner.expired_txs.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        rx
+    }
+
+    /// Removes every session whose grace period has run out, and detaches readers stalled past
+    /// the slow-client timeout. Returns how many sessions were removed.
+    pub fn expire(&self, now: Instant) -> usize {
+        let removed = self.inner.shards.iter().map(|shard| self.expire_shard(shard, now)).sum();
+        metrics::counter!("switchyard_sessions_expired_total").increment(removed as u64);
+        removed
+    }
+
+    /// [`Hub::expire`] for the expiry task: one shard at a time, letting the runtime run other
+    /// tasks between shards. The sweep visits every session, so in one go it would hold the
+    /// worker thread for time in proportion to the session count (about 1 ms per 19,000
+    /// sessions here, once a second: every round trip in flight meanwhile waited that long);
+    /// a shard at a time, a round trip waits at most one shard's share of it.
+    async fn sweep(&self, now: Instant) -> usize {
+        let mut removed = 0;
+        for shard in self.inner.shards.iter() {
+            removed += self.expire_shard(shard, now);
+            tokio::task::yield_now().await;
+        }
+        metrics::counter!("switchyard_sessions_expired_total").increment(removed as u64);
+        removed
+    }
+
+    fn expire_shard(&self, shard: &Shard, now: Instant) -> usize {
+        let grace = self.inner.config.grace;
+        let slow = self.inner.config.slow_client_timeout;
+        let mut gone = Vec::new();
+        shard.write().unwrap_or_else(|e| e.into_inner()).retain(|_, session| {
+            let mut state = lock(&session.state);
+            let last_seq = state.last_seq;
+            let stalled = match &mut state.attached {
+                Some(attached) if attached.read_upto < last_seq => {
+                    let since = *attached.behind_since.get_or_insert(now);
+                    now.duration_since(since) >= slow
+                }
+                Some(attached) => {
+                    attached.behind_since = None;
+                    false
+                }
+                None => false,
+            };
+            if stalled {
+                evict(&mut state, CloseReason::SlowConsumer, &session.sid);
+            }
+            let expired = state.detached_at.is_some_and(|t| now.duration_since(t) >= grace);
+            if expired {
+                state.removed = true;
+                state.ring = VecDeque::new();
+                gone.push((session.sid.clone(), std::mem::take(&mut state.rooms)));
+                tracing::debug!(sid = session.sid.short(), "session expired");
+            }
+            !expired
+        });
+        let removed = gone.len();
+        if removed > 0 {
+            self.inner.live.fetch_sub(removed, Ordering::Relaxed);
+            // Room tables and watchers are touched with no session table lock held.
+            self.forget(gone, true);
+        }
+        removed
+    }
+
+    /// Starts the hub's background task on the runtime, unowned: [`Hub::expiry_task`], spawned.
+    /// The gateway runs that future on its own task tracker instead, so that it is awaited on
+    /// shutdown.
+    pub fn spawn_expiry(&self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.expiry_task())
+    }
+
+    /// The hub's background task: it expires sessions, checking a few times per grace period,
+    /// and when the shutdown token is cancelled it tells every attachment to say goodbye
+    /// ([`Hub::close_all`]) and stops. A hub without this task never expires nor closes.
+    ///
+    /// The task holds the hub weakly, so it never keeps the sessions alive by itself: once every
+    /// [`Hub`] handle is gone (the gateway, transports, handlers), the next tick finds nothing to
+    /// sweep and the task ends, whether or not the token was cancelled.
+    pub fn expiry_task(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let hub = Arc::downgrade(&self.inner);
+        let shutdown = self.inner.shutdown.clone();
+        let period = (self.inner.config.grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        if let Some(inner) = hub.upgrade() {
+                            Hub { inner }.close_all();
+                        }
+                        break;
+                    }
+                    _ = tick.tick() => {
+                        let Some(inner) = hub.upgrade() else { break };
+                        Hub { inner }.sweep(Instant::now()).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Shutdown: every attachment hands out what is ready, then a `reconnect` notice, then ends;
+    /// attachments made from now on do the same at once.
+    pub fn close_all(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        for shard in self.inner.shards.iter() {
+            for session in shard.read().unwrap_or_else(|e| e.into_inner()).values() {
+                if let Some(attached) = &lock(&session.state).attached {
+                    attached.wake.notify();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+
+    use super::super::table::SHARDS;
+    use super::super::testing::{hub, next};
+    use super::super::{HubConfig, HubError, Transport};
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_leaves_events_unread_is_detached_after_the_timeout() {
+        let hub = Hub::new(
+            HubConfig { slow_client_timeout: Duration::from_secs(5), ..HubConfig::default() },
+            CancellationToken::new(),
+        );
+        // The expiry task's ticks, one a second.
+        let ticks = |seconds: u64| {
+            let hub = hub.clone();
+            async move {
+                for _ in 0..seconds {
+                    tokio::time::advance(Duration::from_secs(1)).await;
+                    hub.expire(Instant::now());
+                }
+            }
+        };
+        let mut a = hub.attach(Transport::Sse, None, None).await.unwrap();
+        let sid = a.sid().clone();
+        next(&mut a).await;
+        hub.emit(&sid, "n", &json!(1)).await.unwrap();
+        ticks(4).await;
+        // Reading in time keeps it attached.
+        assert_eq!(next(&mut a).await.1, 1);
+        hub.emit(&sid, "n", &json!(2)).await.unwrap();
+        ticks(5).await;
+        assert!(matches!(a.try_recv(), Ok(Some(_))), "not yet 5 s since a tick saw it behind");
+        hub.emit(&sid, "n", &json!(3)).await.unwrap();
+        ticks(5).await;
+        assert!(hub.info(&sid).unwrap().transport.is_some(), "reading restarted the clock");
+        ticks(1).await;
+        let end = tokio::time::timeout(Duration::from_secs(1), a.recv()).await.expect("detached by now");
+        assert_eq!(end.unwrap_err(), CloseReason::SlowConsumer);
+        assert!(hub.contains(&sid).await, "the session stays for its grace period");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn detached_sessions_expire_after_the_grace_period_and_attached_ones_never() {
+        let hub = hub(8);
+        let a = hub.attach(Transport::Sse, None, None).await.unwrap();
+        let kept = hub.attach(Transport::Sse, None, None).await.unwrap();
+        let sid = a.sid().clone();
+        drop(a);
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(hub.expire(Instant::now()), 0);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(hub.expire(Instant::now()), 1);
+        assert!(!hub.contains(&sid).await);
+        assert_eq!(hub.emit(&sid, "n", &json!(1)).await, Err(HubError::NoSession));
+        assert!(hub.contains(kept.sid()).await);
+        assert_eq!(hub.len(), 1);
+    }
+
+    /// The expiry task's sweep must not hold the worker thread for the whole table: on one
+    /// thread, another task gets turns while it runs, and it still removes what has expired.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_expiry_sweep_lets_other_tasks_run_between_shards() {
+        let hub = hub(8);
+        let mut held = Vec::new();
+        for _ in 0..SHARDS * 4 {
+            held.push(hub.attach(Transport::Sse, None, None).await.unwrap());
+        }
+        let gone: Vec<Sid> = held.drain(..SHARDS).map(|a| a.sid().clone()).collect();
+        tokio::time::advance(Duration::from_secs(31)).await;
+
+        let done = Arc::new(AtomicBool::new(false));
+        let turns = tokio::spawn({
+            let done = done.clone();
+            async move {
+                let mut turns = 0;
+                while !done.load(Ordering::Relaxed) {
+                    turns += 1;
+                    tokio::task::yield_now().await;
+                }
+                turns
+            }
+        });
+        let removed = hub.sweep(Instant::now()).await;
+        done.store(true, Ordering::Relaxed);
+        let turns = turns.await.unwrap();
+
+        assert_eq!(removed, SHARDS);
+        assert_eq!(hub.len(), SHARDS * 3);
+        for sid in &gone {
+            assert!(!hub.contains(sid).await);
+        }
+        assert!(turns >= SHARDS / 2, "the other task ran {turns} times during a sweep of {SHARDS} shards");
+    }
+
+    /// The task must not keep the sessions alive: with the token never cancelled, dropping the
+    /// last handle to the hub still ends it, and frees every session's state.
+    #[tokio::test(start_paused = true)]
+    async fn the_expiry_task_ends_and_frees_the_sessions_once_every_handle_is_gone() {
+        let hub = hub(8);
+        let task = hub.spawn_expiry();
+        let subject: Arc<str> = "someone".into();
+        let held = Arc::downgrade(&subject);
+        let a = hub.attach(Transport::Sse, None, None).await.unwrap();
+        hub.set_subject(a.sid(), subject).unwrap();
+        hub.emit(a.sid(), "n", &json!(1)).await.unwrap();
+        drop((a, hub));
+        tokio::time::timeout(Duration::from_secs(60), task).await.expect("the expiry task ended").unwrap();
+        assert!(held.upgrade().is_none(), "the session's state was freed");
+    }
+
+    #[tokio::test]
+    async fn shutdown_flushes_then_asks_clients_to_reconnect() {
+        let token = CancellationToken::new();
+        let hub = Hub::new(HubConfig::default(), token.clone());
+        let task = hub.spawn_expiry();
+        let mut a = hub.attach(Transport::Sse, None, None).await.unwrap();
+        next(&mut a).await;
+        hub.emit(a.sid(), "n", &json!("last words")).await.unwrap();
+        token.cancel();
+        task.await.unwrap();
+        // An attachment made during the shutdown says goodbye at once.
+        let mut late = hub.attach(Transport::WebSocket, None, None).await.unwrap();
+        assert_eq!(next(&mut late).await.0, "session");
+        assert_eq!(next(&mut late).await.0, "reconnect");
+        // What was ready still goes out, then the notice to resume, then the end.
+        assert_eq!(next(&mut a).await.3, "\"last words\"");
+        let farewell = next(&mut a).await;
+        assert_eq!((farewell.0.as_str(), farewell.1, farewell.2), ("reconnect", 1, true));
+        assert_eq!(a.recv().await.unwrap_err(), CloseReason::Shutdown);
+    }
+}

@@ -1,0 +1,247 @@
+//! The session hub: the only place a session is created, found, fed or removed.
+//!
+//! Every transport (WebSocket, SSE, long-polling) and the app reach sessions through the
+//! [`Hub`] handle and nothing else:
+//!
+//! * [`Hub::attach`] gives a transport an [`Attachment`]: the session's outgoing events, starting
+//!   with a `session` hello, then a replay of everything after the client's cursor, then live
+//!   events. Attaching detaches whatever transport held the session before (newest wins).
+//!   [`Hub::attach_with`] takes a gate it asks only when the attach would create a session, so
+//!   a caller can refuse new sessions (the gateway's per-address limit) before one exists.
+//! * [`Hub::emit`] appends an event to a session and wakes its attachment, if any.
+//! * Dropping an [`Attachment`] detaches it; the session then lives for the grace period, and the
+//!   expiry task ([`Hub::spawn_expiry`]) removes it when that runs out.
+//!
+//! Why it is shaped so:
+//!
+//! * **The buffer is the queue.** Each session keeps its most recent events in one bounded ring,
+//!   whether or not a transport wrote them, because the server cannot know what a dropped client
+//!   really received. An attachment does not have its own queue: it keeps a position in that ring
+//!   and copies out what lies after it when woken. So a slow or stalled reader costs nothing but
+//!   its position; when the ring moves past that position the reader gets an explicit `gap`
+//!   notice instead of the lost events, never silence.
+//! * **No global lock on the per-event path.** The session table is split into shards, each
+//!   behind its own `RwLock` taken only briefly (read for lookups); each session has its own
+//!   `Mutex`, held for a few pointer copies and never across an `.await` or a socket write.
+//!   The one walk over every session, the expiry task's once-a-second sweep, goes a shard at a
+//!   time and lets other tasks run in between, so no round trip waits for the whole table.
+//! * **A seam for many nodes.** The interface speaks only in sids, cursors, [`Envelope`](crate::protocol::Envelope)-like
+//!   values and async calls, so a Redis-backed hub (pub/sub for wake-ups, streams for the ring)
+//!   can provide the same methods without touching transports or app code.
+//!
+//! Where each part lives:
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the [`Hub`] handle, its settings ([`HubConfig`]) and errors ([`HubError`]) |
+//! | `table.rs` | the sharded session table: create, find, remove; the session limit |
+//! | `session.rs` | one session's state (event ring, numbers sent and received, inbox, send budget) and the emit path into it |
+//! | `attachment.rs` | [`Hub::attach`] and the [`Attachment`]: newest wins, hellos and gaps, wake-ups |
+//! | `rooms.rs` | rooms and broadcasts ([`Target`]) |
+//! | `expiry.rs` | the grace period, slow readers, shutdown, and the task that runs them |
+//! | `event.rs` | [`Event`], [`Rendered`], and the rules every emit follows |
+//! | `counters.rs` | the metrics recorded on every attach and detach |
+//!
+//! The hub imports nothing of the crate but [`protocol`](crate::protocol): it sits at the bottom,
+//! under the transports, the app, upstream forwarding and the gateway, which all reach sessions
+//! through it. (It records metrics with the `metrics` crate directly; which recorder receives
+//! them is the application's business.)
+
+mod attachment;
+mod counters;
+mod event;
+mod expiry;
+mod rooms;
+mod session;
+mod table;
+
+use std::collections::HashMap;
+use std::hash::RandomState;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use attachment::{AttachRequest, Attachment, CloseReason, GapReason};
+pub use event::{render_data, validate_event_name, Event, Rendered};
+pub use expiry::Expired;
+pub use rooms::{check_room_name, Target, MAX_ROOM_NAME};
+pub use session::{Inbox, SessionHandle};
+
+use rooms::RoomTable;
+use table::Shard;
+
+/// Settings the hub needs; the rest of the configuration belongs to the transports.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// How long a session outlives its last transport.
+    pub grace: Duration,
+    /// How many recent events each session keeps for replay.
+    pub buffer: usize,
+    /// Most live sessions; attaching beyond it is refused ([`HubError::Full`]).
+    pub max_sessions: usize,
+    /// How long an attached transport may leave ready events unread before it is detached as a
+    /// slow consumer.
+    pub slow_client_timeout: Duration,
+    /// Sustained rate of client sends (POST requests) per session, per second; [`Hub::admit`].
+    pub send_rate: u32,
+    /// How many sends a session may make in a burst above `send_rate`.
+    pub send_burst: u32,
+    /// The largest client message (POST body or WebSocket message) in bytes, and the most
+    /// envelopes in one batch: the transports enforce them; the hub only tells clients, in
+    /// every `session` hello (`max_body`, `max_batch`), so they can size their batches.
+    pub max_body: usize,
+    pub max_batch: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            grace: Duration::from_secs(30),
+            buffer: 1024,
+            max_sessions: 100_000,
+            slow_client_timeout: Duration::from_secs(30),
+            send_rate: 200,
+            send_burst: 400,
+            max_body: 64 * 1024,
+            max_batch: crate::protocol::Limits::default().max_batch,
+        }
+    }
+}
+
+/// The kinds of transport a client can hold a session with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Sse,
+    Polling,
+}
+
+impl Transport {
+    /// Every transport, in the order of [`Transport::index`].
+    pub(crate) const ALL: [Transport; 3] = [Transport::WebSocket, Transport::Sse, Transport::Polling];
+
+    /// The transport's place in [`Transport::ALL`], for tables indexed by transport.
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Transport::WebSocket => 0,
+            Transport::Sse => 1,
+            Transport::Polling => 2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::Polling => "polling",
+        }
+    }
+}
+
+/// Errors the hub reports to its callers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("unknown or expired session")]
+    NoSession,
+    #[error("too many sessions")]
+    Full,
+    #[error("too many sends for this session; slow down")]
+    RateLimited,
+    #[error("invalid event name: {0}")]
+    EventName(&'static str),
+    #[error("invalid room name: {0}")]
+    RoomName(&'static str),
+}
+
+/// What [`Hub::info`] tells about a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionInfo {
+    /// The transport holding the session, if one does.
+    pub transport: Option<Transport>,
+    /// Number of the last event emitted to it.
+    pub last_seq: u64,
+    /// How many events its buffer holds.
+    pub buffered: usize,
+    /// How long it has been without a transport.
+    pub detached_for: Option<Duration>,
+    /// When the transport holding the session attached, if one does.
+    pub attached_since: Option<SystemTime>,
+    /// The rooms the session is a member of, sorted.
+    pub rooms: Vec<String>,
+}
+
+/// The cheap, cloneable handle to the session table.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: HubConfig,
+    /// The session table (see `table.rs`).
+    shards: Box<[Shard]>,
+    /// Keyed hasher of the room table: room names are chosen by clients.
+    hasher: RandomState,
+    /// Source of attachment ids; an attachment compares its id with the session's to learn
+    /// whether it has been superseded.
+    next_attachment: AtomicU64,
+    /// Number of sessions in the table, kept beside it so the cap check takes no shard lock.
+    live: AtomicUsize,
+    /// Cancelled when the server shuts down. The expiry task watches it: it sets `closing` and
+    /// wakes every attachment, which then says goodbye ([`CloseReason::Shutdown`]).
+    shutdown: CancellationToken,
+    /// Set once the shutdown token is cancelled. Attachments read this flag rather than the token,
+    /// whose every check takes a lock: it is read on each event.
+    closing: AtomicBool,
+    /// Room name -> members, sharded like the session table (see `rooms.rs`).
+    rooms: Box<[RwLock<RoomTable>]>,
+    /// Senders of [`Hub::watch_expired`]: each is told of every session the expiry task
+    /// removes. A sender whose receiver is gone is dropped at the next expiry.
+    expired_txs: Mutex<Vec<mpsc::UnboundedSender<Expired>>>,
+}
+
+impl Hub {
+    pub fn new(config: HubConfig, shutdown: CancellationToken) -> Hub {
+        assert!(config.buffer > 0, "the session buffer must hold at least one event");
+        Hub {
+            inner: Arc::new(Inner {
+                config,
+                shards: table::shards(),
+                hasher: RandomState::new(),
+                next_attachment: AtomicU64::new(1),
+                live: AtomicUsize::new(0),
+                shutdown,
+                closing: AtomicBool::new(false),
+                rooms: (0..table::SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+                expired_txs: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+}
+
+#[cfg(test)]
+mod testing {
+    //! What the tests of every part share: a hub, and the next event of an attachment.
+
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::{Attachment, Hub, HubConfig};
+
+    pub(super) fn hub(buffer: usize) -> Hub {
+        Hub::new(HubConfig { buffer, ..HubConfig::default() }, CancellationToken::new())
+    }
+
+    pub(super) async fn next(attachment: &mut Attachment) -> (String, u64, bool, String) {
+        let event = tokio::time::timeout(Duration::from_secs(1), attachment.recv()).await.expect("an event").expect("attached");
+        (event.name().to_owned(), event.seq, event.notice, event.data().to_owned())
+    }
+}

@@ -1,0 +1,237 @@
+//! Rooms: named sets of sessions, and broadcasts to a room or to every session ([`Target`]).
+//!
+//! A room is a name and a set of sessions. Membership is kept twice: in each session's state (so
+//! it goes when the session goes, and `info` shows it) and in the sharded room table (so a
+//! broadcast finds its members without scanning every session). Both copies change together and
+//! only here, always taking the session lock first and the room shard second; nothing takes a
+//! session lock while holding a room shard, so the two cannot deadlock.
+//!
+//! A broadcast copies its member list out of the room shard (one pointer clone per member),
+//! releases the shard, then appends to each member's ring. No lock is held from one member to the
+//! next, and nothing here writes a socket: an append only wakes the member's attachment, whose
+//! transport writes in its own task. So a broadcast costs O(members) and one slow reader slows
+//! no one else. Membership belongs to the session, not to a transport, so it survives switches.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+
+use crate::protocol::Sid;
+
+use super::event::{validate_event_name, Body};
+use super::session::{lock, Session};
+use super::table::SHARDS;
+use super::{Hub, HubError};
+
+/// Longest room name, in bytes.
+pub const MAX_ROOM_NAME: usize = 128;
+
+/// Room names travel in URLs and JSON; like event names they are bounded and free of control
+/// characters.
+pub fn check_room_name(name: &str) -> Result<(), HubError> {
+    if name.is_empty() {
+        Err(HubError::RoomName("is empty"))
+    } else if name.len() > MAX_ROOM_NAME {
+        Err(HubError::RoomName("is longer than 128 bytes"))
+    } else if name.chars().any(char::is_control) {
+        Err(HubError::RoomName("contains control characters"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Where a published event goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One session.
+    Sid(Sid),
+    /// Every member of a room.
+    Room(String),
+    /// Every live session.
+    All,
+}
+
+/// Room name -> its members, in one shard of the room table.
+pub(super) type RoomTable = HashMap<Arc<str>, HashMap<Sid, Arc<Session>>>;
+
+impl Hub {
+    fn room_shard(&self, room: &str) -> &RwLock<RoomTable> {
+        let index = self.inner.hasher.hash_one(room) as usize % SHARDS;
+        &self.inner.rooms[index]
+    }
+
+    /// Adds a session to a room. Returns `false` if it was a member already.
+    pub fn join(&self, sid: &Sid, room: &str) -> Result<bool, HubError> {
+        check_room_name(room)?;
+        let session = self.find(sid).ok_or(HubError::NoSession)?;
+        let mut state = lock(&session.state);
+        if state.removed {
+            return Err(HubError::NoSession);
+        }
+        let room: Arc<str> = room.into();
+        if !state.rooms.insert(room.clone()) {
+            return Ok(false);
+        }
+        session.room_count.store(state.rooms.len(), Ordering::Relaxed);
+        let mut table = self.room_shard(&room).write().unwrap_or_else(|e| e.into_inner());
+        table.entry(room).or_default().insert(sid.clone(), session.clone());
+        Ok(true)
+    }
+
+    /// Takes a session out of a room. Returns `false` if it was not a member.
+    pub fn leave(&self, sid: &Sid, room: &str) -> Result<bool, HubError> {
+        let session = self.find(sid).ok_or(HubError::NoSession)?;
+        let mut state = lock(&session.state);
+        if state.removed {
+            return Err(HubError::NoSession);
+        }
+        if !state.rooms.remove(room) {
+            return Ok(false);
+        }
+        session.room_count.store(state.rooms.len(), Ordering::Relaxed);
+        self.drop_member(sid, room);
+        Ok(true)
+    }
+
+    /// The sids of a room's members, in no particular order (empty for an unknown room).
+    pub fn members(&self, room: &str) -> Vec<Sid> {
+        let table = self.room_shard(room).read().unwrap_or_else(|e| e.into_inner());
+        table.get(room).map(|members| members.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Emits an event to every member of a room. Returns how many sessions it was appended to.
+    pub async fn emit_room(&self, room: &str, name: &str, data: &Value) -> Result<usize, HubError> {
+        self.publish_except(&Target::Room(room.to_owned()), None, name, data).await
+    }
+
+    /// Emits an event to every live session. Returns how many sessions it was appended to.
+    pub async fn emit_all(&self, name: &str, data: &Value) -> Result<usize, HubError> {
+        self.publish_except(&Target::All, None, name, data).await
+    }
+
+    /// Emits to a [`Target`]. Returns how many sessions the event was appended to; a `Sid`
+    /// target that is gone is [`HubError::NoSession`], an empty room is `Ok(0)`.
+    pub async fn publish(&self, target: &Target, name: &str, data: &Value) -> Result<usize, HubError> {
+        self.publish_except(target, None, name, data).await
+    }
+
+    /// [`Hub::publish`] to everyone targeted but `except` (typically the sender of a chat line).
+    pub async fn publish_except(&self, target: &Target, except: Option<&Sid>, name: &str, data: &Value) -> Result<usize, HubError> {
+        validate_event_name(name)?;
+        match target {
+            Target::Sid(sid) if Some(sid) == except => Ok(0),
+            Target::Sid(sid) => self.emit(sid, name, data).await.map(|_| 1),
+            Target::Room(room) => {
+                let members: Vec<Arc<Session>> = {
+                    let table = self.room_shard(room).read().unwrap_or_else(|e| e.into_inner());
+                    table.get(room.as_str()).map(|members| members.values().cloned().collect()).unwrap_or_default()
+                };
+                Ok(self.fan_out(&members, except, name, data))
+            }
+            Target::All => {
+                let mut count = 0;
+                for shard in self.inner.shards.iter() {
+                    let sessions: Vec<Arc<Session>> = shard.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+                    count += self.fan_out(&sessions, except, name, data);
+                }
+                Ok(count)
+            }
+        }
+    }
+
+    /// Takes `sid` out of the room table's copy of `room`, and the room out of the table once
+    /// it is empty.
+    pub(super) fn drop_member(&self, sid: &Sid, room: &str) {
+        let mut table = self.room_shard(room).write().unwrap_or_else(|e| e.into_inner());
+        if let Some(members) = table.get_mut(room) {
+            members.remove(sid);
+            if members.is_empty() {
+                table.remove(room);
+            }
+        }
+    }
+
+    /// Appends one event to each session; the data is rendered once.
+    fn fan_out(&self, sessions: &[Arc<Session>], except: Option<&Sid>, name: &str, data: &Value) -> usize {
+        // Rendered once and shared by every member's ring: a broadcast costs one copy of the
+        // data, not one per member.
+        let body = Body::shared(name, data.to_string());
+        sessions
+            .iter()
+            .filter(|session| Some(&session.sid) != except)
+            .filter(|session| self.append(session, body.clone()).is_some())
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    use super::super::{Attachment, Expired, HubConfig, Transport};
+    use super::*;
+
+    fn hub() -> Hub {
+        Hub::new(HubConfig { grace: Duration::from_secs(30), buffer: 8, ..HubConfig::default() }, CancellationToken::new())
+    }
+
+    async fn session(hub: &Hub) -> (Sid, Attachment) {
+        let mut attachment = hub.attach(Transport::Sse, None, None).await.expect("room for a session");
+        attachment.try_recv().unwrap().expect("hello");
+        (attachment.sid().clone(), attachment)
+    }
+
+    fn names(attachment: &mut Attachment) -> Vec<String> {
+        std::iter::from_fn(|| attachment.try_recv().ok().flatten()).map(|e| e.data().to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_room_broadcast_reaches_members_only_and_membership_is_mirrored() {
+        let hub = hub();
+        let (a, mut a_att) = session(&hub).await;
+        let (b, mut b_att) = session(&hub).await;
+        let (_, mut c_att) = session(&hub).await;
+        assert_eq!(hub.join(&a, "r"), Ok(true));
+        assert_eq!(hub.join(&a, "r"), Ok(false));
+        assert_eq!(hub.join(&b, "r"), Ok(true));
+        assert_eq!(hub.emit_room("r", "m", &json!(1)).await, Ok(2));
+        assert_eq!((names(&mut a_att), names(&mut b_att), names(&mut c_att)), (vec!["1".into()], vec!["1".into()], vec![]));
+        assert_eq!(hub.info(&a).unwrap().rooms, vec!["r".to_owned()]);
+        assert_eq!(hub.leave(&a, "r"), Ok(true));
+        assert_eq!(hub.leave(&a, "r"), Ok(false));
+        assert_eq!(hub.members("r"), vec![b.clone()]);
+        assert_eq!(hub.emit_all("m", &json!(2)).await, Ok(3));
+        assert_eq!(hub.publish_except(&Target::Room("r".into()), Some(&b), "m", &json!(3)).await, Ok(0));
+        assert_eq!(hub.publish_except(&Target::All, Some(&b), "m", &json!(4)).await, Ok(2));
+        assert!(matches!(hub.join(&a, ""), Err(HubError::RoomName(_))));
+        assert_eq!(hub.join(&Sid::random(), "r"), Err(HubError::NoSession));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_and_removal_drop_membership_and_expiry_is_reported() {
+        let hub = hub();
+        let mut expired = hub.watch_expired();
+        let (a, a_att) = session(&hub).await;
+        let (b, _b_att) = session(&hub).await;
+        hub.join(&a, "r").unwrap();
+        hub.join(&a, "s").unwrap();
+        hub.join(&b, "r").unwrap();
+        drop(a_att);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(hub.expire(Instant::now()), 1);
+        assert_eq!(expired.try_recv().unwrap(), Expired { sid: a.clone(), rooms: vec!["r".into(), "s".into()] });
+        assert_eq!(hub.members("r"), vec![b.clone()]);
+        assert!(hub.members("s").is_empty());
+        assert!(hub.remove(&b));
+        assert!(hub.members("r").is_empty());
+        assert!(expired.try_recv().is_err(), "a removal is not an expiry");
+        assert_eq!(hub.len(), 0);
+    }
+}

@@ -1,0 +1,282 @@
+//! One session's state: its event ring, the numbers of what was sent and received, its inbox,
+//! its send budget; and the per-event write path into it ([`Hub::emit`] and friends).
+//!
+//! A session is one `Mutex`ed [`State`] plus a few atomics beside it. The lock is held for a few
+//! pointer copies and never across an `.await` or a socket write; what is read without it (the
+//! highest client `seq` handled, the room count) is kept in atomics written under it, so the
+//! common questions on the per-event path take no lock at all.
+//!
+//! **The buffer is the queue.** The ring keeps the session's most recent events whether or not
+//! a transport wrote them, since the server cannot know what a dropped client really received;
+//! an attachment keeps only a position in it (see `attachment.rs`). So appending is the whole
+//! of an emit: one event into the ring and one wake-up, and a reader overtaken by the ring is
+//! evicted here, where the loss happens.
+//!
+//! The inbox is a separate async lock: client events of one session are handled one at a time
+//! in arrival order ([`SessionHandle::inbox`]), whichever transports they came over, without
+//! holding the state lock while a handler runs.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::protocol::{Cursor, Sid};
+
+use super::attachment::{evict, Attached, CloseReason};
+use super::event::{validate_event_name, Body, Event, Rendered};
+use super::{Hub, HubError, SessionInfo, Transport};
+
+pub(super) struct Session {
+    pub(super) sid: Sid,
+    pub(super) state: Mutex<State>,
+    /// Held while the session's client events are handled, so that they are handled one at a
+    /// time in arrival order, whichever transports they came over ([`SessionHandle::inbox`]).
+    pub(super) inbox: tokio::sync::Mutex<()>,
+    /// The highest client `seq` handled; told to the client in every `session` hello.
+    pub(super) received: AtomicU64,
+    /// How many rooms the session is in, kept beside `State::rooms` (written under the lock)
+    /// so that asking a session in no room for its rooms, as the default app does on every
+    /// message, takes no lock.
+    pub(super) room_count: AtomicUsize,
+}
+
+pub(super) struct State {
+    /// Number of the last event emitted (0: none yet).
+    pub(super) last_seq: u64,
+    /// The most recent events, oldest first, at most `HubConfig::buffer` of them. Allocated on
+    /// the first emit, not at creation, so idle sessions cost no ring.
+    pub(super) ring: VecDeque<Event>,
+    /// The highest event number handed to any attachment: where an attach without a cursor
+    /// resumes.
+    pub(super) delivered: u64,
+    /// The transport holding the session, if any.
+    pub(super) attached: Option<Attached>,
+    /// The kind of the most recent attachment, so a long-poll that follows a long-poll is a
+    /// continuation rather than a new transport.
+    pub(super) last_transport: Option<Transport>,
+    /// When the session lost its last transport; `None` while attached.
+    pub(super) detached_at: Option<Instant>,
+    /// Set, under this lock, when the expiry task removes the session, so that a caller that
+    /// found the session just before treats it as gone.
+    pub(super) removed: bool,
+    /// When the current (or last) transport attached, for [`Hub::info`].
+    pub(super) attached_since: Option<SystemTime>,
+    /// The rooms this session is in; mirrored by the hub's room table (see `rooms.rs`).
+    pub(super) rooms: BTreeSet<Arc<str>>,
+    /// Who the client is, when auth is on: the subject of the token that opened the session.
+    pub(super) subject: Option<Arc<str>>,
+    /// The last attachment the hub detached on its own, and why; that attachment reports this
+    /// reason instead of [`CloseReason::Superseded`].
+    pub(super) evicted: Option<(u64, CloseReason)>,
+    /// Token bucket of [`Hub::admit`]: tokens left, and when they were last topped up.
+    pub(super) send_tokens: f64,
+    pub(super) send_refill: Instant,
+}
+
+impl Hub {
+    /// Takes one send from the session's budget (a token bucket of `send_rate` per second and
+    /// `send_burst` deep), or refuses it with [`HubError::RateLimited`].
+    pub fn admit(&self, sid: &Sid) -> Result<(), HubError> {
+        let session = self.find(sid).ok_or(HubError::NoSession)?;
+        let mut state = lock(&session.state);
+        if state.removed {
+            return Err(HubError::NoSession);
+        }
+        let config = &self.inner.config;
+        let now = Instant::now();
+        let refill = now.duration_since(state.send_refill).as_secs_f64() * f64::from(config.send_rate);
+        state.send_tokens = (state.send_tokens + refill).min(f64::from(config.send_burst));
+        state.send_refill = now;
+        if state.send_tokens < 1.0 {
+            return Err(HubError::RateLimited);
+        }
+        state.send_tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Records who opened the session (the auth subject); handlers see it in their context.
+    pub fn set_subject(&self, sid: &Sid, subject: Arc<str>) -> Result<(), HubError> {
+        let session = self.find(sid).ok_or(HubError::NoSession)?;
+        lock(&session.state).subject = Some(subject);
+        Ok(())
+    }
+
+    /// Who opened the session, if auth is on.
+    pub fn subject(&self, sid: &Sid) -> Option<Arc<str>> {
+        let session = self.find(sid)?;
+        let subject = lock(&session.state).subject.clone();
+        subject
+    }
+
+    /// A snapshot of one session, for debugging and tests.
+    pub fn info(&self, sid: &Sid) -> Option<SessionInfo> {
+        let session = self.find(sid)?;
+        let state = lock(&session.state);
+        if state.removed {
+            return None;
+        }
+        Some(SessionInfo {
+            transport: state.attached.as_ref().and(state.last_transport),
+            last_seq: state.last_seq,
+            buffered: state.ring.len(),
+            detached_for: state.detached_at.map(|t| t.elapsed()),
+            attached_since: state.attached.as_ref().and(state.attached_since),
+            rooms: state.rooms.iter().map(|r| r.to_string()).collect(),
+        })
+    }
+
+
+    /// Appends an event to a session's ring and wakes its transport. Returns the event's cursor.
+    pub async fn emit(&self, sid: &Sid, name: &str, data: &Value) -> Result<Cursor, HubError> {
+        self.emit_json(sid, name, data.to_string()).await
+    }
+
+    /// [`Hub::emit`] with the data already rendered as JSON text (saves a `Value` in between
+    /// when the caller serializes its own type). `data` must be valid JSON.
+    pub async fn emit_json(&self, sid: &Sid, name: &str, data: String) -> Result<Cursor, HubError> {
+        let session = self.find(sid).ok_or(HubError::NoSession)?;
+        self.emit_json_to(&SessionHandle { session }, name, data).await
+    }
+
+    /// [`Hub::emit_json`] to a session already in hand: no table lookup.
+    pub async fn emit_json_to(&self, handle: &SessionHandle, name: &str, data: String) -> Result<Cursor, HubError> {
+        validate_event_name(name)?;
+        let seq = self.append(&handle.session, Body::shared(name, data)).ok_or(HubError::NoSession)?;
+        Ok(Cursor::event(handle.session.sid.clone(), seq))
+    }
+
+    /// Emits an event rendered ahead of time to a session already in hand: the event shares the
+    /// rendered name and data rather than validating, serializing and allocating its own.
+    /// Returns the event's number in the session; the per-event path of a constant reply, so it
+    /// leaves building a [`Cursor`] (a count on the sid) to the caller that wants one.
+    pub fn emit_rendered_to(&self, handle: &SessionHandle, event: &Rendered) -> Result<u64, HubError> {
+        self.append(&handle.session, event.0.clone()).ok_or(HubError::NoSession)
+    }
+
+    /// Appends an event to a session's ring and wakes its transport; `None` if the session is
+    /// gone. The one write path of every emit, to one session or many (rooms).
+    #[inline]
+    pub(super) fn append(&self, session: &Session, body: Arc<Body>) -> Option<u64> {
+        let mut state = lock(&session.state);
+        if state.removed {
+            return None;
+        }
+        state.last_seq += 1;
+        let seq = state.last_seq;
+        if state.ring.len() == self.inner.config.buffer {
+            let dropped = state.ring.pop_front().map_or(0, |e| e.seq);
+            // The attached reader has not even copied out the event now lost: it cannot keep up.
+            if state.attached.as_ref().is_some_and(|a| a.read_upto < dropped) {
+                evict(&mut state, CloseReason::SlowConsumer, &session.sid);
+            }
+        }
+        state.ring.push_back(Event { seq, notice: false, body });
+        if let Some(attached) = &state.attached {
+            attached.wake.notify();
+        }
+        Some(seq)
+    }
+}
+
+/// Exclusive right to handle one session's client events, from [`SessionHandle::inbox`]. It
+/// borrows the handle rather than holding a count of its own: taking and releasing it is then
+/// the lock alone, on the per-event path.
+pub struct Inbox<'a> {
+    handle: &'a SessionHandle,
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+}
+
+/// One session, already found: what a handler's context holds, so that answering the session
+/// it serves costs no lookup in the session table.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub(super) session: Arc<Session>,
+}
+
+impl SessionHandle {
+    pub fn sid(&self) -> &Sid {
+        &self.session.sid
+    }
+
+    /// Takes the session's inbox: until the returned guard drops, no other client event of the
+    /// session is handled. Waiters are served in arrival order.
+    pub async fn inbox(&self) -> Inbox<'_> {
+        Inbox { handle: self, _guard: self.session.inbox.lock().await }
+    }
+
+    /// The rooms the session is in.
+    pub fn rooms(&self) -> Vec<String> {
+        if self.session.room_count.load(Ordering::Relaxed) == 0 {
+            return Vec::new();
+        }
+        lock(&self.session.state).rooms.iter().map(|room| room.to_string()).collect()
+    }
+
+    /// Who opened the session, if auth is on.
+    pub fn subject(&self) -> Option<Arc<str>> {
+        lock(&self.session.state).subject.clone()
+    }
+}
+
+impl<'a> Inbox<'a> {
+    /// The session whose inbox this is.
+    pub fn session(&self) -> &'a SessionHandle {
+        self.handle
+    }
+
+    /// Whether an event numbered `seq` is new and should be handled; records it if so. Events
+    /// without a number are always handled; a number at or below the highest handled one is a
+    /// re-send of something already handled.
+    pub fn accept(&self, seq: Option<u64>) -> bool {
+        let Some(seq) = seq else { return true };
+        let received = &self.handle.session.received;
+        if seq <= received.load(Ordering::Acquire) {
+            return false;
+        }
+        received.store(seq, Ordering::Release);
+        true
+    }
+}
+
+/// Session locks are never held across a panic-prone call, but a poisoned lock must not take
+/// the whole hub down with it.
+#[inline]
+pub(super) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::testing::{hub, next};
+    use super::super::{CloseReason, Transport};
+
+    #[tokio::test]
+    async fn a_reader_overtaken_by_the_ring_is_detached_and_told_what_it_lost_on_resume() {
+        let hub = hub(3);
+        let mut a = hub.attach(Transport::Sse, None, None).await.unwrap();
+        let sid = a.sid().clone();
+        let hello = a.recv().await.unwrap().cursor(&sid).to_string();
+        for i in 1..=10 {
+            hub.emit(&sid, "n", &json!(i)).await.unwrap();
+        }
+        // Event 1 left the ring before the reader copied it out: it is too slow to keep.
+        assert_eq!(a.recv().await.unwrap_err(), CloseReason::SlowConsumer);
+        assert_eq!(hub.info(&sid).unwrap().transport, None);
+        drop(a);
+        let mut b = hub.attach(Transport::Sse, Some(sid.as_str()), Some(&hello)).await.unwrap();
+        next(&mut b).await;
+        let gap = next(&mut b).await;
+        assert_eq!((gap.0.as_str(), gap.1, gap.2), ("gap", 7, true));
+        assert!(gap.3.contains("\"lost\":7"), "{}", gap.3);
+        for i in 8..=10 {
+            assert_eq!(next(&mut b).await.1, i);
+        }
+        assert_eq!(hub.info(&sid).unwrap().buffered, 3);
+    }
+}

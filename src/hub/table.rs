@@ -1,0 +1,172 @@
+//! The session table: sid -> session, the one place a session is created, found or removed, and
+//! where the session limit is kept.
+//!
+//! The table is split into [`SHARDS`] shards, each behind its own `RwLock` taken only briefly
+//! (read for a lookup, write to insert or remove), so finding a session on the per-event path
+//! never waits for a lock over the whole table. The count of live sessions sits beside the
+//! table in an atomic, so the limit is checked without taking any shard lock. Sids are random
+//! and server-chosen, so the table hashes them with a cheap fold ([`SidHash`]) rather than a
+//! keyed hasher.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::time::Instant;
+
+use crate::protocol::Sid;
+
+use super::expiry::Expired;
+use super::session::{lock, Session, SessionHandle, State};
+use super::{Hub, HubError};
+
+/// Number of shards in the session table; a power of two well above the core count so that
+/// session creation on one shard rarely waits for another.
+pub(super) const SHARDS: usize = 64;
+
+/// One slice of the session table.
+pub(super) type Shard = RwLock<HashMap<Sid, Arc<Session>, SidHash>>;
+
+/// Hashing for the session table. A sid is 128 random bits chosen by the server, so its bytes
+/// are already uniformly spread and no client can aim collisions at it: folding them is enough,
+/// and far cheaper than SipHash on the per-event path. (Room names are client-chosen, so the room
+/// table keeps the default, keyed hasher.)
+#[derive(Clone, Copy, Default)]
+pub(super) struct SidHash;
+
+impl BuildHasher for SidHash {
+    type Hasher = SidHasher;
+
+    fn build_hasher(&self) -> SidHasher {
+        SidHasher(0)
+    }
+}
+
+pub(super) struct SidHasher(u64);
+
+impl std::hash::Hasher for SidHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// An empty session table.
+pub(super) fn shards() -> Box<[Shard]> {
+    (0..SHARDS).map(|_| RwLock::new(HashMap::with_hasher(SidHash))).collect()
+}
+
+impl Hub {
+    #[inline]
+    fn shard(&self, sid: &Sid) -> &Shard {
+        let index = (SidHash.hash_one(sid) >> 32) as usize % SHARDS;
+        &self.inner.shards[index]
+    }
+
+    #[inline]
+    pub(super) fn find(&self, sid: &Sid) -> Option<Arc<Session>> {
+        self.shard(sid).read().unwrap_or_else(|e| e.into_inner()).get(sid).cloned()
+    }
+
+    pub(super) fn create(&self) -> Result<Arc<Session>, HubError> {
+        let max = self.inner.config.max_sessions;
+        if self.inner.live.fetch_add(1, Ordering::Relaxed) >= max {
+            self.inner.live.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(max, "session limit reached; refusing a new session");
+            return Err(HubError::Full);
+        }
+        let sid = Sid::random();
+        let session = Arc::new(Session {
+            sid: sid.clone(),
+            inbox: tokio::sync::Mutex::new(()),
+            received: AtomicU64::new(0),
+            room_count: AtomicUsize::new(0),
+            state: Mutex::new(State {
+                last_seq: 0,
+                ring: VecDeque::new(),
+                delivered: 0,
+                attached: None,
+                last_transport: None,
+                // Created for an attach that follows at once: not in a grace period yet.
+                detached_at: None,
+                removed: false,
+                attached_since: None,
+                rooms: BTreeSet::new(),
+                evicted: None,
+                send_tokens: f64::from(self.inner.config.send_burst),
+                send_refill: Instant::now(),
+                subject: None,
+            }),
+        });
+        self.shard(&sid).write().unwrap_or_else(|e| e.into_inner()).insert(sid, session.clone());
+        Ok(session)
+    }
+
+    /// Number of live sessions (attached or in their grace period).
+    pub fn len(&self) -> usize {
+        self.inner.live.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `sid` names a live session. Transports that only send (POST) use this to answer
+    /// 404 before running any handler.
+    pub async fn contains(&self, sid: &Sid) -> bool {
+        self.find(sid).is_some_and(|s| !lock(&s.state).removed)
+    }
+
+    /// The live session `sid` names, to hold on to: its [`SessionHandle::inbox`], its rooms.
+    pub fn session(&self, sid: &Sid) -> Result<SessionHandle, HubError> {
+        self.find(sid).map(|session| SessionHandle { session }).ok_or(HubError::NoSession)
+    }
+
+    /// Removes a session at once, without a grace period and without telling
+    /// [`Hub::watch_expired`] (used when an open hook refuses a session that never opened).
+    pub fn remove(&self, sid: &Sid) -> bool {
+        let Some(session) = self.shard(sid).write().unwrap_or_else(|e| e.into_inner()).remove(sid) else {
+            return false;
+        };
+        self.inner.live.fetch_sub(1, Ordering::Relaxed);
+        let rooms = {
+            let mut state = lock(&session.state);
+            state.removed = true;
+            state.ring = VecDeque::new();
+            if let Some(attached) = state.attached.take() {
+                attached.wake.notify();
+            }
+            std::mem::take(&mut state.rooms)
+        };
+        self.forget(vec![(sid.clone(), rooms)], false);
+        true
+    }
+
+    /// Takes removed sessions out of the room table and, for expiries, tells the watchers.
+    pub(super) fn forget(&self, gone: Vec<(Sid, BTreeSet<Arc<str>>)>, expired: bool) {
+        for (sid, rooms) in &gone {
+            for room in rooms {
+                self.drop_member(sid, room);
+            }
+        }
+        if expired && !gone.is_empty() {
+            let mut txs = self.inner.expired_txs.lock().unwrap_or_else(|e| e.into_inner());
+            txs.retain(|tx| {
+                gone.iter().all(|(sid, rooms)| {
+                    let rooms = rooms.iter().map(|r| r.to_string()).collect();
+                    tx.send(Expired { sid: sid.clone(), rooms }).is_ok()
+                })
+            });
+        }
+    }
+}
