@@ -27,10 +27,8 @@ use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
 use crate::error::Error;
-use crate::gateway::Gateway;
-use crate::hub::check_room_name;
-use crate::protocol::{check_event_name, Cursor, Sid};
-use crate::upstream::parse_target;
+use crate::hub::{check_room_name, Hub, Target};
+use crate::protocol::{check_event_name, reads_as_json, Cursor, Sid};
 
 /// Who may call the API.
 #[derive(Clone, PartialEq, Eq)]
@@ -65,15 +63,16 @@ impl std::fmt::Debug for ApiAccess {
     }
 }
 
-/// The API's routes, to nest under `/api`.
-pub fn router(gateway: Gateway, access: ApiAccess) -> Router {
+/// The API's routes, to nest under `/api`: they act on the sessions of `hub` (a gateway's,
+/// `hub.clone()`).
+pub fn router(hub: Hub, access: ApiAccess) -> Router {
     Router::new()
         .route("/emit", post(emit))
         .route("/rooms/{room}/members", get(members).post(join).delete(leave_by_body))
         .route("/rooms/{room}/members/{sid}", delete(leave))
         .route("/sessions/{sid}", get(session))
         .layer(middleware::from_fn_with_state(access, authorize))
-        .with_state(gateway)
+        .with_state(hub)
 }
 
 async fn authorize(State(access): State<ApiAccess>, request: Request, next: Next) -> Response {
@@ -103,10 +102,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn emit(State(gateway): State<Gateway>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, Error> {
+async fn emit(State(hub): State<Hub>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, Error> {
     let mut body = object(&headers, &body)?;
     let to = body.remove("to").ok_or_else(|| bad("missing field `to`: {\"sid\": SID}, {\"room\": ROOM} or {\"all\": true}"))?;
-    let target = parse_target(to).map_err(Error::BadRequest)?;
+    let target = Target::from_json(to).map_err(Error::BadRequest)?;
     let event = match body.remove("event") {
         Some(Value::String(event)) => event,
         Some(_) => return Err(bad("field `event` must be a string")),
@@ -115,52 +114,52 @@ async fn emit(State(gateway): State<Gateway>, headers: HeaderMap, body: Bytes) -
     check_event_name(&event).map_err(|why| Error::BadRequest(format!("field `event` {why}")))?;
     let data = body.remove("data").unwrap_or(Value::Null);
     no_more_fields(&body)?;
-    let delivered = gateway.hub().publish(&target, &event, &data).await?;
+    let delivered = hub.publish(&target, &event, &data).await?;
     Ok(Json(json!({ "delivered": delivered })))
 }
 
-async fn members(State(gateway): State<Gateway>, Path(room): Path<String>) -> Result<Json<Value>, Error> {
+async fn members(State(hub): State<Hub>, Path(room): Path<String>) -> Result<Json<Value>, Error> {
     check_room_name(&room)?;
-    let mut members: Vec<String> = gateway.hub().members(&room).iter().map(|sid| sid.to_string()).collect();
+    let mut members: Vec<String> = hub.members(&room).iter().map(|sid| sid.to_string()).collect();
     members.sort();
     Ok(Json(json!({ "room": room, "members": members })))
 }
 
 async fn join(
-    State(gateway): State<Gateway>,
+    State(hub): State<Hub>,
     Path(room): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, Error> {
     let sid = sid_from_body(&headers, &body)?;
-    let joined = gateway.hub().join(&sid, &room)?;
+    let joined = hub.join(&sid, &room)?;
     Ok(Json(json!({ "room": room, "sid": sid.as_str(), "joined": joined })))
 }
 
-async fn leave(State(gateway): State<Gateway>, Path((room, sid)): Path<(String, String)>) -> Result<Json<Value>, Error> {
+async fn leave(State(hub): State<Hub>, Path((room, sid)): Path<(String, String)>) -> Result<Json<Value>, Error> {
     let sid: Sid = sid.parse().map_err(|_| Error::NoSession)?;
-    left(&gateway, &room, &sid)
+    left(&hub, &room, &sid)
 }
 
 async fn leave_by_body(
-    State(gateway): State<Gateway>,
+    State(hub): State<Hub>,
     Path(room): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, Error> {
     let sid = sid_from_body(&headers, &body)?;
-    left(&gateway, &room, &sid)
+    left(&hub, &room, &sid)
 }
 
-fn left(gateway: &Gateway, room: &str, sid: &Sid) -> Result<Json<Value>, Error> {
+fn left(hub: &Hub, room: &str, sid: &Sid) -> Result<Json<Value>, Error> {
     check_room_name(room)?;
-    let left = gateway.hub().leave(sid, room)?;
+    let left = hub.leave(sid, room)?;
     Ok(Json(json!({ "room": room, "sid": sid.as_str(), "left": left })))
 }
 
-async fn session(State(gateway): State<Gateway>, Path(sid): Path<String>) -> Result<Json<Value>, Error> {
+async fn session(State(hub): State<Hub>, Path(sid): Path<String>) -> Result<Json<Value>, Error> {
     let sid: Sid = sid.parse().map_err(|_| Error::NoSession)?;
-    let info = gateway.hub().info(&sid).ok_or(Error::NoSession)?;
+    let info = hub.info(&sid).ok_or(Error::NoSession)?;
     Ok(Json(json!({
         "sid": sid.as_str(),
         "transport": info.transport.map(|t| t.as_str()),
@@ -169,7 +168,7 @@ async fn session(State(gateway): State<Gateway>, Path(sid): Path<String>) -> Res
         "buffered": info.buffered,
         "last_cursor": Cursor::event(sid.clone(), info.last_seq).to_string(),
         "rooms": info.rooms,
-        "subject": gateway.hub().subject(&sid).as_deref(),
+        "subject": hub.subject(&sid).as_deref(),
     })))
 }
 
@@ -188,7 +187,7 @@ fn sid_from_body(headers: &HeaderMap, body: &[u8]) -> Result<Sid, Error> {
 /// `application/x-www-form-urlencoded` (what `curl -d` says) or with no content type is read as
 /// JSON too; any other content type is refused.
 fn object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Error> {
-    if !crate::transport::reads_as_json(headers) {
+    if !reads_as_json(headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes)) {
         let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("<not text>");
         return Err(Error::ApiMediaType(content_type.to_owned()));
     }

@@ -18,7 +18,7 @@ use std::sync::LazyLock;
 
 use serde_json::{json, Value};
 
-use crate::gateway::{Context, GatewayBuilder};
+use crate::handler::{Context, Registry};
 use crate::hub::{Rendered, Target};
 
 /// The seed's reply, byte for byte.
@@ -30,10 +30,11 @@ static RESPONSE: LazyLock<Rendered> = LazyLock::new(|| Rendered::new("response",
 /// The room the demo page joins.
 pub const LOBBY: &str = "lobby";
 
-/// Registers the seed's handlers: on `message`, emit `response` with [`REPLY`] to the sender
-/// (and `chat` to the others in the sender's rooms); `join` and `leave` manage the sender's rooms.
-pub fn seed(builder: GatewayBuilder) -> GatewayBuilder {
-    builder
+/// Registers the seed's handlers on a gateway builder (a [`Registry`]): on `message`, emit
+/// `response` with [`REPLY`] to the sender (and `chat` to the others in the sender's rooms);
+/// `join` and `leave` manage the sender's rooms.
+pub fn seed<R: Registry>(registry: R) -> R {
+    registry
         .on("message", |ctx, message| async move {
             tracing::debug!(sid = ctx.sid().short(), %message, "received message");
             for room in ctx.rooms() {

@@ -2,6 +2,13 @@
 //!
 //! [`Config`] is what the library needs and has sensible defaults for embedding; [`Cli`] is the
 //! binary's view of it (clap), adding where to listen and what to serve beside the gateway.
+//!
+//! A setting belongs to the module that uses it: the hub's are a [`HubConfig`], the transports'
+//! a [`TransportConfig`], the upstream client's an [`UpstreamConfig`], each defined where it is
+//! used. This module assembles them: [`Config`] is the one flat set of knobs a user fills in, and
+//! [`Config::hub`] and [`Config::transport`] cut it into what each part takes. So `config`
+//! imports those modules and they never import it; only the top (the gateway, the server and
+//! `main`) does.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,6 +19,8 @@ use clap::Parser;
 use crate::admission::IpBlock;
 use crate::hub::HubConfig;
 use crate::protocol::Limits;
+use crate::transport::TransportConfig;
+use crate::upstream::UpstreamConfig;
 
 /// Settings of the gateway itself (hub and transports).
 #[derive(Debug, Clone)]
@@ -79,6 +88,7 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The hub's settings.
     pub fn hub(&self) -> HubConfig {
         HubConfig {
             grace: self.grace,
@@ -89,6 +99,19 @@ impl Config {
             send_burst: self.send_burst,
             max_body: self.max_body,
             max_batch: self.limits.max_batch,
+        }
+    }
+
+    /// The transports' settings.
+    pub fn transport(&self) -> TransportConfig {
+        TransportConfig {
+            keepalive: self.keepalive,
+            ws_ping: self.ws_ping,
+            poll_timeout: self.poll_timeout,
+            max_body: self.max_body,
+            limits: self.limits.clone(),
+            slow_client_timeout: self.slow_client_timeout,
+            allowed_origins: self.allowed_origins.clone(),
         }
     }
 }
@@ -273,11 +296,11 @@ fn http_url(raw: &str) -> Result<String, String> {
 
 impl UpstreamArgs {
     /// The upstream client's settings, or `None` when no application URL is configured.
-    pub fn config(&self) -> Option<crate::upstream::UpstreamConfig> {
+    pub fn config(&self) -> Option<UpstreamConfig> {
         if self.events.is_none() && self.on_open.is_none() && self.on_expire.is_none() {
             return None;
         }
-        Some(crate::upstream::UpstreamConfig {
+        Some(UpstreamConfig {
             events: self.events.clone(),
             on_open: self.on_open.clone(),
             on_expire: self.on_expire.clone(),

@@ -30,20 +30,24 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::Router;
-use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, ClientAddr};
 use crate::auth::{Auth, AuthError};
 use crate::config::Config;
 use crate::error::Error;
-use crate::hub::{AttachRequest, Attachment, Expired, Hub, HubError, Inbox, Rendered, SessionHandle, Transport};
-use crate::protocol::{Cursor, Envelope, Envelopes, Sid};
-use crate::transport;
+use crate::handler::{Context, Opening, Registry};
+use crate::hub::{AttachRequest, Attachment, Expired, Hub, Inbox, SessionHandle};
+use crate::protocol::{Envelope, Envelopes, Sid};
+use crate::tasks::Tasks;
+use crate::transport::{self, Endpoint, TransportConfig};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 type Handler = Arc<dyn Fn(Context, Value) -> BoxFuture + Send + Sync>;
@@ -65,132 +69,6 @@ const EXPIRE_HOOKS_AT_ONCE: usize = 64;
 /// `switchyard_expire_hooks_dropped_total`. The application is then far behind, and holding
 /// every expiry for it would let memory grow without bound while expiry itself must go on.
 const EXPIRE_HOOKS_WAITING: usize = 10_000;
-
-/// The gateway's background work: one task tracker and the token that stops everything in it.
-/// Cheap to clone; holding a clone keeps nothing running (only `Gateway` handles do).
-#[derive(Clone)]
-pub struct Tasks {
-    /// Every task the gateway owns: the hub's expiry task, WebSocket tasks, expire hooks and
-    /// their dispatcher, upstream workers, and tasks started with [`Tasks::spawn`]. Closed (and
-    /// then waited for) by [`Tasks::drained`], or when the last `Gateway` handle drops.
-    tracker: TaskTracker,
-    /// The gateway's own token, also held by the hub. Cancelled by [`Gateway::shutdown`], by the
-    /// parent token given to [`GatewayBuilder::shutdown_token`], or when the last `Gateway`
-    /// handle drops. Every task in `tracker` then ends: those started with [`Tasks::spawn`] are
-    /// dropped, the expiry task tells every attachment to say goodbye and stops, and WebSocket
-    /// tasks close their sockets once their attachment has said it.
-    shutdown: CancellationToken,
-}
-
-impl Tasks {
-    pub(crate) fn new() -> Tasks {
-        Tasks { tracker: TaskTracker::new(), shutdown: CancellationToken::new() }
-    }
-
-    /// Runs `task` as one of the gateway's tasks: [`Gateway::drained`] waits for it, and once
-    /// the gateway shuts down it is dropped at its next `.await` if it has not finished.
-    pub fn spawn<F>(&self, task: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let shutdown = self.shutdown.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => {}
-                _ = task => {}
-            }
-        });
-    }
-
-    /// Whether the gateway has shut down (or was dropped).
-    pub fn is_shut_down(&self) -> bool {
-        self.shutdown.is_cancelled()
-    }
-
-    /// The gateway's token; see [`Gateway::shutdown_token`].
-    pub fn shutdown_token(&self) -> &CancellationToken {
-        &self.shutdown
-    }
-
-    /// How many of the gateway's tasks are running.
-    pub fn len(&self) -> usize {
-        self.tracker.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tracker.is_empty()
-    }
-
-    /// Completes once the gateway has shut down and every one of its tasks has ended.
-    pub async fn drained(&self) {
-        self.shutdown.cancelled().await;
-        self.tracker.close();
-        self.tracker.wait().await;
-    }
-}
-
-/// What an open hook knows about a session being created: enough to authorize it.
-pub struct Opening {
-    pub sid: Sid,
-    pub transport: Transport,
-    /// The headers of the request that created the session (cookies, `Authorization`, ...).
-    pub headers: axum::http::HeaderMap,
-    /// The raw query string of that request, if any.
-    pub query: Option<String>,
-    pub hub: Hub,
-}
-
-/// What a handler knows about the event it handles, and its way to answer.
-#[derive(Clone)]
-pub struct Context {
-    session: SessionHandle,
-    event: String,
-    hub: Hub,
-    subject: Option<Arc<str>>,
-}
-
-impl Context {
-    /// Who the client is: the subject of the token that opened the session (auth on only).
-    pub fn subject(&self) -> Option<&str> {
-        self.subject.as_deref()
-    }
-
-    /// The session the event came from.
-    pub fn sid(&self) -> &Sid {
-        self.session.sid()
-    }
-
-    /// The rooms the session is in.
-    pub fn rooms(&self) -> Vec<String> {
-        self.session.rooms()
-    }
-
-    /// The name of the event being handled.
-    pub fn event(&self) -> &str {
-        &self.event
-    }
-
-    /// The hub, to emit to other sessions.
-    pub fn hub(&self) -> &Hub {
-        &self.hub
-    }
-
-    /// Emits an event to the session the handled event came from.
-    ///
-    /// `data` is any serializable value; one that cannot be JSON (a map with non-string keys)
-    /// is sent as `null`.
-    pub async fn emit(&self, event: &str, data: impl Serialize) -> Result<Cursor, HubError> {
-        self.hub.emit_json_to(&self.session, event, crate::hub::render_data(&data)).await
-    }
-
-    /// [`Context::emit`] of an event rendered once, ahead of time (a constant reply): it shares
-    /// that name and JSON text instead of checking, serializing and allocating its own.
-    /// Returns the event's number in the session (its cursor is the session's id and this).
-    pub fn emit_rendered(&self, event: &Rendered) -> Result<u64, HubError> {
-        self.hub.emit_rendered_to(&self.session, event)
-    }
-}
 
 /// Collects handlers and settings; [`GatewayBuilder::build`] starts the hub.
 pub struct GatewayBuilder {
@@ -297,6 +175,7 @@ impl GatewayBuilder {
         Gateway {
             hub,
             inner: Arc::new(Shared {
+                transport: self.config.transport(),
                 config: self.config,
                 handlers: self.handlers,
                 fallback: self.fallback,
@@ -306,6 +185,45 @@ impl GatewayBuilder {
                 admission,
             }),
         }
+    }
+}
+
+/// The builder is where an app (the seed, an upstream) registers itself: the same methods.
+impl Registry for GatewayBuilder {
+    fn on<F, Fut>(self, event: &str, handler: F) -> Self
+    where
+        F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        GatewayBuilder::on(self, event, handler)
+    }
+
+    fn fallback<F, Fut>(self, handler: F) -> Self
+    where
+        F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        GatewayBuilder::fallback(self, handler)
+    }
+
+    fn on_open<F, Fut>(self, hook: F) -> Self
+    where
+        F: Fn(Opening) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        GatewayBuilder::on_open(self, hook)
+    }
+
+    fn on_expire<F, Fut>(self, hook: F) -> Self
+    where
+        F: Fn(Hub, Expired) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        GatewayBuilder::on_expire(self, hook)
+    }
+
+    fn tasks(&self) -> Tasks {
+        GatewayBuilder::tasks(self)
     }
 }
 
@@ -371,6 +289,8 @@ pub struct Gateway {
 
 struct Shared {
     config: Config,
+    /// The transports' part of `config`, cut out once.
+    transport: TransportConfig,
     handlers: Handlers,
     fallback: Option<Handler>,
     /// Run for each session a transport creates; see [`GatewayBuilder::on_open`]. It runs
@@ -383,7 +303,8 @@ struct Shared {
     tasks: Tasks,
     /// Token verification, when `auth_secret` is configured.
     auth: Option<Auth>,
-    /// The per-address limit on new sessions, asked by [`Gateway::attach`].
+    /// The per-address limit on new sessions, asked by every attach (the transports' and
+    /// [`Gateway::attach`]).
     admission: Admission,
 }
 
@@ -434,13 +355,7 @@ impl Gateway {
     /// cannot be honoured) only if the client's address may open one now, else
     /// [`Error::TooManyNewSessions`] and no session is created. Resuming is never limited.
     pub async fn attach(&self, request: AttachRequest<'_>, client: ClientAddr) -> Result<Attachment, Error> {
-        let gate = || {
-            self.inner.admission.admit(client.0).map_err(|limited| {
-                tracing::debug!(client = ?client.0, retry_after = limited.retry_after, "too many new sessions from this address");
-                Error::from(limited)
-            })
-        };
-        self.hub.attach_with(request, gate).await
+        transport::attach(&self.hub, &self.inner.admission, request, client).await
     }
 
     /// Ends every transport (clients are told to resume) and stops background tasks;
@@ -461,12 +376,6 @@ impl Gateway {
         &self.inner.tasks
     }
 
-    /// Runs a WebSocket's task so that [`Gateway::drained`] waits for it. Not cancelled at
-    /// shutdown: the socket ends by itself once the hub has told its attachment to say goodbye.
-    pub(crate) fn track_socket<F: Future<Output = ()>>(&self, task: F) -> impl Future<Output = ()> {
-        self.inner.tasks.tracker.track_future(task)
-    }
-
     /// Completes when the gateway is shut down and every one of its tasks has ended: WebSocket
     /// tasks have closed their sockets, and the expiry task, expire hooks and upstream workers
     /// have stopped.
@@ -475,9 +384,20 @@ impl Gateway {
     }
 
     /// The gateway's routes: `/ws`, `/sse` (GET stream, POST send) and `/poll` (GET, and POST as
-    /// an alias of `POST /sse`). Nest it under any prefix.
+    /// an alias of `POST /sse`), `/metrics` and `/healthz`. Nest it under any prefix.
     pub fn router(&self) -> Router {
-        transport::router(self.clone())
+        let own = Router::new()
+            .route("/metrics", get(render_metrics))
+            .route("/healthz", get(healthz))
+            .with_state(self.clone());
+        transport::router(self.endpoint(), own)
+    }
+
+    /// The state of the transport routes: the parts of this gateway they use, and the gateway
+    /// itself as the [`transport::Handler`] of what they read.
+    fn endpoint(&self) -> Endpoint<Gateway> {
+        let sockets = self.inner.tasks.tracker.clone();
+        Endpoint::new(self.hub.clone(), self.inner.transport.clone(), self.inner.admission.clone(), sockets, self.clone())
     }
 
     /// Runs the handler of each envelope in turn, for one session.
@@ -509,7 +429,7 @@ impl Gateway {
             }
             match self.inner.handlers.get(&event).or(self.inner.fallback.as_ref()) {
                 Some(handler) => {
-                    let ctx = Context { session: session.clone(), event, hub: self.hub.clone(), subject: subject.clone() };
+                    let ctx = Context::new(session.clone(), event, self.hub.clone(), subject.clone());
                     handler(ctx, data).await
                 }
                 None => {
@@ -526,7 +446,7 @@ impl Gateway {
     ///
     /// With auth on, a new session first needs a valid token, whose subject it keeps; a token
     /// presented on a resume must name the session's subject (see [`crate::auth`]).
-    pub async fn admit(&self, attachment: &Attachment, headers: &axum::http::HeaderMap, query: Option<&str>) -> Result<(), Error> {
+    pub async fn admit(&self, attachment: &Attachment, headers: &HeaderMap, query: Option<&str>) -> Result<(), Error> {
         self.authenticate(attachment, headers, query)?;
         let Some(hook) = self.inner.open.as_ref().filter(|_| attachment.is_fresh()) else {
             return Ok(());
@@ -544,7 +464,7 @@ impl Gateway {
         })
     }
 
-    fn authenticate(&self, attachment: &Attachment, headers: &axum::http::HeaderMap, query: Option<&str>) -> Result<(), Error> {
+    fn authenticate(&self, attachment: &Attachment, headers: &HeaderMap, query: Option<&str>) -> Result<(), Error> {
         let Some(auth) = &self.inner.auth else { return Ok(()) };
         #[derive(serde::Deserialize)]
         struct TokenQuery {
@@ -576,8 +496,34 @@ impl Gateway {
 
     /// Tells the session, in its own event stream, that something it sent was refused.
     pub async fn report_error(&self, sid: &Sid, error: impl std::fmt::Display) {
-        let _ = self.hub.emit(sid, "error", &json!({ "error": error.to_string() })).await;
+        transport::report_error(&self.hub, sid, error).await;
     }
+}
+
+/// The transports hand what they read, and what they attach, to the gateway.
+impl transport::Handler for Gateway {
+    fn dispatch_to(&self, session: &SessionHandle, envelopes: Envelopes) -> impl Future<Output = ()> + Send {
+        Gateway::dispatch_to(self, session, envelopes)
+    }
+
+    fn admit(&self, attachment: &Attachment, headers: &HeaderMap, query: Option<&str>)
+        -> impl Future<Output = Result<(), Error>> + Send {
+        Gateway::admit(self, attachment, headers, query)
+    }
+}
+
+/// `GET /metrics`: the Prometheus text format.
+async fn render_metrics(State(gateway): State<Gateway>) -> Response {
+    match crate::metrics::render(gateway.hub().len()) {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics go to the recorder the embedding application installed\n").into_response(),
+    }
+}
+
+/// `GET /healthz`: the process is up and serving.
+async fn healthz(State(gateway): State<Gateway>) -> Response {
+    let body = json!({"status": "ok", "sessions": gateway.hub().len()});
+    axum::Json(body).into_response()
 }
 
 #[cfg(test)]
@@ -586,7 +532,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::hub::{CloseReason, HubConfig};
+    use crate::hub::{CloseReason, HubConfig, Transport};
 
     /// Longest any wait here may take; each ends far sooner unless something is wrong.
     const WAIT: Duration = Duration::from_secs(5);

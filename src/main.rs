@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     if access == ApiAccess::Disabled {
         tracing::warn!("publish API disabled: no --api-key and not bound to loopback");
     }
-    let router = server::app(&gateway, &cli.static_dir).nest("/api", api::router(gateway.clone(), access));
+    let router = server::app(&gateway, &cli.static_dir).nest("/api", api::router(gateway.hub().clone(), access));
     let listener = server::bind(cli.bind).with_context(|| format!("binding {}", cli.bind))?;
     tracing::info!(addr = %listener.local_addr()?, "switchyard listening; demo page at http://{}/", listener.local_addr()?);
     server::run(listener, router, gateway, shutdown_signal()).await.context("serving")?;

@@ -1,10 +1,12 @@
-//! Observability: Prometheus metrics (`GET /metrics`) and a liveness probe (`GET /healthz`).
+//! Observability: what the gateway records, for Prometheus (`GET /metrics`).
 //!
 //! Counters and gauges are recorded with the `metrics` crate's macros wherever the thing they
 //! count happens; this module installs the Prometheus recorder (once per process, since a
-//! recorder is global) and renders it. An application that embeds the gateway and installed a
-//! recorder of its own keeps it: the gateway's metrics then flow into that recorder and
-//! `/metrics` says where to look.
+//! recorder is global), counts the per-event figures cheaply, and renders the registry. The
+//! routes that serve it (`GET /metrics`, and the liveness probe `GET /healthz`) are the
+//! gateway's: they read its hub, and this module sits below the gateway. An application that
+//! embeds the gateway and installed a recorder of its own keeps it: the gateway's metrics then
+//! flow into that recorder and `/metrics` says where to look.
 //!
 //! Labels are bounded sets (transport, reason, status, kind): never a sid or an event name, so
 //! the number of series stays fixed however many sessions come and go.
@@ -13,13 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use metrics::Counter;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::gateway::Gateway;
 use crate::hub::Transport;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -154,24 +153,12 @@ pub fn events_in_post(n: usize) {
     COUNTS.in_post.fetch_add(n as u64, Ordering::Relaxed);
 }
 
-/// `GET /metrics`: the Prometheus text format.
-pub async fn render(State(gateway): State<Gateway>) -> Response {
-    match HANDLE.get().and_then(Option::as_ref) {
-        Some(handle) => {
-            sync();
-            metrics::gauge!("switchyard_sessions").set(gateway.hub().len() as f64);
-            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render()).into_response()
-        }
-        None => (
-            StatusCode::NOT_FOUND,
-            "metrics go to the recorder the embedding application installed\n",
-        )
-            .into_response(),
-    }
-}
-
-/// `GET /healthz`: the process is up and serving.
-pub async fn healthz(State(gateway): State<Gateway>) -> Response {
-    let body = serde_json::json!({"status": "ok", "sessions": gateway.hub().len()});
-    axum::Json(body).into_response()
+/// The registry in the Prometheus text format, with the live session count as
+/// `switchyard_sessions`; `None` when the process records into a recorder an embedding
+/// application installed (the gateway's `GET /metrics` then says where to look).
+pub fn render(sessions: usize) -> Option<String> {
+    let handle = HANDLE.get().and_then(Option::as_ref)?;
+    sync();
+    metrics::gauge!("switchyard_sessions").set(sessions as f64);
+    Some(handle.render())
 }

@@ -216,6 +216,26 @@ pub fn parse_envelopes_with(text: &str, limits: &Limits) -> Result<Envelopes, Pr
     }
 }
 
+/// Whether a client body with this `Content-Type` (the header's raw value, `None` without one)
+/// is read as JSON: `application/json`, no content type at all, or
+/// `application/x-www-form-urlencoded`, which is what `curl -d` sends (no form body is a valid
+/// envelope, so nothing is misread). The one rule for every endpoint that takes JSON.
+pub fn reads_as_json(content_type: Option<&[u8]>) -> bool {
+    let Some(content_type) = content_type else { return true };
+    // What HTTP allows in a header value as text: visible ASCII, spaces and tabs.
+    if !content_type.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+        return false;
+    }
+    let Ok(content_type) = std::str::from_utf8(content_type) else { return false };
+    if content_type.is_empty() {
+        return true;
+    }
+    content_type.parse::<mime::Mime>().is_ok_and(|m| {
+        let essence = m.essence_str().to_ascii_lowercase();
+        essence == "application/json" || essence == "application/x-www-form-urlencoded"
+    })
+}
+
 /// The slow path: the body as a `Value` first, then each envelope checked field by field, so
 /// that an error can say which envelope and which field.
 fn parse_as_value(text: &str, limits: &Limits) -> Result<Envelopes, ProtocolError> {

@@ -42,7 +42,8 @@ use axum::http::HeaderMap;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Notify, Semaphore};
 
-use crate::gateway::{GatewayBuilder, Opening, Tasks};
+use crate::handler::{Opening, Registry};
+use crate::tasks::Tasks;
 use crate::hub::{check_room_name, Expired, Hub, Target};
 use crate::protocol::{check_event_name, Sid};
 
@@ -240,14 +241,14 @@ impl Upstream {
         }
     }
 
-    /// Registers what the configuration asks for on a gateway builder: the fallback that forwards
-    /// unclaimed events, the open hook and the expire hook; and makes the upstream's workers
+    /// Registers what the configuration asks for on a gateway builder (a [`Registry`]): the
+    /// fallback that forwards unclaimed events, the open hook and the expire hook; and makes the upstream's workers
     /// tasks of that gateway. An upstream is installed in one gateway.
     ///
     /// # Panics
     ///
     /// If the upstream is already installed in a gateway, or has already forwarded an event.
-    pub fn install(&self, mut builder: GatewayBuilder) -> GatewayBuilder {
+    pub fn install<R: Registry>(&self, mut builder: R) -> R {
         assert!(self.inner.tasks.set(builder.tasks()).is_ok(), "an Upstream is installed in one gateway, before it forwards");
         if self.inner.config.events.is_some() {
             let upstream = self.clone();
@@ -573,7 +574,7 @@ fn parse_action(value: Value) -> Result<Action, String> {
         let event = string(event, "emit")?;
         check_event_name(&event).map_err(|why| format!("event name {why}"))?;
         let data = map.remove("data").unwrap_or(Value::Null);
-        let to = map.remove("to").map(parse_target).transpose()?;
+        let to = map.remove("to").map(Target::from_json).transpose()?;
         let skip_self = match map.remove("skip_self") {
             None | Some(Value::Bool(false)) => false,
             Some(Value::Bool(true)) if to.is_some() => true,
@@ -591,25 +592,6 @@ fn parse_action(value: Value) -> Result<Action, String> {
     match map.keys().next() {
         Some(key) => Err(format!("unknown field `{key}`")),
         None => Ok(action),
-    }
-}
-
-/// Parses a target object (`{"sid": SID}`, `{"room": ROOM}` or `{"all": true}`); shared by
-/// actions and the publish API so both speak the same schema.
-pub fn parse_target(value: Value) -> Result<Target, String> {
-    let Value::Object(map) = value else {
-        return Err("`to` must be {\"sid\": SID}, {\"room\": ROOM} or {\"all\": true}".into());
-    };
-    if map.len() != 1 {
-        return Err("`to` must have exactly one of `sid`, `room`, `all`".into());
-    }
-    let (key, value) = map.into_iter().next().expect("one entry");
-    match key.as_str() {
-        "sid" => Ok(Target::Sid(sid(value)?)),
-        "room" => Ok(Target::Room(room_name(value, "to.room")?)),
-        "all" if value == Value::Bool(true) => Ok(Target::All),
-        "all" => Err("`to.all` must be true".into()),
-        other => Err(format!("unknown target `{other}`: use `sid`, `room` or `all`")),
     }
 }
 

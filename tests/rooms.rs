@@ -18,7 +18,7 @@ const KEY: &str = "test-key-1234";
 async fn serve(config: Config, access: ApiAccess) -> TestServer {
     let gateway = app::seed(Gateway::builder(config)).build();
     let static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
-    let router = server::app(&gateway, &static_dir).nest("/api", api::router(gateway.clone(), access));
+    let router = server::app(&gateway, &static_dir).nest("/api", api::router(gateway.hub().clone(), access));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let served = gateway.clone();

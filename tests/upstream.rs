@@ -130,7 +130,7 @@ async fn gateway(config: Config, upstream: UpstreamConfig) -> (TestServer, Upstr
     let upstream = Upstream::new(upstream);
     let gateway = upstream.install(Gateway::builder(config)).build();
     let static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
-    let router = server::app(&gateway, &static_dir).nest("/api", api::router(gateway.clone(), ApiAccess::Loopback));
+    let router = server::app(&gateway, &static_dir).nest("/api", api::router(gateway.hub().clone(), ApiAccess::Loopback));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let served = gateway.clone();

@@ -54,6 +54,36 @@ pub enum Target {
     All,
 }
 
+impl Target {
+    /// Reads a target from its JSON form, `{"sid": SID}`, `{"room": ROOM}` or `{"all": true}`:
+    /// the one schema of the publish API's `to` and of the application's emit actions. The error
+    /// says what is wrong, for whoever sent it.
+    pub fn from_json(value: Value) -> Result<Target, String> {
+        let Value::Object(map) = value else {
+            return Err("`to` must be {\"sid\": SID}, {\"room\": ROOM} or {\"all\": true}".into());
+        };
+        if map.len() != 1 {
+            return Err("`to` must have exactly one of `sid`, `room`, `all`".into());
+        }
+        let (key, value) = map.into_iter().next().expect("one entry");
+        let text = |value: Value, field: &str| match value {
+            Value::String(text) => Ok(text),
+            _ => Err(format!("`{field}` must be a string")),
+        };
+        match key.as_str() {
+            "sid" => text(value, "sid")?.parse().map(Target::Sid).map_err(|_| "`sid` is not a session id".to_string()),
+            "room" => {
+                let room = text(value, "to.room")?;
+                check_room_name(&room).map_err(|err| format!("`to.room`: {err}"))?;
+                Ok(Target::Room(room))
+            }
+            "all" if value == Value::Bool(true) => Ok(Target::All),
+            "all" => Err("`to.all` must be true".into()),
+            other => Err(format!("unknown target `{other}`: use `sid`, `room` or `all`")),
+        }
+    }
+}
+
 /// Room name -> its members, in one shard of the room table.
 pub(super) type RoomTable = HashMap<Arc<str>, HashMap<Sid, Arc<Session>>>;
 

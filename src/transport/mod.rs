@@ -8,35 +8,196 @@
 //! | `POST /sse`, `POST /poll` | client to server | `post.rs` |
 //!
 //! A transport only moves bytes: it asks the hub for an attachment, writes what the attachment
-//! yields, and hands what it reads to [`Gateway::dispatch`]. Session logic stays in the hub.
+//! yields, and hands what it reads to [`Handler::dispatch_to`]. Session logic stays in the hub.
+//!
+//! Why it is shaped so: the transports sit under the gateway and do not know it. What they
+//! need from above is two calls, declared here as the [`Handler`] trait the gateway implements:
+//! run the handlers of what a client sent, and admit (authenticate, open) a new attachment.
+//! Everything else they need (the hub, their settings, the per-address limit, the tracker of
+//! WebSocket tasks) the gateway hands them in an [`Endpoint`], the state of their routes. The
+//! handler is a type parameter rather than a trait object, so a dispatched batch costs a direct
+//! call, as when the transports called the gateway by name.
 
 pub mod origin;
 mod poll;
 mod post;
-
-pub(crate) use post::reads_as_json;
 mod sse;
 mod ws;
 
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use axum::http::HeaderMap;
 use axum::middleware;
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
+use serde_json::json;
+use tokio_util::task::TaskTracker;
 
-use crate::gateway::Gateway;
-use crate::metrics;
-use crate::hub::Event;
-use crate::protocol::Sid;
+use crate::admission::{Admission, ClientAddr};
+use crate::error::Error;
+use crate::hub::{AttachRequest, Attachment, Event, Hub, SessionHandle};
+use crate::protocol::{Envelopes, Limits, Sid};
 
-pub fn router(gateway: Gateway) -> Router {
-    let policy = origin::OriginPolicy::new(&gateway.config().allowed_origins);
+/// What the transports need from the layer above them (the gateway): the two things a
+/// transport cannot do with the hub alone.
+pub trait Handler: Send + Sync + 'static {
+    /// Runs the handlers of `envelopes`, in order, for the session they came from; completes
+    /// when they have run. Called once per batch a client sent (a POST body, a WebSocket
+    /// frame).
+    fn dispatch_to(&self, session: &SessionHandle, envelopes: Envelopes) -> impl Future<Output = ()> + Send;
+
+    /// Decides whether a transport just attached may be served: authenticates the request and
+    /// runs the open hook of a session it created. On `Err` the transport answers the error
+    /// (a session the attachment created has been removed).
+    fn admit(&self, attachment: &Attachment, headers: &HeaderMap, query: Option<&str>)
+        -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// Settings of the transports; [`crate::Config`] assembles them with the rest.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Interval of SSE keep-alive comments (they also find dead connections).
+    pub keepalive: Duration,
+    /// Interval of WebSocket pings; a peer silent for two intervals is dropped.
+    pub ws_ping: Duration,
+    /// Longest a long-poll waits for an event before answering `[]`.
+    pub poll_timeout: Duration,
+    /// Largest accepted POST body and WebSocket message, in bytes.
+    pub max_body: usize,
+    /// Bounds on envelopes in one body or frame.
+    pub limits: Limits,
+    /// How long a WebSocket write may stay blocked on a peer that does not read.
+    pub slow_client_timeout: Duration,
+    /// Browser origins allowed besides the server's own and loopback ones (see [`origin`]).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            keepalive: Duration::from_secs(15),
+            ws_ping: Duration::from_secs(20),
+            poll_timeout: Duration::from_secs(25),
+            max_body: 64 * 1024,
+            limits: Limits::default(),
+            slow_client_timeout: Duration::from_secs(30),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// The state of the transport routes: what every transport handler is given. Cheap to clone
+/// (one reference count), as axum clones it for every request.
+pub struct Endpoint<H> {
+    inner: Arc<Parts<H>>,
+}
+
+struct Parts<H> {
+    hub: Hub,
+    config: TransportConfig,
+    /// Asked before an attach creates a session (the per-address limit).
+    admission: Admission,
+    /// Where WebSocket tasks are tracked, so that the gateway's drain waits for them: its
+    /// owner (the gateway) closes and awaits it at shutdown.
+    sockets: TaskTracker,
+    handler: H,
+}
+
+impl<H> Clone for Endpoint<H> {
+    fn clone(&self) -> Self {
+        Endpoint { inner: self.inner.clone() }
+    }
+}
+
+impl<H: Handler> Endpoint<H> {
+    /// The state of the routes of a gateway: its hub, the transports' settings, its
+    /// per-address limit on new sessions, the tracker of its WebSocket tasks, and itself as the
+    /// [`Handler`] of what the transports read.
+    pub fn new(hub: Hub, config: TransportConfig, admission: Admission, sockets: TaskTracker, handler: H) -> Endpoint<H> {
+        Endpoint { inner: Arc::new(Parts { hub, config, admission, sockets, handler }) }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn config(&self) -> &TransportConfig {
+        &self.inner.config
+    }
+
+    /// Attaches a transport for `client`: a new session (none asked for, or the one asked for
+    /// cannot be honoured) only if the client's address may open one now, else
+    /// [`Error::TooManyNewSessions`] and no session is created. Resuming is never limited.
+    pub async fn attach(&self, request: AttachRequest<'_>, client: ClientAddr) -> Result<Attachment, Error> {
+        attach(&self.inner.hub, &self.inner.admission, request, client).await
+    }
+
+    /// See [`Handler::admit`].
+    pub async fn admit(&self, attachment: &Attachment, headers: &HeaderMap, query: Option<&str>) -> Result<(), Error> {
+        self.inner.handler.admit(attachment, headers, query).await
+    }
+
+    /// Runs the handlers of `envelopes` for the session `sid`, if it is still live.
+    pub async fn dispatch(&self, sid: &Sid, envelopes: Envelopes) {
+        let Ok(session) = self.inner.hub.session(sid) else { return };
+        self.dispatch_to(&session, envelopes).await;
+    }
+
+    /// See [`Handler::dispatch_to`].
+    pub async fn dispatch_to(&self, session: &SessionHandle, envelopes: Envelopes) {
+        self.inner.handler.dispatch_to(session, envelopes).await;
+    }
+
+    /// Tells the session, in its own event stream, that something it sent was refused.
+    pub async fn report_error(&self, sid: &Sid, error: impl std::fmt::Display) {
+        report_error(&self.inner.hub, sid, error).await;
+    }
+
+    /// Runs a WebSocket's task so that the gateway's drain waits for it. Not cancelled at
+    /// shutdown: the socket ends by itself once the hub has told its attachment to say goodbye.
+    pub(crate) fn track_socket<F: Future<Output = ()>>(&self, task: F) -> impl Future<Output = ()> {
+        self.inner.sockets.track_future(task)
+    }
+}
+
+/// What [`ClientAddr`] needs from the state of the transport routes.
+impl<H> FromRef<Endpoint<H>> for Admission {
+    fn from_ref(endpoint: &Endpoint<H>) -> Admission {
+        endpoint.inner.admission.clone()
+    }
+}
+
+/// [`Endpoint::attach`], for whoever holds a hub and an admission (the gateway too).
+pub(crate) async fn attach(hub: &Hub, admission: &Admission, request: AttachRequest<'_>, client: ClientAddr) -> Result<Attachment, Error> {
+    let gate = || {
+        admission.admit(client.0).map_err(|limited| {
+            tracing::debug!(client = ?client.0, retry_after = limited.retry_after, "too many new sessions from this address");
+            Error::from(limited)
+        })
+    };
+    hub.attach_with(request, gate).await
+}
+
+/// [`Endpoint::report_error`], for whoever holds a hub (the gateway too).
+pub(crate) async fn report_error(hub: &Hub, sid: &Sid, error: impl std::fmt::Display) {
+    let _ = hub.emit(sid, "error", &json!({ "error": error.to_string() })).await;
+}
+
+/// The transports' routes: `/ws`, `/sse` (GET stream, POST send) and `/poll` (GET, and POST as
+/// an alias of `POST /sse`), with the routes of `beside` (the gateway's own), all behind the
+/// `Origin` check of [`origin`].
+pub fn router<H: Handler>(endpoint: Endpoint<H>, beside: Router) -> Router {
+    let policy = origin::OriginPolicy::new(&endpoint.config().allowed_origins);
     Router::new()
-        .route("/ws", get(ws::upgrade))
-        .route("/sse", get(sse::stream).post(post::send))
-        .route("/poll", get(poll::poll).post(post::send))
-        .route("/metrics", get(metrics::render))
-        .route("/healthz", get(metrics::healthz))
-        .with_state(gateway)
+        .route("/ws", get(ws::upgrade::<H>))
+        .route("/sse", get(sse::stream::<H>).post(post::send::<H>))
+        .route("/poll", get(poll::poll::<H>).post(post::send::<H>))
+        .with_state(endpoint)
+        .merge(beside)
         .layer(middleware::from_fn_with_state(policy, origin::guard))
 }
 

@@ -11,17 +11,16 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 
-use super::{envelope_json, AttachQuery};
+use super::{envelope_json, AttachQuery, Endpoint, Handler};
 use crate::admission::ClientAddr;
 use crate::error::Error;
-use crate::gateway::Gateway;
 use crate::hub::{AttachRequest, Attachment, CloseReason, Transport};
 
 /// Most events one poll answer carries; the rest wait for the next poll.
 const MAX_PER_POLL: usize = 256;
 
-pub async fn poll(
-    State(gateway): State<Gateway>,
+pub async fn poll<H: Handler>(
+    State(gateway): State<Endpoint<H>>,
     client: ClientAddr,
     headers: HeaderMap,
     uri: Uri,

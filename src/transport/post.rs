@@ -11,13 +11,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::AttachQuery;
+use super::{AttachQuery, Endpoint, Handler};
 use crate::error::Error;
-use crate::gateway::Gateway;
-use crate::protocol::{parse_envelopes_with, Envelope, Envelopes, Limits, Sid};
+use crate::protocol::{parse_envelopes_with, reads_as_json, Envelope, Envelopes, Limits, Sid};
 
-pub async fn send(
-    State(gateway): State<Gateway>,
+pub async fn send<H: Handler>(
+    State(gateway): State<Endpoint<H>>,
     query: Result<Query<AttachQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
@@ -27,8 +26,8 @@ pub async fn send(
     response
 }
 
-async fn accept(
-    gateway: Gateway,
+async fn accept<H: Handler>(
+    gateway: Endpoint<H>,
     query: Result<Query<AttachQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
@@ -58,7 +57,7 @@ async fn accept(
 fn parse_body(headers: &HeaderMap, bytes: &[u8], limits: &Limits) -> Result<Envelopes, Error> {
     let text = || std::str::from_utf8(bytes).map_err(|_| Error::BadRequest("body is not valid UTF-8".into()));
     // JSON first: it is the common case, and is read straight from the body.
-    if reads_as_json(headers) {
+    if reads_as_json(headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes())) {
         return parse_json(text()?, limits);
     }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -71,21 +70,6 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8], limits: &Limits) -> Result<Enve
         return Err(Error::UnsupportedMediaType(format!("text/plain; charset={charset}")));
     }
     Ok(smallvec::smallvec![Envelope::new("message", Value::String(text()?.to_owned()))])
-}
-
-/// Whether a body with these headers is read as JSON: `application/json`, no content type at
-/// all, or `application/x-www-form-urlencoded`, which is what `curl -d` sends (no form body is a
-/// valid envelope, so nothing is misread). The one rule for every endpoint that takes JSON.
-pub(crate) fn reads_as_json(headers: &HeaderMap) -> bool {
-    let Some(content_type) = headers.get(header::CONTENT_TYPE) else { return true };
-    let Ok(content_type) = content_type.to_str() else { return false };
-    if content_type.is_empty() {
-        return true;
-    }
-    content_type.parse::<mime::Mime>().is_ok_and(|m| {
-        let essence = m.essence_str().to_ascii_lowercase();
-        essence == "application/json" || essence == "application/x-www-form-urlencoded"
-    })
 }
 
 fn parse_json(text: &str, limits: &Limits) -> Result<Envelopes, Error> {

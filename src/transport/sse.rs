@@ -19,15 +19,14 @@ use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 
-use super::AttachQuery;
+use super::{AttachQuery, Endpoint, Handler};
 use crate::admission::ClientAddr;
 use crate::error::Error;
-use crate::gateway::Gateway;
 use crate::hub::{AttachRequest, Transport};
 use crate::metrics;
 
-pub async fn stream(
-    State(gateway): State<Gateway>,
+pub async fn stream<H: Handler>(
+    State(gateway): State<Endpoint<H>>,
     client: ClientAddr,
     query: Result<Query<AttachQuery>, QueryRejection>,
     headers: HeaderMap,

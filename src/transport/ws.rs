@@ -24,10 +24,9 @@ use axum::response::Response;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::Instant;
 
-use super::{envelope_json, AttachQuery};
+use super::{envelope_json, AttachQuery, Endpoint, Handler};
 use crate::admission::ClientAddr;
 use crate::error::Error;
-use crate::gateway::Gateway;
 use crate::hub::{AttachRequest, Attachment, CloseReason, Event, SessionHandle, Transport};
 use crate::metrics;
 use crate::protocol::{parse_envelopes_with, ProtocolError, Sid};
@@ -40,9 +39,9 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_INVALID_DATA: u16 = 1007;
 
-pub async fn upgrade(
+pub async fn upgrade<H: Handler>(
     ws: WebSocketUpgrade,
-    State(gateway): State<Gateway>,
+    State(gateway): State<Endpoint<H>>,
     client: ClientAddr,
     headers: HeaderMap,
     uri: Uri,
@@ -72,7 +71,7 @@ const HEARTBEAT_FRAME: &str = r#"{"event":"heartbeat","data":null}"#;
 
 /// Serves one attached socket until the peer leaves, goes silent, or the attachment ends.
 /// With `heartbeat`, each ping is preceded by a [`HEARTBEAT_FRAME`].
-pub async fn serve_socket<S>(gateway: Gateway, mut attachment: Attachment, mut socket: S, heartbeat: bool)
+pub async fn serve_socket<S, H: Handler>(gateway: Endpoint<H>, mut attachment: Attachment, mut socket: S, heartbeat: bool)
 where
     S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -198,7 +197,7 @@ const CLOSING: Duration = Duration::from_secs(1);
 /// RFC 6455 closing handshake, server side: after our Close, the peer may still have frames in
 /// flight (it sent them before it saw our Close). They are handled, not dropped, until the
 /// peer's Close arrives or [`CLOSING`] runs out.
-async fn finish_closing<R>(gateway: &Gateway, session: &SessionHandle, stream: &mut R)
+async fn finish_closing<R, H: Handler>(gateway: &Endpoint<H>, session: &SessionHandle, stream: &mut R)
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -216,7 +215,7 @@ where
 }
 
 /// Hands the envelopes of one text frame to the handlers, or says what is wrong with it.
-async fn handle_text(gateway: &Gateway, session: &SessionHandle, text: &str) -> Result<(), ProtocolError> {
+async fn handle_text<H: Handler>(gateway: &Endpoint<H>, session: &SessionHandle, text: &str) -> Result<(), ProtocolError> {
     let envelopes = parse_envelopes_with(text, &gateway.config().limits)?;
     metrics::events_in_websocket(envelopes.len());
     gateway.dispatch_to(session, envelopes).await;
