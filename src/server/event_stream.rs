@@ -24,7 +24,7 @@
 //! later on a reused keep-alive connection is therefore served by hyper: it works the same and
 //! costs hyper's buffers.
 
-use std::io::{self, Write as _};
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -41,6 +41,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use crate::protocol::encode;
 
 /// Most header lines a first request may carry before it is left to hyper (which allows 100).
 const MAX_HEADERS: usize = 64;
@@ -214,11 +216,7 @@ async fn respond(
                     }
                     if chunked {
                         // One write per chunk: size line, data and the closing CRLF together.
-                        let mut out = Vec::with_capacity(data.len() + 12);
-                        let _ = write!(out, "{:x}\r\n", data.len());
-                        out.extend_from_slice(&data);
-                        out.extend_from_slice(b"\r\n");
-                        write(tcp, &out, limits.write_timeout).await.ok()?;
+                        write(tcp, &encode::chunk(&data), limits.write_timeout).await.ok()?;
                     } else {
                         write(tcp, &data, limits.write_timeout).await.ok()?;
                     }
@@ -247,7 +245,7 @@ async fn respond(
         }
     }
     if chunked {
-        write(tcp, b"0\r\n\r\n", limits.write_timeout).await.ok()?;
+        write(tcp, encode::LAST_CHUNK, limits.write_timeout).await.ok()?;
     }
     Some(leftover)
 }

@@ -24,13 +24,13 @@ use axum::response::Response;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::Instant;
 
-use super::{envelope_json, AttachQuery};
+use super::{outgoing, AttachQuery};
 use crate::admission::ClientAddr;
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::hub::{AttachRequest, Attachment, CloseReason, Event, SessionHandle, Transport};
 use crate::metrics;
-use crate::protocol::{parse_envelopes_with, ProtocolError, Sid};
+use crate::protocol::{encode, parse_envelopes_with, ProtocolError, Sid};
 
 /// Close code telling the client another transport holds its session now.
 pub const CLOSE_SUPERSEDED: u16 = 4000;
@@ -65,13 +65,10 @@ pub async fn upgrade(
     }))
 }
 
-/// The application-level heartbeat, sent at every ping tick to a client that asked for it
-/// (`?heartbeat=1`): browsers cannot see protocol pings, so a page watches for this instead.
-/// It is not an event of the session: no cursor, never buffered, never replayed.
-const HEARTBEAT_FRAME: &str = r#"{"event":"heartbeat","data":null}"#;
-
 /// Serves one attached socket until the peer leaves, goes silent, or the attachment ends.
-/// With `heartbeat`, each ping is preceded by a [`HEARTBEAT_FRAME`].
+/// With `heartbeat`, each ping is preceded by an [`encode::HEARTBEAT`] frame: browsers cannot
+/// see protocol pings, so a page watches for this instead. It is not an event of the session:
+/// no cursor, never buffered, never replayed.
 pub async fn serve_socket<S>(gateway: Gateway, mut attachment: Attachment, mut socket: S, heartbeat: bool)
 where
     S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -160,7 +157,7 @@ where
                     tracing::debug!(sid = sid.short(), "websocket peer silent; dropping it");
                     break None;
                 }
-                if heartbeat && socket.feed(Message::Text(Utf8Bytes::from_static(HEARTBEAT_FRAME))).await.is_err() {
+                if heartbeat && socket.feed(Message::Text(Utf8Bytes::from_static(encode::HEARTBEAT))).await.is_err() {
                     break None;
                 }
                 if socket.send(Message::Ping(Default::default())).await.is_err() {
@@ -259,7 +256,7 @@ async fn write_ready<W: Sink<Message> + Unpin>(sink: &mut W, first: Event, attac
 
 /// One event as a text frame, counted.
 fn frame(event: &Event, sid: &Sid) -> Message {
-    let text = envelope_json(event, sid);
+    let text = encode::envelope(&outgoing(event, sid));
     metrics::event_out(Transport::WebSocket, text.len());
     Message::Text(text.into())
 }
