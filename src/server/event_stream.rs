@@ -188,37 +188,67 @@ fn stream_request(parsed: &httparse::Request<'_, '_>) -> Option<(Request<Body>, 
 async fn respond(
     tcp: &mut TcpStream,
     response: Response<Body>,
-    mut leftover: BytesMut,
+    leftover: BytesMut,
     close: bool,
     limits: Limits,
 ) -> Option<BytesMut> {
-    let (parts, mut body) = response.into_parts();
-    let status = parts.status;
-    let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let length = if bodiless { None } else { body.size_hint().exact() };
-    let chunked = !bodiless && length.is_none();
-    let head = response_head(status, &parts.headers, length, chunked, close);
+    let (parts, body) = response.into_parts();
+    let framing = Framing::of(parts.status, &body);
+    let head = response_head(parts.status, &parts.headers, framing, close);
     write(tcp, &head, limits.write_timeout).await.ok()?;
-    if bodiless {
+    if framing == Framing::Bodiless {
         return Some(leftover);
     }
+    let leftover = write_body(tcp, body, framing, leftover, limits).await?;
+    if framing == Framing::Chunked {
+        write(tcp, encode::LAST_CHUNK, limits.write_timeout).await.ok()?;
+    }
+    Some(leftover)
+}
 
+/// How a response's body goes on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Framing {
+    /// None at all: 1xx, 204 and 304 answers.
+    Bodiless,
+    /// `Content-Length`, then the body's bytes as they are.
+    Sized(u64),
+    /// `Transfer-Encoding: chunked`: each frame of the body one chunk, then the last chunk. For
+    /// bodies of unknown length, such as event streams.
+    Chunked,
+}
+
+impl Framing {
+    fn of(status: StatusCode, body: &Body) -> Framing {
+        if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Framing::Bodiless;
+        }
+        match body.size_hint().exact() {
+            Some(length) => Framing::Sized(length),
+            None => Framing::Chunked,
+        }
+    }
+}
+
+/// Writes each frame of `body` as soon as the body yields it, reading what the client sends
+/// meanwhile into `leftover`. Returns `leftover` once the body has ended; `None` if the body
+/// failed or the client left (or cannot be written to, or sent too much).
+async fn write_body(
+    tcp: &mut TcpStream,
+    mut body: Body,
+    framing: Framing,
+    mut leftover: BytesMut,
+    limits: Limits,
+) -> Option<BytesMut> {
     loop {
         tokio::select! {
             // What the body has goes out before anything from the client is looked at.
             biased;
             frame = body.frame() => match frame {
-                None => break,
+                None => return Some(leftover),
                 Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    if chunked {
-                        // One write per chunk: size line, data and the closing CRLF together.
-                        write(tcp, &encode::chunk(&data), limits.write_timeout).await.ok()?;
-                    } else {
-                        write(tcp, &data, limits.write_timeout).await.ok()?;
+                    if let Ok(data) = frame.into_data() {
+                        write_data(tcp, &data, framing, limits.write_timeout).await.ok()?;
                     }
                 }
                 Some(Err(err)) => {
@@ -231,27 +261,41 @@ async fn respond(
             // Reading on while the stream runs is how a client leaving is noticed.
             readable = tcp.readable() => {
                 readable.ok()?;
-                if leftover.capacity() == leftover.len() {
-                    leftover.reserve(HEAD_BUFFER);
-                }
-                match tcp.try_read_buf(&mut leftover) {
-                    Ok(0) => return None,
-                    Ok(_) if leftover.len() > limits.max_head => return None,
-                    Ok(_) => {}
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return None,
+                if !read_ahead(tcp, &mut leftover, limits.max_head) {
+                    return None;
                 }
             }
         }
     }
-    if chunked {
-        write(tcp, encode::LAST_CHUNK, limits.write_timeout).await.ok()?;
+}
+
+/// Writes one frame of a body, as a chunk if the body is chunked (one write per chunk: size
+/// line, data and the closing CRLF together). An empty frame writes nothing: as a chunk, it
+/// would end the body.
+async fn write_data(tcp: &mut TcpStream, data: &[u8], framing: Framing, timeout: Duration) -> io::Result<()> {
+    match framing {
+        _ if data.is_empty() => Ok(()),
+        Framing::Chunked => write(tcp, &encode::chunk(data), timeout).await,
+        Framing::Sized(_) | Framing::Bodiless => write(tcp, data, timeout).await,
     }
-    Some(leftover)
+}
+
+/// Reads what the client has sent (the start of its next request) into `leftover`, without
+/// waiting. Returns whether the connection may go on: not once the client has closed its end,
+/// failed, or sent more than a request head may hold.
+fn read_ahead(tcp: &TcpStream, leftover: &mut BytesMut, max_head: usize) -> bool {
+    if leftover.capacity() == leftover.len() {
+        leftover.reserve(HEAD_BUFFER);
+    }
+    match tcp.try_read_buf(leftover) {
+        Ok(0) => false,
+        Ok(_) => leftover.len() <= max_head,
+        Err(err) => err.kind() == io::ErrorKind::WouldBlock,
+    }
 }
 
 /// The status line and headers, with the framing headers this writer decides.
-fn response_head(status: StatusCode, headers: &HeaderMap, length: Option<u64>, chunked: bool, close: bool) -> Vec<u8> {
+fn response_head(status: StatusCode, headers: &HeaderMap, framing: Framing, close: bool) -> Vec<u8> {
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or("")).as_bytes());
     for (name, value) in headers {
@@ -266,10 +310,10 @@ fn response_head(status: StatusCode, headers: &HeaderMap, length: Option<u64>, c
     if !headers.contains_key(header::DATE) {
         head.extend_from_slice(format!("date: {}\r\n", httpdate::fmt_http_date(SystemTime::now())).as_bytes());
     }
-    if let Some(length) = length {
-        head.extend_from_slice(format!("content-length: {length}\r\n").as_bytes());
-    } else if chunked {
-        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    match framing {
+        Framing::Sized(length) => head.extend_from_slice(format!("content-length: {length}\r\n").as_bytes()),
+        Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Bodiless => {}
     }
     if close {
         head.extend_from_slice(b"connection: close\r\n");
