@@ -163,33 +163,39 @@ impl Serving {
 
     /// Serves one connection: its first request here if it opens an event stream, the rest
     /// (or all of it) with hyper.
-    async fn connection(self, tcp: TcpStream, peer: SocketAddr) {
-        let io = match event_stream::first_request(tcp, peer, &self.router, &self.token, self.limits).await {
-            event_stream::Next::Done => return,
-            event_stream::Next::Hyper(io) => io,
-        };
-        // Every request carries the peer address, as under axum's
-        // `into_make_service_with_connect_info`: a cheap map per request rather than a
-        // `Router::layer` per connection, which would wrap every route again each time.
-        let with_peer = MapRequest::new(self.router, move |mut request: axum::http::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            request
-        });
-        let service = TowerToHyperService::new(with_peer);
-        // Boxed so that a connection served by `first_request` alone (an SSE stream) does not
-        // carry room for hyper's connection state in its task.
-        let mut connection = Box::pin(self.builder.serve_connection(TokioIo::new(io), service).with_upgrades());
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            _ = self.token.cancelled() => {
-                // Finish the request in flight (an SSE stream ends once the gateway has said
-                // goodbye), then close instead of waiting for another.
-                connection.as_mut().graceful_shutdown();
-                connection.await
+    ///
+    /// An `async` block, not an `async fn`, which would keep room for its arguments twice
+    /// (see `server/event_stream.rs`): some 190 bytes more per connection while it is open.
+    #[allow(clippy::manual_async_fn, reason = "an async fn holds its arguments twice")]
+    fn connection(self, tcp: TcpStream, peer: SocketAddr) -> impl Future<Output = ()> {
+        async move {
+            let io = match event_stream::first_request(tcp, peer, &self.router, &self.token, self.limits).await {
+                event_stream::Next::Done => return,
+                event_stream::Next::Hyper(io) => io,
+            };
+            // Every request carries the peer address, as under axum's
+            // `into_make_service_with_connect_info`: a cheap map per request rather than a
+            // `Router::layer` per connection, which would wrap every route again each time.
+            let with_peer = MapRequest::new(self.router, move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            });
+            let service = TowerToHyperService::new(with_peer);
+            // Boxed so that a connection served by `first_request` alone (an SSE stream) does
+            // not carry room for hyper's connection state in its task.
+            let mut connection = Box::pin(self.builder.serve_connection(TokioIo::new(io), service).with_upgrades());
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = self.token.cancelled() => {
+                    // Finish the request in flight (an SSE stream ends once the gateway has
+                    // said goodbye), then close instead of waiting for another.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = result {
+                tracing::debug!(%err, "connection ended with an error");
             }
-        };
-        if let Err(err) = result {
-            tracing::debug!(%err, "connection ended with an error");
         }
     }
 }

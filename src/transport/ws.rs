@@ -71,13 +71,16 @@ pub async fn upgrade(
 /// With `heartbeat`, each ping is preceded by an [`encode::HEARTBEAT`] frame: browsers cannot
 /// see protocol pings, so a page watches for this instead. It is not an event of the session:
 /// no cursor, never buffered, never replayed.
-pub async fn serve_socket<S>(gateway: Gateway, attachment: Attachment, socket: S, heartbeat: bool)
+pub async fn serve_socket<S>(gateway: Gateway, mut attachment: Attachment, mut socket: S, heartbeat: bool)
 where
     S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let every = gateway.config().ws_ping;
     let timer = std::pin::pin!(tokio::time::sleep(every));
-    let mut connection = Connection::new(gateway, attachment, socket, Pings::new(timer, every, heartbeat));
+    // Borrowed, not moved: this future keeps its arguments for its whole life, so a copy of
+    // the socket moved into the connection would take room twice.
+    let pings = Pings::new(timer, every, heartbeat);
+    let mut connection = Connection::new(&gateway, &mut attachment, &mut socket, pings);
     let close = loop {
         let step = match connection.wait().await {
             Next::Event(event) => connection.on_event(event).await,
@@ -102,22 +105,21 @@ enum Next {
 }
 
 /// One socket being served: what [`serve_socket`]'s steps share.
-struct Connection<'t, S> {
-    // Dropped in this order when serving ends: the socket closes, then the session is detached.
-    socket: S,
-    attachment: Attachment,
+struct Connection<'a, S> {
+    socket: &'a mut S,
+    attachment: &'a mut Attachment,
+    gateway: &'a Gateway,
     session: SessionHandle,
     sid: Sid,
-    gateway: Gateway,
     write_timeout: Duration,
-    pings: Pings<'t>,
+    pings: Pings<'a>,
 }
 
-impl<'t, S> Connection<'t, S>
+impl<'a, S> Connection<'a, S>
 where
     S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    fn new(gateway: Gateway, attachment: Attachment, socket: S, pings: Pings<'t>) -> Self {
+    fn new(gateway: &'a Gateway, attachment: &'a mut Attachment, socket: &'a mut S, pings: Pings<'a>) -> Self {
         Connection {
             sid: attachment.sid().clone(),
             session: attachment.session(),
@@ -181,7 +183,7 @@ where
     /// takes no other turn of the loop.
     async fn handle_inline(&mut self, text: &str) -> ControlFlow<Close> {
         self.attachment.begin_handling();
-        let handled = handle_text(&self.gateway, &self.session, text).await;
+        let handled = handle_text(self.gateway, &self.session, text).await;
         self.attachment.end_handling();
         match handled {
             Ok(()) => match self.attachment.try_recv() {
@@ -213,7 +215,7 @@ where
 
     /// [`deliver`], as a step: a socket that can no longer be written ends the loop.
     async fn deliver(&mut self, event: Event) -> ControlFlow<Close> {
-        if deliver(&mut self.socket, event, &mut self.attachment, &self.sid, self.write_timeout).await {
+        if deliver(self.socket, event, self.attachment, &self.sid, self.write_timeout).await {
             ControlFlow::Continue(())
         } else {
             ControlFlow::Break(None)
@@ -222,12 +224,12 @@ where
 
     /// Stops waiting for events, then sends the close frame owed (if any) and completes the
     /// closing handshake.
-    async fn close(mut self, close: Close) {
+    async fn close(&mut self, close: Close) {
         self.attachment.stop_waiting();
         if let Some((code, reason)) = close {
             let frame = CloseFrame { code, reason: reason.into() };
             if let Ok(Ok(())) = tokio::time::timeout(CLOSING, self.socket.send(Message::Close(Some(frame)))).await {
-                finish_closing(&self.gateway, &self.session, &mut self.socket).await;
+                finish_closing(self.gateway, &self.session, self.socket).await;
             }
         }
     }
