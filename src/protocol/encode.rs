@@ -60,12 +60,12 @@ impl<'a> CursorText<'a> {
         self.sid.len() + 1 + self.seq.len() + usize::from(self.notice)
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.sid.as_bytes());
-        out.push(b'.');
-        out.extend_from_slice(self.seq.as_bytes());
+    fn write(&self, out: &mut String) {
+        out.push_str(self.sid);
+        out.push('.');
+        out.push_str(self.seq);
         if self.notice {
-            out.push(b'~');
+            out.push('~');
         }
     }
 }
@@ -88,17 +88,16 @@ pub fn envelope(event: &Outgoing<'_>) -> String {
     let mut digits = itoa::Buffer::new();
     let cursor = CursorText::new(event, &mut digits);
     let len = br#"{"event":"","data":,"id":""}"#.len() + name.len() + event.data.len() + cursor.len();
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(br#"{"event":""#);
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(br#"","data":"#);
-    out.extend_from_slice(event.data.as_bytes());
-    out.extend_from_slice(br#","id":""#);
+    let mut out = String::with_capacity(len);
+    out.push_str(r#"{"event":""#);
+    out.push_str(name);
+    out.push_str(r#"","data":"#);
+    out.push_str(event.data);
+    out.push_str(r#","id":""#);
     cursor.write(&mut out);
-    out.extend_from_slice(br#""}"#);
+    out.push_str(r#""}"#);
     debug_assert_eq!(out.len(), len);
-    // Only whole UTF-8 strings and ASCII went in.
-    String::from_utf8(out).expect("an envelope is UTF-8")
+    out
 }
 
 /// The envelope of the WebSocket heartbeat (`?heartbeat=1`): not an event of the session, so
@@ -135,35 +134,36 @@ pub const SSE_KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 /// The name must not hold a line break (see [`Outgoing::name`]).
 pub fn sse_event(event: &Outgoing<'_>) -> Vec<u8> {
     debug_assert!(!event.name.contains(['\r', '\n']), "an SSE event name holds a line break: {:?}", event.name);
-    let data = event.data.as_bytes();
-    let breaks = memchr::memchr2_iter(b'\r', b'\n', data).count();
+    let data = event.data;
+    let breaks = memchr::memchr2_iter(b'\r', b'\n', data.as_bytes()).count();
     let mut digits = itoa::Buffer::new();
     let cursor = CursorText::new(event, &mut digits);
     // Each line of the data starts with `data: `; the line breaks are the data's own, but the last.
     let data_len = if data.is_empty() { 0 } else { b"data: ".len() * (1 + breaks) + data.len() + 1 };
     let len = b"id: \nevent: \n\n".len() + cursor.len() + event.name.len() + data_len;
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(b"id: ");
+    let mut out = String::with_capacity(len);
+    out.push_str("id: ");
     cursor.write(&mut out);
-    out.extend_from_slice(b"\nevent: ");
-    out.extend_from_slice(event.name.as_bytes());
-    out.push(b'\n');
+    out.push_str("\nevent: ");
+    out.push_str(event.name);
+    out.push('\n');
     if !data.is_empty() {
-        out.extend_from_slice(b"data: ");
+        out.push_str("data: ");
         let mut line = 0;
         if breaks > 0 {
-            for at in memchr::memchr2_iter(b'\r', b'\n', data) {
-                out.extend_from_slice(&data[line..=at]);
-                out.extend_from_slice(b"data: ");
+            // Each break is one ASCII byte, so the slices fall on character boundaries.
+            for at in memchr::memchr2_iter(b'\r', b'\n', data.as_bytes()) {
+                out.push_str(&data[line..=at]);
+                out.push_str("data: ");
                 line = at + 1;
             }
         }
-        out.extend_from_slice(&data[line..]);
-        out.push(b'\n');
+        out.push_str(&data[line..]);
+        out.push('\n');
     }
-    out.push(b'\n');
+    out.push('\n');
     debug_assert_eq!(out.len(), len);
-    out
+    out.into_bytes()
 }
 
 /// `data` as one chunk of an HTTP/1.1 chunked body: its size in lower-case hex, CRLF, the
