@@ -18,7 +18,9 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -26,9 +28,10 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio_util::task::TaskTracker;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::util::MapRequest;
 use tower_http::services::ServeDir;
 
@@ -66,36 +69,35 @@ pub async fn run(
     gateway: Gateway,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    // HTTP/1.1 only: browsers speak HTTP/2 only over TLS, which a terminating proxy in front of
-    // the gateway handles; and hyper's HTTP/1 server applies the header timeout from the first
-    // byte on, where version sniffing would wait unbounded for that byte.
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(gateway.config().header_timeout)
-        .keep_alive(true)
-        // hyper buffers up to ~400 KiB per connection by default when the peer reads slower
-        // than we write; a stuck reader would pin that much. 64 KiB holds many events, still
-        // bounds a stuck connection's cost, and caps request headers at a sane size.
-        .max_buf_size(CONNECTION_BUFFER);
-    let limits = event_stream::Limits {
-        header_timeout: gateway.config().header_timeout,
-        max_head: CONNECTION_BUFFER,
-        write_timeout: gateway.config().slow_client_timeout,
-    };
+    let serving = Serving::new(router, &gateway);
     let connections = TaskTracker::new();
     let mut reserve = Reserve::take();
-    let token = gateway.shutdown_token().clone();
     tokio::pin!(shutdown);
+    while let Some((tcp, peer)) = accept(&listener, shutdown.as_mut(), &serving.token, &mut reserve).await {
+        connections.spawn(serving.clone().connection(tcp, peer));
+    }
+    drop(listener);
+    drain(&gateway, connections).await;
+    Ok(())
+}
 
+/// The next connection, with `TCP_NODELAY` set; `None` once `shutdown` completes or `token`
+/// is cancelled. Running out of file descriptors is answered (see [`Reserve`]); other accept
+/// errors concern one connection and are skipped.
+async fn accept(
+    listener: &TcpListener,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    token: &CancellationToken,
+    reserve: &mut Reserve,
+) -> Option<(TcpStream, SocketAddr)> {
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            _ = token.cancelled() => break,
+            _ = shutdown.as_mut() => return None,
+            _ = token.cancelled() => return None,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) if is_out_of_descriptors(&err) => {
-                    reserve.refuse_one(&listener).await;
+                    reserve.refuse_one(listener).await;
                     continue;
                 }
                 Err(err) => {
@@ -109,39 +111,12 @@ pub async fn run(
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(%err, "could not set TCP_NODELAY");
         }
-        let (router, builder, token) = (router.clone(), builder.clone(), token.clone());
-        connections.spawn(async move {
-            let io = match event_stream::first_request(tcp, peer, &router, &token, limits).await {
-                event_stream::Next::Done => return,
-                event_stream::Next::Hyper(io) => io,
-            };
-            // Every request carries the peer address, as under axum's
-            // `into_make_service_with_connect_info`: a cheap map per request rather than a
-            // `Router::layer` per connection, which would wrap every route again each time.
-            let with_peer = MapRequest::new(router, move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                request
-            });
-            let service = TowerToHyperService::new(with_peer);
-            // Boxed so that a connection served by `first_request` alone (an SSE stream) does
-            // not carry room for hyper's connection state in its task.
-            let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service).with_upgrades());
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = token.cancelled() => {
-                    // Finish the request in flight (an SSE stream ends once the gateway has
-                    // said goodbye), then close instead of waiting for another.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(err) = result {
-                tracing::debug!(%err, "connection ended with an error");
-            }
-        });
+        return Some((tcp, peer));
     }
+}
 
-    drop(listener);
+/// Shuts the gateway down and waits, up to its drain time, for `connections` and its sockets.
+async fn drain(gateway: &Gateway, connections: TaskTracker) {
     gateway.shutdown();
     // HTTP connections (SSE streams, polls, POSTs) finish their responses; upgraded sockets are
     // not connections hyper still tracks, so the gateway's own task tracker covers them.
@@ -151,7 +126,78 @@ pub async fn run(
     if tokio::time::timeout(drain, drained).await.is_err() {
         tracing::warn!(?drain, "connections still open after the drain time; leaving them");
     }
-    Ok(())
+}
+
+/// What every connection is served with: cloned into each connection's task.
+#[derive(Clone)]
+struct Serving {
+    router: Router,
+    builder: http1::Builder,
+    /// The first request's limits, when [`event_stream::first_request`] reads it.
+    limits: event_stream::Limits,
+    /// The gateway's shutdown token: connections finish their request in flight and close.
+    token: CancellationToken,
+}
+
+impl Serving {
+    fn new(router: Router, gateway: &Gateway) -> Serving {
+        // HTTP/1.1 only: browsers speak HTTP/2 only over TLS, which a terminating proxy in
+        // front of the gateway handles; and hyper's HTTP/1 server applies the header timeout
+        // from the first byte on, where version sniffing would wait unbounded for that byte.
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(gateway.config().header_timeout)
+            .keep_alive(true)
+            // hyper buffers up to ~400 KiB per connection by default when the peer reads slower
+            // than we write; a stuck reader would pin that much. 64 KiB holds many events, still
+            // bounds a stuck connection's cost, and caps request headers at a sane size.
+            .max_buf_size(CONNECTION_BUFFER);
+        let limits = event_stream::Limits {
+            header_timeout: gateway.config().header_timeout,
+            max_head: CONNECTION_BUFFER,
+            write_timeout: gateway.config().slow_client_timeout,
+        };
+        Serving { router, builder, limits, token: gateway.shutdown_token().clone() }
+    }
+
+    /// Serves one connection: its first request here if it opens an event stream, the rest
+    /// (or all of it) with hyper.
+    ///
+    /// An `async` block, not an `async fn`, which would keep room for its arguments twice
+    /// (see `server/event_stream.rs`): some 190 bytes more per connection while it is open.
+    #[allow(clippy::manual_async_fn, reason = "an async fn holds its arguments twice")]
+    fn connection(self, tcp: TcpStream, peer: SocketAddr) -> impl Future<Output = ()> {
+        async move {
+            let io = match event_stream::first_request(tcp, peer, &self.router, &self.token, self.limits).await {
+                event_stream::Next::Done => return,
+                event_stream::Next::Hyper(io) => io,
+            };
+            // Every request carries the peer address, as under axum's
+            // `into_make_service_with_connect_info`: a cheap map per request rather than a
+            // `Router::layer` per connection, which would wrap every route again each time.
+            let with_peer = MapRequest::new(self.router, move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            });
+            let service = TowerToHyperService::new(with_peer);
+            // Boxed so that a connection served by `first_request` alone (an SSE stream) does
+            // not carry room for hyper's connection state in its task.
+            let mut connection = Box::pin(self.builder.serve_connection(TokioIo::new(io), service).with_upgrades());
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = self.token.cancelled() => {
+                    // Finish the request in flight (an SSE stream ends once the gateway has
+                    // said goodbye), then close instead of waiting for another.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = result {
+                tracing::debug!(%err, "connection ended with an error");
+            }
+        }
+    }
 }
 
 /// Most bytes hyper buffers per connection, in either direction.

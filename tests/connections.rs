@@ -5,7 +5,8 @@
 //! server: chunked framing and `Date`, `Content-Length` on sized answers, `Connection: close`
 //! honoured, a keep-alive connection that carries on (pipelined requests included) once the
 //! stream has ended, heads that arrive in pieces, a client leaving noticed at once, and a
-//! client that stops reading dropped rather than held.
+//! client that stops reading dropped rather than held. And the bytes of the stream itself are
+//! the ones hyper sends for the same events, when it serves the stream as a later request.
 
 mod common;
 
@@ -227,4 +228,99 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
         }
     })
     .await;
+}
+
+/// Reads one chunked body from `buf[body_at..]` (reading more from `tcp` as needed) until at
+/// least `count` chunks have arrived, or to its last chunk if `count` is `None`. Returns the
+/// chunks' payloads and where the next unread chunk starts. Size lines in either case of hex:
+/// hyper writes them in upper case, the lean writer in lower case.
+async fn read_chunks(tcp: &mut TcpStream, buf: &mut Vec<u8>, mut at: usize, count: Option<usize>) -> (Vec<Vec<u8>>, usize) {
+    let mut chunks = Vec::new();
+    while count.is_none_or(|count| chunks.len() < count) {
+        let size_end = read_until_from(tcp, buf, at, b"\r\n").await;
+        let size = usize::from_str_radix(std::str::from_utf8(&buf[at..size_end - 2]).unwrap(), 16).unwrap();
+        read_to_len(tcp, buf, size_end + size + 2, "a whole chunk").await;
+        assert_eq!(&buf[size_end + size..size_end + size + 2], b"\r\n", "a chunk ends with CRLF");
+        at = size_end + size + 2;
+        if size == 0 {
+            break;
+        }
+        chunks.push(buf[size_end..size_end + size].to_vec());
+    }
+    (chunks, at)
+}
+
+/// The events both streams are sent: names that need escaping in JSON, data that JSON escapes,
+/// and pre-rendered data over several lines (LF, CR and CRLF), which SSE splits into `data:`
+/// lines.
+async fn emit_awkward_events(server: &TestServer, sid: &Sid) {
+    let hub = server.gateway.hub();
+    hub.emit(sid, "message", &json!("hi")).await.unwrap();
+    hub.emit(sid, "quote\"and\\slash", &json!({"a": [1, "x"]})).await.unwrap();
+    hub.emit(sid, "naïve ☃ name", &json!("a string\nwith\r\na line break")).await.unwrap();
+    hub.emit_json(sid, "pretty", "{\n  \"a\": 1,\r\n  \"b\": [\r2\n]\n}\n".to_owned()).await.unwrap();
+    hub.emit(sid, " spaced ", &json!("")).await.unwrap();
+}
+
+/// Everything an event stream sends for [`emit_awkward_events`], as chunk payloads with the sid
+/// written `SID`: read off `tcp`, whose response head starts at `buf[0]`.
+async fn awkward_stream(server: &TestServer, tcp: &mut TcpStream, mut buf: Vec<u8>) -> (Vec<(String, String)>, Vec<String>) {
+    let body_at = read_until(tcp, &mut buf, b"\r\n\r\n").await;
+    let (status, mut headers) = head_of(&buf);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    headers.retain(|(name, _)| name != "date");
+    headers.sort();
+    let (mut chunks, at) = read_chunks(tcp, &mut buf, body_at, Some(1)).await;
+    let sid = sid_in(&chunks[0]).expect("a hello with a sid");
+    emit_awkward_events(server, &sid).await;
+    let (events, at) = read_chunks(tcp, &mut buf, at, Some(5)).await;
+    chunks.extend(events);
+    let _other = supersede(server, &sid).await;
+    let (rest, _) = read_chunks(tcp, &mut buf, at, None).await;
+    assert!(rest.is_empty(), "nothing after the events but the last chunk: {rest:?}");
+    let chunks = chunks.iter().map(|c| String::from_utf8(c.clone()).unwrap().replace(sid.as_str(), "SID")).collect();
+    (headers, chunks)
+}
+
+#[tokio::test]
+async fn the_lean_writer_and_hyper_send_the_same_event_stream_byte_for_byte() {
+    let server = TestServer::with_config(Config { keepalive: Duration::from_secs(300), ..Config::default() }).await;
+
+    // A first request: served by the lean writer.
+    let mut lean = TcpStream::connect(server.addr).await.unwrap();
+    lean.write_all(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    let (lean_headers, lean_chunks) = awkward_stream(&server, &mut lean, Vec::new()).await;
+
+    // The same request as a connection's second: served by hyper.
+    let mut hyper = TcpStream::connect(server.addr).await.unwrap();
+    hyper.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let body_at = read_until(&mut hyper, &mut buf, b"\r\n\r\n").await;
+    let length: usize = header(&head_of(&buf).1, "content-length").expect("a sized answer").parse().unwrap();
+    read_to_len(&mut hyper, &mut buf, body_at + length, "the healthz body").await;
+    let rest = buf.split_off(body_at + length);
+    hyper.write_all(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    let (hyper_headers, hyper_chunks) = awkward_stream(&server, &mut hyper, rest).await;
+
+    assert_eq!(lean_headers, hyper_headers);
+    assert_eq!(lean_chunks, hyper_chunks, "one SSE frame per chunk, the same bytes on both paths");
+    // Today's bytes, which were axum's `Sse` framing before the encoder (protocol::encode).
+    let expected = [
+        r#"id: SID.0~
+event: session
+data: {"heartbeat":300000,"max_batch":100,"max_body":65536,"received":0,"resumed":false,"sid":"SID","transport":"sse"}
+
+"#,
+        "id: SID.1\nevent: message\ndata: \"hi\"\n\n",
+        "id: SID.2\nevent: quote\"and\\slash\ndata: {\"a\":[1,\"x\"]}\n\n",
+        "id: SID.3\nevent: naïve ☃ name\ndata: \"a string\\nwith\\r\\na line break\"\n\n",
+        "id: SID.4\nevent: pretty\ndata: {\ndata:   \"a\": 1,\rdata: \ndata:   \"b\": [\rdata: 2\ndata: ]\ndata: }\ndata: \n\n",
+        "id: SID.5\nevent:  spaced \ndata: \"\"\n\n",
+    ];
+    assert_eq!(lean_chunks, expected);
+    assert_eq!(
+        lean_headers,
+        [("cache-control", "no-cache, no-transform"), ("content-type", "text/event-stream"), ("transfer-encoding", "chunked"), ("x-accel-buffering", "no")]
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+    );
 }

@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# Fuzzes the protocol parsers with cargo-fuzz (libFuzzer), each target for a bounded time.
+# Fuzzes the protocol's parsers and its outbound encoder with cargo-fuzz (libFuzzer), each
+# target for a bounded time.
 #
-#   tests/fuzz.sh [SECONDS] [TARGET...]     # default: 60 s each for envelopes and cursor
+#   tests/fuzz.sh [SECONDS] [TARGET...]     # default: 60 s each for envelopes, cursor, outbound
 #
 # Targets live in fuzz/fuzz_targets/: `envelopes` (client bodies and frames: envelope and batch
-# parsing under limits) and `cursor` (sids and cursors). A finding stops the run with the input
-# saved under fuzz/artifacts/TARGET/; reproduce it with
+# parsing under limits), `cursor` (sids and cursors) and `outbound` (the encoder: envelopes,
+# poll batches, SSE frames and chunks read back by independent readers). A finding stops the
+# run with the input saved under fuzz/artifacts/TARGET/; reproduce it with
 # `RUSTC_BOOTSTRAP=1 cargo fuzz run TARGET fuzz/artifacts/TARGET/crash-...` and turn it into a
-# regression test in src/protocol.rs. The corpus grows in fuzz/corpus/TARGET/ (not committed).
+# regression test in src/protocol/mod.rs (or src/protocol/encode.rs for `outbound`). The corpus
+# grows in fuzz/corpus/TARGET/ (not committed).
+#
+# Without cargo-fuzz, `cargo build` in fuzz/ still builds every target on a stable toolchain
+# (uninstrumented, so only a check that the targets compile).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
 seconds="${1:-60}"
 [ $# -gt 0 ] && shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(envelopes cursor)
+[ ${#targets[@]} -gt 0 ] || targets=(envelopes cursor outbound)
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # cargo-fuzz passes nightly-only flags (-Zsanitizer=address); this lets a stable toolchain
@@ -42,6 +48,13 @@ seed cursor \
   'f8tQsHY6kkg4J-FuzZPBsw.0~' \
   'f8tQsHY6kkg4J-FuzZPBsw.18446744073709551615' \
   '12~'
+# The outbound target reads its input as events (arbitrary's reading: a sid's 22 bytes, a
+# number, flags, then name and data, their lengths read from the end), so these only give it
+# a start: line breaks and characters that need escaping.
+seed outbound \
+  $'f8tQsHY6kkg4J-FuzZPBsw\x07\x01\x01\x01\x01\x01\x01\x01\x01\x01message{"a":\n[1,\r\n"x"]}\x07' \
+  $'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAquote"and\\slash"line\rbreak"\r\n\x10\x20' \
+  $'0123456789abcdefghijkl-_~~~~~~~~~~~~~~~~ \xe2\x98\x83 \n\n\n{}[]null'
 
 for target in "${targets[@]}"; do
   echo "fuzzing $target for ${seconds}s"

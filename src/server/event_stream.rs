@@ -18,13 +18,21 @@
 //! end drops the body (and so detaches the session) as under hyper, and a client that stops
 //! reading is dropped after `slow_client_timeout` of blocked writing.
 //!
+//! What an idle stream's task holds is kept small in the code as well: the response's parts
+//! and head are let go once the head is written, and [`respond`] and its body loop are
+//! `async` blocks returned by plain functions rather than `async fn`s, since an `async fn`
+//! keeps room for its arguments and again for the locals they move into (rust-lang/rust#62958;
+//! measured with `size_of_val`, some 80 bytes per stream here and 190 in `server::Serving`).
+//!
 //! Everything else (other methods and paths, a head that does not parse, HTTP/1.0, and the
 //! rest of a keep-alive connection once the stream has ended) goes to hyper, with the bytes
 //! already read put back in front of the socket ([`Prefixed`]). An SSE request that arrives
 //! later on a reused keep-alive connection is therefore served by hyper: it works the same and
 //! costs hyper's buffers.
 
-use std::io::{self, Write as _};
+use std::borrow::Cow;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -41,6 +49,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use crate::protocol::encode;
 
 /// Most header lines a first request may carry before it is left to hyper (which allows 100).
 const MAX_HEADERS: usize = 64;
@@ -183,77 +193,128 @@ fn stream_request(parsed: &httparse::Request<'_, '_>) -> Option<(Request<Body>, 
 
 /// Writes `response` to the client. Returns the bytes the client sent meanwhile (the start of
 /// its next request) when the connection may go on, `None` when it must not.
-async fn respond(
+#[allow(clippy::manual_async_fn, reason = "an async fn holds its arguments twice: see the module doc")]
+fn respond(
     tcp: &mut TcpStream,
     response: Response<Body>,
     mut leftover: BytesMut,
     close: bool,
     limits: Limits,
-) -> Option<BytesMut> {
-    let (parts, mut body) = response.into_parts();
-    let status = parts.status;
-    let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let length = if bodiless { None } else { body.size_hint().exact() };
-    let chunked = !bodiless && length.is_none();
-    let head = response_head(status, &parts.headers, length, chunked, close);
-    write(tcp, &head, limits.write_timeout).await.ok()?;
-    if bodiless {
-        return Some(leftover);
+) -> impl Future<Output = Option<BytesMut>> + '_ {
+    // An `async` block, not an `async fn`: see the module doc.
+    async move {
+        let (parts, mut body) = response.into_parts();
+        let framing = Framing::of(parts.status, &body);
+        let head = response_head(parts.status, &parts.headers, framing, close);
+        // An idle stream holds its body and nothing more: the response's parts go now, the
+        // head once written.
+        drop(parts);
+        write(tcp, &head, limits.write_timeout).await.ok()?;
+        drop(head);
+        if framing == Framing::Bodiless {
+            return Some(leftover);
+        }
+        write_body(tcp, &mut body, framing, &mut leftover, &limits).await?;
+        if framing == Framing::Chunked {
+            write(tcp, encode::LAST_CHUNK, limits.write_timeout).await.ok()?;
+        }
+        Some(leftover)
+    }
+}
+
+/// How a response's body goes on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Framing {
+    /// None at all: 1xx, 204 and 304 answers.
+    Bodiless,
+    /// `Content-Length`, then the body's bytes as they are.
+    Sized(u64),
+    /// `Transfer-Encoding: chunked`: each frame of the body one chunk, then the last chunk. For
+    /// bodies of unknown length, such as event streams.
+    Chunked,
+}
+
+impl Framing {
+    fn of(status: StatusCode, body: &Body) -> Framing {
+        if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Framing::Bodiless;
+        }
+        match body.size_hint().exact() {
+            Some(length) => Framing::Sized(length),
+            None => Framing::Chunked,
+        }
     }
 
-    loop {
-        tokio::select! {
-            // What the body has goes out before anything from the client is looked at.
-            biased;
-            frame = body.frame() => match frame {
-                None => break,
-                Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
-                    if data.is_empty() {
-                        continue;
+    /// One frame of a body as it goes on the wire: as a chunk when chunked (size line, data
+    /// and the closing CRLF together, for one write).
+    fn frame<'d>(&self, data: &'d [u8]) -> Cow<'d, [u8]> {
+        match self {
+            Framing::Chunked => Cow::Owned(encode::chunk(data)),
+            Framing::Sized(_) | Framing::Bodiless => Cow::Borrowed(data),
+        }
+    }
+}
+
+/// Writes each frame of `body` as soon as the body yields it, reading what the client sends
+/// meanwhile into `leftover`. `Some` once the body has ended; `None` if the body failed or the
+/// client left (or cannot be written to, or sent too much).
+#[allow(clippy::manual_async_fn, reason = "an async fn holds its arguments twice: see the module doc")]
+fn write_body<'a>(
+    tcp: &'a mut TcpStream,
+    body: &'a mut Body,
+    framing: Framing,
+    leftover: &'a mut BytesMut,
+    limits: &'a Limits,
+) -> impl Future<Output = Option<()>> + 'a {
+    // An `async` block, not an `async fn`: see the module doc.
+    async move {
+        loop {
+            tokio::select! {
+                // What the body has goes out before anything from the client is looked at.
+                biased;
+                frame = body.frame() => match frame {
+                    None => return Some(()),
+                    Some(Ok(frame)) => {
+                        // An empty frame writes nothing: as a chunk, it would end the body.
+                        if let Some(data) = frame.into_data().ok().filter(|data| !data.is_empty()) {
+                            write(tcp, &framing.frame(&data), limits.write_timeout).await.ok()?;
+                        }
                     }
-                    if chunked {
-                        // One write per chunk: size line, data and the closing CRLF together.
-                        let mut out = Vec::with_capacity(data.len() + 12);
-                        let _ = write!(out, "{:x}\r\n", data.len());
-                        out.extend_from_slice(&data);
-                        out.extend_from_slice(b"\r\n");
-                        write(tcp, &out, limits.write_timeout).await.ok()?;
-                    } else {
-                        write(tcp, &data, limits.write_timeout).await.ok()?;
+                    Some(Err(err)) => {
+                        // The client must not take a cut-off body for a whole one: close without
+                        // the final chunk.
+                        tracing::debug!(%err, "response body failed");
+                        return None;
                     }
-                }
-                Some(Err(err)) => {
-                    // The client must not take a cut-off body for a whole one: close without
-                    // the final chunk.
-                    tracing::debug!(%err, "response body failed");
-                    return None;
-                }
-            },
-            // Reading on while the stream runs is how a client leaving is noticed.
-            readable = tcp.readable() => {
-                readable.ok()?;
-                if leftover.capacity() == leftover.len() {
-                    leftover.reserve(HEAD_BUFFER);
-                }
-                match tcp.try_read_buf(&mut leftover) {
-                    Ok(0) => return None,
-                    Ok(_) if leftover.len() > limits.max_head => return None,
-                    Ok(_) => {}
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return None,
+                },
+                // Reading on while the stream runs is how a client leaving is noticed.
+                readable = tcp.readable() => {
+                    readable.ok()?;
+                    if !read_ahead(tcp, leftover, limits.max_head) {
+                        return None;
+                    }
                 }
             }
         }
     }
-    if chunked {
-        write(tcp, b"0\r\n\r\n", limits.write_timeout).await.ok()?;
+}
+
+/// Reads what the client has sent (the start of its next request) into `leftover`, without
+/// waiting. Returns whether the connection may go on: not once the client has closed its end,
+/// failed, or sent more than a request head may hold.
+fn read_ahead(tcp: &TcpStream, leftover: &mut BytesMut, max_head: usize) -> bool {
+    if leftover.capacity() == leftover.len() {
+        leftover.reserve(HEAD_BUFFER);
     }
-    Some(leftover)
+    match tcp.try_read_buf(leftover) {
+        Ok(0) => false,
+        Ok(_) => leftover.len() <= max_head,
+        Err(err) => err.kind() == io::ErrorKind::WouldBlock,
+    }
 }
 
 /// The status line and headers, with the framing headers this writer decides.
-fn response_head(status: StatusCode, headers: &HeaderMap, length: Option<u64>, chunked: bool, close: bool) -> Vec<u8> {
+fn response_head(status: StatusCode, headers: &HeaderMap, framing: Framing, close: bool) -> Vec<u8> {
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or("")).as_bytes());
     for (name, value) in headers {
@@ -268,10 +329,10 @@ fn response_head(status: StatusCode, headers: &HeaderMap, length: Option<u64>, c
     if !headers.contains_key(header::DATE) {
         head.extend_from_slice(format!("date: {}\r\n", httpdate::fmt_http_date(SystemTime::now())).as_bytes());
     }
-    if let Some(length) = length {
-        head.extend_from_slice(format!("content-length: {length}\r\n").as_bytes());
-    } else if chunked {
-        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    match framing {
+        Framing::Sized(length) => head.extend_from_slice(format!("content-length: {length}\r\n").as_bytes()),
+        Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Bodiless => {}
     }
     if close {
         head.extend_from_slice(b"connection: close\r\n");

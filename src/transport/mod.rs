@@ -8,7 +8,9 @@
 //! | `POST /sse`, `POST /poll` | client to server | `post.rs` |
 //!
 //! A transport only moves bytes: it asks the hub for an attachment, writes what the attachment
-//! yields, and hands what it reads to [`Handler::dispatch_to`]. Session logic stays in the hub.
+//! yields, and hands what it reads to [`Handler::dispatch_to`]. Session logic stays in the hub, and
+//! the bytes around each event (envelope, poll batch, SSE frame) come from
+//! [`crate::protocol::encode`].
 //!
 //! Why it is shaped so: the transports sit under the gateway and do not know it. What they
 //! need from above is two calls, declared here as the [`Handler`] trait the gateway implements:
@@ -40,6 +42,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{Admission, ClientAddr};
 use crate::error::Error;
 use crate::hub::{AttachRequest, Attachment, Event, Hub, SessionHandle};
+use crate::protocol::encode::Outgoing;
 use crate::protocol::{Envelopes, Limits, Sid};
 
 /// What the transports need from the layer above them (the gateway): the two things a
@@ -219,38 +222,12 @@ impl AttachQuery {
     }
 }
 
-/// One event as a JSON envelope: `{"event":NAME,"data":DATA,"id":CURSOR}`. The data is already
-/// JSON text, rendered once at emit time; only the frame around it is built per write.
-pub fn envelope_json(event: &Event, sid: &Sid) -> String {
-    let plain_name = event.name().bytes().all(|b| b != b'"' && b != b'\\');
-    let mut seq = itoa::Buffer::new();
-    let seq = seq.format(event.seq);
-    let notice = if event.notice { "~" } else { "" };
-    // Sized exactly: the frame's bytes are then handed on without a copy or a second allocation
-    // (`Bytes::from` a `Vec` whose length is its capacity).
-    let name_len = if plain_name { event.name().len() + 2 } else { 0 };
-    let len = r#"{"event":,"data":,"id":"."}"#.len() + name_len + event.data().len() + sid.as_str().len() + seq.len() + notice.len();
-    let mut out = String::with_capacity(len);
-    out.push_str("{\"event\":");
-    if plain_name {
-        // Names hold no control characters (the hub refuses them); without quotes or
-        // backslashes there is nothing to escape.
-        out.push('"');
-        out.push_str(event.name());
-        out.push('"');
-    } else {
-        out.push_str(&serde_json::to_string(event.name()).expect("a string always serializes"));
-    }
-    out.push_str(",\"data\":");
-    out.push_str(event.data());
-    // Cursors are base64url, digits, '.' and '~': nothing to escape.
-    out.push_str(",\"id\":\"");
-    out.push_str(sid.as_str());
-    out.push('.');
-    out.push_str(seq);
-    out.push_str(notice);
-    out.push_str("\"}");
-    out
+/// An event of the hub as the encoder ([`crate::protocol::encode`]) takes it: the frame around
+/// the event's data is built per write, from its parts; the data is JSON text rendered once at
+/// emit time.
+#[inline]
+pub(crate) fn outgoing<'a>(event: &'a Event, sid: &'a Sid) -> Outgoing<'a> {
+    Outgoing { sid, seq: event.seq, notice: event.notice, name: event.name(), data: event.data() }
 }
 
 #[cfg(test)]
@@ -259,14 +236,11 @@ mod tests {
     use crate::protocol::Cursor;
 
     #[test]
-    fn envelope_json_is_the_envelope_with_a_cursor_that_parses_back() {
+    fn an_event_encodes_as_the_envelope_with_its_cursor() {
         let sid = Sid::random();
         for (name, notice) in [("response", false), ("quote\"and\\slash", false), ("session", true)] {
             let event = Event::new(7, notice, name, r#"{"a":[1,"x"]}"#);
-            let text = envelope_json(&event, &sid);
-            if !name.contains('"') {
-                assert_eq!(text.len(), text.capacity(), "sized exactly: {text}");
-            }
+            let text = crate::protocol::encode::envelope(&outgoing(&event, &sid));
             let value: serde_json::Value = serde_json::from_str(&text).unwrap();
             assert_eq!(value["event"], name);
             assert_eq!(value["data"], serde_json::json!({"a": [1, "x"]}));

@@ -11,10 +11,11 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 
-use super::{envelope_json, AttachQuery, Endpoint, Handler};
+use super::{outgoing, AttachQuery, Endpoint, Handler};
 use crate::admission::ClientAddr;
 use crate::error::Error;
 use crate::hub::{AttachRequest, Attachment, CloseReason, Transport};
+use crate::protocol::encode;
 
 /// Most events one poll answer carries; the rest wait for the next poll.
 const MAX_PER_POLL: usize = 256;
@@ -37,7 +38,7 @@ pub async fn poll<H: Handler>(
     if frames.is_empty() {
         match tokio::time::timeout(gateway.config().poll_timeout, attachment.recv()).await {
             Ok(Ok(event)) => {
-                frames.push(envelope_json(&event, attachment.sid()));
+                frames.push(encode::envelope(&outgoing(&event, attachment.sid())));
                 drain(&mut attachment, &mut frames)?;
             }
             Ok(Err(CloseReason::Superseded)) => return Err(Error::Superseded),
@@ -47,7 +48,7 @@ pub async fn poll<H: Handler>(
     for frame in &frames {
         crate::metrics::event_out(Transport::Polling, frame.len());
     }
-    let body = format!("[{}]", frames.join(","));
+    let body = encode::batch(&frames);
     let mut response = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
     Ok(response)
@@ -58,7 +59,7 @@ pub async fn poll<H: Handler>(
 fn drain(attachment: &mut Attachment, frames: &mut Vec<String>) -> Result<(), Error> {
     while frames.len() < MAX_PER_POLL {
         match attachment.try_recv() {
-            Ok(Some(event)) => frames.push(envelope_json(&event, attachment.sid())),
+            Ok(Some(event)) => frames.push(encode::envelope(&outgoing(&event, attachment.sid()))),
             Ok(None) | Err(CloseReason::Shutdown | CloseReason::SlowConsumer) => break,
             Err(CloseReason::Superseded) if frames.is_empty() => return Err(Error::Superseded),
             Err(CloseReason::Superseded) => break,

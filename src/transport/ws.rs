@@ -13,6 +13,8 @@
 //! (server going away: resume), `1009` (message too big), `1007` (invalid UTF-8).
 
 use std::future::Future;
+use std::ops::ControlFlow;
+use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -22,14 +24,14 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
-use super::{envelope_json, AttachQuery, Endpoint, Handler};
+use super::{outgoing, AttachQuery, Endpoint, Handler};
 use crate::admission::ClientAddr;
 use crate::error::Error;
 use crate::hub::{AttachRequest, Attachment, CloseReason, Event, SessionHandle, Transport};
 use crate::metrics;
-use crate::protocol::{parse_envelopes_with, ProtocolError, Sid};
+use crate::protocol::{encode, parse_envelopes_with, ProtocolError, Sid};
 
 /// Close code telling the client another transport holds its session now.
 pub const CLOSE_SUPERSEDED: u16 = 4000;
@@ -64,124 +66,216 @@ pub async fn upgrade<H: Handler>(
     }))
 }
 
-/// The application-level heartbeat, sent at every ping tick to a client that asked for it
-/// (`?heartbeat=1`): browsers cannot see protocol pings, so a page watches for this instead.
-/// It is not an event of the session: no cursor, never buffered, never replayed.
-const HEARTBEAT_FRAME: &str = r#"{"event":"heartbeat","data":null}"#;
-
 /// Serves one attached socket until the peer leaves, goes silent, or the attachment ends.
-/// With `heartbeat`, each ping is preceded by a [`HEARTBEAT_FRAME`].
+/// With `heartbeat`, each ping is preceded by an [`encode::HEARTBEAT`] frame: browsers cannot
+/// see protocol pings, so a page watches for this instead. It is not an event of the session:
+/// no cursor, never buffered, never replayed.
 pub async fn serve_socket<S, H: Handler>(gateway: Endpoint<H>, mut attachment: Attachment, mut socket: S, heartbeat: bool)
 where
     S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    let ping_every = gateway.config().ws_ping;
-    // The ping timer is polled, which registers this task with it, once each time it is set;
-    // until it fires, a wait only looks at whether it has (a load, where a poll is some 140
-    // instructions: a round trip would otherwise pay for a timer it never uses). Each ping sets
-    // it again from the time of that ping.
-    let mut ping = std::pin::pin!(tokio::time::sleep(ping_every));
-    let mut ping_registered = false;
-    // Whether anything arrived since the last ping tick, and for how many ticks nothing has:
-    // a flag per frame rather than a clock reading per frame.
-    let (mut heard, mut silent_ticks) = (false, 0u32);
-    let write_timeout = gateway.config().slow_client_timeout;
-    let sid = attachment.sid().clone();
-    let session = attachment.session();
-
+    let every = gateway.config().ws_ping;
+    let timer = std::pin::pin!(tokio::time::sleep(every));
+    // Borrowed, not moved: this future keeps its arguments for its whole life, so a copy of
+    // the socket moved into the connection would take room twice.
+    let pings = Pings::new(timer, every, heartbeat);
+    let mut connection = Connection::new(&gateway, &mut attachment, &mut socket, pings);
     let close = loop {
-        // One wait on three things, polled in this order: outgoing events first (what is owed
-        // to the client goes out before more is read), then the client's frames, then the ping
-        // timer. A `poll_fn` rather than `select!` so that one socket serves as both the sink
-        // and the stream: split halves would take a lock on every read and write.
-        let next = std::future::poll_fn(|cx| {
-            if let Poll::Ready(event) = attachment.poll_recv(cx) {
-                return Poll::Ready(Next::Event(event));
-            }
-            if let Poll::Ready(frame) = socket.poll_next_unpin(cx) {
-                return Poll::Ready(Next::Frame(frame));
-            }
-            if ping_registered {
-                return if ping.is_elapsed() { Poll::Ready(Next::Ping) } else { Poll::Pending };
-            }
-            ping_registered = true;
-            ping.as_mut().poll(cx).map(|()| Next::Ping)
-        })
-        .await;
-        match next {
-            Next::Event(Ok(event)) => {
-                if !deliver(&mut socket, event, &mut attachment, &sid, write_timeout).await {
-                    break None;
-                }
-            }
-            Next::Event(Err(CloseReason::Superseded)) => break Some((CLOSE_SUPERSEDED, "superseded")),
-            Next::Event(Err(CloseReason::Shutdown)) => break Some((CLOSE_GOING_AWAY, "server shutting down")),
-            Next::Event(Err(CloseReason::SlowConsumer)) => break Some((CLOSE_SLOW_CONSUMER, "slow consumer")),
-            Next::Frame(frame) => {
-                heard = true;
-                let text = match frame {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Binary(_))) => {
-                        gateway.report_error(&sid, "binary frames are not supported: send JSON envelopes as text frames").await;
-                        continue;
-                    }
-                    // Pongs only prove the peer is alive; pings are answered by the socket layer.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break None,
-                    Some(Err(err)) => {
-                        tracing::debug!(sid = sid.short(), %err, "websocket read failed");
-                        break read_error_close(&err);
-                    }
-                };
-                // The handlers run here, and what they emit is read right after: their emits
-                // need not wake this task.
-                attachment.begin_handling();
-                let handled = handle_text(&gateway, &session, text.as_str()).await;
-                attachment.end_handling();
-                match handled {
-                    // Replies the handlers emitted go out now, without another turn of the
-                    // loop (the common request-reply case).
-                    Ok(()) => {
-                        if let Ok(Some(event)) = attachment.try_recv() {
-                            if !deliver(&mut socket, event, &mut attachment, &sid, write_timeout).await {
-                                break None;
-                            }
-                        }
-                    }
-                    Err(err) => gateway.report_error(&sid, err).await,
-                }
-            }
-            Next::Ping => {
-                ping.as_mut().reset(Instant::now() + ping_every);
-                ping_registered = false;
-                silent_ticks = if std::mem::take(&mut heard) { 0 } else { silent_ticks + 1 };
-                if silent_ticks >= 2 {
-                    tracing::debug!(sid = sid.short(), "websocket peer silent; dropping it");
-                    break None;
-                }
-                if heartbeat && socket.feed(Message::Text(Utf8Bytes::from_static(HEARTBEAT_FRAME))).await.is_err() {
-                    break None;
-                }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    break None;
-                }
-            }
+        let step = match connection.wait().await {
+            Next::Event(event) => connection.on_event(event).await,
+            Next::Frame(frame) => connection.on_frame(frame).await,
+            Next::Ping => connection.on_ping().await,
+        };
+        if let ControlFlow::Break(close) = step {
+            break close;
         }
     };
-    attachment.stop_waiting();
-    if let Some((code, reason)) = close {
-        let frame = CloseFrame { code, reason: reason.into() };
-        if let Ok(Ok(())) = tokio::time::timeout(CLOSING, socket.send(Message::Close(Some(frame)))).await {
-            finish_closing(&gateway, &session, &mut socket).await;
-        }
-    }
+    connection.close(close).await;
 }
+
+/// The close frame owed to the peer when the loop ends, if any: a code and a reason.
+type Close = Option<(u16, &'static str)>;
 
 /// What one wait of [`serve_socket`] ended with.
 enum Next {
     Event(Result<Event, CloseReason>),
     Frame(Option<Result<Message, axum::Error>>),
     Ping,
+}
+
+/// One socket being served: what [`serve_socket`]'s steps share.
+struct Connection<'a, S, H> {
+    socket: &'a mut S,
+    attachment: &'a mut Attachment,
+    gateway: &'a Endpoint<H>,
+    session: SessionHandle,
+    sid: Sid,
+    write_timeout: Duration,
+    pings: Pings<'a>,
+}
+
+impl<'a, S, H: Handler> Connection<'a, S, H>
+where
+    S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    fn new(gateway: &'a Endpoint<H>, attachment: &'a mut Attachment, socket: &'a mut S, pings: Pings<'a>) -> Self {
+        Connection {
+            sid: attachment.sid().clone(),
+            session: attachment.session(),
+            write_timeout: gateway.config().slow_client_timeout,
+            socket,
+            attachment,
+            gateway,
+            pings,
+        }
+    }
+
+    /// One wait on three things, polled in this order: outgoing events first (what is owed to
+    /// the client goes out before more is read), then the client's frames, then the ping
+    /// timer. A `poll_fn` rather than `select!` so that one socket serves as both the sink and
+    /// the stream: split halves would take a lock on every read and write.
+    async fn wait(&mut self) -> Next {
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(event) = self.attachment.poll_recv(cx) {
+                return Poll::Ready(Next::Event(event));
+            }
+            if let Poll::Ready(frame) = self.socket.poll_next_unpin(cx) {
+                return Poll::Ready(Next::Frame(frame));
+            }
+            self.pings.poll_due(cx).map(|()| Next::Ping)
+        })
+        .await
+    }
+
+    /// Writes an event (and whatever else is ready), or ends with the close code its end calls
+    /// for.
+    async fn on_event(&mut self, event: Result<Event, CloseReason>) -> ControlFlow<Close> {
+        match event {
+            Ok(event) => self.deliver(event).await,
+            Err(CloseReason::Superseded) => ControlFlow::Break(Some((CLOSE_SUPERSEDED, "superseded"))),
+            Err(CloseReason::Shutdown) => ControlFlow::Break(Some((CLOSE_GOING_AWAY, "server shutting down"))),
+            Err(CloseReason::SlowConsumer) => ControlFlow::Break(Some((CLOSE_SLOW_CONSUMER, "slow consumer"))),
+        }
+    }
+
+    /// Handles what the client sent: any frame is a sign of life; text frames hold envelopes.
+    async fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> ControlFlow<Close> {
+        self.pings.heard = true;
+        match frame {
+            Some(Ok(Message::Text(text))) => self.handle_inline(text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => {
+                self.gateway.report_error(&self.sid, "binary frames are not supported: send JSON envelopes as text frames").await;
+                ControlFlow::Continue(())
+            }
+            // Pongs only prove the peer is alive; pings are answered by the socket layer.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => ControlFlow::Continue(()),
+            Some(Ok(Message::Close(_))) | None => ControlFlow::Break(None),
+            Some(Err(err)) => {
+                tracing::debug!(sid = self.sid.short(), %err, "websocket read failed");
+                ControlFlow::Break(read_error_close(&err))
+            }
+        }
+    }
+
+    /// Runs the handlers of a text frame here, in this task, and writes their first reply
+    /// right after: their emits need not wake this task, and the common request-reply case
+    /// takes no other turn of the loop.
+    async fn handle_inline(&mut self, text: &str) -> ControlFlow<Close> {
+        self.attachment.begin_handling();
+        let handled = handle_text(self.gateway, &self.session, text).await;
+        self.attachment.end_handling();
+        match handled {
+            Ok(()) => match self.attachment.try_recv() {
+                Ok(Some(event)) => self.deliver(event).await,
+                _ => ControlFlow::Continue(()),
+            },
+            Err(err) => {
+                self.gateway.report_error(&self.sid, err).await;
+                ControlFlow::Continue(())
+            }
+        }
+    }
+
+    /// A ping tick: drops a peer silent for two ticks, else sends the heartbeat frame (if
+    /// asked for) and a ping.
+    async fn on_ping(&mut self) -> ControlFlow<Close> {
+        if !self.pings.tick() {
+            tracing::debug!(sid = self.sid.short(), "websocket peer silent; dropping it");
+            return ControlFlow::Break(None);
+        }
+        if self.pings.heartbeat && self.socket.feed(Message::Text(Utf8Bytes::from_static(encode::HEARTBEAT))).await.is_err() {
+            return ControlFlow::Break(None);
+        }
+        if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+            return ControlFlow::Break(None);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// [`deliver`], as a step: a socket that can no longer be written ends the loop.
+    async fn deliver(&mut self, event: Event) -> ControlFlow<Close> {
+        if deliver(self.socket, event, self.attachment, &self.sid, self.write_timeout).await {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(None)
+        }
+    }
+
+    /// Stops waiting for events, then sends the close frame owed (if any) and completes the
+    /// closing handshake.
+    async fn close(&mut self, close: Close) {
+        self.attachment.stop_waiting();
+        if let Some((code, reason)) = close {
+            let frame = CloseFrame { code, reason: reason.into() };
+            if let Ok(Ok(())) = tokio::time::timeout(CLOSING, self.socket.send(Message::Close(Some(frame)))).await {
+                finish_closing(self.gateway, &self.session, self.socket).await;
+            }
+        }
+    }
+}
+
+/// The ping timer, and what the peer did between its ticks.
+///
+/// The timer is polled, which registers the task with it, once each time it is set; until it
+/// fires, a wait only looks at whether it has (a load, where a poll is some 140 instructions:
+/// a round trip would otherwise pay for a timer it never uses). Each ping sets it again from
+/// the time of that ping.
+struct Pings<'t> {
+    timer: Pin<&'t mut Sleep>,
+    every: Duration,
+    /// Whether the timer has been polled since it was last set.
+    registered: bool,
+    /// Whether anything arrived since the last tick, and for how many ticks nothing has: a flag
+    /// per frame rather than a clock reading per frame.
+    heard: bool,
+    silent_ticks: u32,
+    /// Whether the client asked for heartbeat frames.
+    heartbeat: bool,
+}
+
+impl<'t> Pings<'t> {
+    /// Pings every `every`, starting with `timer`, set to fire `every` from now.
+    fn new(timer: Pin<&'t mut Sleep>, every: Duration, heartbeat: bool) -> Pings<'t> {
+        Pings { timer, every, registered: false, heard: false, silent_ticks: 0, heartbeat }
+    }
+
+    /// Ready when the next ping is due.
+    fn poll_due(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.registered {
+            return if self.timer.is_elapsed() { Poll::Ready(()) } else { Poll::Pending };
+        }
+        self.registered = true;
+        self.timer.as_mut().poll(cx)
+    }
+
+    /// Sets the timer for the next ping; returns whether the peer is still alive (it has not
+    /// been silent for two ticks).
+    fn tick(&mut self) -> bool {
+        self.timer.as_mut().reset(Instant::now() + self.every);
+        self.registered = false;
+        self.silent_ticks = if std::mem::take(&mut self.heard) { 0 } else { self.silent_ticks + 1 };
+        self.silent_ticks < 2
+    }
 }
 
 /// Bytes tungstenite reads per call. Its default is 128 KiB per socket, allocated up front and
@@ -258,7 +352,7 @@ async fn write_ready<W: Sink<Message> + Unpin>(sink: &mut W, first: Event, attac
 
 /// One event as a text frame, counted.
 fn frame(event: &Event, sid: &Sid) -> Message {
-    let text = envelope_json(event, sid);
+    let text = encode::envelope(&outgoing(event, sid));
     metrics::event_out(Transport::WebSocket, text.len());
     Message::Text(text.into())
 }
@@ -266,7 +360,7 @@ fn frame(event: &Event, sid: &Sid) -> Message {
 /// The close frame owed to a peer whose frame could not be read: RFC 6455 names a code for a
 /// message over the size limit (1009) and for text that is not UTF-8 (1007). Other read errors
 /// mean the connection is gone; nothing is owed.
-fn read_error_close(err: &axum::Error) -> Option<(u16, &'static str)> {
+fn read_error_close(err: &axum::Error) -> Close {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
         match e.downcast_ref::<tungstenite::Error>() {

@@ -1,8 +1,10 @@
-//! The wire protocol: envelopes, session ids and cursors.
+//! The wire protocol: envelopes, session ids and cursors, and ([`encode`]) the bytes the server
+//! frames around the events it sends.
 //!
 //! This module is pure: no I/O, no tokio, no locks. Everything that turns client bytes into
-//! typed values lives here so it can be unit-tested and fuzzed on its own, and so every
-//! transport parses input the same way.
+//! typed values lives here, and everything that turns events into bytes lives in [`encode`], so
+//! both can be unit-tested and fuzzed on their own, and every transport parses input and frames
+//! output the same way.
 //!
 //! * An [`Envelope`] is `{"event": NAME, "data": ANY}`. Clients send one envelope or a JSON
 //!   array of envelopes; the server sends one envelope at a time and adds `"id": CURSOR`.
@@ -13,6 +15,8 @@
 //!   Events take positions `SID.1`, `SID.2`, ...; notices (`session`, `gap`) are resume points
 //!   written `SID.N~`, which sort after event `N` and before event `N + 1`. Resuming from either
 //!   form replays every event after `N`, so a notice's cursor is itself a valid resume point.
+
+pub mod encode;
 
 use std::fmt;
 use std::str::FromStr;
