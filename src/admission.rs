@@ -37,7 +37,7 @@ use std::convert::Infallible;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::connect_info::MockConnectInfo;
@@ -235,7 +235,7 @@ impl Admission {
         let capacity = f64::from(per_minute);
         let per_second = capacity / 60.0;
         let key = Key::of(client);
-        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shard(key).lock().unwrap_or_else(PoisonError::into_inner);
         let shard = &mut *shard;
         let bucket = match shard.buckets.get_mut(&key) {
             Some(bucket) => bucket,
@@ -259,7 +259,7 @@ impl Admission {
 
     /// Number of addresses with a bucket (a bucket that has refilled may still be counted).
     pub fn tracked(&self) -> usize {
-        self.inner.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).buckets.len()).sum()
+        self.inner.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).buckets.len()).sum()
     }
 
     fn shard(&self, key: Key) -> &Mutex<Shard> {

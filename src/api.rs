@@ -27,7 +27,7 @@ use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
 use crate::error::Error;
-use crate::hub::{check_room_name, Hub, Target};
+use crate::hub::{check_room_name, Hub, Target, Transport};
 use crate::protocol::{check_event_name, reads_as_json, Cursor, Sid};
 
 /// Who may call the API.
@@ -120,7 +120,7 @@ async fn emit(State(hub): State<Hub>, headers: HeaderMap, body: Bytes) -> Result
 
 async fn members(State(hub): State<Hub>, Path(room): Path<String>) -> Result<Json<Value>, Error> {
     check_room_name(&room)?;
-    let mut members: Vec<String> = hub.members(&room).iter().map(|sid| sid.to_string()).collect();
+    let mut members: Vec<String> = hub.members(&room).iter().map(ToString::to_string).collect();
     members.sort();
     Ok(Json(json!({ "room": room, "members": members })))
 }
@@ -162,7 +162,7 @@ async fn session(State(hub): State<Hub>, Path(sid): Path<String>) -> Result<Json
     let info = hub.info(&sid).ok_or(Error::NoSession)?;
     Ok(Json(json!({
         "sid": sid.as_str(),
-        "transport": info.transport.map(|t| t.as_str()),
+        "transport": info.transport.map(Transport::as_str),
         "connected_since": info.attached_since.map(|t| humantime::format_rfc3339_millis(t).to_string()),
         "detached_for_ms": info.detached_for.map(|d| d.as_millis() as u64),
         "buffered": info.buffered,

@@ -87,6 +87,7 @@ pub struct GatewayBuilder {
 
 impl GatewayBuilder {
     /// Registers the handler of one event name (a later registration replaces an earlier one).
+    #[must_use]
     pub fn on<F, Fut>(mut self, event: &str, handler: F) -> Self
     where
         F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
@@ -98,6 +99,7 @@ impl GatewayBuilder {
 
     /// Registers the handler of every event no other handler claims. Without one, such events
     /// are answered with an `error` event naming them, so a client never waits in silence.
+    #[must_use]
     pub fn fallback<F, Fut>(mut self, handler: F) -> Self
     where
         F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
@@ -111,6 +113,7 @@ impl GatewayBuilder {
     /// `Err(reason)` removes the session and refuses the request that created it with
     /// `403 {"error": "session refused by the application: REASON"}` (a WebSocket is refused
     /// before the upgrade).
+    #[must_use]
     pub fn on_open<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn(Opening) -> Fut + Send + Sync + 'static,
@@ -125,6 +128,7 @@ impl GatewayBuilder {
     /// tasks, at most 64 at once; expiries beyond that wait, at most 10,000 of them, and further
     /// ones get no hook (a warning and `switchyard_expire_hooks_dropped_total` say so). Hooks
     /// still running at shutdown are cancelled.
+    #[must_use]
     pub fn on_expire<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn(Hub, Expired) -> Fut + Send + Sync + 'static,
@@ -137,6 +141,7 @@ impl GatewayBuilder {
     /// Ties the gateway's lifetime to `token`: cancelling it shuts the gateway down (every
     /// transport ends, every task stops). The gateway keeps a token of its own, a child of this
     /// one: [`Gateway::shutdown`] and dropping the gateway cancel only that.
+    #[must_use]
     pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
         self.parent = Some(token);
         self
@@ -380,7 +385,7 @@ impl Gateway {
     /// tasks have closed their sockets, and the expiry task, expire hooks and upstream workers
     /// have stopped.
     pub async fn drained(&self) {
-        self.inner.tasks.drained().await
+        self.inner.tasks.drained().await;
     }
 
     /// The gateway's routes: `/ws`, `/sse` (GET stream, POST send) and `/poll` (GET, and POST as
@@ -407,7 +412,7 @@ impl Gateway {
     /// still draining while a new one sends), and numbered events already handled are skipped.
     pub async fn dispatch(&self, sid: &Sid, envelopes: Envelopes) {
         let Ok(session) = self.hub.session(sid) else { return };
-        self.dispatch_to(&session, envelopes).await
+        self.dispatch_to(&session, envelopes).await;
     }
 
     /// [`Gateway::dispatch`] for a session already in hand (a transport's attached session).
@@ -415,7 +420,7 @@ impl Gateway {
         // A session removed meanwhile has told its transport to close; an event racing that
         // is handled like one that arrived just before the removal.
         let inbox = session.inbox().await;
-        self.dispatch_in(inbox, envelopes).await
+        self.dispatch_in(inbox, envelopes).await;
     }
 
     async fn dispatch_in(&self, inbox: Inbox<'_>, envelopes: Envelopes) {
@@ -430,7 +435,7 @@ impl Gateway {
             match self.inner.handlers.get(&event).or(self.inner.fallback.as_ref()) {
                 Some(handler) => {
                     let ctx = Context::new(session.clone(), event, self.hub.clone(), subject.clone());
-                    handler(ctx, data).await
+                    handler(ctx, data).await;
                 }
                 None => {
                     tracing::debug!(sid = sid.short(), event, "no handler");
@@ -589,7 +594,7 @@ mod tests {
         let held = Arc::downgrade(&alive);
         gateway.tasks().spawn(async move {
             let _alive = alive;
-            std::future::pending::<()>().await
+            std::future::pending::<()>().await;
         });
         let drained = tokio::spawn({
             let gateway = gateway.clone();

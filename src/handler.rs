@@ -112,24 +112,28 @@ impl Context {
 /// ```
 pub trait Registry: Sized {
     /// Registers the handler of one event name (a later registration replaces an earlier one).
+    #[must_use]
     fn on<F, Fut>(self, event: &str, handler: F) -> Self
     where
         F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static;
 
     /// Registers the handler of every event no other handler claims.
+    #[must_use]
     fn fallback<F, Fut>(self, handler: F) -> Self
     where
         F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static;
 
     /// Registers the hook run when a transport creates a session; `Err(reason)` refuses it.
+    #[must_use]
     fn on_open<F, Fut>(self, hook: F) -> Self
     where
         F: Fn(Opening) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static;
 
     /// Registers the hook run for each session that expires.
+    #[must_use]
     fn on_expire<F, Fut>(self, hook: F) -> Self
     where
         F: Fn(Hub, Expired) -> Fut + Send + Sync + 'static,

@@ -28,6 +28,7 @@
 
 mod common;
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,7 +60,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 async fn every_client_gets_every_event_once_and_in_order_while_dropping_and_switching() {
     let clients = env_or("CHAOS_CLIENTS", 60) as usize;
     let seconds = env_or("CHAOS_SECONDS", 6);
-    let seed = env_or("CHAOS_SEED", rand::random::<u32>() as u64);
+    let seed = env_or("CHAOS_SEED", u64::from(rand::random::<u32>()));
     println!("chaos: {clients} clients for {seconds} s, CHAOS_SEED={seed}");
 
     // The buffer holds a whole run, so no loss is legitimate; a poll waits at most 2 s so that
@@ -384,9 +385,9 @@ impl Client {
     fn attach_url(&self, path: &str, with_cursor: bool) -> String {
         let mut url = self.server.url(path);
         if let Some(sid) = &self.sid {
-            url.push_str(&format!("?sid={sid}"));
+            let _ = write!(url, "?sid={sid}");
             if let (true, Some(cursor)) = (with_cursor, &self.cursor) {
-                url.push_str(&format!("&last_event_id={cursor}"));
+                let _ = write!(url, "&last_event_id={cursor}");
             }
         }
         url
@@ -497,11 +498,12 @@ impl Client {
                 continue;
             }
             let (end, after) = sent.end.unwrap_or(("still open", Duration::ZERO));
-            out.push_str(&format!(
+            let _ = write!(
+                out,
                 "\n  echo {n}: sent over {}, {after:?} before {end}; {}",
                 if sent.over_ws { "its WebSocket" } else { "POST" },
                 if handled.contains(&(n as u64)) { "the server emitted the reply" } else { "the server never handled it" }
-            ));
+            );
         }
         out
     }

@@ -1,6 +1,6 @@
 //! HTTP/1.1 connections that start with an event stream, read byte by byte off a raw socket.
 //!
-//! Such a connection's first request is served without hyper (src/server/event_stream.rs, for
+//! Such a connection's first request is served without hyper (`src/server/event_stream.rs`, for
 //! memory per idle session), so these tests hold that path to what HTTP/1.1 requires of any
 //! server: chunked framing and `Date`, `Content-Length` on sized answers, `Connection: close`
 //! honoured, a keep-alive connection that carries on (pipelined requests included) once the
@@ -49,7 +49,7 @@ async fn read_to_len(tcp: &mut TcpStream, buf: &mut Vec<u8>, len: usize, what: &
             buf.extend_from_slice(&chunk[..n]);
         }
     })
-    .await
+    .await;
 }
 
 /// The response head at the start of `buf` (status line and lower-cased header lines).

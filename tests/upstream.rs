@@ -142,7 +142,7 @@ async fn gateway(config: Config, upstream: UpstreamConfig) -> (TestServer, Upstr
 
 /// Waits (bounded) until `check` holds, polling: for effects seen only by the backend.
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    wait_until(what, || std::future::ready(check())).await
+    wait_until(what, || std::future::ready(check())).await;
 }
 
 #[tokio::test]

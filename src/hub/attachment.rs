@@ -54,6 +54,7 @@ impl<'a> AttachRequest<'a> {
         AttachRequest { transport, sid, cursor, heartbeat: None }
     }
 
+    #[must_use]
     pub fn heartbeat(self, heartbeat: Option<Duration>) -> AttachRequest<'a> {
         AttachRequest { heartbeat, ..self }
     }

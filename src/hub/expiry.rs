@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -39,7 +39,7 @@ impl Hub {
     /// new subscriber; dropping the receiver unsubscribes.
     pub fn watch_expired(&self) -> mpsc::UnboundedReceiver<Expired> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.inner.expired_txs.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        self.inner.expired_txs.lock().unwrap_or_else(PoisonError::into_inner).push(tx);
         rx
     }
 
@@ -58,7 +58,7 @@ impl Hub {
     /// a shard at a time, a round trip waits at most one shard's share of it.
     async fn sweep(&self, now: Instant) -> usize {
         let mut removed = 0;
-        for shard in self.inner.shards.iter() {
+        for shard in &self.inner.shards {
             removed += self.expire_shard(shard, now);
             tokio::task::yield_now().await;
         }
@@ -70,7 +70,7 @@ impl Hub {
         let grace = self.inner.config.grace;
         let slow = self.inner.config.slow_client_timeout;
         let mut gone = Vec::new();
-        shard.write().unwrap_or_else(|e| e.into_inner()).retain(|_, session| {
+        shard.write().unwrap_or_else(PoisonError::into_inner).retain(|_, session| {
             let mut state = lock(&session.state);
             let last_seq = state.last_seq;
             let stalled = match &mut state.attached {
@@ -147,8 +147,8 @@ impl Hub {
     /// attachments made from now on do the same at once.
     pub fn close_all(&self) {
         self.inner.closing.store(true, Ordering::Release);
-        for shard in self.inner.shards.iter() {
-            for session in shard.read().unwrap_or_else(|e| e.into_inner()).values() {
+        for shard in &self.inner.shards {
+            for session in shard.read().unwrap_or_else(PoisonError::into_inner).values() {
                 if let Some(attached) = &lock(&session.state).attached {
                     attached.wake.notify();
                 }

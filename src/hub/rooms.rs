@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde_json::Value;
 
@@ -106,7 +106,7 @@ impl Hub {
             return Ok(false);
         }
         session.room_count.store(state.rooms.len(), Ordering::Relaxed);
-        let mut table = self.room_shard(&room).write().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.room_shard(&room).write().unwrap_or_else(PoisonError::into_inner);
         table.entry(room).or_default().insert(sid.clone(), session.clone());
         Ok(true)
     }
@@ -128,7 +128,7 @@ impl Hub {
 
     /// The sids of a room's members, in no particular order (empty for an unknown room).
     pub fn members(&self, room: &str) -> Vec<Sid> {
-        let table = self.room_shard(room).read().unwrap_or_else(|e| e.into_inner());
+        let table = self.room_shard(room).read().unwrap_or_else(PoisonError::into_inner);
         table.get(room).map(|members| members.keys().cloned().collect()).unwrap_or_default()
     }
 
@@ -156,15 +156,15 @@ impl Hub {
             Target::Sid(sid) => self.emit(sid, name, data).await.map(|_| 1),
             Target::Room(room) => {
                 let members: Vec<Arc<Session>> = {
-                    let table = self.room_shard(room).read().unwrap_or_else(|e| e.into_inner());
+                    let table = self.room_shard(room).read().unwrap_or_else(PoisonError::into_inner);
                     table.get(room.as_str()).map(|members| members.values().cloned().collect()).unwrap_or_default()
                 };
                 Ok(self.fan_out(&members, except, name, data))
             }
             Target::All => {
                 let mut count = 0;
-                for shard in self.inner.shards.iter() {
-                    let sessions: Vec<Arc<Session>> = shard.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+                for shard in &self.inner.shards {
+                    let sessions: Vec<Arc<Session>> = shard.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
                     count += self.fan_out(&sessions, except, name, data);
                 }
                 Ok(count)
@@ -175,7 +175,7 @@ impl Hub {
     /// Takes `sid` out of the room table's copy of `room`, and the room out of the table once
     /// it is empty.
     pub(super) fn drop_member(&self, sid: &Sid, room: &str) {
-        let mut table = self.room_shard(room).write().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.room_shard(room).write().unwrap_or_else(PoisonError::into_inner);
         if let Some(members) = table.get_mut(room) {
             members.remove(sid);
             if members.is_empty() {

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use serde_json::Value;
@@ -125,7 +125,7 @@ impl Hub {
             buffered: state.ring.len(),
             detached_for: state.detached_at.map(|t| t.elapsed()),
             attached_since: state.attached.as_ref().and(state.attached_since),
-            rooms: state.rooms.iter().map(|r| r.to_string()).collect(),
+            rooms: state.rooms.iter().map(ToString::to_string).collect(),
         })
     }
 
@@ -213,7 +213,7 @@ impl SessionHandle {
         if self.session.room_count.load(Ordering::Relaxed) == 0 {
             return Vec::new();
         }
-        lock(&self.session.state).rooms.iter().map(|room| room.to_string()).collect()
+        lock(&self.session.state).rooms.iter().map(ToString::to_string).collect()
     }
 
     /// Who opened the session, if auth is on.
@@ -246,7 +246,7 @@ impl<'a> Inbox<'a> {
 /// the whole hub down with it.
 #[inline]
 pub(super) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|e| e.into_inner())
+    state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

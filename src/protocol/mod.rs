@@ -344,7 +344,7 @@ fn envelope_from_value(value: Value, index: Option<usize>, limits: &Limits) -> R
     Ok(Envelope { event, data, seq })
 }
 
-/// serde_json gives object keys with this prefix a meaning of their own: with the `raw_value`
+/// `serde_json` gives object keys with this prefix a meaning of their own: with the `raw_value`
 /// feature (axum turns it on), an object whose first key is `$serde_json::private::RawValue` is
 /// read as raw JSON text. Data holding such a key would not read back as the same value once
 /// re-encoded (keys sorted), so it is refused.
@@ -391,8 +391,8 @@ mod tests {
             r#"{"event":"a","data":{"$serde_json::private::RawValue":"1"}}"#,
             r#"[{"event":"a"},{"event":"a"},{"event":"a"},{"event":"a"}]"#,
             r#"{"event":"a","x":1}"#,
-            r#"[]"#,
-            r#"7"#,
+            r"[]",
+            r"7",
         ];
         for body in bodies {
             let fast = parse_well_formed(body, &limits);
