@@ -119,6 +119,7 @@ fn mask_v6(ip: Ipv6Addr, prefix: u8) -> Ipv6Addr {
 /// (at least 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limited {
+    /// Whole seconds until the address has a token again (at least 1): the `Retry-After`.
     pub retry_after: u64,
 }
 

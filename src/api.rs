@@ -64,7 +64,23 @@ impl std::fmt::Debug for ApiAccess {
 }
 
 /// The API's routes, to nest under `/api`: they act on the sessions of `hub` (a gateway's,
-/// `hub.clone()`).
+/// `gateway.hub().clone()`), for the callers `access` lets in.
+///
+/// ```
+/// use switchyard::api::{self, ApiAccess};
+/// use switchyard::{server, Config, Gateway};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let gateway = Gateway::builder(Config::default()).build();
+/// // The key from the environment; without one the API answers only on a loopback address.
+/// let key = std::env::var("MY_API_KEY").ok();
+/// let access = ApiAccess::new(key.as_deref(), "127.0.0.1:3000".parse().unwrap());
+/// let router = gateway.router().nest("/api", api::router(gateway.hub().clone(), access));
+/// // Then, for instance: `server::run(listener, router, gateway, shutdown).await`.
+/// # let _ = (router, server::CONNECTION_BUFFER);
+/// # }
+/// ```
 pub fn router(hub: Hub, access: ApiAccess) -> Router {
     Router::new()
         .route("/emit", post(emit))

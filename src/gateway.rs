@@ -70,7 +70,45 @@ const EXPIRE_HOOKS_AT_ONCE: usize = 64;
 /// every expiry for it would let memory grow without bound while expiry itself must go on.
 const EXPIRE_HOOKS_WAITING: usize = 10_000;
 
-/// Collects handlers and settings; [`GatewayBuilder::build`] starts the hub.
+/// Collects handlers and settings; [`GatewayBuilder::build`] starts the hub. Made by
+/// [`Gateway::builder`].
+///
+/// ```
+/// use serde_json::json;
+/// use switchyard::{Config, Gateway, Target};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let gateway = Gateway::builder(Config::default())
+///     // One handler per event name: answer the sender...
+///     .on("message", |ctx, data| async move {
+///         let _ = ctx.emit("response", json!({ "you said": data })).await;
+///     })
+///     // ...or reach other sessions through the hub.
+///     .on("shout", |ctx, data| async move {
+///         let _ = ctx.hub().publish_except(&Target::All, Some(ctx.sid()), "shout", &data).await;
+///     })
+///     // Every event no handler claims (without one, the client gets an `error` event).
+///     .fallback(|ctx, _data| async move {
+///         let _ = ctx.emit("error", json!({ "error": "unknown event", "event": ctx.event() })).await;
+///     })
+///     // Refuse sessions the application does not want: `403`, before the client is served.
+///     .on_open(|opening| async move {
+///         match opening.headers.get("x-team") {
+///             Some(_) => Ok(()),
+///             None => Err("send X-Team".to_owned()),
+///         }
+///     })
+///     // Tell a session's rooms it is gone for good, once its grace period has run out.
+///     .on_expire(|hub, gone| async move {
+///         for room in &gone.rooms {
+///             let _ = hub.emit_room(room, "left", &json!(gone.sid.short())).await;
+///         }
+///     })
+///     .build();
+/// # drop(gateway);
+/// # }
+/// ```
 pub struct GatewayBuilder {
     config: Config,
     handlers: Handlers,
@@ -112,7 +150,25 @@ impl GatewayBuilder {
     /// Registers a hook run when a transport creates a session, before the client is served:
     /// `Err(reason)` removes the session and refuses the request that created it with
     /// `403 {"error": "session refused by the application: REASON"}` (a WebSocket is refused
-    /// before the upgrade).
+    /// before the upgrade). Resuming a session does not run it again.
+    ///
+    /// The [`Opening`] holds what authorizing needs: the request's headers and query, and the
+    /// hub (to put the new session in a room before its client is served, say).
+    ///
+    /// ```
+    /// # use switchyard::{Config, Gateway};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let gateway = Gateway::builder(Config::default())
+    ///     .on_open(|opening| async move {
+    ///         let team = opening.query.as_deref().and_then(|q| q.strip_prefix("team="));
+    ///         let Some(team) = team else { return Err("which team?".to_owned()) };
+    ///         opening.hub.join(&opening.sid, team).map(|_| ()).map_err(|err| err.to_string())
+    ///     })
+    ///     .build();
+    /// # drop(gateway);
+    /// # }
+    /// ```
     #[must_use]
     pub fn on_open<F, Fut>(mut self, hook: F) -> Self
     where
@@ -285,7 +341,37 @@ async fn run_expire_hooks(
     }
 }
 
-/// A running gateway: cheap to clone, shared by every transport handler.
+/// A running gateway: a [`Hub`] of sessions, the handlers of their events, and the tasks that
+/// keep them; cheap to clone. [`Gateway::router`] gives its routes, to serve alone
+/// ([`crate::server::run`]) or to nest into an axum app of your own.
+///
+/// Dropping the last handle (the router holds one) shuts it down, as [`Gateway::shutdown`]
+/// does.
+///
+/// ```
+/// use serde_json::json;
+/// use switchyard::{Config, Gateway};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let gateway = Gateway::builder(Config::default())
+///     .on("message", |ctx, data| async move {
+///         let _ = ctx.emit("response", data).await;
+///     })
+///     .build();
+///
+/// // Its routes under a prefix of an app of your own: `/realtime/ws`, `/realtime/sse`, ...
+/// let app: axum::Router = axum::Router::new().nest("/realtime", gateway.router());
+///
+/// // Push to every session from anywhere (a session gets events it missed on resume).
+/// gateway.hub().emit_all("news", &json!({ "headline": "..." })).await.unwrap();
+///
+/// // Stop: every client is told to reconnect, every task of the gateway ends.
+/// gateway.shutdown();
+/// gateway.drained().await;
+/// # drop(app);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Gateway {
     hub: Hub,
@@ -331,6 +417,8 @@ impl axum::extract::FromRef<Gateway> for Admission {
 }
 
 impl Gateway {
+    /// A builder for a gateway with these settings: register handlers on it, then
+    /// [`build`](GatewayBuilder::build).
     pub fn builder(config: Config) -> GatewayBuilder {
         GatewayBuilder {
             config,
@@ -343,10 +431,12 @@ impl Gateway {
         }
     }
 
+    /// The gateway's sessions: emit to them, publish to rooms, look them up.
     pub fn hub(&self) -> &Hub {
         &self.hub
     }
 
+    /// The settings the gateway was built with.
     pub fn config(&self) -> &Config {
         &self.inner.config
     }

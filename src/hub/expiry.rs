@@ -29,6 +29,7 @@ use super::Hub;
 /// A session the expiry task removed, as [`Hub::watch_expired`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expired {
+    /// The session that expired.
     pub sid: Sid,
     /// The rooms it was in when it expired (it is in none now).
     pub rooms: Vec<String>,

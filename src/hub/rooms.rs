@@ -142,8 +142,26 @@ impl Hub {
         self.publish_except(&Target::All, None, name, data).await
     }
 
-    /// Emits to a [`Target`]. Returns how many sessions the event was appended to; a `Sid`
-    /// target that is gone is [`HubError::NoSession`], an empty room is `Ok(0)`.
+    /// Emits to a [`Target`]: one session, a room's members or every live session. Returns how
+    /// many sessions the event was appended to; a `Sid` target that is gone is
+    /// [`HubError::NoSession`], an empty room is `Ok(0)`. The data is rendered once, whatever
+    /// the number of members, and no socket is written here: each member's transport writes in
+    /// its own task, so a slow member slows no one else.
+    ///
+    /// ```
+    /// # use serde_json::json;
+    /// # use switchyard::hub::{Hub, HubConfig};
+    /// # use switchyard::{Target, Transport};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # let hub = Hub::new(HubConfig::default(), tokio_util::sync::CancellationToken::new());
+    /// let member = hub.attach(Transport::Polling, None, None).await.unwrap();
+    /// hub.join(member.sid(), "ops").unwrap();
+    /// let alert = json!({ "level": "page", "text": "disk full" });
+    /// assert_eq!(hub.publish(&Target::Room("ops".into()), "alert", &alert).await, Ok(1));
+    /// assert_eq!(hub.publish(&Target::Room("nobody".into()), "alert", &alert).await, Ok(0));
+    /// # }
+    /// ```
     pub async fn publish(&self, target: &Target, name: &str, data: &Value) -> Result<usize, HubError> {
         self.publish_except(target, None, name, data).await
     }

@@ -131,6 +131,24 @@ impl Hub {
 
 
     /// Appends an event to a session's ring and wakes its transport. Returns the event's cursor.
+    ///
+    /// `data` is any JSON value; the event name must be non-empty, at most 128 bytes and free
+    /// of control characters ([`HubError::EventName`] otherwise). A sid that names no live
+    /// session is [`HubError::NoSession`].
+    ///
+    /// ```
+    /// # use serde_json::json;
+    /// # use switchyard::hub::{Hub, HubConfig};
+    /// # use switchyard::Transport;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # let hub = Hub::new(HubConfig::default(), tokio_util::sync::CancellationToken::new());
+    /// # let attachment = hub.attach(Transport::Sse, None, None).await.unwrap();
+    /// # let sid = attachment.sid().clone();
+    /// let cursor = hub.emit(&sid, "score", &json!({ "home": 2, "away": 1 })).await.unwrap();
+    /// assert_eq!(cursor.to_string(), format!("{sid}.1"));
+    /// # }
+    /// ```
     pub async fn emit(&self, sid: &Sid, name: &str, data: &Value) -> Result<Cursor, HubError> {
         self.emit_json(sid, name, data.to_string()).await
     }
@@ -198,6 +216,7 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
+    /// The session's id.
     pub fn sid(&self) -> &Sid {
         &self.session.sid
     }

@@ -117,6 +117,7 @@ impl Hub {
         self.inner.live.load(Ordering::Relaxed)
     }
 
+    /// Whether no session is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
