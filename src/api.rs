@@ -203,7 +203,7 @@ fn sid_from_body(headers: &HeaderMap, body: &[u8]) -> Result<Sid, Error> {
 /// `application/x-www-form-urlencoded` (what `curl -d` says) or with no content type is read as
 /// JSON too; any other content type is refused.
 fn object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Error> {
-    if !reads_as_json(headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes)) {
+    if !reads_as_json(headers.get(header::CONTENT_TYPE).map(HeaderValue::to_str)) {
         let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("<not text>");
         return Err(Error::ApiMediaType(content_type.to_owned()));
     }

@@ -237,17 +237,16 @@ pub fn parse_envelopes_with(text: &str, limits: &Limits) -> Result<Envelopes, Pr
     }
 }
 
-/// Whether a client body with this `Content-Type` (the header's raw value, `None` without one)
-/// is read as JSON: `application/json`, no content type at all, or
-/// `application/x-www-form-urlencoded`, which is what `curl -d` sends (no form body is a valid
-/// envelope, so nothing is misread). The one rule for every endpoint that takes JSON.
-pub fn reads_as_json(content_type: Option<&[u8]>) -> bool {
+/// Whether a client body with this `Content-Type` is read as JSON: `application/json`, no
+/// content type at all, or `application/x-www-form-urlencoded`, which is what `curl -d` sends
+/// (no form body is a valid envelope, so nothing is misread). The one rule for every endpoint
+/// that takes JSON.
+///
+/// `content_type` is the header as text: `None` without the header, `Some(Err(_))` for one
+/// that is not text (`HeaderValue::to_str` gives exactly that), which reads as nothing.
+pub fn reads_as_json<E>(content_type: Option<Result<&str, E>>) -> bool {
     let Some(content_type) = content_type else { return true };
-    // What HTTP allows in a header value as text: visible ASCII, spaces and tabs.
-    if !content_type.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
-        return false;
-    }
-    let Ok(content_type) = std::str::from_utf8(content_type) else { return false };
+    let Ok(content_type) = content_type else { return false };
     if content_type.is_empty() {
         return true;
     }
@@ -423,6 +422,18 @@ mod tests {
 
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_bodies_are_json_form_bodies_and_untyped_ones_nothing_else() {
+        let reads = |ct: Option<Result<&str, ()>>| reads_as_json(ct);
+        for json in [None, Some(Ok("")), Some(Ok("application/json")), Some(Ok("Application/JSON; charset=utf-8")),
+                     Some(Ok("application/x-www-form-urlencoded"))] {
+            assert!(reads(json), "{json:?}");
+        }
+        for other in [Some(Ok("text/plain")), Some(Ok("application/jsonx")), Some(Ok("not a type")), Some(Err(()))] {
+            assert!(!reads(other), "{other:?}");
+        }
+    }
 
     #[test]
     fn sids_are_random_urlsafe_and_22_chars() {
