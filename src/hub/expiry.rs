@@ -11,7 +11,6 @@
 //! Removed sessions are reported to [`Hub::watch_expired`] subscribers (lifecycle hooks), which
 //! are told after the table and room locks are released.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +71,7 @@ impl Hub {
         let mut gone = Vec::new();
         shard.write().unwrap_or_else(|e| e.into_inner()).retain(|_, session| {
             let mut state = lock(&session.state);
-            let last_seq = state.last_seq;
+            let last_seq = state.ring.last_seq();
             let stalled = match &mut state.attached {
                 Some(attached) if attached.read_upto < last_seq => {
                     let since = *attached.behind_since.get_or_insert(now);
@@ -90,7 +89,7 @@ impl Hub {
             let expired = state.detached_at.is_some_and(|t| now.duration_since(t) >= grace);
             if expired {
                 state.removed = true;
-                state.ring = VecDeque::new();
+                state.ring.clear();
                 gone.push((session.sid.clone(), std::mem::take(&mut state.rooms)));
                 tracing::debug!(sid = session.sid.short(), "session expired");
             }

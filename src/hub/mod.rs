@@ -36,6 +36,7 @@
 //! | `mod.rs` | the [`Hub`] handle, its settings ([`HubConfig`]) and errors ([`HubError`]) |
 //! | `table.rs` | the sharded session table: create, find, remove; the session limit |
 //! | `session.rs` | one session's state (event ring, numbers sent and received, inbox, send budget) and the emit path into it |
+//! | `ring.rs` | the event ring: the bodies of a session's recent events, numbered implicitly, grown no further than the buffer |
 //! | `attachment.rs` | [`Hub::attach`] and the [`Attachment`]: newest wins, hellos and gaps, wake-ups |
 //! | `rooms.rs` | rooms and broadcasts ([`Target`]) |
 //! | `expiry.rs` | the grace period, slow readers, shutdown, and the task that runs them |
@@ -51,6 +52,7 @@ mod attachment;
 mod counters;
 mod event;
 mod expiry;
+mod ring;
 mod rooms;
 mod session;
 mod table;
