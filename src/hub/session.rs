@@ -165,7 +165,9 @@ impl Hub {
         if state.removed {
             return None;
         }
-        let (seq, dropped) = state.ring.push(body, self.inner.config.buffer);
+        // The clock is read only with an age bound.
+        let tick = if self.inner.config.buffer_age.is_some() { self.age_tick(Instant::now()) } else { None };
+        let (seq, dropped) = state.ring.push(body, self.inner.config.buffer, tick);
         // The attached reader has not even copied out the event now lost: it cannot keep up.
         if let Some(dropped) = dropped {
             if state.attached.as_ref().is_some_and(|a| a.read_upto < dropped) {
