@@ -126,6 +126,9 @@ struct Args {
     /// history: SSE sessions that never read their stream (a 4 KiB receive buffer, never read).
     #[arg(long, default_value_t = 200)]
     history_stalled: usize,
+    /// history: WebSocket sessions that never read theirs (likewise).
+    #[arg(long, default_value_t = 200)]
+    history_stalled_ws: usize,
     /// history: broadcasts to all sent in total at each step (comma-separated, increasing).
     #[arg(long, value_delimiter = ',', default_value = "512,1024,2048")]
     history_steps: Vec<usize>,
@@ -1119,14 +1122,20 @@ fn history_env(buffer: &str) -> [(&'static str, &str); 3] {
     [("SWITCHYARD_BUFFER", buffer), ("SWITCHYARD_SLOW_CLIENT_TIMEOUT", "1h"), ("SWITCHYARD_GRACE", "1h")]
 }
 
-/// Opens an SSE stream that is never read after its hello: a 4 KiB receive buffer, so the
-/// kernel holds little on the client's side and the server's writes soon block.
-async fn open_stalled(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
+/// Opens an SSE stream (or, with `ws`, a WebSocket) that is never read after its hello: a
+/// 4 KiB receive buffer, so the kernel holds little on the client's side and the server's
+/// writes soon block.
+async fn open_stalled(addr: std::net::SocketAddr, ws: bool) -> anyhow::Result<tokio::net::TcpStream> {
     use tokio::io::AsyncReadExt;
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(4096)?;
     let mut tcp = socket.connect(addr).await?;
-    tcp.write_all(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await?;
+    let request: &[u8] = if ws {
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    } else {
+        b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    };
+    tcp.write_all(request).await?;
     let mut head = Vec::new();
     while !String::from_utf8_lossy(&head).contains("\"sid\":\"") {
         let mut buf = [0u8; 1024];
@@ -1174,18 +1183,23 @@ async fn history(args: &Args) -> anyhow::Result<String> {
     steps.dedup();
     let client = client::http_client(None);
     let mut rows: Vec<HistoryRow> = Vec::new();
-    for (group, sessions) in [("reading", args.history_readers), ("never reading", args.history_stalled)] {
+    let groups = [
+        ("SSE reading", args.history_readers),
+        ("SSE never reading", args.history_stalled),
+        ("WebSocket never reading", args.history_stalled_ws),
+    ];
+    for (group, sessions) in groups {
         if sessions == 0 {
             continue;
         }
-        eprintln!("  history: {sessions} SSE sessions {group} ...");
+        eprintln!("  history: {sessions} sessions {group} ...");
         let tag = format!("history-{}", group.replace(' ', "-"));
         let server = Server::start_env(Kind::Switchyard, None, !args.no_pin, &tag, &env).await?;
         sleep(Duration::from_millis(300)).await;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut held = Held::default();
         let mut stalled = Vec::new();
-        if group == "reading" {
+        if group == "SSE reading" {
             let failed =
                 open_many(&mut held, |_| Transport::Sse, sessions, server.addr, None, &client, args.open_concurrency, true, Some(tx)).await;
             if failed > 0 {
@@ -1194,7 +1208,7 @@ async fn history(args: &Args) -> anyhow::Result<String> {
         } else {
             drop(tx);
             let opened: Vec<_> = futures_util::stream::iter(0..sessions)
-                .map(|_| open_stalled(server.addr))
+                .map(|_| open_stalled(server.addr, group.starts_with("WebSocket")))
                 .buffer_unordered(args.open_concurrency.max(1))
                 .collect()
                 .await;
@@ -1210,12 +1224,12 @@ async fn history(args: &Args) -> anyhow::Result<String> {
             eprintln!("    up to {step} broadcasts ...");
             // Readers are given a chunk at a time and waited for, so that they keep up (a reader
             // the ring overtakes is detached); stalled sessions are sent everything at once.
-            let chunk = if group == "reading" { 32 } else { usize::MAX };
+            let chunk = if group == "SSE reading" { 32 } else { usize::MAX };
             while sent < step {
                 let n = chunk.min(step - sent);
                 publish_all(&client, server.addr, &body, n).await?;
                 sent += n;
-                if group == "reading" {
+                if group == "SSE reading" {
                     let expected = sent * sessions;
                     let deadline = Instant::now() + Duration::from_secs(60);
                     while received < expected {
@@ -1233,7 +1247,7 @@ async fn history(args: &Args) -> anyhow::Result<String> {
                 broadcasts: step,
                 rss_kib: server.rss_kib(),
                 tcp_kib: procs::tcp_mem_kib(),
-                received: (group == "reading").then_some(received),
+                received: (group == "SSE reading").then_some(received),
             });
         }
         drop(held);
@@ -1245,8 +1259,8 @@ async fn history(args: &Args) -> anyhow::Result<String> {
     let mut out = String::new();
     writeln!(
         out,
-        "### history: {} SSE sessions reading and {} never reading, broadcasts of {} bytes to all (`POST /api/emit`), `--buffer {buffer}`\n",
-        args.history_readers, args.history_stalled, args.history_payload
+        "### history: {} SSE sessions reading, {} never reading, and {} WebSocket sessions never reading; broadcasts of {} bytes to all (`POST /api/emit`), `--buffer {buffer}`\n",
+        args.history_readers, args.history_stalled, args.history_stalled_ws, args.history_payload
     )?;
     writeln!(out, "The server's RSS growth from the sessions' opening (buffers empty) to each step, over sessions x events buffered per session (min(broadcasts, buffer)); then the growth since the previous step, per session; and the kernel's TCP buffers (machine-wide, not in any RSS), where most of what a client that stops reading is sent waits.\n")?;
     writeln!(out, "| sessions | broadcasts | buffered each | RSS | growth | bytes per buffered event per session | KiB per session since previous step | kernel TCP buffers |")?;
@@ -1307,8 +1321,10 @@ async fn history(args: &Args) -> anyhow::Result<String> {
     for verdict in verdicts {
         writeln!(out, "- {verdict}")?;
     }
-    if let [(_, reading), (_, stalled)] = full_per_session[..] {
-        writeln!(out, "- a session that never reads costs {:.1} KiB more than one that reads, with full buffers", stalled - reading)?;
+    if let Some((_, reading)) = full_per_session.iter().find(|(group, _)| *group == "SSE reading") {
+        for (group, kib) in full_per_session.iter().filter(|(group, _)| *group != "SSE reading") {
+            writeln!(out, "- a session {group} costs {:.1} KiB more than one that reads, with full buffers", kib - reading)?;
+        }
     }
     Ok(out)
 }
