@@ -3,8 +3,9 @@
 //!
 //! Events of a session are numbered 1, 2, ... and every one of them goes into the ring (notices
 //! never do), so what the ring holds is always a run of consecutive numbers ending at the last
-//! one emitted: the oldest is `last - len + 1`. An entry is therefore only its body's reference
-//! count, 8 bytes, and an [`Event`] with its number is made when an attachment copies it out.
+//! one emitted: the oldest is `last - len + 1`. An entry is therefore only a counted pointer to
+//! its body, 8 bytes, and an [`Event`](super::Event) with its number is made when an attachment
+//! copies it out.
 //! The body itself (name and JSON data) is shared by every session holding the event, so a
 //! broadcast costs each member one pointer.
 //!
