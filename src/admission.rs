@@ -37,7 +37,7 @@ use std::convert::Infallible;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::connect_info::MockConnectInfo;
@@ -119,6 +119,7 @@ fn mask_v6(ip: Ipv6Addr, prefix: u8) -> Ipv6Addr {
 /// (at least 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limited {
+    /// Whole seconds until the address has a token again (at least 1): the `Retry-After`.
     pub retry_after: u64,
 }
 
@@ -235,7 +236,7 @@ impl Admission {
         let capacity = f64::from(per_minute);
         let per_second = capacity / 60.0;
         let key = Key::of(client);
-        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shard(key).lock().unwrap_or_else(PoisonError::into_inner);
         let shard = &mut *shard;
         let bucket = match shard.buckets.get_mut(&key) {
             Some(bucket) => bucket,
@@ -259,7 +260,7 @@ impl Admission {
 
     /// Number of addresses with a bucket (a bucket that has refilled may still be counted).
     pub fn tracked(&self) -> usize {
-        self.inner.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).buckets.len()).sum()
+        self.inner.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).buckets.len()).sum()
     }
 
     fn shard(&self, key: Key) -> &Mutex<Shard> {

@@ -27,7 +27,7 @@ use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
 use crate::error::Error;
-use crate::hub::{check_room_name, Hub, Target};
+use crate::hub::{check_room_name, Hub, Target, Transport};
 use crate::protocol::{check_event_name, reads_as_json, Cursor, Sid};
 
 /// Who may call the API.
@@ -64,7 +64,23 @@ impl std::fmt::Debug for ApiAccess {
 }
 
 /// The API's routes, to nest under `/api`: they act on the sessions of `hub` (a gateway's,
-/// `hub.clone()`).
+/// `gateway.hub().clone()`), for the callers `access` lets in.
+///
+/// ```
+/// use switchyard::api::{self, ApiAccess};
+/// use switchyard::{server, Config, Gateway};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let gateway = Gateway::builder(Config::default()).build();
+/// // The key from the environment; without one the API answers only on a loopback address.
+/// let key = std::env::var("MY_API_KEY").ok();
+/// let access = ApiAccess::new(key.as_deref(), "127.0.0.1:3000".parse().unwrap());
+/// let router = gateway.router().nest("/api", api::router(gateway.hub().clone(), access));
+/// // Then, for instance: `server::run(listener, router, gateway, shutdown).await`.
+/// # let _ = (router, server::CONNECTION_BUFFER);
+/// # }
+/// ```
 pub fn router(hub: Hub, access: ApiAccess) -> Router {
     Router::new()
         .route("/emit", post(emit))
@@ -120,7 +136,7 @@ async fn emit(State(hub): State<Hub>, headers: HeaderMap, body: Bytes) -> Result
 
 async fn members(State(hub): State<Hub>, Path(room): Path<String>) -> Result<Json<Value>, Error> {
     check_room_name(&room)?;
-    let mut members: Vec<String> = hub.members(&room).iter().map(|sid| sid.to_string()).collect();
+    let mut members: Vec<String> = hub.members(&room).iter().map(ToString::to_string).collect();
     members.sort();
     Ok(Json(json!({ "room": room, "members": members })))
 }
@@ -162,7 +178,7 @@ async fn session(State(hub): State<Hub>, Path(sid): Path<String>) -> Result<Json
     let info = hub.info(&sid).ok_or(Error::NoSession)?;
     Ok(Json(json!({
         "sid": sid.as_str(),
-        "transport": info.transport.map(|t| t.as_str()),
+        "transport": info.transport.map(Transport::as_str),
         "connected_since": info.attached_since.map(|t| humantime::format_rfc3339_millis(t).to_string()),
         "detached_for_ms": info.detached_for.map(|d| d.as_millis() as u64),
         "buffered": info.buffered,

@@ -31,17 +31,23 @@ struct Claims {
 /// Why a token was refused, phrased for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    /// Opening a session without a token.
     #[error("a token is required to open a session: send `Authorization: Bearer <jwt>` or `?token=<jwt>`")]
     Missing,
+    /// A token past its `exp`.
     #[error("the token has expired")]
     Expired,
+    /// A token that does not verify (signature, algorithm, claims), and why.
     #[error("the token is not valid: {0}")]
     Invalid(String),
+    /// A token presented on a resume that names another subject than the session's.
     #[error("the token's subject does not own this session")]
     WrongSubject,
 }
 
 impl Auth {
+    /// Verification of HS256 tokens signed with `secret`, requiring `exp` and `sub` (with five
+    /// seconds of leeway for clocks).
     pub fn new(secret: &str) -> Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);

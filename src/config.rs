@@ -22,7 +22,26 @@ use crate::protocol::Limits;
 use crate::transport::TransportConfig;
 use crate::upstream::UpstreamConfig;
 
-/// Settings of the gateway itself (hub and transports).
+/// Settings of the gateway itself (hub and transports), with defaults fit for embedding: set
+/// what differs and take the rest from [`Config::default`].
+///
+/// ```
+/// use std::time::Duration;
+/// use switchyard::{Config, Gateway};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let config = Config {
+///     // Mobile clients drop often and for long: keep their sessions a few minutes.
+///     grace: Duration::from_secs(180),
+///     buffer: 256,
+///     allowed_origins: vec!["https://app.example.com".to_owned()],
+///     ..Config::default()
+/// };
+/// let gateway = Gateway::builder(config).build();
+/// assert_eq!(gateway.hub().config().grace, Duration::from_secs(180));
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Config {
     /// How long a session outlives its last transport.
@@ -47,6 +66,7 @@ pub struct Config {
     pub slow_client_timeout: Duration,
     /// Sustained POSTs per second per session, and the burst allowed above it (429 beyond).
     pub send_rate: u32,
+    /// POSTs a session may send in a burst above `send_rate`.
     pub send_burst: u32,
     /// Browser origins allowed besides the server's own and loopback ones (exact
     /// `scheme://host[:port]` strings; `*` allows any).
@@ -220,6 +240,7 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The gateway's settings these flags (and environment variables) give.
     pub fn config(&self) -> Config {
         Config {
             grace: self.grace,

@@ -10,6 +10,8 @@ use serde_json::json;
 
 use crate::hub::HubError;
 
+/// Everything a request to the gateway's routes can be refused with: each variant maps to one
+/// HTTP status ([`Error::status`]) and answers `{"error": "<what is wrong>"}`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The body or query is not what the endpoint accepts.
@@ -55,6 +57,7 @@ pub enum Error {
 }
 
 impl Error {
+    /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,

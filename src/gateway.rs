@@ -70,7 +70,45 @@ const EXPIRE_HOOKS_AT_ONCE: usize = 64;
 /// every expiry for it would let memory grow without bound while expiry itself must go on.
 const EXPIRE_HOOKS_WAITING: usize = 10_000;
 
-/// Collects handlers and settings; [`GatewayBuilder::build`] starts the hub.
+/// Collects handlers and settings; [`GatewayBuilder::build`] starts the hub. Made by
+/// [`Gateway::builder`].
+///
+/// ```
+/// use serde_json::json;
+/// use switchyard::{Config, Gateway, Target};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let gateway = Gateway::builder(Config::default())
+///     // One handler per event name: answer the sender...
+///     .on("message", |ctx, data| async move {
+///         let _ = ctx.emit("response", json!({ "you said": data })).await;
+///     })
+///     // ...or reach other sessions through the hub.
+///     .on("shout", |ctx, data| async move {
+///         let _ = ctx.hub().publish_except(&Target::All, Some(ctx.sid()), "shout", &data).await;
+///     })
+///     // Every event no handler claims (without one, the client gets an `error` event).
+///     .fallback(|ctx, _data| async move {
+///         let _ = ctx.emit("error", json!({ "error": "unknown event", "event": ctx.event() })).await;
+///     })
+///     // Refuse sessions the application does not want: `403`, before the client is served.
+///     .on_open(|opening| async move {
+///         match opening.headers.get("x-team") {
+///             Some(_) => Ok(()),
+///             None => Err("send X-Team".to_owned()),
+///         }
+///     })
+///     // Tell a session's rooms it is gone for good, once its grace period has run out.
+///     .on_expire(|hub, gone| async move {
+///         for room in &gone.rooms {
+///             let _ = hub.emit_room(room, "left", &json!(gone.sid.short())).await;
+///         }
+///     })
+///     .build();
+/// # drop(gateway);
+/// # }
+/// ```
 pub struct GatewayBuilder {
     config: Config,
     handlers: Handlers,
@@ -87,6 +125,7 @@ pub struct GatewayBuilder {
 
 impl GatewayBuilder {
     /// Registers the handler of one event name (a later registration replaces an earlier one).
+    #[must_use]
     pub fn on<F, Fut>(mut self, event: &str, handler: F) -> Self
     where
         F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
@@ -98,6 +137,7 @@ impl GatewayBuilder {
 
     /// Registers the handler of every event no other handler claims. Without one, such events
     /// are answered with an `error` event naming them, so a client never waits in silence.
+    #[must_use]
     pub fn fallback<F, Fut>(mut self, handler: F) -> Self
     where
         F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
@@ -110,7 +150,26 @@ impl GatewayBuilder {
     /// Registers a hook run when a transport creates a session, before the client is served:
     /// `Err(reason)` removes the session and refuses the request that created it with
     /// `403 {"error": "session refused by the application: REASON"}` (a WebSocket is refused
-    /// before the upgrade).
+    /// before the upgrade). Resuming a session does not run it again.
+    ///
+    /// The [`Opening`] holds what authorizing needs: the request's headers and query, and the
+    /// hub (to put the new session in a room before its client is served, say).
+    ///
+    /// ```
+    /// # use switchyard::{Config, Gateway};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let gateway = Gateway::builder(Config::default())
+    ///     .on_open(|opening| async move {
+    ///         let team = opening.query.as_deref().and_then(|q| q.strip_prefix("team="));
+    ///         let Some(team) = team else { return Err("which team?".to_owned()) };
+    ///         opening.hub.join(&opening.sid, team).map(|_| ()).map_err(|err| err.to_string())
+    ///     })
+    ///     .build();
+    /// # drop(gateway);
+    /// # }
+    /// ```
+    #[must_use]
     pub fn on_open<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn(Opening) -> Fut + Send + Sync + 'static,
@@ -125,6 +184,7 @@ impl GatewayBuilder {
     /// tasks, at most 64 at once; expiries beyond that wait, at most 10,000 of them, and further
     /// ones get no hook (a warning and `switchyard_expire_hooks_dropped_total` say so). Hooks
     /// still running at shutdown are cancelled.
+    #[must_use]
     pub fn on_expire<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn(Hub, Expired) -> Fut + Send + Sync + 'static,
@@ -137,6 +197,7 @@ impl GatewayBuilder {
     /// Ties the gateway's lifetime to `token`: cancelling it shuts the gateway down (every
     /// transport ends, every task stops). The gateway keeps a token of its own, a child of this
     /// one: [`Gateway::shutdown`] and dropping the gateway cancel only that.
+    #[must_use]
     pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
         self.parent = Some(token);
         self
@@ -280,7 +341,37 @@ async fn run_expire_hooks(
     }
 }
 
-/// A running gateway: cheap to clone, shared by every transport handler.
+/// A running gateway: a [`Hub`] of sessions, the handlers of their events, and the tasks that
+/// keep them; cheap to clone. [`Gateway::router`] gives its routes, to serve alone
+/// ([`crate::server::run`]) or to nest into an axum app of your own.
+///
+/// Dropping the last handle (the router holds one) shuts it down, as [`Gateway::shutdown`]
+/// does.
+///
+/// ```
+/// use serde_json::json;
+/// use switchyard::{Config, Gateway};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let gateway = Gateway::builder(Config::default())
+///     .on("message", |ctx, data| async move {
+///         let _ = ctx.emit("response", data).await;
+///     })
+///     .build();
+///
+/// // Its routes under a prefix of an app of your own: `/realtime/ws`, `/realtime/sse`, ...
+/// let app: axum::Router = axum::Router::new().nest("/realtime", gateway.router());
+///
+/// // Push to every session from anywhere (a session gets events it missed on resume).
+/// gateway.hub().emit_all("news", &json!({ "headline": "..." })).await.unwrap();
+///
+/// // Stop: every client is told to reconnect, every task of the gateway ends.
+/// gateway.shutdown();
+/// gateway.drained().await;
+/// # drop(app);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Gateway {
     hub: Hub,
@@ -326,6 +417,8 @@ impl axum::extract::FromRef<Gateway> for Admission {
 }
 
 impl Gateway {
+    /// A builder for a gateway with these settings: register handlers on it, then
+    /// [`build`](GatewayBuilder::build).
     pub fn builder(config: Config) -> GatewayBuilder {
         GatewayBuilder {
             config,
@@ -338,10 +431,12 @@ impl Gateway {
         }
     }
 
+    /// The gateway's sessions: emit to them, publish to rooms, look them up.
     pub fn hub(&self) -> &Hub {
         &self.hub
     }
 
+    /// The settings the gateway was built with.
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
@@ -380,7 +475,7 @@ impl Gateway {
     /// tasks have closed their sockets, and the expiry task, expire hooks and upstream workers
     /// have stopped.
     pub async fn drained(&self) {
-        self.inner.tasks.drained().await
+        self.inner.tasks.drained().await;
     }
 
     /// The gateway's routes: `/ws`, `/sse` (GET stream, POST send) and `/poll` (GET, and POST as
@@ -407,7 +502,7 @@ impl Gateway {
     /// still draining while a new one sends), and numbered events already handled are skipped.
     pub async fn dispatch(&self, sid: &Sid, envelopes: Envelopes) {
         let Ok(session) = self.hub.session(sid) else { return };
-        self.dispatch_to(&session, envelopes).await
+        self.dispatch_to(&session, envelopes).await;
     }
 
     /// [`Gateway::dispatch`] for a session already in hand (a transport's attached session).
@@ -415,7 +510,7 @@ impl Gateway {
         // A session removed meanwhile has told its transport to close; an event racing that
         // is handled like one that arrived just before the removal.
         let inbox = session.inbox().await;
-        self.dispatch_in(inbox, envelopes).await
+        self.dispatch_in(inbox, envelopes).await;
     }
 
     async fn dispatch_in(&self, inbox: Inbox<'_>, envelopes: Envelopes) {
@@ -430,7 +525,7 @@ impl Gateway {
             match self.inner.handlers.get(&event).or(self.inner.fallback.as_ref()) {
                 Some(handler) => {
                     let ctx = Context::new(session.clone(), event, self.hub.clone(), subject.clone());
-                    handler(ctx, data).await
+                    handler(ctx, data).await;
                 }
                 None => {
                     tracing::debug!(sid = sid.short(), event, "no handler");
@@ -589,7 +684,7 @@ mod tests {
         let held = Arc::downgrade(&alive);
         gateway.tasks().spawn(async move {
             let _alive = alive;
-            std::future::pending::<()>().await
+            std::future::pending::<()>().await;
         });
         let drained = tokio::spawn({
             let gateway = gateway.clone();

@@ -23,16 +23,46 @@ use crate::tasks::Tasks;
 
 /// What an open hook knows about a session being created: enough to authorize it.
 pub struct Opening {
+    /// The new session.
     pub sid: Sid,
+    /// The transport creating it.
     pub transport: Transport,
     /// The headers of the request that created the session (cookies, `Authorization`, ...).
     pub headers: axum::http::HeaderMap,
     /// The raw query string of that request, if any.
     pub query: Option<String>,
+    /// The hub, to act on the session (join it to a room, greet it) or on others.
     pub hub: Hub,
 }
 
 /// What a handler knows about the event it handles, and its way to answer.
+///
+/// Handlers of one session run one at a time, in the order its events arrived; a handler that
+/// awaits holds back that session's next event, not other sessions'.
+///
+/// ```
+/// use serde_json::{json, Value};
+/// use switchyard::{Config, Context, Gateway, Target};
+///
+/// /// `chat` goes to the sender's rooms, signed with who sent it.
+/// async fn chat(ctx: Context, text: Value) {
+///     let from = ctx.subject().unwrap_or(ctx.sid().short()).to_owned();
+///     for room in ctx.rooms() {
+///         let line = json!({ "room": room, "from": from, "text": text });
+///         let _ = ctx.hub().publish_except(&Target::Room(room), Some(ctx.sid()), "chat", &line).await;
+///     }
+///     // The sender gets an acknowledgement with its cursor: where it is in its own stream.
+///     if let Ok(cursor) = ctx.emit("sent", json!({ "event": ctx.event() })).await {
+///         tracing::debug!(%cursor, "acknowledged");
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let gateway = Gateway::builder(Config::default()).on("chat", chat).build();
+/// # drop(gateway);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Context {
     session: SessionHandle,
@@ -112,24 +142,28 @@ impl Context {
 /// ```
 pub trait Registry: Sized {
     /// Registers the handler of one event name (a later registration replaces an earlier one).
+    #[must_use]
     fn on<F, Fut>(self, event: &str, handler: F) -> Self
     where
         F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static;
 
     /// Registers the handler of every event no other handler claims.
+    #[must_use]
     fn fallback<F, Fut>(self, handler: F) -> Self
     where
         F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static;
 
     /// Registers the hook run when a transport creates a session; `Err(reason)` refuses it.
+    #[must_use]
     fn on_open<F, Fut>(self, hook: F) -> Self
     where
         F: Fn(Opening) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static;
 
     /// Registers the hook run for each session that expires.
+    #[must_use]
     fn on_expire<F, Fut>(self, hook: F) -> Self
     where
         F: Fn(Hub, Expired) -> Fut + Send + Sync + 'static,

@@ -63,6 +63,25 @@ pub fn app(gateway: &Gateway, static_dir: &Path) -> Router {
 ///
 /// Every request carries `axum::extract::ConnectInfo<SocketAddr>`, the peer's address, in its
 /// extensions: the per-address limit on new sessions reads it, and so may the app's handlers.
+///
+/// ```no_run
+/// use switchyard::{server, Config, Gateway};
+///
+/// #[tokio::main]
+/// async fn main() -> std::io::Result<()> {
+///     let gateway = Gateway::builder(Config::default())
+///         .on("message", |ctx, data| async move {
+///             let _ = ctx.emit("response", data).await;
+///         })
+///         .build();
+///     let listener = server::bind("127.0.0.1:3000".parse().unwrap())?;
+///     let ctrl_c = async {
+///         let _ = tokio::signal::ctrl_c().await;
+///     };
+///     // Returns once Ctrl-C came and the clients were told to reconnect and have left.
+///     server::run(listener, gateway.router(), gateway, ctrl_c).await
+/// }
+/// ```
 pub async fn run(
     listener: TcpListener,
     router: Router,

@@ -66,6 +66,7 @@ impl Tasks {
         self.tracker.len()
     }
 
+    /// Whether none of the gateway's tasks is running.
     pub fn is_empty(&self) -> bool {
         self.tracker.is_empty()
     }

@@ -28,6 +28,7 @@
 
 mod common;
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,7 +60,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 async fn every_client_gets_every_event_once_and_in_order_while_dropping_and_switching() {
     let clients = env_or("CHAOS_CLIENTS", 60) as usize;
     let seconds = env_or("CHAOS_SECONDS", 6);
-    let seed = env_or("CHAOS_SEED", rand::random::<u32>() as u64);
+    let seed = env_or("CHAOS_SEED", u64::from(rand::random::<u32>()));
     println!("chaos: {clients} clients for {seconds} s, CHAOS_SEED={seed}");
 
     // The buffer holds a whole run, so no loss is legitimate; a poll waits at most 2 s so that
@@ -127,6 +128,7 @@ async fn push(server: Arc<TestServer>, shared: Arc<Shared>, deadline: Instant, s
     let hub = server.gateway.hub().clone();
     let clients = shared.pushes.len();
     while Instant::now() < deadline {
+        // The scenario's pace, not a wait: a round of pushes every 5 ms.
         sleep(Duration::from_millis(5)).await;
         for _ in 0..clients.div_ceil(10) {
             let id = rng.random_range(0..clients);
@@ -289,11 +291,22 @@ impl Client {
             while !self.complete() && Instant::now() < until {
                 self.hold(until, None).await;
             }
-            // A frame the server reads late would show up within a moment.
-            sleep(Duration::from_millis(200)).await;
+            // What the server has taken in is handled before the check: handlers hold the
+            // session's inbox while they run, so taking it waits for the last of them and its
+            // reply. (A frame still unread on an old socket is a re-send of a confirmed message,
+            // which the server skips without a reply.)
+            self.handlers_done().await;
             if self.complete() || Instant::now() >= until {
                 return self;
             }
+        }
+    }
+
+    /// Waits until no handler of the client's session is running (none may be).
+    async fn handlers_done(&self) {
+        let Some(sid) = self.sid.as_deref() else { return };
+        if let Ok(session) = self.server.gateway.hub().session(&sid.parse().unwrap()) {
+            drop(tokio::time::timeout(WAIT, session.inbox()).await.expect("the session's handlers to finish"));
         }
     }
 
@@ -372,9 +385,9 @@ impl Client {
     fn attach_url(&self, path: &str, with_cursor: bool) -> String {
         let mut url = self.server.url(path);
         if let Some(sid) = &self.sid {
-            url.push_str(&format!("?sid={sid}"));
+            let _ = write!(url, "?sid={sid}");
             if let (true, Some(cursor)) = (with_cursor, &self.cursor) {
-                url.push_str(&format!("&last_event_id={cursor}"));
+                let _ = write!(url, "&last_event_id={cursor}");
             }
         }
         url
@@ -485,11 +498,12 @@ impl Client {
                 continue;
             }
             let (end, after) = sent.end.unwrap_or(("still open", Duration::ZERO));
-            out.push_str(&format!(
+            let _ = write!(
+                out,
                 "\n  echo {n}: sent over {}, {after:?} before {end}; {}",
                 if sent.over_ws { "its WebSocket" } else { "POST" },
                 if handled.contains(&(n as u64)) { "the server emitted the reply" } else { "the server never handled it" }
-            ));
+            );
         }
         out
     }

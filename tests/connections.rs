@@ -1,6 +1,6 @@
 //! HTTP/1.1 connections that start with an event stream, read byte by byte off a raw socket.
 //!
-//! Such a connection's first request is served without hyper (src/server/event_stream.rs, for
+//! Such a connection's first request is served without hyper (`src/server/event_stream.rs`, for
 //! memory per idle session), so these tests hold that path to what HTTP/1.1 requires of any
 //! server: chunked framing and `Date`, `Content-Length` on sized answers, `Connection: close`
 //! honoured, a keep-alive connection that carries on (pipelined requests included) once the
@@ -49,7 +49,7 @@ async fn read_to_len(tcp: &mut TcpStream, buf: &mut Vec<u8>, len: usize, what: &
             buf.extend_from_slice(&chunk[..n]);
         }
     })
-    .await
+    .await;
 }
 
 /// The response head at the start of `buf` (status line and lower-cased header lines).
@@ -184,6 +184,8 @@ async fn a_head_that_arrives_in_pieces_still_opens_the_stream() {
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     for piece in [&b"GE"[..], b"T /s", b"se HTTP/1.1\r\nHo", b"st: 127.0.0.1\r\n", b"\r\n"] {
         tcp.write_all(piece).await.unwrap();
+        // The scenario, not a wait: a pause between pieces, so that each arrives in a read of
+        // its own rather than coalesced with the next.
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let mut buf = Vec::new();
@@ -212,10 +214,15 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
     let (mut tcp, sid) = server.raw_sse(Some(4096)).await;
     // Far more than the socket buffers on both sides hold, so the server's writes block.
     let payload = json!("x".repeat(16 * 1024));
+    let flooded = tokio::time::Instant::now();
     for _ in 0..400 {
         let _ = server.gateway.hub().emit(&sid, "flood", &payload).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The server gives up on the connection once a write has been blocked for the write timeout;
+    // ending its task detaches the session. (The hub's own check for readers that fall behind
+    // would detach it too, but not before two of its once-a-second sweeps have seen it behind.)
+    server.wait_for_transport(&sid, None).await;
+    assert!(flooded.elapsed() < Duration::from_secs(2), "dropped {:?} after the flood", flooded.elapsed());
     // Had the server kept the connection, draining it now would unblock the writes, end the
     // stream with its last chunk, and leave the socket open (keep-alive): no end of file.
     within("the server to have dropped the connection", async {

@@ -313,14 +313,14 @@ async fn attach(
     kind: Transport,
     resume: Resume,
 ) {
-    let sid = client.sid.as_ref().map(|s| s.to_string());
-    let last = client.cursors.last().map(|c| c.to_string());
+    let sid = client.sid.as_ref().map(ToString::to_string);
+    let last = client.cursors.last().map(ToString::to_string);
     let (sid_arg, cursor_arg): (Option<String>, Option<String>) = match (&sid, &resume) {
         (None, _) => (None, None),
         (Some(_), Resume::Last) => (sid.clone(), last.clone()),
         (Some(_), Resume::Older(back)) => {
             let i = client.cursors.len().saturating_sub(1 + back);
-            (sid.clone(), client.cursors.get(i).map(|c| c.to_string()))
+            (sid.clone(), client.cursors.get(i).map(ToString::to_string))
         }
         (Some(_), Resume::NoCursor) => (sid.clone(), None),
         (Some(_), Resume::CursorOnly) => (None, last.clone()),

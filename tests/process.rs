@@ -7,6 +7,20 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Reads one response head (up to its blank line) from `tcp`, byte by byte so that nothing after
+/// it is consumed; empty if the connection ends first.
+async fn read_head(tcp: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        match tcp.read_u8().await {
+            Ok(byte) => head.push(byte),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
 
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
@@ -26,6 +40,12 @@ async fn sigterm_drains_clients_with_a_reconnect_notice_and_exits_cleanly() {
     let http = reqwest::Client::new();
     let page = http.get(format!("http://{addr}/")).send().await.unwrap();
     assert_eq!(page.status(), 200, "the demo page is served");
+    // Read whole, so that its connection is free again: the SSE request below then takes it,
+    // rather than racing it against a new connection that the client would leave idle in its
+    // pool. (A connection that never sends a request holds the drain up to the header timeout:
+    // the server waits for its first head without watching for shutdown.)
+    let page = page.text().await.unwrap();
+    assert!(page.contains("switchyard.js"), "the demo page loads the client");
 
     let response = http.get(format!("http://{addr}/sse")).send().await.unwrap();
     let mut sse = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
@@ -35,17 +55,18 @@ async fn sigterm_drains_clients_with_a_reconnect_notice_and_exits_cleanly() {
     within("WS hello", ws.next()).await.unwrap().unwrap();
 
     // A POST whose body is still arriving when the signal comes: it must be finished, not cut.
-    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
-    body_tx.send(Ok(br#"{"event":"message","#.to_vec())).await.unwrap();
-    let in_flight = {
-        let url = format!("http://{addr}/sse?sid={sid}");
-        let http = http.clone();
-        let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(body_rx));
-        tokio::spawn(async move { http.post(url).header("content-type", "application/json").body(body).send().await })
-    };
-    // Nothing outside the process shows the request has reached the handler; give the loopback
-    // round trip ample time (a lost race fails the test loudly: the POST would be refused).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // It asks `Expect: 100-continue`, so the server says when the handler starts reading the
+    // body: from then on the request is the server's to finish.
+    let (head, rest) = (br#"{"event":"message","#, br#""data":"late"}"#);
+    let mut post = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "POST /sse?sid={sid} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        head.len() + rest.len()
+    );
+    post.write_all(request.as_bytes()).await.unwrap();
+    let interim = within("100 Continue: the handler reads the POST's body", read_head(&mut post)).await;
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim:?}");
+    post.write_all(head).await.unwrap();
 
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -61,10 +82,9 @@ async fn sigterm_drains_clients_with_a_reconnect_notice_and_exits_cleanly() {
         other => panic!("expected close 1001, got {other:?}"),
     }
     // The in-flight POST completes.
-    body_tx.send(Ok(br#""data":"late"}"#.to_vec())).await.unwrap();
-    drop(body_tx);
-    let answer = within("the in-flight POST", in_flight).await.unwrap().expect("POST answered");
-    assert_eq!(answer.status(), 202);
+    post.write_all(rest).await.unwrap();
+    let answer = within("the in-flight POST's answer", read_head(&mut post)).await;
+    assert!(answer.starts_with("HTTP/1.1 202 "), "{answer:?}");
 
     let status = wait_exit(child, Duration::from_secs(8));
     assert!(status.success(), "exit status {status}");
@@ -73,7 +93,6 @@ async fn sigterm_drains_clients_with_a_reconnect_notice_and_exits_cleanly() {
 
 #[tokio::test]
 async fn out_of_file_descriptors_the_server_answers_503_and_keeps_serving() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut binary, addr) = start_binary::<&str>(&[], Some(64));
     let child = &mut binary.0;
     // Far more streams than 64 descriptors allow; each reads its status line.
@@ -98,15 +117,8 @@ async fn out_of_file_descriptors_the_server_answers_503_and_keeps_serving() {
     assert!(ok > 20 && refused > 0, "{ok} held, {refused} refused");
     // Once descriptors come back, new clients are served again: the accept loop is alive.
     drop(held);
-    within("a new session after the descriptors came back", async {
-        loop {
-            if let Ok(response) = reqwest::get(format!("http://{addr}/healthz")).await {
-                if response.status() == 200 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    wait_until("a new session after the descriptors came back", || async {
+        reqwest::get(format!("http://{addr}/healthz")).await.is_ok_and(|response| response.status() == 200)
     })
     .await;
     assert!(child.try_wait().unwrap().is_none(), "the server is still running");

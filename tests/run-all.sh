@@ -38,6 +38,13 @@ if [ ! -d tests/client/node_modules/ws ] || [ ! -d tests/client/node_modules/typ
   npm ci --prefix tests/client --no-audit --no-fund
 fi
 
+# Lints first: clippy's default set and the pedantic lints Cargo.toml names, over every target
+# (library, binary, tests, benches, examples), warnings as errors.
+cargo clippy --locked --all-targets --all-features -- -D warnings
+# The API documentation builds without a warning (broken or private links, bad code blocks);
+# clippy above already fails on a public item without docs (`missing_docs`).
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --all-features
+
 # One build shared by every test binary; test binaries run one at a time, their tests in
 # parallel.
 cargo test --locked --all-features -- --test-threads="${SWITCHYARD_TEST_THREADS:-4}"

@@ -84,7 +84,7 @@ async fn backend_event(State(seen): State<Seen>, Json(request): Json<Value>) -> 
     let actions = match request["event"].as_str().unwrap() {
         "echo" => json!([{"emit": "echo", "data": data}]),
         "seq" => {
-            // A little jitter, so that an ordering bug would show.
+            // A little jitter, so that an ordering bug would show (the scenario, not a wait).
             tokio::time::sleep(Duration::from_micros(rand::random::<u64>() % 2000)).await;
             json!([{"emit": "ack", "data": data}])
         }
@@ -97,12 +97,14 @@ async fn backend_event(State(seen): State<Seen>, Json(request): Json<Value>) -> 
         "garbage" => return "this is not JSON".into_response(),
         "half_bad" => json!([{"emit": "applied", "data": 1}, {"shout": "nope"}]),
         "slow" => {
+            // The scenario: an app that stays silent past the gateway's timeout.
             tokio::time::sleep(Duration::from_secs(3)).await;
             json!([])
         }
         "hold" => {
             let now = seen.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
             seen.most_concurrent.fetch_max(now, Ordering::SeqCst);
+            // The scenario: a request that takes a while, so that overlapping ones would show.
             tokio::time::sleep(Duration::from_millis(100)).await;
             seen.concurrent.fetch_sub(1, Ordering::SeqCst);
             json!([{"emit": "held", "data": data}])
@@ -140,12 +142,7 @@ async fn gateway(config: Config, upstream: UpstreamConfig) -> (TestServer, Upstr
 
 /// Waits (bounded) until `check` holds, polling: for effects seen only by the backend.
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    within(what, async {
-        while !check() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
+    wait_until(what, || std::future::ready(check())).await;
 }
 
 #[tokio::test]
@@ -306,6 +303,10 @@ async fn a_queue_that_stays_full_past_the_timeout_is_refused_as_busy() {
     let other_sid = other.hello().await;
     other.send(r#"{"event":"slow","data":"x"}"#).await;
     eventually("the other session's request at the app", || backend.events_of(&other_sid).len() == 1).await;
+    // The scenario's stagger, not a wait for anything: both sessions run on the same 500 ms
+    // clocks, and this session's events start 100 ms after the other's request, so that request
+    // times out (and frees the permit) well before this session's first event would give up
+    // waiting for the permit, rather than in the same millisecond.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // ...so this session's first event waits for it, its second is queued behind, and its

@@ -119,6 +119,7 @@ pub async fn sse_open(client: &reqwest::Client, addr: SocketAddr) -> anyhow::Res
 }
 
 /// One client session in a closed loop.
+#[allow(clippy::large_enum_variant, reason = "held in place for a whole run; boxing the WebSocket would add a hop to every measured round trip")]
 pub enum Session {
     Ws(Ws),
     Sse { client: reqwest::Client, post_url: String, events: SseStream },
@@ -225,6 +226,7 @@ impl LoopResult {
 /// Opens `sessions` sessions, then runs each in a closed loop (send, wait for the reply, pause,
 /// repeat) for `warmup` plus `seconds`; round trips that start after the warm-up and end before
 /// the deadline are recorded. `on_window` is called when the measured window starts and ends.
+#[allow(clippy::too_many_arguments, reason = "the eight knobs of a closed-loop run, each set by some scenario")]
 pub async fn closed_loop(
     transport: Transport,
     addr: SocketAddr,
@@ -432,7 +434,7 @@ pub fn hold_main(args: &[String]) -> anyhow::Result<()> {
             match (words.next(), words.next().and_then(|n| n.parse::<usize>().ok())) {
                 (Some("open"), Some(target)) => {
                     let more = target.saturating_sub(held.len());
-                    let alternate = |i: usize| if i % 2 == 0 { Transport::Ws } else { Transport::Sse };
+                    let alternate = |i: usize| if i.is_multiple_of(2) { Transport::Ws } else { Transport::Sse };
                     let tx = Some(received_tx.clone());
                     failed += open_many(&mut held, alternate, more, addr, Some(local), &client, concurrency, true, tx).await;
                     stdout.write_all(format!("held {} failed {failed}\n", held.len()).as_bytes()).await?;
@@ -455,7 +457,7 @@ pub fn hold_main(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// `__drive ADDR ws|sse|poll SESSIONS ROUND_TRIPS [nohello]`: opens SESSIONS sessions to a
-/// server already running at ADDR and makes ROUND_TRIPS round trips in all, spread over them,
+/// server already running at ADDR and makes `ROUND_TRIPS` round trips in all, spread over them,
 /// then prints how long that took. For profiling a server under valgrind or perf with a fixed
 /// amount of work (instructions per round trip do not depend on what else the machine runs).
 pub fn drive_main(args: &[String]) -> anyhow::Result<()> {

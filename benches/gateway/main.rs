@@ -50,7 +50,7 @@ enum Scenario {
     /// rtt of healthy sessions with and without clients that never read their stream while
     /// events flood them: one slow session must not delay the others.
     Stuck,
-    /// rtt of switchyard against another build of it (`--alt-bin`): how a change (TCP_NODELAY,
+    /// rtt of switchyard against another build of it (`--alt-bin`): how a change (`TCP_NODELAY`,
     /// WebSocket buffer sizes, ...) is measured. Not part of the default set.
     Compare,
     /// RSS per buffered event per session: SSE sessions that read and sessions that never read,
@@ -945,7 +945,7 @@ fn utc_now() -> String {
 fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get);
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_gib = meminfo
         .lines()
@@ -1016,7 +1016,7 @@ fn spawn_flood(client: &reqwest::Client, addr: std::net::SocketAddr, end: Instan
         let mut sent = 0u64;
         while Instant::now() < end {
             let ok = client.post(&url).header("content-type", "application/json").body(body.clone()).send().await;
-            if ok.map(|r| r.status().is_success()).unwrap_or(false) {
+            if ok.is_ok_and(|r| r.status().is_success()) {
                 sent += 1;
             }
             sleep(Duration::from_millis(5)).await;

@@ -45,7 +45,7 @@ pub const SERVER_CORE: usize = 1;
 /// `target/`, found from where cargo put the binary (honours `CARGO_TARGET_DIR`).
 pub fn target_dir() -> PathBuf {
     let exe = Path::new(SWITCHYARD_EXE);
-    exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("target"))
+    exe.parent().and_then(Path::parent).map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
 }
 
 /// What to run as a server.
@@ -104,7 +104,7 @@ impl Server {
         let mut argv: Vec<String> = match kind {
             Kind::Switchyard | Kind::Alt => {
                 let mut argv = vec![exe.unwrap_or(switchyard_exe()).to_string(), "--bind".into(), addr.to_string()];
-                argv.extend(SWITCHYARD_ARGS.iter().map(|a| a.to_string()));
+                argv.extend(SWITCHYARD_ARGS.iter().map(ToString::to_string));
                 argv
             }
             _ => {

@@ -87,8 +87,11 @@ async fn ws_baseline(listener: tokio::net::TcpListener) -> anyhow::Result<()> {
 /// stream takes it (SSE) or shared by successive polls (long-polling).
 struct BaseSession {
     tx: mpsc::UnboundedSender<(String, String)>,
-    poll_rx: Option<Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, String)>>>>,
+    poll_rx: Option<SharedReceiver>,
 }
+
+/// The receiving half of a baseline session's channel, shared by successive polls.
+type SharedReceiver = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, String)>>>;
 
 #[derive(Clone, Default)]
 struct BaseState {

@@ -42,8 +42,11 @@ pub(super) const BATCH: usize = 64;
 /// request, and what the `session` hello tells about the transport.
 #[derive(Debug, Clone, Copy)]
 pub struct AttachRequest<'a> {
+    /// The transport attaching.
     pub transport: Transport,
+    /// The session asked for (`?sid=`), as the client sent it; `None` for a new one.
     pub sid: Option<&'a str>,
+    /// Where to resume (`last_event_id`, `Last-Event-ID`), as the client sent it.
     pub cursor: Option<&'a str>,
     /// The longest the transport stays silent (keep-alive, poll timeout, WebSocket heartbeat),
     /// told in the hello as `heartbeat` in milliseconds so a client knows when to give up on
@@ -52,10 +55,14 @@ pub struct AttachRequest<'a> {
 }
 
 impl<'a> AttachRequest<'a> {
+    /// A request to attach `transport` to the session `sid` from `cursor` (either may be
+    /// missing), with no `heartbeat` told.
     pub fn new(transport: Transport, sid: Option<&'a str>, cursor: Option<&'a str>) -> AttachRequest<'a> {
         AttachRequest { transport, sid, cursor, heartbeat: None }
     }
 
+    /// The same request, telling the client `heartbeat` as the transport's longest silence.
+    #[must_use]
     pub fn heartbeat(self, heartbeat: Option<Duration>) -> AttachRequest<'a> {
         AttachRequest { heartbeat, ..self }
     }
@@ -74,6 +81,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// A short fixed name, for logs and metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::Superseded => "superseded",
@@ -96,6 +104,7 @@ pub enum GapReason {
 }
 
 impl GapReason {
+    /// The `reason` of the `gap` notice.
     pub fn as_str(self) -> &'static str {
         match self {
             GapReason::Expired => "expired",
@@ -301,6 +310,7 @@ pub struct Attachment {
 }
 
 impl Attachment {
+    /// The attached session's id.
     pub fn sid(&self) -> &Sid {
         &self.session.sid
     }
@@ -310,6 +320,7 @@ impl Attachment {
         SessionHandle { session: self.session.clone() }
     }
 
+    /// The transport holding the attachment.
     pub fn transport(&self) -> Transport {
         self.transport
     }

@@ -44,6 +44,7 @@ impl Body {
 }
 
 impl Event {
+    /// The event's name.
     pub fn name(&self) -> &str {
         &self.body.name
     }
@@ -53,6 +54,7 @@ impl Event {
         &self.body.data
     }
 
+    /// The event's cursor in the session `sid`: where a client that saw it resumes from.
     pub fn cursor(&self, sid: &Sid) -> Cursor {
         Cursor { sid: sid.clone(), seq: self.seq, notice: self.notice }
     }
@@ -81,6 +83,7 @@ impl Rendered {
         Ok(Rendered(Body::shared(name, render_data(data))))
     }
 
+    /// The event's name.
     pub fn name(&self) -> &str {
         &self.0.name
     }

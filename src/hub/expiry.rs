@@ -13,7 +13,7 @@
 //! are told after the table and room locks are released.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -29,6 +29,7 @@ use super::Hub;
 /// A session the expiry task removed, as [`Hub::watch_expired`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expired {
+    /// The session that expired.
     pub sid: Sid,
     /// The rooms it was in when it expired (it is in none now).
     pub rooms: Vec<String>,
@@ -39,7 +40,7 @@ impl Hub {
     /// new subscriber; dropping the receiver unsubscribes.
     pub fn watch_expired(&self) -> mpsc::UnboundedReceiver<Expired> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.inner.expired_txs.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        self.inner.expired_txs.lock().unwrap_or_else(PoisonError::into_inner).push(tx);
         rx
     }
 
@@ -58,7 +59,7 @@ impl Hub {
     /// a shard at a time, a round trip waits at most one shard's share of it.
     async fn sweep(&self, now: Instant) -> usize {
         let mut removed = 0;
-        for shard in self.inner.shards.iter() {
+        for shard in &self.inner.shards {
             removed += self.expire_shard(shard, now);
             tokio::task::yield_now().await;
         }
@@ -71,7 +72,7 @@ impl Hub {
         let slow = self.inner.config.slow_client_timeout;
         let tick = self.age_tick(now);
         let mut gone = Vec::new();
-        shard.write().unwrap_or_else(|e| e.into_inner()).retain(|_, session| {
+        shard.write().unwrap_or_else(PoisonError::into_inner).retain(|_, session| {
             let mut state = lock(&session.state);
             // Events past the age bound go, from idle sessions too (an emit ages only its own
             // session); a reader that had not copied them out is a slow consumer, as when the
@@ -156,8 +157,8 @@ impl Hub {
     /// attachments made from now on do the same at once.
     pub fn close_all(&self) {
         self.inner.closing.store(true, Ordering::Release);
-        for shard in self.inner.shards.iter() {
-            for session in shard.read().unwrap_or_else(|e| e.into_inner()).values() {
+        for shard in &self.inner.shards {
+            for session in shard.read().unwrap_or_else(PoisonError::into_inner).values() {
                 if let Some(attached) = &lock(&session.state).attached {
                     attached.wake.notify();
                 }

@@ -100,6 +100,7 @@ pub struct HubConfig {
     /// envelopes in one batch: the transports enforce them; the hub only tells clients, in
     /// every `session` hello (`max_body`, `max_batch`), so they can size their batches.
     pub max_body: usize,
+    /// See `max_body`.
     pub max_batch: usize,
 }
 
@@ -122,8 +123,11 @@ impl Default for HubConfig {
 /// The kinds of transport a client can hold a session with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
+    /// `GET /ws`: both directions over one WebSocket.
     WebSocket,
+    /// `GET /sse`: a Server-Sent Events stream, with sends POSTed beside it.
     Sse,
+    /// `GET /poll`: long-polling, with sends POSTed beside it.
     Polling,
 }
 
@@ -140,6 +144,7 @@ impl Transport {
         }
     }
 
+    /// The transport's name on the wire (the hello's `transport`) and in metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::WebSocket => "websocket",
@@ -152,14 +157,19 @@ impl Transport {
 /// Errors the hub reports to its callers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HubError {
+    /// The sid names no live session (it expired, was removed, or never existed).
     #[error("unknown or expired session")]
     NoSession,
+    /// Creating a session would pass [`HubConfig::max_sessions`].
     #[error("too many sessions")]
     Full,
+    /// The session's send budget is spent ([`Hub::admit`]).
     #[error("too many sends for this session; slow down")]
     RateLimited,
+    /// An event name the hub refuses, and why.
     #[error("invalid event name: {0}")]
     EventName(&'static str),
+    /// A room name the hub refuses, and why.
     #[error("invalid room name: {0}")]
     RoomName(&'static str),
 }
@@ -181,7 +191,47 @@ pub struct SessionInfo {
     pub rooms: Vec<String>,
 }
 
-/// The cheap, cloneable handle to the session table.
+/// The cheap, cloneable handle to the session table: every session is reached through it.
+///
+/// Emitting appends to a session's buffer and wakes its transport, whichever it is, and
+/// whether or not one is attached right now: a session between transports gets the event on
+/// resume. A gateway's hub is [`Gateway::hub`](crate::Gateway::hub); handlers reach it as
+/// [`Context::hub`](crate::Context::hub).
+///
+/// ```
+/// use serde_json::json;
+/// use switchyard::hub::{Hub, HubConfig, HubError};
+/// use switchyard::{Target, Transport};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), HubError> {
+/// let hub = Hub::new(HubConfig::default(), CancellationToken::new());
+/// // Two clients attach (a transport does this for each request or socket).
+/// let mut alice = hub.attach(Transport::WebSocket, None, None).await?;
+/// let mut bob = hub.attach(Transport::Sse, None, None).await?;
+/// let (a, b) = (alice.sid().clone(), bob.sid().clone());
+///
+/// // To one session; the cursor names the event, for a client to resume after it.
+/// let cursor = hub.emit(&a, "welcome", &json!({ "n": 1 })).await?;
+/// assert_eq!(cursor.seq, 1);
+///
+/// // Rooms: membership belongs to the session and survives switching transports.
+/// hub.join(&a, "lobby")?;
+/// hub.join(&b, "lobby")?;
+/// let reached = hub.publish(&Target::Room("lobby".into()), "chat", &json!("hello")).await?;
+/// assert_eq!(reached, 2);
+/// hub.publish_except(&Target::Room("lobby".into()), Some(&a), "chat", &json!("not to a")).await?;
+/// hub.emit_all("news", &json!(null)).await?;
+/// assert_eq!(hub.members("lobby").len(), 2);
+///
+/// // What bob's transport writes: the `session` hello, then his events in order.
+/// let names: Vec<String> = std::iter::from_fn(|| bob.try_recv().ok().flatten()).map(|e| e.name().to_owned()).collect();
+/// assert_eq!(names, ["session", "chat", "chat", "news"]);
+/// # let _ = alice.try_recv();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<Inner>,
@@ -214,6 +264,13 @@ struct Inner {
 }
 
 impl Hub {
+    /// An empty hub. `shutdown` ends it: once cancelled, its expiry task tells every attachment
+    /// to say goodbye. Nothing runs until that task does ([`Hub::expiry_task`]); a gateway
+    /// makes its own hub and runs it.
+    ///
+    /// # Panics
+    ///
+    /// If `config.buffer` is 0: a session keeps at least its newest event.
     pub fn new(config: HubConfig, shutdown: CancellationToken) -> Hub {
         assert!(config.buffer > 0, "the session buffer must hold at least one event");
         Hub {
@@ -232,6 +289,7 @@ impl Hub {
         }
     }
 
+    /// The hub's settings.
     pub fn config(&self) -> &HubConfig {
         &self.inner.config
     }

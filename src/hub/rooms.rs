@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde_json::Value;
 
@@ -106,7 +106,7 @@ impl Hub {
             return Ok(false);
         }
         session.room_count.store(state.rooms.len(), Ordering::Relaxed);
-        let mut table = self.room_shard(&room).write().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.room_shard(&room).write().unwrap_or_else(PoisonError::into_inner);
         table.entry(room).or_default().insert(sid.clone(), session.clone());
         Ok(true)
     }
@@ -128,7 +128,7 @@ impl Hub {
 
     /// The sids of a room's members, in no particular order (empty for an unknown room).
     pub fn members(&self, room: &str) -> Vec<Sid> {
-        let table = self.room_shard(room).read().unwrap_or_else(|e| e.into_inner());
+        let table = self.room_shard(room).read().unwrap_or_else(PoisonError::into_inner);
         table.get(room).map(|members| members.keys().cloned().collect()).unwrap_or_default()
     }
 
@@ -142,8 +142,26 @@ impl Hub {
         self.publish_except(&Target::All, None, name, data).await
     }
 
-    /// Emits to a [`Target`]. Returns how many sessions the event was appended to; a `Sid`
-    /// target that is gone is [`HubError::NoSession`], an empty room is `Ok(0)`.
+    /// Emits to a [`Target`]: one session, a room's members or every live session. Returns how
+    /// many sessions the event was appended to; a `Sid` target that is gone is
+    /// [`HubError::NoSession`], an empty room is `Ok(0)`. The data is rendered once, whatever
+    /// the number of members, and no socket is written here: each member's transport writes in
+    /// its own task, so a slow member slows no one else.
+    ///
+    /// ```
+    /// # use serde_json::json;
+    /// # use switchyard::hub::{Hub, HubConfig};
+    /// # use switchyard::{Target, Transport};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # let hub = Hub::new(HubConfig::default(), tokio_util::sync::CancellationToken::new());
+    /// let member = hub.attach(Transport::Polling, None, None).await.unwrap();
+    /// hub.join(member.sid(), "ops").unwrap();
+    /// let alert = json!({ "level": "page", "text": "disk full" });
+    /// assert_eq!(hub.publish(&Target::Room("ops".into()), "alert", &alert).await, Ok(1));
+    /// assert_eq!(hub.publish(&Target::Room("nobody".into()), "alert", &alert).await, Ok(0));
+    /// # }
+    /// ```
     pub async fn publish(&self, target: &Target, name: &str, data: &Value) -> Result<usize, HubError> {
         self.publish_except(target, None, name, data).await
     }
@@ -156,7 +174,7 @@ impl Hub {
             Target::Sid(sid) => self.emit(sid, name, data).await.map(|_| 1),
             Target::Room(room) => {
                 let members: Vec<Arc<Session>> = {
-                    let table = self.room_shard(room).read().unwrap_or_else(|e| e.into_inner());
+                    let table = self.room_shard(room).read().unwrap_or_else(PoisonError::into_inner);
                     table.get(room.as_str()).map(|members| members.values().cloned().collect()).unwrap_or_default()
                 };
                 Ok(self.fan_out(&members, except, &Body::shared(name, data.to_string())))
@@ -165,8 +183,8 @@ impl Hub {
                 // Rendered once for every shard: one body however many sessions hold it.
                 let body = Body::shared(name, data.to_string());
                 let mut count = 0;
-                for shard in self.inner.shards.iter() {
-                    let sessions: Vec<Arc<Session>> = shard.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+                for shard in &self.inner.shards {
+                    let sessions: Vec<Arc<Session>> = shard.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
                     count += self.fan_out(&sessions, except, &body);
                 }
                 Ok(count)
@@ -177,7 +195,7 @@ impl Hub {
     /// Takes `sid` out of the room table's copy of `room`, and the room out of the table once
     /// it is empty.
     pub(super) fn drop_member(&self, sid: &Sid, room: &str) {
-        let mut table = self.room_shard(room).write().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.room_shard(room).write().unwrap_or_else(PoisonError::into_inner);
         if let Some(members) = table.get_mut(room) {
             members.remove(sid);
             if members.is_empty() {

@@ -18,7 +18,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use serde_json::Value;
@@ -125,12 +125,30 @@ impl Hub {
             buffered: state.ring.len(),
             detached_for: state.detached_at.map(|t| t.elapsed()),
             attached_since: state.attached.as_ref().and(state.attached_since),
-            rooms: state.rooms.iter().map(|r| r.to_string()).collect(),
+            rooms: state.rooms.iter().map(ToString::to_string).collect(),
         })
     }
 
 
     /// Appends an event to a session's ring and wakes its transport. Returns the event's cursor.
+    ///
+    /// `data` is any JSON value; the event name must be non-empty, at most 128 bytes and free
+    /// of control characters ([`HubError::EventName`] otherwise). A sid that names no live
+    /// session is [`HubError::NoSession`].
+    ///
+    /// ```
+    /// # use serde_json::json;
+    /// # use switchyard::hub::{Hub, HubConfig};
+    /// # use switchyard::Transport;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # let hub = Hub::new(HubConfig::default(), tokio_util::sync::CancellationToken::new());
+    /// # let attachment = hub.attach(Transport::Sse, None, None).await.unwrap();
+    /// # let sid = attachment.sid().clone();
+    /// let cursor = hub.emit(&sid, "score", &json!({ "home": 2, "away": 1 })).await.unwrap();
+    /// assert_eq!(cursor.to_string(), format!("{sid}.1"));
+    /// # }
+    /// ```
     pub async fn emit(&self, sid: &Sid, name: &str, data: &Value) -> Result<Cursor, HubError> {
         self.emit_json(sid, name, data.to_string()).await
     }
@@ -197,6 +215,7 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
+    /// The session's id.
     pub fn sid(&self) -> &Sid {
         &self.session.sid
     }
@@ -212,7 +231,7 @@ impl SessionHandle {
         if self.session.room_count.load(Ordering::Relaxed) == 0 {
             return Vec::new();
         }
-        lock(&self.session.state).rooms.iter().map(|room| room.to_string()).collect()
+        lock(&self.session.state).rooms.iter().map(ToString::to_string).collect()
     }
 
     /// Who opened the session, if auth is on.
@@ -245,7 +264,7 @@ impl<'a> Inbox<'a> {
 /// the whole hub down with it.
 #[inline]
 pub(super) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|e| e.into_inner())
+    state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tokio::time::Instant;
 
@@ -76,7 +76,7 @@ impl Hub {
 
     #[inline]
     pub(super) fn find(&self, sid: &Sid) -> Option<Arc<Session>> {
-        self.shard(sid).read().unwrap_or_else(|e| e.into_inner()).get(sid).cloned()
+        self.shard(sid).read().unwrap_or_else(PoisonError::into_inner).get(sid).cloned()
     }
 
     pub(super) fn create(&self) -> Result<Arc<Session>, HubError> {
@@ -108,7 +108,7 @@ impl Hub {
                 subject: None,
             }),
         });
-        self.shard(&sid).write().unwrap_or_else(|e| e.into_inner()).insert(sid, session.clone());
+        self.shard(&sid).write().unwrap_or_else(PoisonError::into_inner).insert(sid, session.clone());
         Ok(session)
     }
 
@@ -117,6 +117,7 @@ impl Hub {
         self.inner.live.load(Ordering::Relaxed)
     }
 
+    /// Whether no session is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -135,7 +136,7 @@ impl Hub {
     /// Removes a session at once, without a grace period and without telling
     /// [`Hub::watch_expired`] (used when an open hook refuses a session that never opened).
     pub fn remove(&self, sid: &Sid) -> bool {
-        let Some(session) = self.shard(sid).write().unwrap_or_else(|e| e.into_inner()).remove(sid) else {
+        let Some(session) = self.shard(sid).write().unwrap_or_else(PoisonError::into_inner).remove(sid) else {
             return false;
         };
         self.inner.live.fetch_sub(1, Ordering::Relaxed);
@@ -160,10 +161,10 @@ impl Hub {
             }
         }
         if expired && !gone.is_empty() {
-            let mut txs = self.inner.expired_txs.lock().unwrap_or_else(|e| e.into_inner());
+            let mut txs = self.inner.expired_txs.lock().unwrap_or_else(PoisonError::into_inner);
             txs.retain(|tx| {
                 gone.iter().all(|(sid, rooms)| {
-                    let rooms = rooms.iter().map(|r| r.to_string()).collect();
+                    let rooms = rooms.iter().map(ToString::to_string).collect();
                     tx.send(Expired { sid: sid.clone(), rooms }).is_ok()
                 })
             });

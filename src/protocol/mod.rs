@@ -37,12 +37,17 @@ pub struct Sid(std::sync::Arc<str>);
 
 impl Sid {
     /// A fresh, unguessable sid: 128 bits from the operating system's CSPRNG.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system's random source fails: without it no sid is safe to hand out.
     pub fn random() -> Sid {
         let mut bytes = [0u8; 16];
         rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("OS random source");
         Sid(URL_SAFE_NO_PAD.encode(bytes).into())
     }
 
+    /// The sid as it travels: 22 characters of base64url.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -87,16 +92,21 @@ impl fmt::Debug for Sid {
 /// event). `notice` marks a resume point written by a notice, which sorts after event `seq`.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Cursor {
+    /// The session the position is in.
     pub sid: Sid,
+    /// The number of the last event at or before the position.
     pub seq: u64,
+    /// Whether a notice wrote the position (`SID.N~`).
     pub notice: bool,
 }
 
 impl Cursor {
+    /// The position of event `seq` of session `sid`: `SID.N`.
     pub fn event(sid: Sid, seq: u64) -> Cursor {
         Cursor { sid, seq, notice: false }
     }
 
+    /// The resume point a notice writes after event `seq`: `SID.N~`.
     pub fn notice(sid: Sid, seq: u64) -> Cursor {
         Cursor { sid, seq, notice: true }
     }
@@ -143,7 +153,9 @@ impl FromStr for Cursor {
 /// One event as a client sends it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
+    /// The event's name.
     pub event: String,
+    /// The event's data: any JSON value (`null` when the client sent none).
     pub data: Value,
     /// The client's own number for this send (1, 2, ... per session), optional. A client that
     /// numbers its sends can re-send after a drop everything the server has not confirmed
@@ -152,6 +164,7 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// An unnumbered envelope.
     pub fn new(event: impl Into<String>, data: Value) -> Envelope {
         Envelope { event: event.into(), data, seq: None }
     }
@@ -160,12 +173,16 @@ impl Envelope {
 /// What is wrong with client input, phrased for the client.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProtocolError {
+    /// The text is not JSON; what the parser said.
     #[error("malformed JSON: {0}")]
     Json(String),
+    /// JSON, but not an envelope or a batch of them within the limits; what is wrong.
     #[error("{0}")]
     Shape(String),
+    /// Not a sid this server could have handed out.
     #[error("malformed session id")]
     BadSid,
+    /// Not a cursor (`SID.N` or `SID.N~`).
     #[error("malformed cursor")]
     BadCursor,
 }
@@ -344,7 +361,7 @@ fn envelope_from_value(value: Value, index: Option<usize>, limits: &Limits) -> R
     Ok(Envelope { event, data, seq })
 }
 
-/// serde_json gives object keys with this prefix a meaning of their own: with the `raw_value`
+/// `serde_json` gives object keys with this prefix a meaning of their own: with the `raw_value`
 /// feature (axum turns it on), an object whose first key is `$serde_json::private::RawValue` is
 /// read as raw JSON text. Data holding such a key would not read back as the same value once
 /// re-encoded (keys sorted), so it is refused.
@@ -391,8 +408,8 @@ mod tests {
             r#"{"event":"a","data":{"$serde_json::private::RawValue":"1"}}"#,
             r#"[{"event":"a"},{"event":"a"},{"event":"a"},{"event":"a"}]"#,
             r#"{"event":"a","x":1}"#,
-            r#"[]"#,
-            r#"7"#,
+            r"[]",
+            r"7",
         ];
         for body in bodies {
             let fast = parse_well_formed(body, &limits);

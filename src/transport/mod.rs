@@ -124,10 +124,12 @@ impl<H: Handler> Endpoint<H> {
         Endpoint { inner: Arc::new(Parts { hub, config, admission, sockets, handler }) }
     }
 
+    /// The hub the transports attach to.
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
     }
 
+    /// The transports' settings.
     pub fn config(&self) -> &TransportConfig {
         &self.inner.config
     }
@@ -208,7 +210,9 @@ pub fn router<H: Handler>(endpoint: Endpoint<H>, beside: Router) -> Router {
 /// named here (a page's own, `token`) are accepted and ignored.
 #[derive(Debug, Default, Deserialize)]
 pub struct AttachQuery {
+    /// The session to resume, if any.
     pub sid: Option<String>,
+    /// Where to resume it: the cursor of the last event the client saw.
     pub last_event_id: Option<String>,
     /// `heartbeat=1` (or `true`) on a WebSocket: send a `heartbeat` frame at every ping, for
     /// clients that cannot see protocol pings (browsers). Any other value is off.

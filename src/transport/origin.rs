@@ -44,10 +44,13 @@ pub enum Verdict {
     SameOrigin,
     /// Another origin the policy allows: answered with CORS headers.
     CrossOrigin,
+    /// An origin the policy does not allow (`null` and non-HTTP schemes included): `403`.
     Refused,
 }
 
 impl OriginPolicy {
+    /// The policy allowing `allowed` (exact `scheme://host[:port]` origins, or `*` for any)
+    /// besides the server's own origin and loopback ones.
     pub fn new(allowed: &[String]) -> OriginPolicy {
         let allowed: Vec<String> =
             allowed.iter().map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase()).filter(|o| !o.is_empty()).collect();

@@ -7,7 +7,7 @@
 use axum::body::{to_bytes, Body};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
@@ -57,7 +57,7 @@ async fn accept<H: Handler>(
 fn parse_body(headers: &HeaderMap, bytes: &[u8], limits: &Limits) -> Result<Envelopes, Error> {
     let text = || std::str::from_utf8(bytes).map_err(|_| Error::BadRequest("body is not valid UTF-8".into()));
     // JSON first: it is the common case, and is read straight from the body.
-    if reads_as_json(headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes())) {
+    if reads_as_json(headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes)) {
         return parse_json(text()?, limits);
     }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");

@@ -23,14 +23,19 @@ const RETRY_DELAY: Duration = Duration::from_millis(100);
 /// Why a call to the app failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
+    /// No connection to the app (refused even after the one retry, reset, DNS).
     #[error("the application is unreachable")]
     Unavailable,
+    /// No whole answer within the upstream timeout.
     #[error("the application did not answer in time")]
     Timeout,
+    /// The app answered with this non-2xx status.
     #[error("the application answered HTTP {0}")]
     Status(u16),
+    /// The answer is not a valid answer (see [`parse_answer`](super::parse_answer)); why.
     #[error("the application's answer is malformed: {0}")]
     Malformed(String),
+    /// The session's queue, or the requests in flight, stayed full past the timeout.
     #[error("too many events are waiting for the application; slow down")]
     Busy,
 }
@@ -53,14 +58,20 @@ impl Failure {
 pub struct UpstreamStats {
     /// Requests the app answered with a 2xx and a well-formed answer.
     pub ok: u64,
+    /// Calls that failed as [`Failure::Unavailable`].
     pub unavailable: u64,
+    /// Calls that failed as [`Failure::Timeout`].
     pub timeout: u64,
+    /// Calls that failed as [`Failure::Status`].
     pub status: u64,
+    /// Calls that failed as [`Failure::Malformed`].
     pub malformed: u64,
+    /// Events refused as [`Failure::Busy`].
     pub busy: u64,
 }
 
 impl UpstreamStats {
+    /// Every failure, of whatever kind.
     pub fn failures(&self) -> u64 {
         self.unavailable + self.timeout + self.status + self.malformed + self.busy
     }

@@ -98,6 +98,33 @@ impl Default for UpstreamConfig {
 }
 
 /// The upstream client: cheap to clone, one connection pool for every session.
+///
+/// Installed in a gateway ([`Upstream::install`]), it forwards the events no built-in handler
+/// claims to the application and applies the [`Action`]s it answers with, and runs the `open`
+/// and `expire` hooks the configuration names.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchyard::upstream::{Upstream, UpstreamConfig};
+/// use switchyard::{Config, Gateway};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let upstream = Upstream::new(UpstreamConfig {
+///     events: Some("http://127.0.0.1:5000/events".to_owned()),
+///     on_open: Some("http://127.0.0.1:5000/open".to_owned()),
+///     timeout: Duration::from_secs(5),
+///     ..UpstreamConfig::default()
+/// });
+/// // Built-in handlers first; every other event goes to the application.
+/// let builder = Gateway::builder(Config::default()).on("ping", |ctx, _| async move {
+///     let _ = ctx.emit("pong", ()).await;
+/// });
+/// let gateway = upstream.install(builder).build();
+/// assert_eq!(upstream.stats().failures(), 0);
+/// # drop(gateway);
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Upstream {
     inner: Arc<Inner>,
@@ -135,6 +162,7 @@ impl Upstream {
         }
     }
 
+    /// The settings the upstream was made with.
     pub fn config(&self) -> &UpstreamConfig {
         &self.inner.config
     }

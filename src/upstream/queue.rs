@@ -9,7 +9,7 @@
 //! timeout, and then refuses the event, visibly (`busy`). Workers are tasks of the gateway the
 //! upstream is installed in: its shutdown stops them (events still queued are not sent).
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
@@ -62,7 +62,7 @@ impl Upstream {
         let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
         loop {
             let full = {
-                let mut queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+                let mut queues = self.inner.queues.lock().unwrap_or_else(PoisonError::into_inner);
                 match queues.get_mut(sid) {
                     Some(queue) if queue.waiting >= max => queue.room.clone(),
                     Some(queue) => match queue.jobs.send(job) {
@@ -109,7 +109,7 @@ impl Upstream {
         self.tasks().spawn(async move {
             while let Some(job) = jobs.recv().await {
                 upstream.send_event(&sid, job).await;
-                let mut queues = upstream.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+                let mut queues = upstream.inner.queues.lock().unwrap_or_else(PoisonError::into_inner);
                 let queue = queues.get_mut(&sid).expect("a session's queue lives while its worker runs");
                 queue.waiting -= 1;
                 // A stored permit if nobody waits yet: a `forward` about to wait sees it at once.

@@ -31,11 +31,30 @@ const FORWARDED_HEADERS: [&str; 6] = ["authorization", "cookie", "origin", "user
 pub enum Action {
     /// `{"emit": NAME, "data": ANY, "to": TARGET}`; without `to`, to the session the request was
     /// about. `"skip_self": true` leaves that session out of a room or `all` target.
-    Emit { event: String, data: Value, to: Option<Target>, skip_self: bool },
+    Emit {
+        /// The event's name.
+        event: String,
+        /// The event's data (`null` if the action has none).
+        data: Value,
+        /// Where it goes; `None` for the session the request was about.
+        to: Option<Target>,
+        /// Whether the session the request was about is left out of `to`.
+        skip_self: bool,
+    },
     /// `{"join": ROOM}`, or `{"join": ROOM, "sid": SID}` for another session.
-    Join { room: String, sid: Option<Sid> },
+    Join {
+        /// The room.
+        room: String,
+        /// The session that joins; `None` for the one the request was about.
+        sid: Option<Sid>,
+    },
     /// `{"leave": ROOM}`, or `{"leave": ROOM, "sid": SID}`.
-    Leave { room: String, sid: Option<Sid> },
+    Leave {
+        /// The room.
+        room: String,
+        /// The session that leaves; `None` for the one the request was about.
+        sid: Option<Sid>,
+    },
 }
 
 /// The request for one client event: `{"v":1,"type":"event","sid":..,"event":..,"data":..}`,

@@ -24,6 +24,23 @@ pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
     tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// Waits until `condition` holds, asking again every 10 ms, for at most [`WAIT`]; panics naming
+/// `what` if it never does. For states nothing announces and a test can only ask about (which
+/// transport holds a session, whether a sid still answers): the wait ends as soon as the state
+/// is there, however fast or slow the machine.
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    within(what, async {
+        while !condition().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 /// A server event as a client sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Received {
@@ -138,12 +155,7 @@ impl TestServer {
             Some(t) => format!("{} to hold the session", t.as_str()),
             None => "the session to be detached".to_owned(),
         };
-        within(&what, async {
-            while self.gateway.hub().info(sid).and_then(|i| i.transport) != transport {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
+        wait_until(&what, || async { self.gateway.hub().info(sid).and_then(|i| i.transport) == transport }).await;
     }
 
     /// A bare `GET /sse` over a plain TCP socket (with a receive buffer of `recv_buffer` bytes if

@@ -153,9 +153,7 @@ impl Browser {
             if self.eval(&script).await == Value::Bool(true) {
                 return;
             }
-            if Instant::now() >= deadline {
-                panic!("timed out after {limit:?} waiting for {what} ({condition}); page state:\n{}", self.describe().await);
-            }
+            assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what} ({condition}); page state:\n{}", self.describe().await);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

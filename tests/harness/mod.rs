@@ -99,8 +99,6 @@ pub fn render_template(name: &str, values: &[(&str, String)]) -> String {
 
 /// Where failure screenshots go: `target/browser-screenshots/`.
 pub fn screenshot_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"), PathBuf::from);
     target.join("browser-screenshots")
 }

@@ -70,7 +70,7 @@ pub async fn run(script: &str, env: &[(&str, String)], gateway: &Gateway, relay:
         if let Some(step) = line.strip_prefix("STEP ") {
             let answer = match step {
                 "sessions" => gateway.hub().len().to_string(),
-                "relay:cut" => act(relay, script, |r| r.cut()),
+                "relay:cut" => act(relay, script, Relay::cut),
                 "relay:refuse" => act(relay, script, |r| r.set_mode(Mode::Refuse)),
                 "relay:pass" => act(relay, script, |r| r.set_mode(Mode::Pass)),
                 "relay:cut-on-send" => act(relay, script, |r| r.set_mode(Mode::CutOnSend)),
