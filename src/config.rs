@@ -48,6 +48,8 @@ pub struct Config {
     pub grace: Duration,
     /// How many recent events each session keeps for replay after a drop.
     pub buffer: usize,
+    /// How old a kept event may get; `None`: no age bound, only the count.
+    pub buffer_age: Option<Duration>,
     /// Interval of SSE keep-alive comments (they also find dead connections).
     pub keepalive: Duration,
     /// Interval of WebSocket pings; a peer silent for two intervals is dropped.
@@ -88,6 +90,7 @@ impl Default for Config {
         Config {
             grace: Duration::from_secs(30),
             buffer: 1024,
+            buffer_age: None,
             keepalive: Duration::from_secs(15),
             ws_ping: Duration::from_secs(20),
             poll_timeout: Duration::from_secs(25),
@@ -113,6 +116,7 @@ impl Config {
         HubConfig {
             grace: self.grace,
             buffer: self.buffer,
+            buffer_age: self.buffer_age,
             max_sessions: self.max_sessions,
             slow_client_timeout: self.slow_client_timeout,
             send_rate: self.send_rate,
@@ -151,6 +155,11 @@ pub struct Cli {
     /// Events each session keeps for replay after a drop (at least 1).
     #[arg(long, env = "SWITCHYARD_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub buffer: u32,
+
+    /// Also drop kept events older than this (e.g. 5m; within a sixteenth more); a resume from
+    /// before them gets a `gap`. Off by default: only --buffer bounds the history.
+    #[arg(long, env = "SWITCHYARD_BUFFER_AGE", value_parser = humantime::parse_duration)]
+    pub buffer_age: Option<Duration>,
 
     /// Interval of SSE keep-alive comments.
     #[arg(long, env = "SWITCHYARD_KEEPALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -236,6 +245,8 @@ impl Cli {
         Config {
             grace: self.grace,
             buffer: self.buffer as usize,
+            // Zero is no bound at all, not "keep nothing".
+            buffer_age: self.buffer_age.filter(|age| !age.is_zero()),
             keepalive: self.keepalive,
             ws_ping: self.ws_ping,
             poll_timeout: self.poll_timeout,

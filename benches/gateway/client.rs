@@ -326,7 +326,8 @@ impl Drop for Held {
 }
 
 /// Opens one session and spawns the task that holds it: it keeps reading (so pings are
-/// answered and keep-alives drained) and reports each `fanout` event's arrival on `fanout_tx`.
+/// answered and keep-alives drained) and reports each broadcast's arrival (events named
+/// `fanout` or `history`) on `fanout_tx`.
 async fn open_held(
     transport: Transport,
     addr: SocketAddr,
@@ -338,13 +339,21 @@ async fn open_held(
     match transport {
         Transport::Ws => {
             let mut ws = ws_open(addr, local, hello).await?;
-            Ok((tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }), None))
+            Ok((tokio::spawn(async move {
+                while let Some(Ok(message)) = ws.next().await {
+                    if let (Some(tx), Message::Text(text)) = (&fanout_tx, &message) {
+                        if text.contains(r#""event":"fanout""#) || text.contains(r#""event":"history""#) {
+                            let _ = tx.send(Instant::now());
+                        }
+                    }
+                }
+            }), None))
         }
         Transport::Sse => {
             let (sid, mut events) = sse_open(client, addr).await?;
             Ok((tokio::spawn(async move {
                     while let Some(Ok(event)) = events.next().await {
-                        if event.event == "fanout" {
+                        if event.event == "fanout" || event.event == "history" {
                             if let Some(tx) = &fanout_tx {
                                 let _ = tx.send(Instant::now());
                             }
@@ -403,7 +412,8 @@ pub async fn open_many(
 
 /// `__hold ADDR LOCAL_IP CONCURRENCY`: a load-generator child for `scale`. Reads commands on
 /// stdin: `open N` (hold N sessions in all, alternating WebSocket and SSE; answers
-/// `held H failed F`), and ends on `quit` or end of input, closing every session.
+/// `held H failed F`), `count` (answers `received R`, the broadcasts its sessions have read, all
+/// together), and ends on `quit` or end of input, closing every session.
 pub fn hold_main(args: &[String]) -> anyhow::Result<()> {
     let [addr, local, concurrency] = args else { bail!("usage: __hold ADDR LOCAL_IP CONCURRENCY") };
     let addr: SocketAddr = addr.parse()?;
@@ -415,6 +425,8 @@ pub fn hold_main(args: &[String]) -> anyhow::Result<()> {
         let client = http_client(Some(local));
         let mut held = Held::default();
         let mut failed = 0;
+        let (received_tx, mut received_rx) = mpsc::unbounded_channel();
+        let mut received = 0usize;
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         let mut stdout = tokio::io::stdout();
         while let Some(line) = lines.next_line().await? {
@@ -423,8 +435,16 @@ pub fn hold_main(args: &[String]) -> anyhow::Result<()> {
                 (Some("open"), Some(target)) => {
                     let more = target.saturating_sub(held.len());
                     let alternate = |i: usize| if i.is_multiple_of(2) { Transport::Ws } else { Transport::Sse };
-                    failed += open_many(&mut held, alternate, more, addr, Some(local), &client, concurrency, true, None).await;
+                    let tx = Some(received_tx.clone());
+                    failed += open_many(&mut held, alternate, more, addr, Some(local), &client, concurrency, true, tx).await;
                     stdout.write_all(format!("held {} failed {failed}\n", held.len()).as_bytes()).await?;
+                    stdout.flush().await?;
+                }
+                (Some("count"), _) => {
+                    while received_rx.try_recv().is_ok() {
+                        received += 1;
+                    }
+                    stdout.write_all(format!("received {received}\n").as_bytes()).await?;
                     stdout.flush().await?;
                 }
                 (Some("quit"), _) => break,

@@ -53,6 +53,9 @@ enum Scenario {
     /// rtt of switchyard against another build of it (`--alt-bin`): how a change (`TCP_NODELAY`,
     /// WebSocket buffer sizes, ...) is measured. Not part of the default set.
     Compare,
+    /// RSS per buffered event per session: SSE sessions that read and sessions that never read,
+    /// after B broadcasts to all, before and after their buffers are full.
+    History,
 }
 
 /// switchyard's load generator and baselines (issue 5).
@@ -101,6 +104,10 @@ struct Args {
     /// scale: measured seconds of the rtt load at each population.
     #[arg(long, default_value_t = 3.0)]
     scale_seconds: f64,
+    /// scale: broadcasts of `--history-payload` bytes sent to all once the population is held
+    /// (then RSS and rtt again, with every session's buffer holding them); 0 for none.
+    #[arg(long, default_value_t = 0)]
+    scale_broadcasts: usize,
     /// scale: extra connections tried once the population is held, to run into the file limit.
     #[arg(long, default_value_t = 1_500)]
     overflow: usize,
@@ -113,6 +120,24 @@ struct Args {
     /// stuck: healthy WebSocket sessions measured (paced like scale's rtt load).
     #[arg(long, default_value_t = 20)]
     stuck_rtt: usize,
+    /// history: SSE sessions that read every broadcast.
+    #[arg(long, default_value_t = 1_000)]
+    history_readers: usize,
+    /// history: SSE sessions that never read their stream (a 4 KiB receive buffer, never read).
+    #[arg(long, default_value_t = 200)]
+    history_stalled: usize,
+    /// history: WebSocket sessions that never read theirs (likewise).
+    #[arg(long, default_value_t = 200)]
+    history_stalled_ws: usize,
+    /// history: broadcasts to all sent in total at each step (comma-separated, increasing).
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,2048")]
+    history_steps: Vec<usize>,
+    /// history, and scale's broadcasts: each broadcast's data, in bytes of JSON.
+    #[arg(long, default_value_t = 512)]
+    history_payload: usize,
+    /// history, scale: the server's `--buffer` (events kept per session).
+    #[arg(long, default_value_t = 1024)]
+    history_buffer: usize,
     /// idle, fanout, scale: sessions being opened at once (per process).
     #[arg(long, default_value_t = 256)]
     open_concurrency: usize,
@@ -158,7 +183,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut scenarios = args.scenarios.clone();
     if scenarios.is_empty() {
-        scenarios = vec![Scenario::Rtt, Scenario::Idle, Scenario::Fanout, Scenario::Scale, Scenario::Stuck];
+        scenarios = vec![Scenario::Rtt, Scenario::Idle, Scenario::Fanout, Scenario::Scale, Scenario::Stuck, Scenario::History];
     }
     let load_before = loadavg();
     let started = Instant::now();
@@ -172,6 +197,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Scale => scale(&args).await,
             Scenario::Stuck => stuck(&args).await,
             Scenario::Compare => compare(&args).await,
+            Scenario::History => history(&args).await,
         };
         match section {
             Ok(text) => {
@@ -594,6 +620,20 @@ impl Holder {
         Ok(self.stdin.flush().await?)
     }
 
+    /// How many broadcasts the child's sessions have read, all together.
+    async fn received(&mut self) -> anyhow::Result<usize> {
+        self.stdin.write_all(b"count\n").await?;
+        self.stdin.flush().await?;
+        let line = timeout(Duration::from_secs(30), self.lines.next_line())
+            .await
+            .context("a load-generator child did not answer within 30 s")??
+            .ok_or_else(|| anyhow!("a load-generator child exited"))?;
+        match line.split_whitespace().collect::<Vec<_>>()[..] {
+            ["received", n] => Ok(n.parse()?),
+            _ => bail!("unexpected answer {line:?}"),
+        }
+    }
+
     /// `(held, failed)` once the child has opened what it was told to.
     async fn answer(&mut self) -> anyhow::Result<(usize, usize)> {
         let line = timeout(Duration::from_secs(180), self.lines.next_line())
@@ -609,7 +649,9 @@ impl Holder {
 }
 
 async fn scale(args: &Args) -> anyhow::Result<String> {
-    let mut server = Server::start(Kind::Switchyard, !args.no_pin, "scale-switchyard").await?;
+    let buffer = args.history_buffer.to_string();
+    let env = [("SWITCHYARD_BUFFER", buffer.as_str())];
+    let mut server = Server::start_env(Kind::Switchyard, None, !args.no_pin, "scale-switchyard", &env).await?;
     let procs = args.scale_procs.max(1);
     let mut holders = (0..procs)
         .map(|k| Holder::spawn(server.addr, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + k as u8)), args.open_concurrency))
@@ -682,6 +724,13 @@ async fn scale(args: &Args) -> anyhow::Result<String> {
         p99_ratio,
         met(p99_ratio <= 2.0)
     )?;
+    if args.scale_broadcasts > 0 {
+        scale_broadcasts(args, &server, &mut holders, held, &mut out).await?;
+        if !server.alive() {
+            writeln!(out, "\nThe server process DIED with full buffers; see {}", server.log.display())?;
+            return Ok(out);
+        }
+    }
 
     // Past the file limit: what does a client see, and does the server come back?
     eprintln!("  trying {} more connections, past the process's file limit ...", args.overflow);
@@ -759,6 +808,63 @@ async fn scale(args: &Args) -> anyhow::Result<String> {
         let _ = timeout(Duration::from_secs(10), holder.child.wait()).await;
     }
     Ok(out)
+}
+
+/// `scale --scale-broadcasts B`: B broadcasts to all, sent 64 at a time and each chunk waited
+/// for until every held session has read it (so that no reader falls a buffer behind), then RSS
+/// and the rtt load again with every buffer holding min(B, buffer) of them.
+async fn scale_broadcasts(args: &Args, server: &Server, holders: &mut [Holder], held: usize, out: &mut String) -> anyhow::Result<()> {
+    let client = client::http_client(None);
+    let data = "x".repeat(args.history_payload.saturating_sub(2));
+    let body = serde_json::json!({"to": {"all": true}, "event": "history", "data": data}).to_string();
+    let pause = Duration::from_millis(args.scale_pause_ms);
+    let rss_before = server.rss_kib();
+    let started = Instant::now();
+    let mut sent = 0;
+    eprintln!("  {} broadcasts to the {held} sessions held ...", args.scale_broadcasts);
+    while sent < args.scale_broadcasts {
+        let n = 64.min(args.scale_broadcasts - sent);
+        publish_all(&client, server.addr, &body, n).await?;
+        sent += n;
+        let expected = held * sent;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let mut got = 0;
+            for holder in holders.iter_mut() {
+                got += holder.received().await?;
+            }
+            if got >= expected {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the held sessions read {got} of {expected} broadcasts within 180 s");
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let took = started.elapsed();
+    sleep(Duration::from_secs_f64(args.settle)).await;
+    let rss = server.rss_kib();
+    let row = measure_loop(server, Transport::Ws, args.scale_rtt, Duration::from_millis(500), Duration::from_secs_f64(args.scale_seconds), pause).await;
+    let buffered = args.scale_broadcasts.min(args.history_buffer);
+    let per_event = rss.saturating_sub(rss_before) as f64 * 1024.0 / (held * buffered).max(1) as f64;
+    writeln!(
+        out,
+        "\nWith full buffers: {} broadcasts of {} bytes to all, read by every held session, in {:.1} s: RSS {:.1} MiB (<= 600 MiB: {}), {:.1} bytes per buffered event per session over the RSS before them ({:.1} MiB); rtt then {:.0}/s, p50 {} µs, p99 {} µs, p99.9 {} µs, {} errors.",
+        args.scale_broadcasts,
+        args.history_payload,
+        took.as_secs_f64(),
+        rss as f64 / 1024.0,
+        met(rss <= 600 * 1024),
+        per_event,
+        rss_before as f64 / 1024.0,
+        row.result.rate(),
+        q(&row.result.latencies, 0.5),
+        q(&row.result.latencies, 0.99),
+        q(&row.result.latencies, 0.999),
+        row.result.errors
+    )?;
+    Ok(())
 }
 
 /// The kind of the I/O error under `err` (`ConnectionReset`, ...) or, without one, the root
@@ -990,5 +1096,235 @@ async fn stuck(args: &Args) -> anyhow::Result<String> {
         ratio(p99(2), p99(1)),
         ratio(p99(2), p99(0))
     )?;
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// history
+
+/// One group of the history scenario at one step.
+struct HistoryRow {
+    group: &'static str,
+    sessions: usize,
+    broadcasts: usize,
+    rss_kib: u64,
+    /// Kernel TCP buffers, machine-wide.
+    tcp_kib: u64,
+    /// Broadcasts the readers received, all sessions together (readers only).
+    received: Option<usize>,
+}
+
+/// What each history server runs with: the buffer asked for, and timeouts long enough that no
+/// session is detached or removed by time while it is measured (a stalled reader overtaken by
+/// its ring is still detached as a slow consumer, and its session kept for the grace period,
+/// buffer and all; its blocked write is kept until the slow-client timeout).
+fn history_env(buffer: &str) -> [(&'static str, &str); 3] {
+    [("SWITCHYARD_BUFFER", buffer), ("SWITCHYARD_SLOW_CLIENT_TIMEOUT", "1h"), ("SWITCHYARD_GRACE", "1h")]
+}
+
+/// Opens an SSE stream (or, with `ws`, a WebSocket) that is never read after its hello: a
+/// 4 KiB receive buffer, so the kernel holds little on the client's side and the server's
+/// writes soon block.
+async fn open_stalled(addr: std::net::SocketAddr, ws: bool) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncReadExt;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut tcp = socket.connect(addr).await?;
+    let request: &[u8] = if ws {
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    } else {
+        b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    };
+    tcp.write_all(request).await?;
+    let mut head = Vec::new();
+    while !String::from_utf8_lossy(&head).contains("\"sid\":\"") {
+        let mut buf = [0u8; 1024];
+        let n = timeout(client::OPEN_TIMEOUT, tcp.read(&mut buf)).await.context("no hello within the open timeout")??;
+        if n == 0 {
+            bail!("stream closed before its hello");
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(tcp)
+}
+
+/// Publishes `count` broadcasts of `body` through the publish API, four requests at a time.
+async fn publish_all(client: &reqwest::Client, addr: std::net::SocketAddr, body: &str, count: usize) -> anyhow::Result<()> {
+    let url = format!("http://{addr}/api/emit");
+    let failed = futures_util::stream::iter(0..count)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let response = client.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_owned()).send().await?;
+                let ok = response.status().is_success();
+                response.bytes().await?;
+                Ok::<bool, reqwest::Error>(ok)
+            }
+        })
+        .buffer_unordered(4)
+        .filter(|r| std::future::ready(!matches!(r, Ok(true))))
+        .count()
+        .await;
+    if failed > 0 {
+        bail!("{failed} of {count} broadcasts failed");
+    }
+    Ok(())
+}
+
+async fn history(args: &Args) -> anyhow::Result<String> {
+    let settle = Duration::from_secs_f64(args.settle);
+    let buffer = args.history_buffer.max(1);
+    let buffer_text = buffer.to_string();
+    let env = history_env(&buffer_text);
+    let data = "x".repeat(args.history_payload.saturating_sub(2));
+    let body = serde_json::json!({"to": {"all": true}, "event": "history", "data": data}).to_string();
+    let mut steps = args.history_steps.clone();
+    steps.sort_unstable();
+    steps.dedup();
+    let client = client::http_client(None);
+    let mut rows: Vec<HistoryRow> = Vec::new();
+    let groups = [
+        ("SSE reading", args.history_readers),
+        ("SSE never reading", args.history_stalled),
+        ("WebSocket never reading", args.history_stalled_ws),
+    ];
+    for (group, sessions) in groups {
+        if sessions == 0 {
+            continue;
+        }
+        eprintln!("  history: {sessions} sessions {group} ...");
+        let tag = format!("history-{}", group.replace(' ', "-"));
+        let server = Server::start_env(Kind::Switchyard, None, !args.no_pin, &tag, &env).await?;
+        sleep(Duration::from_millis(300)).await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut held = Held::default();
+        let mut stalled = Vec::new();
+        if group == "SSE reading" {
+            let failed =
+                open_many(&mut held, |_| Transport::Sse, sessions, server.addr, None, &client, args.open_concurrency, true, Some(tx)).await;
+            if failed > 0 {
+                bail!("{failed} reading sessions failed to open");
+            }
+        } else {
+            drop(tx);
+            let opened: Vec<_> = futures_util::stream::iter(0..sessions)
+                .map(|_| open_stalled(server.addr, group.starts_with("WebSocket")))
+                .buffer_unordered(args.open_concurrency.max(1))
+                .collect()
+                .await;
+            for tcp in opened {
+                stalled.push(tcp?);
+            }
+        }
+        sleep(settle).await;
+        rows.push(HistoryRow { group, sessions, broadcasts: 0, rss_kib: server.rss_kib(), tcp_kib: procs::tcp_mem_kib(), received: None });
+        let mut sent = 0;
+        let mut received = 0usize;
+        for &step in &steps {
+            eprintln!("    up to {step} broadcasts ...");
+            // Readers are given a chunk at a time and waited for, so that they keep up (a reader
+            // the ring overtakes is detached); stalled sessions are sent everything at once.
+            let chunk = if group == "SSE reading" { 32 } else { usize::MAX };
+            while sent < step {
+                let n = chunk.min(step - sent);
+                publish_all(&client, server.addr, &body, n).await?;
+                sent += n;
+                if group == "SSE reading" {
+                    let expected = sent * sessions;
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while received < expected {
+                        match tokio::time::timeout_at(deadline, rx.recv()).await {
+                            Ok(Some(_)) => received += 1,
+                            _ => bail!("the readers got {received} of {expected} broadcasts within 60 s"),
+                        }
+                    }
+                }
+            }
+            sleep(settle).await;
+            rows.push(HistoryRow {
+                group,
+                sessions,
+                broadcasts: step,
+                rss_kib: server.rss_kib(),
+                tcp_kib: procs::tcp_mem_kib(),
+                received: (group == "SSE reading").then_some(received),
+            });
+        }
+        drop(held);
+        drop(stalled);
+        drop(server);
+        sleep(Duration::from_millis(500)).await;
+    }
+
+    let mut out = String::new();
+    writeln!(
+        out,
+        "### history: {} SSE sessions reading, {} never reading, and {} WebSocket sessions never reading; broadcasts of {} bytes to all (`POST /api/emit`), `--buffer {buffer}`\n",
+        args.history_readers, args.history_stalled, args.history_stalled_ws, args.history_payload
+    )?;
+    writeln!(out, "The server's RSS growth from the sessions' opening (buffers empty) to each step, over sessions x events buffered per session (min(broadcasts, buffer)); then the growth since the previous step, per session; and the kernel's TCP buffers (machine-wide, not in any RSS), where most of what a client that stops reading is sent waits.\n")?;
+    writeln!(out, "| sessions | broadcasts | buffered each | RSS | growth | bytes per buffered event per session | KiB per session since previous step | kernel TCP buffers |")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    let mut verdicts = Vec::new();
+    let mut full_per_session: Vec<(&str, f64)> = Vec::new();
+    for group_rows in rows.chunk_by(|a, b| a.group == b.group) {
+        let open = &group_rows[0];
+        let mut to_full = None;
+        let mut past_full = 0.0f64;
+        let mut worst = 0.0f64;
+        for (i, row) in group_rows.iter().enumerate() {
+            let buffered = row.broadcasts.min(buffer);
+            let growth = row.rss_kib.saturating_sub(open.rss_kib) as f64 * 1024.0;
+            let per_event = if buffered > 0 { growth / (row.sessions * buffered) as f64 } else { f64::NAN };
+            let since = if i > 0 {
+                (row.rss_kib as f64 - group_rows[i - 1].rss_kib as f64) / row.sessions as f64
+            } else {
+                f64::NAN
+            };
+            if buffered > 0 && row.broadcasts <= buffer {
+                worst = worst.max(per_event);
+            }
+            if row.broadcasts >= buffer && to_full.is_none() && buffered > 0 {
+                to_full = Some((growth / row.sessions as f64 / 1024.0, per_event));
+                worst = worst.max(per_event);
+            } else if row.broadcasts > buffer {
+                past_full += since.max(0.0);
+            }
+            let received = row.received.map_or(String::new(), |r| format!(" ({r} received)"));
+            writeln!(
+                out,
+                "| {} {}{received} | {} | {buffered} | {:.1} MiB | {:.1} MiB | {} | {} | {:.1} MiB |",
+                row.sessions,
+                row.group,
+                row.broadcasts,
+                row.rss_kib as f64 / 1024.0,
+                growth / 1024.0 / 1024.0,
+                if per_event.is_nan() { "-".into() } else { format!("{per_event:.1}") },
+                if since.is_nan() { "-".into() } else { format!("{since:.2}") },
+                row.tcp_kib as f64 / 1024.0,
+            )?;
+        }
+        if let Some((kib, per_event)) = to_full {
+            full_per_session.push((open.group, kib));
+            // Once full, the buffers stop growing: what still grows is counted against the
+            // events buffered, and anything past a byte per event (1/16 of the budget) is growth.
+            let past_per_event = past_full * 1024.0 / buffer as f64;
+            verdicts.push(format!(
+                "{}: {per_event:.1} bytes per buffered event per session with full buffers ({kib:.1} KiB per session; worst step {worst:.1}; <= 16: {}); {past_full:.2} KiB per session more once full, {past_per_event:.2} bytes per buffered event (growth stops, <= 1: {})",
+                open.group,
+                met(worst <= 16.0),
+                met(past_per_event <= 1.0)
+            ));
+        }
+    }
+    writeln!(out)?;
+    for verdict in verdicts {
+        writeln!(out, "- {verdict}")?;
+    }
+    if let Some((_, reading)) = full_per_session.iter().find(|(group, _)| *group == "SSE reading") {
+        for (group, kib) in full_per_session.iter().filter(|(group, _)| *group != "SSE reading") {
+            writeln!(out, "- a session {group} costs {:.1} KiB more than one that reads, with full buffers", kib - reading)?;
+        }
+    }
     Ok(out)
 }

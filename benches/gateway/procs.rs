@@ -90,6 +90,12 @@ impl Server {
 
     /// Like [`Server::start`]; `exe` overrides the switchyard binary (for [`Kind::Alt`]).
     pub async fn start_exe(kind: Kind, exe: Option<&str>, pin: bool, tag: &str) -> anyhow::Result<Server> {
+        Server::start_env(kind, exe, pin, tag, &[]).await
+    }
+
+    /// Like [`Server::start_exe`], with more environment for switchyard (settings of one
+    /// scenario, such as `SWITCHYARD_BUFFER`; older builds read them too).
+    pub async fn start_env(kind: Kind, exe: Option<&str>, pin: bool, tag: &str, env: &[(&str, &str)]) -> anyhow::Result<Server> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let logs = target_dir().join("bench-logs");
@@ -118,7 +124,7 @@ impl Server {
         }
         let mut command = Command::new(&argv[0]);
         if matches!(kind, Kind::Switchyard | Kind::Alt) {
-            command.envs(SWITCHYARD_ENV.iter().copied());
+            command.envs(SWITCHYARD_ENV.iter().copied()).envs(env.iter().copied());
         }
         command
             .args(&argv[1..])
@@ -245,4 +251,21 @@ pub fn listen_overflows() -> u64 {
         .find(|(name, _)| *name == "ListenOverflows")
         .and_then(|(_, value)| value.parse().ok())
         .unwrap_or(0)
+}
+
+/// Memory the kernel holds in TCP socket buffers, machine-wide (`TCP: ... mem` of
+/// `/proc/net/sockstat`, in pages), in KiB. Not part of any process's RSS: what a client that
+/// stops reading costs the kernel rather than the server process.
+pub fn tcp_mem_kib() -> u64 {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    let pages: u64 = sockstat
+        .lines()
+        .find_map(|l| l.strip_prefix("TCP:"))
+        .and_then(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.windows(2).find(|w| w[0] == "mem").and_then(|w| w[1].parse().ok())
+        })
+        .unwrap_or(0);
+    // Pages of the kernel's accounting, 4 KiB on the machines this runs on.
+    pages * 4
 }

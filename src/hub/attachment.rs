@@ -10,10 +10,12 @@
 //!   everything after its cursor, then live events. A reader that the ring moved past gets a
 //!   `gap` notice saying how many events it lost, never silence.
 //! * **A position, not a queue.** An attachment keeps only the number of the last event it
-//!   handed out and copies what lies after it out of the session's ring, [`BATCH`] at a time,
-//!   when woken. Waking is a count bumped under the session lock plus a single waker slot
-//!   ([`Signal`]): an attachment that has seen the current count knows without the lock that
-//!   nothing changed, so the look after every write and before every wait costs one load.
+//!   copied out of the session's ring and copies what lies after it, [`BATCH`] at a time, when
+//!   woken: bodies only (a pointer each), numbered as they are handed out, so what it holds
+//!   beyond the ring is one batch at most, whether or not its transport writes. Waking is a
+//!   count bumped under the session lock plus a single waker slot ([`Signal`]): an attachment
+//!   that has seen the current count knows without the lock that nothing changed, so the look
+//!   after every write and before every wait costs one load.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +30,7 @@ use tokio::time::Instant;
 use crate::protocol::{Cursor, Sid};
 
 use super::counters;
-use super::event::Event;
+use super::event::{Body, Event};
 use super::session::{lock, Session, SessionHandle, State};
 use super::{Hub, HubError, Transport};
 
@@ -215,7 +217,7 @@ impl Hub {
         state.attached_since = Some(SystemTime::now());
         drop(state);
 
-        let mut pending = VecDeque::new();
+        let mut notices = Notices::new();
         if !continuation {
             let config = &self.inner.config;
             let mut hello = json!({"sid": session.sid.as_str(), "transport": transport.as_str(), "resumed": found.is_some(),
@@ -224,10 +226,10 @@ impl Hub {
             if let Some(heartbeat) = request.heartbeat {
                 hello["heartbeat"] = json!(u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX));
             }
-            pending.push_back(Event::notice(position, "session", hello));
+            notices.push(Event::notice(position, "session", hello));
         }
         if let Some(reason) = gap {
-            pending.push_back(Event::notice(
+            notices.push(Event::notice(
                 position,
                 "gap",
                 json!({"reason": reason.as_str(), "message": reason.message()}),
@@ -246,7 +248,8 @@ impl Hub {
             wake,
             position,
             seen: 0,
-            pending,
+            notices,
+            pending: VecDeque::new(),
             transport,
             fresh,
             said_goodbye: false,
@@ -270,7 +273,7 @@ impl Hub {
         let Some(cursor) = cursor else {
             return Ok(Some((session, None)));
         };
-        let placeable = cursor.sid == sid && cursor.seq <= lock(&session.state).last_seq;
+        let placeable = cursor.sid == sid && cursor.seq <= lock(&session.state).ring.last_seq();
         if !placeable {
             return Err(GapReason::BadCursor);
         }
@@ -288,12 +291,17 @@ pub struct Attachment {
     id: u64,
     /// Shared with the session's [`Attached`] entry while this attachment holds the session.
     wake: Arc<Signal>,
-    /// Number of the last event handed out.
+    /// Number of the last event copied out of the ring: handed out, or waiting in `pending`.
     position: u64,
     /// The [`Signal`] count as of the last look under the session lock.
     seen: u64,
-    /// Events copied out of the ring (or notices), not yet handed out.
-    pending: VecDeque<Event>,
+    /// Notices to hand out before anything in `pending` (the hello and a gap, or the goodbye).
+    /// Made only while `pending` is empty, so they never overtake an event.
+    notices: Notices,
+    /// Bodies of the events up to `position` copied out of the ring and not yet handed out
+    /// (the first is event `position - len + 1`): at most a [`BATCH`], and the storage no
+    /// larger than the largest batch copied.
+    pending: VecDeque<Arc<Body>>,
     transport: Transport,
     /// Whether this attach created the session (rather than resuming one).
     fresh: bool,
@@ -373,7 +381,7 @@ impl Attachment {
     /// When the server shuts down, the attachment hands out what is ready, then a `reconnect`
     /// notice (so clients resume, here or on another instance), then ends.
     pub fn try_recv(&mut self) -> Result<Option<Event>, CloseReason> {
-        if let Some(event) = self.pending.pop_front() {
+        if let Some(event) = self.next_pending() {
             return Ok(Some(event));
         }
         if self.said_goodbye {
@@ -394,27 +402,29 @@ impl Attachment {
                 _ => CloseReason::Superseded,
             });
         }
-        if state.last_seq > self.position {
-            // A non-empty ring holds events up to `last_seq`, the oldest being `first`.
-            let first = state.ring.front().map_or(state.last_seq + 1, |e| e.seq);
+        let last_seq = state.ring.last_seq();
+        if last_seq > self.position {
+            // The ring holds events `first..=last_seq` (none if `first` is past `last_seq`).
+            let first = state.ring.first_seq();
             if self.position + 1 < first {
                 let lost = first - 1 - self.position;
                 metrics::counter!("switchyard_gaps_total", "reason" => "overflow").increment(1);
                 self.position = first - 1;
-                self.pending.push_back(Event::notice(
+                self.notices.push(Event::notice(
                     self.position,
                     "gap",
                     json!({"reason": "overflow", "lost": lost,
                            "message": format!("{lost} events were dropped from the session buffer before they could be delivered")}),
                 ));
             }
-            let skip = (self.position + 1 - first) as usize;
-            self.pending.extend(state.ring.iter().skip(skip).take(BATCH).cloned());
-            if let Some(last) = self.pending.back() {
-                self.position = self.position.max(last.seq);
-            }
+            let batch = state.ring.bodies_after(self.position, BATCH);
+            // Exactly the batch (the queue is empty here): the storage is never larger than
+            // the largest batch, where `VecDeque`'s own growth could double it.
+            self.pending.reserve_exact(batch.len());
+            self.position += batch.len() as u64;
+            self.pending.extend(batch.cloned());
             state.delivered = state.delivered.max(self.position);
-            let (position, caught_up) = (self.position, self.position == state.last_seq);
+            let (position, caught_up) = (self.position, self.position == last_seq);
             if let Some(attached) = &mut state.attached {
                 attached.read_upto = position;
                 // A read is progress: the stall clock starts again at the next tick if need be.
@@ -426,17 +436,30 @@ impl Attachment {
             }
         }
         drop(state);
-        if self.pending.is_empty() && self.hub.inner.closing.load(Ordering::Acquire) {
+        if self.pending.is_empty() && self.notices.is_empty() && self.hub.inner.closing.load(Ordering::Acquire) {
             self.said_goodbye = true;
-            self.pending.push_back(Event::notice(
+            self.notices.push(Event::notice(
                 self.position,
                 "reconnect",
                 json!({"reason": "shutdown", "message": "the server is restarting; resume from your last cursor"}),
             ));
         }
-        Ok(self.pending.pop_front())
+        Ok(self.next_pending())
+    }
+
+    /// The next notice, or else the next event copied out of the ring, numbered.
+    #[inline]
+    fn next_pending(&mut self) -> Option<Event> {
+        if !self.notices.is_empty() {
+            return Some(self.notices.remove(0));
+        }
+        let seq = self.position + 1 - self.pending.len() as u64;
+        self.pending.pop_front().map(|body| Event { seq, notice: false, body })
     }
 }
+
+/// An attachment's notices: two at most (a hello and a gap), kept inline.
+type Notices = smallvec::SmallVec<[Event; 2]>;
 
 impl Drop for Attachment {
     fn drop(&mut self) {
@@ -561,6 +584,49 @@ mod tests {
         }
         assert_eq!(a.try_recv().unwrap().expect("the goodbye").name(), "reconnect");
         assert_eq!(a.try_recv().unwrap_err(), CloseReason::Shutdown);
+    }
+
+    /// What an attachment holds beyond the ring is one batch of pointers at most, however far
+    /// behind it is, and the events it hands out are numbered as the ring numbered them, across
+    /// the ring's wrap and, on a resume from a cursor the ring moved past, after a gap.
+    #[tokio::test]
+    async fn an_attachment_holds_at_most_a_batch_and_numbers_what_it_hands_out() {
+        let buffer = BATCH * 2;
+        let hub = hub(buffer);
+        let mut a = hub.attach(Transport::Sse, None, None).await.unwrap();
+        let sid = a.sid().clone();
+        assert_eq!(next(&mut a).await.0, "session");
+        let total = (BATCH * 5 / 2) as u64;
+        for i in 1..=total {
+            hub.emit(&sid, "n", &json!(i)).await.unwrap();
+            if i == (BATCH / 2) as u64 {
+                // A few read: the first batch (all emitted so far) is copied out.
+                for seq in 1..=4 {
+                    assert_eq!(a.try_recv().unwrap().unwrap().seq, seq);
+                }
+            }
+        }
+        // The ring (2 batches) has wrapped past what was copied out, but not past anything the
+        // reader had yet to copy: still attached, it gets every event in order.
+        for seq in 5..=total {
+            let event = a.try_recv().unwrap().expect("an event");
+            assert_eq!((event.seq, event.notice, event.data()), (seq, false, seq.to_string().as_str()));
+            assert!(a.pending.capacity() <= BATCH, "pending storage {} past a batch", a.pending.capacity());
+        }
+        assert!(a.try_recv().unwrap().is_none());
+        drop(a);
+
+        let cursor = Cursor::event(sid.clone(), 10).to_string();
+        let mut b = hub.attach(Transport::Sse, Some(sid.as_str()), Some(&cursor)).await.unwrap();
+        assert_eq!(next(&mut b).await.0, "session");
+        let first = total - buffer as u64 + 1;
+        let gap = next(&mut b).await;
+        assert_eq!((gap.0.as_str(), gap.1, gap.2), ("gap", first - 1, true));
+        assert!(gap.3.contains(&format!("\"lost\":{}", first - 11)), "{}", gap.3);
+        for seq in first..=total {
+            assert_eq!(next(&mut b).await.1, seq);
+        }
+        assert!(b.try_recv().unwrap().is_none());
     }
 
     #[tokio::test]

@@ -2,8 +2,8 @@
 //!
 //! An event's name and JSON data live in one shared, immutable body, rendered once however many
 //! copies are made (the ring, a replay, every member of a room, every transport that writes it).
-//! Every copy on the per-event path is then one reference count, and appending to a ring
-//! allocates nothing of its own. The rules every emit follows (how data becomes JSON, which event
+//! Every copy on the per-event path is then one reference count, and a ring holds only the
+//! body's pointer (its number is implicit, see `ring.rs`). The rules every emit follows (how data becomes JSON, which event
 //! names are refused) are here too, so that the hub and a handler rendering ahead of time agree.
 
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use super::HubError;
 
 /// One outgoing event or notice. Its name and JSON data are rendered once into one body,
 /// shared by every copy (ring, replay, every member of a room): a copy is one reference
-/// count, and the ring holds events by value, so appending one allocates nothing of its own.
+/// count. The ring keeps only the body; an `Event` is made when an attachment hands it out.
 #[derive(Debug, Clone)]
 pub struct Event {
     /// For events, the event's number (1, 2, ...). For notices, the number of the last event

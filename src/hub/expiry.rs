@@ -1,6 +1,7 @@
 //! Time in the hub: sessions past their grace period are removed, readers that stopped reading
-//! are detached, and at shutdown every attachment is told to say goodbye. One background task
-//! ([`Hub::expiry_task`]) does all three. It is the hub's only task, and whoever runs it owns
+//! are detached, events past the age bound (`--buffer-age`, if set) are dropped, and at shutdown
+//! every attachment is told to say goodbye. One background task ([`Hub::expiry_task`]) does it
+//! all. It is the hub's only task, and whoever runs it owns
 //! it (the gateway, on its task tracker); it holds the hub weakly, so a hub nobody uses any more
 //! is freed with its sessions even if nobody cancelled its token.
 //!
@@ -11,7 +12,6 @@
 //! Removed sessions are reported to [`Hub::watch_expired`] subscribers (lifecycle hooks), which
 //! are told after the table and room locks are released.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
@@ -70,10 +70,19 @@ impl Hub {
     fn expire_shard(&self, shard: &Shard, now: Instant) -> usize {
         let grace = self.inner.config.grace;
         let slow = self.inner.config.slow_client_timeout;
+        let tick = self.age_tick(now);
         let mut gone = Vec::new();
         shard.write().unwrap_or_else(PoisonError::into_inner).retain(|_, session| {
             let mut state = lock(&session.state);
-            let last_seq = state.last_seq;
+            // Events past the age bound go, from idle sessions too (an emit ages only its own
+            // session); a reader that had not copied them out is a slow consumer, as when the
+            // count bound drops them.
+            if let Some(dropped) = tick.and_then(|tick| state.ring.age(tick)) {
+                if state.attached.as_ref().is_some_and(|a| a.read_upto < dropped) {
+                    evict(&mut state, CloseReason::SlowConsumer, &session.sid);
+                }
+            }
+            let last_seq = state.ring.last_seq();
             let stalled = match &mut state.attached {
                 Some(attached) if attached.read_upto < last_seq => {
                     let since = *attached.behind_since.get_or_insert(now);
@@ -91,7 +100,7 @@ impl Hub {
             let expired = state.detached_at.is_some_and(|t| now.duration_since(t) >= grace);
             if expired {
                 state.removed = true;
-                state.ring = VecDeque::new();
+                state.ring.clear();
                 gone.push((session.sid.clone(), std::mem::take(&mut state.rooms)));
                 tracing::debug!(sid = session.sid.short(), "session expired");
             }
@@ -203,6 +212,51 @@ mod tests {
         let end = tokio::time::timeout(Duration::from_secs(1), a.recv()).await.expect("detached by now");
         assert_eq!(end.unwrap_err(), CloseReason::SlowConsumer);
         assert!(hub.contains(&sid).await, "the session stays for its grace period");
+    }
+
+    /// `--buffer-age 16s`: ticks of a second, so an event goes once it is more than 16 s old
+    /// and at most 17 s (from an idle session, at the expiry task's next sweep).
+    #[tokio::test(start_paused = true)]
+    async fn events_past_the_age_bound_are_dropped_and_a_resume_from_before_them_gets_a_gap() {
+        let config = HubConfig { buffer_age: Some(Duration::from_secs(16)), ..HubConfig::default() };
+        let hub = Hub::new(config, CancellationToken::new());
+        let mut a = hub.attach(Transport::Sse, None, None).await.unwrap();
+        let sid = a.sid().clone();
+        let hello = a.recv().await.unwrap().cursor(&sid).to_string();
+        let mut idle = hub.attach(Transport::Sse, None, None).await.unwrap();
+        for i in 1..=3 {
+            hub.emit(&sid, "n", &json!(i)).await.unwrap();
+            hub.emit(idle.sid(), "n", &json!(i)).await.unwrap();
+        }
+        for seq in 1..=3 {
+            assert_eq!(next(&mut a).await.1, seq);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        for i in 4..=5 {
+            hub.emit(&sid, "n", &json!(i)).await.unwrap();
+        }
+        drop(a);
+        tokio::time::advance(Duration::from_millis(6500)).await;
+        hub.expire(Instant::now());
+        assert_eq!(hub.info(&sid).unwrap().buffered, 5, "16.5 s old: kept");
+        tokio::time::advance(Duration::from_millis(600)).await;
+        hub.expire(Instant::now());
+        assert_eq!(hub.info(&sid).unwrap().buffered, 2, "17.1 s old: dropped");
+        // The attached session that never read what aged out is a slow consumer.
+        assert_eq!(hub.info(idle.sid()).unwrap().buffered, 0);
+        assert_eq!(next(&mut idle).await.0, "session");
+        assert_eq!(idle.try_recv().unwrap_err(), CloseReason::SlowConsumer);
+
+        let mut b = hub.attach(Transport::Sse, Some(sid.as_str()), Some(&hello)).await.unwrap();
+        assert_eq!(next(&mut b).await.0, "session");
+        let gap = next(&mut b).await;
+        assert_eq!((gap.0.as_str(), gap.1, gap.2), ("gap", 3, true));
+        assert!(gap.3.contains("\"overflow\"") && gap.3.contains("\"lost\":3"), "{}", gap.3);
+        assert_eq!((next(&mut b).await.1, next(&mut b).await.1), (4, 5));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        hub.expire(Instant::now());
+        assert_eq!(hub.info(&sid).unwrap().buffered, 0);
+        assert_eq!(hub.info(&sid).unwrap().last_seq, 5, "the numbering goes on");
     }
 
     #[tokio::test(start_paused = true)]

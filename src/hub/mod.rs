@@ -36,6 +36,7 @@
 //! | `mod.rs` | the [`Hub`] handle, its settings ([`HubConfig`]) and errors ([`HubError`]) |
 //! | `table.rs` | the sharded session table: create, find, remove; the session limit |
 //! | `session.rs` | one session's state (event ring, numbers sent and received, inbox, send budget) and the emit path into it |
+//! | `ring.rs` | the event ring: the bodies of a session's recent events, numbered implicitly, grown no further than the buffer |
 //! | `attachment.rs` | [`Hub::attach`] and the [`Attachment`]: newest wins, hellos and gaps, wake-ups |
 //! | `rooms.rs` | rooms and broadcasts ([`Target`]) |
 //! | `expiry.rs` | the grace period, slow readers, shutdown, and the task that runs them |
@@ -51,6 +52,7 @@ mod attachment;
 mod counters;
 mod event;
 mod expiry;
+mod ring;
 mod rooms;
 mod session;
 mod table;
@@ -80,6 +82,11 @@ pub struct HubConfig {
     pub grace: Duration,
     /// How many recent events each session keeps for replay.
     pub buffer: usize,
+    /// How old an event may get and still be kept for replay; `None`: as old as it likes (the
+    /// count bound alone). Events are dropped between this age and a sixteenth more (see
+    /// `ring.rs`); a resume from a cursor before them gets a `gap` (`overflow`), as when the
+    /// count bound dropped them.
+    pub buffer_age: Option<Duration>,
     /// Most live sessions; attaching beyond it is refused ([`HubError::Full`]).
     pub max_sessions: usize,
     /// How long an attached transport may leave ready events unread before it is detached as a
@@ -102,6 +109,7 @@ impl Default for HubConfig {
         HubConfig {
             grace: Duration::from_secs(30),
             buffer: 1024,
+            buffer_age: None,
             max_sessions: 100_000,
             slow_client_timeout: Duration::from_secs(30),
             send_rate: 200,
@@ -251,6 +259,8 @@ struct Inner {
     /// Senders of [`Hub::watch_expired`]: each is told of every session the expiry task
     /// removes. A sender whose receiver is gone is dropped at the next expiry.
     expired_txs: Mutex<Vec<mpsc::UnboundedSender<Expired>>>,
+    /// When the hub was made: tick 0 of the age bound ([`Hub::age_tick`]).
+    epoch: tokio::time::Instant,
 }
 
 impl Hub {
@@ -274,6 +284,7 @@ impl Hub {
                 closing: AtomicBool::new(false),
                 rooms: (0..table::SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
                 expired_txs: Mutex::new(Vec::new()),
+                epoch: tokio::time::Instant::now(),
             }),
         }
     }
@@ -281,6 +292,15 @@ impl Hub {
     /// The hub's settings.
     pub fn config(&self) -> &HubConfig {
         &self.inner.config
+    }
+
+    /// With an age bound, the tick of the age bound `now` falls in (ticks of a sixteenth of the
+    /// age since the hub was made, see `ring.rs`); `None` without one.
+    #[inline]
+    fn age_tick(&self, now: tokio::time::Instant) -> Option<u32> {
+        let age = self.inner.config.buffer_age.filter(|age| !age.is_zero())?;
+        let tick = (age / ring::AGE_TICKS).as_nanos().max(1);
+        Some(u32::try_from(now.saturating_duration_since(self.inner.epoch).as_nanos() / tick).unwrap_or(u32::MAX))
     }
 }
 

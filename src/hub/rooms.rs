@@ -177,13 +177,15 @@ impl Hub {
                     let table = self.room_shard(room).read().unwrap_or_else(PoisonError::into_inner);
                     table.get(room.as_str()).map(|members| members.values().cloned().collect()).unwrap_or_default()
                 };
-                Ok(self.fan_out(&members, except, name, data))
+                Ok(self.fan_out(&members, except, &Body::shared(name, data.to_string())))
             }
             Target::All => {
+                // Rendered once for every shard: one body however many sessions hold it.
+                let body = Body::shared(name, data.to_string());
                 let mut count = 0;
                 for shard in &self.inner.shards {
                     let sessions: Vec<Arc<Session>> = shard.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
-                    count += self.fan_out(&sessions, except, name, data);
+                    count += self.fan_out(&sessions, except, &body);
                 }
                 Ok(count)
             }
@@ -202,11 +204,9 @@ impl Hub {
         }
     }
 
-    /// Appends one event to each session; the data is rendered once.
-    fn fan_out(&self, sessions: &[Arc<Session>], except: Option<&Sid>, name: &str, data: &Value) -> usize {
-        // Rendered once and shared by every member's ring: a broadcast costs one copy of the
-        // data, not one per member.
-        let body = Body::shared(name, data.to_string());
+    /// Appends one event, rendered once by the caller, to each session. Every member's ring
+    /// shares the one body: a broadcast costs one copy of the data, not one per member.
+    fn fan_out(&self, sessions: &[Arc<Session>], except: Option<&Sid>, body: &Arc<Body>) -> usize {
         sessions
             .iter()
             .filter(|session| Some(&session.sid) != except)
@@ -260,6 +260,25 @@ mod tests {
         assert_eq!(hub.publish_except(&Target::All, Some(&b), "m", &json!(4)).await, Ok(2));
         assert!(matches!(hub.join(&a, ""), Err(HubError::RoomName(_))));
         assert_eq!(hub.join(&Sid::random(), "r"), Err(HubError::NoSession));
+    }
+
+    /// A broadcast's data is held once, whichever shards its sessions are in: every member's
+    /// event is the same body (it was once rendered anew for each of the 64 shards).
+    #[tokio::test]
+    async fn a_broadcast_is_one_body_shared_by_every_session() {
+        let hub = hub();
+        let mut held = Vec::new();
+        for _ in 0..4 * SHARDS {
+            let (sid, attachment) = session(&hub).await;
+            hub.join(&sid, "r").unwrap();
+            held.push(attachment);
+        }
+        for target in [Target::All, Target::Room("r".into())] {
+            assert_eq!(hub.publish(&target, "m", &json!("x".repeat(512))).await, Ok(4 * SHARDS));
+            let events: Vec<_> = held.iter_mut().map(|a| a.try_recv().unwrap().expect("the broadcast")).collect();
+            assert!(events.iter().all(|e| Arc::ptr_eq(&e.body, &events[0].body)), "{target:?}: one body for all");
+            assert_eq!(Arc::strong_count(&events[0].body), 2 * events.len(), "{target:?}: held by each ring and each copy out");
+        }
     }
 
     #[tokio::test(start_paused = true)]

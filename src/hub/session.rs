@@ -16,7 +16,7 @@
 //! in arrival order ([`SessionHandle::inbox`]), whichever transports they came over, without
 //! holding the state lock while a handler runs.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
@@ -27,7 +27,8 @@ use tokio::time::Instant;
 use crate::protocol::{Cursor, Sid};
 
 use super::attachment::{evict, Attached, CloseReason};
-use super::event::{validate_event_name, Body, Event, Rendered};
+use super::event::{validate_event_name, Body, Rendered};
+use super::ring::Ring;
 use super::{Hub, HubError, SessionInfo, Transport};
 
 pub(super) struct Session {
@@ -45,11 +46,10 @@ pub(super) struct Session {
 }
 
 pub(super) struct State {
-    /// Number of the last event emitted (0: none yet).
-    pub(super) last_seq: u64,
-    /// The most recent events, oldest first, at most `HubConfig::buffer` of them. Allocated on
-    /// the first emit, not at creation, so idle sessions cost no ring.
-    pub(super) ring: VecDeque<Event>,
+    /// The most recent events, oldest first, at most `HubConfig::buffer` of them, and the
+    /// number of the last event emitted (see `ring.rs`). Allocated on the first emit and grown
+    /// with what it holds, so idle sessions cost no ring.
+    pub(super) ring: Ring,
     /// The highest event number handed to any attachment: where an attach without a cursor
     /// resumes.
     pub(super) delivered: u64,
@@ -121,7 +121,7 @@ impl Hub {
         }
         Some(SessionInfo {
             transport: state.attached.as_ref().and(state.last_transport),
-            last_seq: state.last_seq,
+            last_seq: state.ring.last_seq(),
             buffered: state.ring.len(),
             detached_for: state.detached_at.map(|t| t.elapsed()),
             attached_since: state.attached.as_ref().and(state.attached_since),
@@ -183,16 +183,15 @@ impl Hub {
         if state.removed {
             return None;
         }
-        state.last_seq += 1;
-        let seq = state.last_seq;
-        if state.ring.len() == self.inner.config.buffer {
-            let dropped = state.ring.pop_front().map_or(0, |e| e.seq);
-            // The attached reader has not even copied out the event now lost: it cannot keep up.
+        // The clock is read only with an age bound.
+        let tick = if self.inner.config.buffer_age.is_some() { self.age_tick(Instant::now()) } else { None };
+        let (seq, dropped) = state.ring.push(body, self.inner.config.buffer, tick);
+        // The attached reader has not even copied out the event now lost: it cannot keep up.
+        if let Some(dropped) = dropped {
             if state.attached.as_ref().is_some_and(|a| a.read_upto < dropped) {
                 evict(&mut state, CloseReason::SlowConsumer, &session.sid);
             }
         }
-        state.ring.push_back(Event { seq, notice: false, body });
         if let Some(attached) = &state.attached {
             attached.wake.notify();
         }

@@ -8,7 +8,7 @@
 //! and server-chosen, so the table hashes them with a cheap fold ([`SidHash`]) rather than a
 //! keyed hasher.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::protocol::Sid;
 
 use super::expiry::Expired;
+use super::ring::Ring;
 use super::session::{lock, Session, SessionHandle, State};
 use super::{Hub, HubError};
 
@@ -92,8 +93,7 @@ impl Hub {
             received: AtomicU64::new(0),
             room_count: AtomicUsize::new(0),
             state: Mutex::new(State {
-                last_seq: 0,
-                ring: VecDeque::new(),
+                ring: Ring::new(),
                 delivered: 0,
                 attached: None,
                 last_transport: None,
@@ -143,7 +143,7 @@ impl Hub {
         let rooms = {
             let mut state = lock(&session.state);
             state.removed = true;
-            state.ring = VecDeque::new();
+            state.ring.clear();
             if let Some(attached) = state.attached.take() {
                 attached.wake.notify();
             }
