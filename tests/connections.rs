@@ -331,3 +331,28 @@ data: {"heartbeat":300000,"max_batch":100,"max_body":65536,"received":0,"resumed
             .map(|(n, v)| (n.to_owned(), v.to_owned()))
     );
 }
+
+/// A connection that has sent no request yet does not hold up shutdown until its header timeout.
+#[tokio::test]
+async fn shutdown_closes_a_connection_that_never_sent_a_request() {
+    let config = Config { header_timeout: Duration::from_secs(30), drain: Duration::from_secs(30), ..Config::default() };
+    let gateway = switchyard::Gateway::builder(config).build();
+    let router = switchyard::server::app(&gateway, std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("static").as_path());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(switchyard::server::run(listener, router, gateway, async {
+        let _ = stop_rx.await;
+    }));
+    // Accepted and silent: the server is waiting for its first request head.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let mut probe = TcpStream::connect(addr).await.unwrap();
+    probe.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    within("the probe's answer (both connections accepted)", probe.read_to_end(&mut answer)).await.unwrap();
+    stop_tx.send(()).unwrap();
+    within("run() to return well before the 30 s header timeout", served).await.unwrap().unwrap();
+    let mut rest = Vec::new();
+    let read = within("the idle connection to be closed", idle.read_to_end(&mut rest)).await;
+    assert!(read.is_ok_and(|n| n == 0) || rest.is_empty(), "closed without an answer: {rest:?}");
+}

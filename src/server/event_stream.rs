@@ -87,11 +87,17 @@ pub async fn first_request(
     shutdown: &CancellationToken,
     limits: Limits,
 ) -> Next {
-    let head = match tokio::time::timeout(limits.header_timeout, read_head(&mut tcp, limits.max_head)).await {
-        Ok(Ok(head)) => head,
-        // Nothing arrived in time (the slowloris case), or the client left: close, as hyper
-        // does when its header timeout fires.
-        Ok(Err(_)) | Err(_) => return Next::Done,
+    let read = tokio::time::timeout(limits.header_timeout, read_head(&mut tcp, limits.max_head));
+    let head = tokio::select! {
+        read = read => match read {
+            Ok(Ok(head)) => head,
+            // Nothing arrived in time (the slowloris case), or the client left: close, as
+            // hyper does when its header timeout fires.
+            Ok(Err(_)) | Err(_) => return Next::Done,
+        },
+        // Shutting down with no request begun: close, as hyper's graceful shutdown closes an
+        // idle connection, rather than hold the drain up until the header timeout.
+        () = shutdown.cancelled() => return Next::Done,
     };
     let (mut request, leftover, close) = match head {
         Head::Stream { request, leftover, close } => (request, leftover, close),
