@@ -20,6 +20,8 @@
 #[path = "../examples/backend.rs"]
 #[allow(dead_code)]
 mod backend;
+mod common;
+mod harness;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -30,6 +32,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{start_logged, Binary};
+use harness::proxies::Proxy;
 use serde_json::Value;
 
 /// Longest any single wait may take.
@@ -125,48 +129,16 @@ fn block_starting(file: &str, first: &str) -> Block {
 
 // ----- processes -----------------------------------------------------------------------------
 
-/// The binary, started by this test, killed when dropped.
-struct Binary {
-    child: Child,
-    addr: String,
-}
-
-impl Binary {
-    /// Runs `switchyard ARGS` (a shell word list) on a free loopback port, with `envs`.
-    fn start(args: &str, envs: &[(&str, &str)]) -> Binary {
-        let mut command = Command::new("bash");
-        command
-            .arg("-c")
-            .arg(format!("exec \"$SWITCHYARD\" {args} --bind 127.0.0.1:0"))
-            .env("SWITCHYARD", env!("CARGO_BIN_EXE_switchyard"))
-            .env("RUST_LOG", "info")
-            .envs(envs.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("start the switchyard binary");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let (Some(at), true) = (line.find("addr="), line.contains("listening")) {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(line[at + 5..].split_whitespace().next().unwrap().to_owned());
-                    }
-                }
-                eprintln!("[switchyard] {line}");
-            }
-        });
-        let addr = rx.recv_timeout(WAIT).expect("the binary logs the address it listens on");
-        Binary { child, addr }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Runs `switchyard ARGS` (a shell word list, as the docs write it) on a free loopback port,
+/// with `envs`; returns it (killed when dropped) and the address it listens on.
+fn start(args: &str, envs: &[(&str, &str)]) -> (Binary, String) {
+    let mut command = Command::new("bash");
+    command
+        .arg("-c")
+        .arg(format!("exec \"$SWITCHYARD\" {args} --bind 127.0.0.1:0"))
+        .env("SWITCHYARD", env!("CARGO_BIN_EXE_switchyard"))
+        .envs(envs.iter().copied());
+    start_logged(command)
 }
 
 /// What every shell snippet runs after: `curl` quiet but for errors, bounded in time, with the
@@ -323,8 +295,8 @@ fn data_of(event: &[String]) -> Value {
 
 #[test]
 fn readme_curl_walkthrough_runs_against_the_binary() {
-    let server = Binary::start("", &[]);
-    let addr = server.addr.as_str();
+    let (_server, addr) = start("", &[]);
+    let addr = addr.as_str();
     let [open, hello, send, accepted, reply, resume, poll] =
         <[Block; 7]>::try_from(section_blocks("README.md", "Try it with curl", &["sh", "text", "sh", "text", "text", "sh", "sh"]))
             .unwrap();
@@ -409,8 +381,8 @@ fn the_first_commands_of_the_readme_are_what_they_say() {
 
 #[test]
 fn publish_api_commands_run_against_the_binary() {
-    let server = Binary::start("", &[("SWITCHYARD_API_KEY", "change-me")]);
-    let addr = server.addr.as_str();
+    let (_server, addr) = start("", &[("SWITCHYARD_API_KEY", "change-me")]);
+    let addr = addr.as_str();
     let [commands, answers] =
         <[Block; 2]>::try_from(section_blocks("docs/protocol.md", "13. The publish API", &["sh", "text"])).unwrap();
 
@@ -467,8 +439,8 @@ fn upstream_demo_of_the_protocol_runs() {
 
     // The gateway's command line, as the doc gives it, but for the addresses.
     let args = gateway_line.split('#').next().unwrap().trim().strip_prefix("cargo run --release -- ").expect("cargo run --release -- ARGS");
-    let server = Binary::start(&args.replace("127.0.0.1:5000", &backend), &[]);
-    let addr = server.addr.as_str();
+    let (_server, addr) = start(&args.replace("127.0.0.1:5000", &backend), &[]);
+    let addr = addr.as_str();
 
     // The walkthrough behaves as before, answered by the backend.
     let open = block_starting("README.md", "curl -N http://127.0.0.1:3000/sse");
@@ -553,54 +525,6 @@ fn the_configuration_table_is_the_binarys() {
     assert_eq!(from_doc, from_help, "docs/deploy.md's configuration table against `switchyard --help` (flag: (env, default))");
 }
 
-/// nginx, started by a test from a config under tests/proxies/, stopped when dropped.
-struct Nginx {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn start(conf: &str, upstream: &str) -> Nginx {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("switchyard-docs-nginx-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let text = read(&format!("tests/proxies/{conf}"))
-            .replace("{{DIR}}", &dir.display().to_string())
-            .replace("{{PORT}}", &port.to_string())
-            .replace("{{UPSTREAM}}", upstream);
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, text).unwrap();
-        let child = Command::new("/usr/sbin/nginx")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| panic!("starting /usr/sbin/nginx: {err} (tests/run-all.sh installs it)"));
-        let nginx = Nginx { child, port, dir };
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not listen on {port}: {}", std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        nginx
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn nginx_blocks_are_part_of_a_tested_proxy_config() {
     for file in DOC_FILES {
@@ -623,8 +547,8 @@ async fn the_recommended_nginx_config_passes_every_transport() {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-    let server = Binary::start("", &[]);
-    let nginx = Nginx::start("nginx-recommended.conf", &server.addr);
+    let (_server, addr) = start("", &[]);
+    let nginx = Proxy::nginx("nginx-recommended.conf", addr.parse().expect("the binary's address")).await;
     let front = format!("127.0.0.1:{}", nginx.port);
     // A page served from a host with a port: Origin and Host must still agree at the gateway.
     let host = format!("gateway.test:{}", nginx.port);

@@ -295,8 +295,7 @@ impl Drop for Binary {
 /// Starts the binary on a free loopback port with `args` (its open-file limit lowered to
 /// `fd_limit` through the shell's `ulimit` if given); returns it and the address it logged.
 pub fn start_binary<S: AsRef<std::ffi::OsStr>>(args: &[S], fd_limit: Option<u32>) -> (Binary, String) {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let mut command = match fd_limit {
         Some(limit) => {
             let mut c = Command::new("sh");
@@ -305,9 +304,16 @@ pub fn start_binary<S: AsRef<std::ffi::OsStr>>(args: &[S], fd_limit: Option<u32>
         }
         None => Command::new(env!("CARGO_BIN_EXE_switchyard")),
     };
+    command.args(["--bind", "127.0.0.1:0"]).args(args);
+    start_logged(command)
+}
+
+/// Starts `command` (the binary, directly or through a shell) with `RUST_LOG=info`, echoing its
+/// log to the test's stderr; returns it and the address it logged it listens on.
+pub fn start_logged(mut command: std::process::Command) -> (Binary, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
     let mut child = command
-        .args(["--bind", "127.0.0.1:0"])
-        .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
