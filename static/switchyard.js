@@ -213,7 +213,6 @@
       }
     );
     promise.entry = entry;
-    entry.controller = controller;
     return promise;
   }
 
@@ -1005,12 +1004,8 @@
     }
     // A POST still out may never arrive: what it carries goes again, first (the server skips
     // numbers it already handled, so order holds either way).
-    var pending = this._unacked;
-    this._outbox = pending.concat(
-      this._outbox.filter(function (e) {
-        return pending.indexOf(e) < 0;
-      })
-    );
+    // (Unacknowledged events are never in the outbox: a send takes them out of it.)
+    this._outbox = this._unacked.concat(this._outbox);
     var batch = this._takeBatch();
     if (!batch) return;
     this._unacked = batch.envs.slice();
@@ -1346,13 +1341,7 @@
         });
         this._unacked = [];
         if (this._tooBigSent) again = this._afterTooBig(received, again);
-        if (again.length) {
-          this._outbox = again.concat(
-            this._outbox.filter(function (e) {
-              return again.indexOf(e) < 0;
-            })
-          );
-        }
+        if (again.length) this._outbox = again.concat(this._outbox);
       }
     }
     this._wsSent = [];
