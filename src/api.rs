@@ -136,7 +136,7 @@ async fn emit(State(hub): State<Hub>, headers: HeaderMap, body: Bytes) -> Result
 
 async fn members(State(hub): State<Hub>, Path(room): Path<String>) -> Result<Json<Value>, Error> {
     check_room_name(&room)?;
-    let mut members: Vec<String> = hub.members(&room).iter().map(ToString::to_string).collect();
+    let mut members: Vec<String> = hub.members(&room).await.iter().map(ToString::to_string).collect();
     members.sort();
     Ok(Json(json!({ "room": room, "members": members })))
 }
@@ -148,13 +148,13 @@ async fn join(
     body: Bytes,
 ) -> Result<Json<Value>, Error> {
     let sid = sid_from_body(&headers, &body)?;
-    let joined = hub.join(&sid, &room)?;
+    let joined = hub.join(&sid, &room).await?;
     Ok(Json(json!({ "room": room, "sid": sid.as_str(), "joined": joined })))
 }
 
 async fn leave(State(hub): State<Hub>, Path((room, sid)): Path<(String, String)>) -> Result<Json<Value>, Error> {
     let sid: Sid = sid.parse().map_err(|_| Error::NoSession)?;
-    left(&hub, &room, &sid)
+    left(&hub, &room, &sid).await
 }
 
 async fn leave_by_body(
@@ -164,18 +164,19 @@ async fn leave_by_body(
     body: Bytes,
 ) -> Result<Json<Value>, Error> {
     let sid = sid_from_body(&headers, &body)?;
-    left(&hub, &room, &sid)
+    left(&hub, &room, &sid).await
 }
 
-fn left(hub: &Hub, room: &str, sid: &Sid) -> Result<Json<Value>, Error> {
+async fn left(hub: &Hub, room: &str, sid: &Sid) -> Result<Json<Value>, Error> {
     check_room_name(room)?;
-    let left = hub.leave(sid, room)?;
+    let left = hub.leave(sid, room).await?;
     Ok(Json(json!({ "room": room, "sid": sid.as_str(), "left": left })))
 }
 
 async fn session(State(hub): State<Hub>, Path(sid): Path<String>) -> Result<Json<Value>, Error> {
     let sid: Sid = sid.parse().map_err(|_| Error::NoSession)?;
-    let info = hub.info(&sid).ok_or(Error::NoSession)?;
+    let info = hub.info(&sid).await.ok_or(Error::NoSession)?;
+    let subject = hub.subject(&sid).await;
     Ok(Json(json!({
         "sid": sid.as_str(),
         "transport": info.transport.map(Transport::as_str),
@@ -184,7 +185,7 @@ async fn session(State(hub): State<Hub>, Path(sid): Path<String>) -> Result<Json
         "buffered": info.buffered,
         "last_cursor": Cursor::event(sid.clone(), info.last_seq).to_string(),
         "rooms": info.rooms,
-        "subject": hub.subject(&sid).as_deref(),
+        "subject": subject.as_deref(),
     })))
 }
 

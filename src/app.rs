@@ -37,11 +37,11 @@ pub fn seed<R: Registry>(registry: R) -> R {
     registry
         .on("message", |ctx, message| async move {
             tracing::debug!(sid = ctx.sid().short(), %message, "received message");
-            for room in ctx.rooms() {
+            for room in ctx.rooms().await {
                 let chat = json!({"room": room, "from": ctx.sid().short(), "text": message});
                 let _ = ctx.hub().publish_except(&Target::Room(room), Some(ctx.sid()), "chat", &chat).await;
             }
-            if let Err(err) = ctx.emit_rendered(&RESPONSE) {
+            if let Err(err) = ctx.emit_rendered(&RESPONSE).await {
                 tracing::debug!(sid = ctx.sid().short(), %err, "reply not emitted");
             }
         })
@@ -57,7 +57,7 @@ async fn membership(ctx: Context, room: Value, join: bool) {
         return;
     };
     let hub = ctx.hub();
-    let result = if join { hub.join(ctx.sid(), room) } else { hub.leave(ctx.sid(), room) };
+    let result = if join { hub.join(ctx.sid(), room).await } else { hub.leave(ctx.sid(), room).await };
     if let Err(err) = result {
         let _ = ctx.emit("error", json!({"error": err.to_string(), "event": ctx.event()})).await;
     }

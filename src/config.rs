@@ -225,6 +225,12 @@ pub struct Cli {
     #[arg(long, env = "SWITCHYARD_TRUSTED_PROXIES", value_name = "LIST", value_parser = ip_blocks)]
     pub trusted_proxies: Option<IpBlocks>,
 
+    /// Cluster mode: keep sessions in this Redis so that any node serves any request of any
+    /// session (`redis://host:6379`; a Redis Cluster node is detected, or give several nodes
+    /// comma-separated). Off by default: sessions live in this process
+    #[arg(long, env = "SWITCHYARD_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+
     /// The application behind the gateway (forwarding, hooks) and the publish API's key.
     #[command(flatten)]
     pub upstream: UpstreamArgs,

@@ -54,6 +54,9 @@ pub enum Error {
     /// A publish API body in a content type it does not read.
     #[error("unsupported content type {0:?}: send a JSON object (application/json)")]
     ApiMediaType(String),
+    /// Cluster mode: Redis, where sessions live, cannot be reached; try again shortly.
+    #[error("the session store is unreachable; retry shortly")]
+    Unavailable,
 }
 
 impl Error {
@@ -65,7 +68,7 @@ impl Error {
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) | Error::ApiMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Superseded => StatusCode::CONFLICT,
-            Error::Full => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Full | Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Error::RateLimited | Error::TooManyNewSessions(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unauthorized | Error::Auth(_) => StatusCode::UNAUTHORIZED,
             Error::ApiDisabled | Error::Refused(_) => StatusCode::FORBIDDEN,
@@ -87,6 +90,7 @@ impl Error {
             Error::Auth(_) => "auth",
             Error::ApiDisabled => "api_disabled",
             Error::Refused(_) => "refused",
+            Error::Unavailable => "unavailable",
         }
     }
 
@@ -95,6 +99,7 @@ impl Error {
         match self {
             Error::Full => Some(5),
             Error::RateLimited => Some(1),
+            Error::Unavailable => Some(2),
             Error::TooManyNewSessions(seconds) => Some(*seconds),
             _ => None,
         }
@@ -120,6 +125,7 @@ impl From<HubError> for Error {
             HubError::RateLimited => Error::RateLimited,
             HubError::EventName(why) => Error::BadRequest(format!("event name {why}")),
             HubError::RoomName(why) => Error::BadRequest(format!("room name {why}")),
+            HubError::Unavailable => Error::Unavailable,
         }
     }
 }

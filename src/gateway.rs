@@ -44,7 +44,7 @@ use crate::auth::{Auth, AuthError};
 use crate::config::Config;
 use crate::error::Error;
 use crate::handler::{Context, Opening, Registry};
-use crate::hub::{AttachRequest, Attachment, Expired, Hub, Inbox, SessionHandle};
+use crate::hub::{AttachRequest, Attachment, Cluster, Expired, Hub, HubError, Inbox, SessionHandle};
 use crate::protocol::{Envelope, Envelopes, Sid};
 use crate::tasks::Tasks;
 use crate::transport::{self, Endpoint, TransportConfig};
@@ -121,6 +121,8 @@ pub struct GatewayBuilder {
     /// The gateway's tasks, made with the builder so that what is installed on it (an upstream)
     /// can start tasks the gateway will own.
     tasks: Tasks,
+    /// Cluster mode's Redis, if given ([`GatewayBuilder::cluster`]).
+    cluster: Option<Cluster>,
 }
 
 impl GatewayBuilder {
@@ -163,7 +165,7 @@ impl GatewayBuilder {
     ///     .on_open(|opening| async move {
     ///         let team = opening.query.as_deref().and_then(|q| q.strip_prefix("team="));
     ///         let Some(team) = team else { return Err("which team?".to_owned()) };
-    ///         opening.hub.join(&opening.sid, team).map(|_| ()).map_err(|err| err.to_string())
+    ///         opening.hub.join(&opening.sid, team).await.map(|_| ()).map_err(|err| err.to_string())
     ///     })
     ///     .build();
     /// # drop(gateway);
@@ -203,6 +205,14 @@ impl GatewayBuilder {
         self
     }
 
+    /// Runs the gateway in cluster mode: its sessions live in the Redis behind `cluster`, shared
+    /// with every other gateway connected to it (see [`Hub::clustered`]).
+    #[must_use]
+    pub fn cluster(mut self, cluster: Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
     /// The tasks the gateway will own, for starting work that belongs to it before it is built
     /// (an upstream's workers): see [`Tasks`].
     pub fn tasks(&self) -> Tasks {
@@ -220,7 +230,10 @@ impl GatewayBuilder {
             let own = tasks.shutdown.clone();
             tasks.spawn(async move { parent.cancelled().await; own.cancel() });
         }
-        let hub = Hub::new(self.config.hub(), tasks.shutdown.clone());
+        let hub = match self.cluster {
+            Some(cluster) => Hub::clustered(self.config.hub(), tasks.shutdown.clone(), cluster),
+            None => Hub::new(self.config.hub(), tasks.shutdown.clone()),
+        };
         // Not through `Tasks::spawn`: at shutdown the expiry task has work to do (telling every
         // attachment to say goodbye), so it watches the token itself.
         tasks.tracker.spawn(hub.expiry_task());
@@ -428,6 +441,7 @@ impl Gateway {
             expire: None,
             parent: None,
             tasks: Tasks::new(),
+            cluster: None,
         }
     }
 
@@ -500,20 +514,25 @@ impl Gateway {
     /// The session's inbox is held throughout, so events of one session are handled one at a
     /// time in arrival order even when they come over two transports at once (an old socket
     /// still draining while a new one sends), and numbered events already handled are skipped.
-    pub async fn dispatch(&self, sid: &Sid, envelopes: Envelopes) {
-        let Ok(session) = self.hub.session(sid) else { return };
-        self.dispatch_to(&session, envelopes).await;
+    ///
+    /// Fails when the session is gone, or (cluster mode) Redis cannot be reached: nothing was
+    /// handled then.
+    pub async fn dispatch(&self, sid: &Sid, envelopes: Envelopes) -> Result<(), HubError> {
+        let session = self.hub.session(sid).await?;
+        self.dispatch_to(&session, envelopes).await
     }
 
     /// [`Gateway::dispatch`] for a session already in hand (a transport's attached session).
-    pub async fn dispatch_to(&self, session: &SessionHandle, envelopes: Envelopes) {
+    pub async fn dispatch_to(&self, session: &SessionHandle, envelopes: Envelopes) -> Result<(), HubError> {
         // A session removed meanwhile has told its transport to close; an event racing that
         // is handled like one that arrived just before the removal.
-        let inbox = session.inbox().await;
-        self.dispatch_in(inbox, envelopes).await;
+        let inbox = session.inbox().await?;
+        self.dispatch_in(&inbox, envelopes).await;
+        inbox.finish().await;
+        Ok(())
     }
 
-    async fn dispatch_in(&self, inbox: Inbox<'_>, envelopes: Envelopes) {
+    async fn dispatch_in(&self, inbox: &Inbox<'_>, envelopes: Envelopes) {
         let session = inbox.session();
         let sid = session.sid();
         let subject = if self.inner.auth.is_some() { session.subject() } else { None };
@@ -542,7 +561,7 @@ impl Gateway {
     /// With auth on, a new session first needs a valid token, whose subject it keeps; a token
     /// presented on a resume must name the session's subject (see [`crate::auth`]).
     pub async fn admit(&self, attachment: &Attachment, headers: &HeaderMap, query: Option<&str>) -> Result<(), Error> {
-        self.authenticate(attachment, headers, query)?;
+        self.authenticate(attachment, headers, query).await?;
         let Some(hook) = self.inner.open.as_ref().filter(|_| attachment.is_fresh()) else {
             return Ok(());
         };
@@ -553,13 +572,14 @@ impl Gateway {
             query: query.map(str::to_owned),
             hub: self.hub.clone(),
         };
-        hook(opening).await.map_err(|reason| {
-            self.hub.remove(attachment.sid());
-            Error::Refused(reason)
-        })
+        if let Err(reason) = hook(opening).await {
+            self.hub.remove(attachment.sid()).await;
+            return Err(Error::Refused(reason));
+        }
+        Ok(())
     }
 
-    fn authenticate(&self, attachment: &Attachment, headers: &HeaderMap, query: Option<&str>) -> Result<(), Error> {
+    async fn authenticate(&self, attachment: &Attachment, headers: &HeaderMap, query: Option<&str>) -> Result<(), Error> {
         let Some(auth) = &self.inner.auth else { return Ok(()) };
         #[derive(serde::Deserialize)]
         struct TokenQuery {
@@ -567,24 +587,24 @@ impl Gateway {
         }
         let query_token = query.and_then(|q| serde_urlencoded::from_str::<TokenQuery>(q).ok()).and_then(|q| q.token);
         let sid = attachment.sid();
-        let refuse = |err: AuthError| {
+        let refuse = |err: AuthError| async move {
             if attachment.is_fresh() {
-                self.hub.remove(sid);
+                self.hub.remove(sid).await;
             }
             tracing::info!(sid = sid.short(), %err, "refused a session");
             Err(Error::Auth(err))
         };
         let identity = match crate::auth::token(headers, query_token.as_deref()).map(|t| auth.verify(t)).transpose() {
             Ok(identity) => identity,
-            Err(err) => return refuse(err),
+            Err(err) => return refuse(err).await,
         };
         match identity {
             Some(subject) if attachment.is_fresh() => {
-                self.hub.set_subject(sid, subject)?;
+                self.hub.set_subject(sid, subject).await?;
                 Ok(())
             }
-            None if attachment.is_fresh() => refuse(AuthError::Missing),
-            Some(subject) if self.hub.subject(sid).as_deref() != Some(&*subject) => refuse(AuthError::WrongSubject),
+            None if attachment.is_fresh() => refuse(AuthError::Missing).await,
+            Some(subject) if self.hub.subject(sid).await.as_deref() != Some(&*subject) => refuse(AuthError::WrongSubject).await,
             _ => Ok(()),
         }
     }
@@ -597,7 +617,7 @@ impl Gateway {
 
 /// The transports hand what they read, and what they attach, to the gateway.
 impl transport::Handler for Gateway {
-    fn dispatch_to(&self, session: &SessionHandle, envelopes: Envelopes) -> impl Future<Output = ()> + Send {
+    fn dispatch_to(&self, session: &SessionHandle, envelopes: Envelopes) -> impl Future<Output = Result<(), HubError>> + Send {
         Gateway::dispatch_to(self, session, envelopes)
     }
 
@@ -615,10 +635,20 @@ async fn render_metrics(State(gateway): State<Gateway>) -> Response {
     }
 }
 
-/// `GET /healthz`: the process is up and serving.
+/// `GET /healthz`: the process is up and serving; in cluster mode, also whether Redis is
+/// reachable (503 when it is not: the node refuses new sessions then).
 async fn healthz(State(gateway): State<Gateway>) -> Response {
-    let body = json!({"status": "ok", "sessions": gateway.hub().len()});
-    axum::Json(body).into_response()
+    let sessions = gateway.hub().len();
+    match gateway.hub().cluster() {
+        None => axum::Json(json!({"status": "ok", "sessions": sessions})).into_response(),
+        Some(cluster) if cluster.is_reachable() => {
+            axum::Json(json!({"status": "ok", "sessions": sessions, "redis": "ok", "node": cluster.node()})).into_response()
+        }
+        Some(cluster) => {
+            let body = json!({"status": "unavailable", "sessions": sessions, "redis": "unreachable", "node": cluster.node()});
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -649,7 +679,7 @@ mod tests {
             // Held by the session's state, so its weak count tells when that state is freed.
             let subject: Arc<str> = format!("user {i}").into();
             freed.push(Arc::downgrade(&subject));
-            hub.set_subject(attachment.sid(), subject).unwrap();
+            hub.set_subject(attachment.sid(), subject).await.unwrap();
             hub.emit(attachment.sid(), "n", &json!(i)).await.unwrap();
             attachments.push(attachment);
         }

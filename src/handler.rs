@@ -47,7 +47,7 @@ pub struct Opening {
 /// /// `chat` goes to the sender's rooms, signed with who sent it.
 /// async fn chat(ctx: Context, text: Value) {
 ///     let from = ctx.subject().unwrap_or(ctx.sid().short()).to_owned();
-///     for room in ctx.rooms() {
+///     for room in ctx.rooms().await {
 ///         let line = json!({ "room": room, "from": from, "text": text });
 ///         let _ = ctx.hub().publish_except(&Target::Room(room), Some(ctx.sid()), "chat", &line).await;
 ///     }
@@ -88,8 +88,8 @@ impl Context {
     }
 
     /// The rooms the session is in.
-    pub fn rooms(&self) -> Vec<String> {
-        self.session.rooms()
+    pub async fn rooms(&self) -> Vec<String> {
+        self.session.rooms().await
     }
 
     /// The name of the event being handled.
@@ -113,8 +113,8 @@ impl Context {
     /// [`Context::emit`] of an event rendered once, ahead of time (a constant reply): it shares
     /// that name and JSON text instead of checking, serializing and allocating its own.
     /// Returns the event's number in the session (its cursor is the session's id and this).
-    pub fn emit_rendered(&self, event: &Rendered) -> Result<u64, HubError> {
-        self.hub.emit_rendered_to(&self.session, event)
+    pub async fn emit_rendered(&self, event: &Rendered) -> Result<u64, HubError> {
+        self.hub.emit_rendered_to(&self.session, event).await
     }
 }
 

@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use switchyard::config::Cli;
 use switchyard::api::{self, ApiAccess};
+use switchyard::hub::Cluster;
 use switchyard::upstream::Upstream;
 use switchyard::{app, server, Gateway};
 use tracing_subscriber::EnvFilter;
@@ -17,7 +18,10 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let upstream = cli.upstream.config().map(Upstream::new);
-    let builder = Gateway::builder(cli.config());
+    let mut builder = Gateway::builder(cli.config());
+    if let Some(url) = &cli.redis {
+        builder = builder.cluster(connect(url).await);
+    }
     let builder = match &upstream {
         // With --upstream the application behind the gateway is the app: no built-in handlers.
         Some(upstream) if upstream.config().events.is_some() => upstream.install(builder),
@@ -39,6 +43,22 @@ async fn main() -> anyhow::Result<()> {
     server::run(listener, router, gateway, shutdown_signal()).await.context("serving")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connects to cluster mode's Redis, trying again every second until it answers (a node
+/// started before its Redis waits for it rather than exiting).
+async fn connect(url: &str) -> Cluster {
+    let mut attempt = 0u32;
+    loop {
+        match Cluster::connect(url).await {
+            Ok(cluster) => return cluster,
+            Err(err) => {
+                attempt += 1;
+                tracing::warn!(%err, attempt, "cannot connect to Redis; trying again in 1 s");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

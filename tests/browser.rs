@@ -29,7 +29,7 @@ fn config() -> Config {
 /// them the seed's reply.
 async fn assert_exactly_once(server: &TestServer, b: &Browser, replies: usize) {
     let sid: Sid = b.eval("return window.__switchyard.id;").await.as_str().expect("a sid").parse().expect("a valid sid");
-    let emitted = server.gateway.hub().info(&sid).expect("the session is live").last_seq;
+    let emitted = server.gateway.hub().info(&sid).await.expect("the session is live").last_seq;
     b.assert_every_event_once(emitted, &[], replies).await;
 }
 
@@ -197,10 +197,10 @@ async fn a_cut_connection_resumes_with_every_reply_once() {
             // the server's buffer still has them), messages still on their way up are lost too
             // (the client sends them again, numbered, after the resume).
             relay.stall_downstream(true);
-            let before = server.gateway.hub().info(&sid).unwrap().last_seq;
+            let before = server.gateway.hub().info(&sid).await.unwrap().last_seq;
             b.send_range(21, 30, false).await;
             let deadline = std::time::Instant::now() + PAGE_WAIT;
-            while server.gateway.hub().info(&sid).unwrap().last_seq < before + 10 {
+            while server.gateway.hub().info(&sid).await.unwrap().last_seq < before + 10 {
                 assert!(std::time::Instant::now() < deadline, "the server never answered the messages sent while stalled");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -305,7 +305,7 @@ async fn the_servers_reconnect_event_makes_the_client_resume() {
             assert_eq!(b.eval("return window.__switchyard.id;").await, sid_text, "same session");
             b.send_range(1, 5, true).await;
             // Every event but the command arrived once, in order.
-            let emitted = server.gateway.hub().info(&sid).unwrap().last_seq;
+            let emitted = server.gateway.hub().info(&sid).await.unwrap().last_seq;
             b.assert_every_event_once(emitted, &[command_seq], 5).await;
         })
         .await;
@@ -335,7 +335,7 @@ async fn a_gateway_mounted_under_a_path_prefix() {
                 b.wait_transport(transport, PAGE_WAIT).await;
                 b.send_range(1, 3, true).await;
                 let sid: Sid = b.eval("return window.__switchyard.id;").await.as_str().unwrap().parse().unwrap();
-                let emitted = gateway.hub().info(&sid).expect("the session lives in the nested gateway").last_seq;
+                let emitted = gateway.hub().info(&sid).await.expect("the session lives in the nested gateway").last_seq;
                 b.assert_every_event_once(emitted, &[], 3).await;
             }
         })

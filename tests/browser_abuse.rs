@@ -57,7 +57,7 @@ async fn a_tab_frozen_on_polling_comes_back_on_one_fresh_session_and_shows_the_g
             assert!(live <= 2, "{live} sessions on the server two seconds after the thaw (the fresh one, perhaps the expired one unswept)");
 
             let sid: Sid = b.eval("return window.__switchyard.id;").await.as_str().unwrap().parse().unwrap();
-            assert!(server.gateway.hub().info(&sid).is_some(), "the page holds a live session");
+            assert!(server.gateway.hub().info(&sid).await.is_some(), "the page holds a live session");
             assert_eq!(b.eval("return document.getElementById('sid').textContent;").await, json!(sid.to_string()), "#sid shows it");
             assert_eq!(b.eval("return window.__switchyard.connected;").await, json!(true));
             let gaps = b.events_named("gap").await;

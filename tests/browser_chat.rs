@@ -24,7 +24,7 @@ async fn a_websocket_tab_and_an_sse_tab_chat_in_the_lobby() {
             b.goto(&server.url("/?transport=sse")).await;
             b.wait_transport("sse", PAGE_WAIT).await;
             within("both tabs in the lobby", async {
-                while server.gateway.hub().members("lobby").len() < 2 {
+                while server.gateway.hub().members("lobby").await.len() < 2 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             })

@@ -288,7 +288,7 @@ impl Client {
         }
         let until = Instant::now() + WAIT;
         loop {
-            while !self.complete() && Instant::now() < until {
+            while !self.complete().await && Instant::now() < until {
                 self.hold(until, None).await;
             }
             // What the server has taken in is handled before the check: handlers hold the
@@ -296,7 +296,7 @@ impl Client {
             // reply. (A frame still unread on an old socket is a re-send of a confirmed message,
             // which the server skips without a reply.)
             self.handlers_done().await;
-            if self.complete() || Instant::now() >= until {
+            if self.complete().await || Instant::now() >= until {
                 return self;
             }
         }
@@ -305,18 +305,18 @@ impl Client {
     /// Waits until no handler of the client's session is running (none may be).
     async fn handlers_done(&self) {
         let Some(sid) = self.sid.as_deref() else { return };
-        if let Ok(session) = self.server.gateway.hub().session(&sid.parse().unwrap()) {
+        if let Ok(session) = self.server.gateway.hub().session(&sid.parse().unwrap()).await {
             drop(tokio::time::timeout(WAIT, session.inbox()).await.expect("the session's handlers to finish"));
         }
     }
 
     /// Whether the client has read up to the newest event of its session.
-    fn complete(&self) -> bool {
+    async fn complete(&self) -> bool {
         let Some(sid) = self.sid.as_deref() else { return false };
         if self.confirmed < self.sent {
             return false;
         }
-        let last = self.server.gateway.hub().info(&sid.parse().unwrap()).expect("the session is live").last_seq;
+        let last = self.server.gateway.hub().info(&sid.parse().unwrap()).await.expect("the session is live").last_seq;
         self.log.iter().filter(|r| !r.id.ends_with('~')).map(|r| seq(&r.id)).max().unwrap_or(0) >= last
     }
 
@@ -348,7 +348,7 @@ impl Client {
     async fn hold_link(&mut self, link: &mut Link, until: Instant, deadline: Option<Instant>, http: &reqwest::Client) -> &'static str {
         let mut next_send = Instant::now() + self.send_pause();
         loop {
-            if deadline.is_none() && self.complete() {
+            if deadline.is_none() && self.complete().await {
                 return "the log was complete";
             }
             let poll_url = self.attach_url("/poll", true);

@@ -40,9 +40,9 @@ async fn scenario(server: &TestServer, relay: Option<&Relay>, script: &str, env:
     run(script, &vars, &server.gateway, relay, LIMIT).await
 }
 
-fn live(server: &TestServer, sid: &Value) -> bool {
+async fn live(server: &TestServer, sid: &Value) -> bool {
     let sid: Sid = sid.as_str().expect("a sid").parse().expect("a valid sid");
-    server.gateway.hub().info(&sid).is_some()
+    server.gateway.hub().info(&sid).await.is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +51,7 @@ async fn a_tab_frozen_on_polling_adopts_the_fresh_session_instead_of_flooding() 
     let server = TestServer::with_config(config()).await;
     let out = scenario(&server, None, "frozen_poll.mjs", &[]).await.result;
     assert_ne!(out["now"], out["first"], "a fresh session: {out}");
-    assert!(live(&server, &out["now"]), "the page holds a live session: {out}");
+    assert!(live(&server, &out["now"]).await, "the page holds a live session: {out}");
     assert_eq!(out["connected"], json!(true));
     assert_eq!(out["transport"], json!("polling"));
     let gaps = out["gaps"].as_array().unwrap();

@@ -196,7 +196,7 @@ async fn run(buffer: usize, slow: Duration, actions: Vec<Action>) {
                     assert_eq!(cursor.seq, model.emitted.len() as u64, "events are numbered 1, 2, ...");
                     next_data += 1;
                 }
-                notice_evictions(&hub, &mut client, model, buffer);
+                notice_evictions(&hub, &mut client, model, buffer).await;
             }
             Action::Attach(kind, resume) => {
                 let kind = KINDS[kind];
@@ -261,7 +261,7 @@ async fn run(buffer: usize, slow: Duration, actions: Vec<Action>) {
                 let mut expected = before - abandoned.len();
                 if let Some(model) = session.as_mut().filter(|m| !m.expired) {
                     if let Some(stream) = client.current.as_mut().filter(|s| !s.evicted) {
-                        let attached = hub.info(&model.sid).and_then(|i| i.transport).is_some();
+                        let attached = hub.info(&model.sid).await.and_then(|i| i.transport).is_some();
                         if !attached {
                             // Left events unread for the slow-consumer timeout.
                             assert!(now - stream.attached_at >= slow, "detached as slow before its time");
@@ -277,7 +277,7 @@ async fn run(buffer: usize, slow: Duration, actions: Vec<Action>) {
                 }
                 assert_eq!(removed, expected, "sessions removed by expiry");
                 if let Some(model) = session.as_ref().filter(|m| !m.expired) {
-                    let info = hub.info(&model.sid).expect("a live session");
+                    let info = hub.info(&model.sid).await.expect("a live session");
                     assert_eq!(info.last_seq, model.emitted.len() as u64);
                     assert_eq!(info.buffered, model.emitted.len().min(buffer));
                     assert_eq!(info.detached_for, model.detached_at.map(|t| now - t));
@@ -288,12 +288,12 @@ async fn run(buffer: usize, slow: Duration, actions: Vec<Action>) {
 }
 
 /// After emits: the transport held is detached as a slow consumer only if the buffer overtook it.
-fn notice_evictions(hub: &Hub, client: &mut Client, model: &mut Session, buffer: usize) {
+async fn notice_evictions(hub: &Hub, client: &mut Client, model: &mut Session, buffer: usize) {
     if model.expired {
         return;
     }
     let Some(stream) = client.current.as_mut().filter(|s| !s.evicted) else { return };
-    if hub.info(&model.sid).and_then(|i| i.transport).is_none() {
+    if hub.info(&model.sid).await.and_then(|i| i.transport).is_none() {
         let newest_lost = (model.emitted.len() as u64).saturating_sub(buffer as u64);
         assert!(
             stream.position.unwrap_or(0) < newest_lost,

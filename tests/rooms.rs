@@ -202,7 +202,7 @@ async fn membership_survives_transport_switches_and_goes_with_the_session() {
 
     // Past the grace period the session, and its membership, are gone.
     within("the session to expire", async {
-        while server.gateway.hub().info(&sid.parse().unwrap()).is_some() {
+        while server.gateway.hub().info(&sid.parse().unwrap()).await.is_some() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -223,7 +223,7 @@ async fn the_default_app_chats_between_a_websocket_tab_and_an_sse_tab() {
     ws.send(r#"{"event":"join","data":"lobby"}"#).await;
     server.post_json(&sse_sid, r#"{"event":"join","data":"lobby"}"#).await;
     within("both tabs in the lobby", async {
-        while server.gateway.hub().members("lobby").len() < 2 {
+        while server.gateway.hub().members("lobby").await.len() < 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })

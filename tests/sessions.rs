@@ -445,7 +445,7 @@ async fn numbered_sends_are_handled_once_and_the_hello_says_how_far() {
 async fn keep_alive_writes_find_a_dropped_sse_connection_and_detach_it() {
     let server = TestServer::with_config(Config { keepalive: Duration::from_millis(100), ..Config::default() }).await;
     let (tcp, sid) = server.raw_sse(None).await;
-    assert_eq!(server.gateway.hub().info(&sid).unwrap().transport, Some(Transport::Sse));
+    assert_eq!(server.gateway.hub().info(&sid).await.unwrap().transport, Some(Transport::Sse));
     // The peer vanishes (as behind a proxy that dropped the connection) without a word.
     drop(tcp);
     server.wait_for_transport(&sid, None).await;

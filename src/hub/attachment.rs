@@ -78,6 +78,9 @@ pub enum CloseReason {
     /// The transport left events unread for too long, or the buffer moved past what it had
     /// read; the client should resume (and will get a `gap` notice if events were lost).
     SlowConsumer,
+    /// Cluster mode: Redis became unreachable, so events emitted on other nodes can no longer
+    /// reach this transport; the client was told to resume (`reconnect`, reason `redis`).
+    Unavailable,
 }
 
 impl CloseReason {
@@ -87,6 +90,7 @@ impl CloseReason {
             CloseReason::Superseded => "superseded",
             CloseReason::Shutdown => "shutdown",
             CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::Unavailable => "redis unreachable",
         }
     }
 }
@@ -126,6 +130,9 @@ impl GapReason {
 /// transport's side is its [`Attachment`].
 pub(super) struct Attached {
     pub(super) id: u64,
+    /// Cluster mode: the attachment's generation in Redis (a takeover with a later one
+    /// supersedes it); 0 in memory.
+    pub(super) gen: u64,
     /// Woken on every emit and when the attachment is superseded. The other end is held by the
     /// [`Attachment`] with the same id.
     pub(super) wake: Arc<Signal>,
@@ -170,8 +177,11 @@ impl Hub {
         request: AttachRequest<'_>,
         gate: impl FnOnce() -> Result<(), E>,
     ) -> Result<Attachment, E> {
+        if let Some(cluster) = &self.inner.cluster {
+            return self.attach_clustered(cluster, &request, gate).await;
+        }
         let gap = match self.resolve(request.sid, request.cursor) {
-            Ok(Some((session, start))) => match self.attach_to(session, &request, Some(start), None) {
+            Ok(Some((session, start))) => match self.attach_to(session, &request, true, start, None, 0) {
                 Some(attachment) => return Ok(attachment),
                 // The expiry task removed the session between lookup and lock.
                 None => Some(GapReason::Expired),
@@ -182,17 +192,21 @@ impl Hub {
         gate()?;
         let session = self.create()?;
         Ok(self
-            .attach_to(session, &request, None, gap)
+            .attach_to(session, &request, false, None, gap, 0)
             .expect("a session just created is not expired: it is created attached"))
     }
 
-    /// Attaches to a session found (`found` is `Some(start)`) or just created (`None`).
-    fn attach_to(
+    /// Attaches to a session `found` (resumed) or just created, from `start` (the cursor, or
+    /// `None`: after what was last handed out); `gen` is the attachment's generation in
+    /// cluster mode.
+    pub(super) fn attach_to(
         &self,
         session: Arc<Session>,
         request: &AttachRequest<'_>,
-        found: Option<Option<u64>>,
+        found: bool,
+        start: Option<u64>,
         gap: Option<GapReason>,
+        gen: u64,
     ) -> Option<Attachment> {
         let transport = request.transport;
         let id = self.inner.next_attachment.fetch_add(1, Ordering::Relaxed);
@@ -201,13 +215,12 @@ impl Hub {
         if state.removed {
             return None;
         }
-        let start = found.flatten();
         let position = start.unwrap_or(state.delivered);
         // A poll that resumes from a poll's cursor continues the same transport: no new hello.
         let continuation = transport == Transport::Polling
             && state.last_transport == Some(Transport::Polling)
             && start.is_some();
-        let attached = Attached { id, wake: wake.clone(), read_upto: position, behind_since: None };
+        let attached = Attached { id, gen, wake: wake.clone(), read_upto: position, behind_since: None };
         if let Some(old) = state.attached.replace(attached) {
             metrics::counter!("switchyard_detaches_total", "reason" => "superseded").increment(1);
             old.wake.notify();
@@ -220,7 +233,7 @@ impl Hub {
         let mut notices = Notices::new();
         if !continuation {
             let config = &self.inner.config;
-            let mut hello = json!({"sid": session.sid.as_str(), "transport": transport.as_str(), "resumed": found.is_some(),
+            let mut hello = json!({"sid": session.sid.as_str(), "transport": transport.as_str(), "resumed": found,
                                    "received": session.received.load(Ordering::Acquire),
                                    "max_body": config.max_body, "max_batch": config.max_batch});
             if let Some(heartbeat) = request.heartbeat {
@@ -236,7 +249,7 @@ impl Hub {
             ));
         }
         tracing::debug!(sid = session.sid.short(), transport = transport.as_str(), position, ?gap, "attached");
-        let fresh = found.is_none();
+        let fresh = !found;
         counters::transport_attached(transport, fresh, !continuation);
         if let Some(reason) = gap {
             metrics::counter!("switchyard_gaps_total", "reason" => reason.as_str()).increment(1);
@@ -245,6 +258,7 @@ impl Hub {
             hub: self.clone(),
             session,
             id,
+            gen,
             wake,
             position,
             seen: 0,
@@ -289,6 +303,8 @@ pub struct Attachment {
     hub: Hub,
     session: Arc<Session>,
     id: u64,
+    /// Cluster mode: the generation of this attachment in Redis; 0 in memory.
+    gen: u64,
     /// Shared with the session's [`Attached`] entry while this attachment holds the session.
     wake: Arc<Signal>,
     /// Number of the last event copied out of the ring: handed out, or waiting in `pending`.
@@ -317,7 +333,7 @@ impl Attachment {
 
     /// The attached session, for sending into it without a lookup by sid.
     pub fn session(&self) -> SessionHandle {
-        SessionHandle { session: self.session.clone() }
+        self.hub.handle(self.session.clone())
     }
 
     /// The transport holding the attachment.
@@ -385,7 +401,11 @@ impl Attachment {
             return Ok(Some(event));
         }
         if self.said_goodbye {
-            return Err(CloseReason::Shutdown);
+            let state = lock(&self.session.state);
+            return Err(match state.evicted {
+                Some((id, CloseReason::Unavailable)) if id == self.id => CloseReason::Unavailable,
+                _ => CloseReason::Shutdown,
+            });
         }
         // Read before the lock: a change made after this load bumps the count past `seen`.
         let changes = self.wake.changes.load(Ordering::SeqCst);
@@ -397,10 +417,20 @@ impl Attachment {
         if state.attached.as_ref().map(|a| a.id) != Some(self.id) {
             // An end is final: every later look must find it again, not take the change as seen.
             self.seen = 0;
-            return Err(match state.evicted {
+            let reason = match state.evicted {
                 Some((id, reason)) if id == self.id => reason,
                 _ => CloseReason::Superseded,
-            });
+            };
+            if reason == CloseReason::Unavailable && !self.said_goodbye {
+                // Told, not left in silence: resume (elsewhere, or here once Redis is back).
+                self.said_goodbye = true;
+                return Ok(Some(Event::notice(
+                    self.position,
+                    "reconnect",
+                    json!({"reason": "redis", "message": "the session store is unreachable from this server; resume from your last cursor"}),
+                )));
+            }
+            return Err(reason);
         }
         let last_seq = state.ring.last_seq();
         if last_seq > self.position {
@@ -470,6 +500,12 @@ impl Drop for Attachment {
             state.attached = None;
             state.detached_at = Some(Instant::now());
             tracing::debug!(sid = self.session.sid.short(), transport = self.transport.as_str(), "detached");
+            if self.hub.inner.cluster.is_some() {
+                let (hub, sid, gen, delivered) = (self.hub.clone(), self.session.sid.clone(), self.gen, self.position);
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move { hub.cluster_detach(&sid, gen, delivered).await });
+                }
+            }
         }
     }
 }
@@ -720,6 +756,6 @@ mod tests {
         assert_eq!(next(&mut b).await.3, "1");
         // Dropping the superseded attachment does not detach the new one.
         drop(a);
-        assert_eq!(hub.info(&sid).unwrap().transport, Some(Transport::Sse));
+        assert_eq!(hub.info(&sid).await.unwrap().transport, Some(Transport::Sse));
     }
 }

@@ -41,6 +41,15 @@ impl Body {
     pub(super) fn shared(name: &str, data: impl Into<Box<str>>) -> Arc<Body> {
         Arc::new(Body { name: name.into(), data: data.into() })
     }
+
+    /// The body as a cluster buffer entry: `name\ndata` (names hold no control characters).
+    pub(super) fn entry(&self) -> String {
+        let mut entry = String::with_capacity(self.name.len() + 1 + self.data.len());
+        entry.push_str(&self.name);
+        entry.push('\n');
+        entry.push_str(&self.data);
+        entry
+    }
 }
 
 impl Event {
@@ -119,7 +128,7 @@ mod tests {
         let mut a = hub.attach(Transport::WebSocket, None, None).await.unwrap();
         next(&mut a).await;
         let rendered = Rendered::new("response", &"Message received!").unwrap();
-        hub.emit_rendered_to(&a.session(), &rendered).unwrap();
+        hub.emit_rendered_to(&a.session(), &rendered).await.unwrap();
         hub.emit(a.sid(), "response", &json!("Message received!")).await.unwrap();
         let (x, y) = (a.recv().await.unwrap(), a.recv().await.unwrap());
         assert_eq!((x.name(), x.data()), (y.name(), y.data()));

@@ -97,7 +97,9 @@ impl Hub {
             if stalled {
                 evict(&mut state, CloseReason::SlowConsumer, &session.sid);
             }
-            let expired = state.detached_at.is_some_and(|t| now.duration_since(t) >= grace);
+            // In cluster mode a local session past its grace is only this node's copy: Redis
+            // decides when the session expires (see `mirror.rs`).
+            let expired = state.detached_at.is_some_and(|t| now.duration_since(t) >= grace) && state.syncing == 0;
             if expired {
                 state.removed = true;
                 state.ring.clear();
@@ -110,7 +112,7 @@ impl Hub {
         if removed > 0 {
             self.inner.live.fetch_sub(removed, Ordering::Relaxed);
             // Room tables and watchers are touched with no session table lock held.
-            self.forget(gone, true);
+            self.forget(gone, self.inner.cluster.is_none());
         }
         removed
     }
@@ -133,7 +135,8 @@ impl Hub {
         let hub = Arc::downgrade(&self.inner);
         let shutdown = self.inner.shutdown.clone();
         let period = (self.inner.config.grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        async move {
+        let node = self.inner.cluster.clone().map(|cluster| super::cluster::run(hub.clone(), cluster, shutdown.clone()));
+        let sweeps = async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -149,6 +152,14 @@ impl Hub {
                         Hub { inner }.sweep(Instant::now()).await;
                     }
                 }
+            }
+        };
+        async move {
+            match node {
+                Some(node) => {
+                    tokio::join!(sweeps, node);
+                }
+                None => sweeps.await,
             }
         }
     }
@@ -207,7 +218,7 @@ mod tests {
         assert!(matches!(a.try_recv(), Ok(Some(_))), "not yet 5 s since a tick saw it behind");
         hub.emit(&sid, "n", &json!(3)).await.unwrap();
         ticks(5).await;
-        assert!(hub.info(&sid).unwrap().transport.is_some(), "reading restarted the clock");
+        assert!(hub.info(&sid).await.unwrap().transport.is_some(), "reading restarted the clock");
         ticks(1).await;
         let end = tokio::time::timeout(Duration::from_secs(1), a.recv()).await.expect("detached by now");
         assert_eq!(end.unwrap_err(), CloseReason::SlowConsumer);
@@ -238,12 +249,12 @@ mod tests {
         drop(a);
         tokio::time::advance(Duration::from_millis(6500)).await;
         hub.expire(Instant::now());
-        assert_eq!(hub.info(&sid).unwrap().buffered, 5, "16.5 s old: kept");
+        assert_eq!(hub.info(&sid).await.unwrap().buffered, 5, "16.5 s old: kept");
         tokio::time::advance(Duration::from_millis(600)).await;
         hub.expire(Instant::now());
-        assert_eq!(hub.info(&sid).unwrap().buffered, 2, "17.1 s old: dropped");
+        assert_eq!(hub.info(&sid).await.unwrap().buffered, 2, "17.1 s old: dropped");
         // The attached session that never read what aged out is a slow consumer.
-        assert_eq!(hub.info(idle.sid()).unwrap().buffered, 0);
+        assert_eq!(hub.info(idle.sid()).await.unwrap().buffered, 0);
         assert_eq!(next(&mut idle).await.0, "session");
         assert_eq!(idle.try_recv().unwrap_err(), CloseReason::SlowConsumer);
 
@@ -255,8 +266,8 @@ mod tests {
         assert_eq!((next(&mut b).await.1, next(&mut b).await.1), (4, 5));
         tokio::time::advance(Duration::from_secs(11)).await;
         hub.expire(Instant::now());
-        assert_eq!(hub.info(&sid).unwrap().buffered, 0);
-        assert_eq!(hub.info(&sid).unwrap().last_seq, 5, "the numbering goes on");
+        assert_eq!(hub.info(&sid).await.unwrap().buffered, 0);
+        assert_eq!(hub.info(&sid).await.unwrap().last_seq, 5, "the numbering goes on");
     }
 
     #[tokio::test(start_paused = true)]
@@ -321,7 +332,7 @@ mod tests {
         let subject: Arc<str> = "someone".into();
         let held = Arc::downgrade(&subject);
         let a = hub.attach(Transport::Sse, None, None).await.unwrap();
-        hub.set_subject(a.sid(), subject).unwrap();
+        hub.set_subject(a.sid(), subject).await.unwrap();
         hub.emit(a.sid(), "n", &json!(1)).await.unwrap();
         drop((a, hub));
         tokio::time::timeout(Duration::from_secs(60), task).await.expect("the expiry task ended").unwrap();

@@ -49,9 +49,11 @@
 //! them is the application's business.)
 
 mod attachment;
+mod cluster;
 mod counters;
 mod event;
 mod expiry;
+mod mirror;
 mod ring;
 mod rooms;
 mod session;
@@ -67,6 +69,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use attachment::{AttachRequest, Attachment, CloseReason, GapReason};
+pub use cluster::Cluster;
 pub use event::{render_data, validate_event_name, Event, Rendered};
 pub use expiry::Expired;
 pub use rooms::{check_room_name, Target, MAX_ROOM_NAME};
@@ -172,6 +175,9 @@ pub enum HubError {
     /// A room name the hub refuses, and why.
     #[error("invalid room name: {0}")]
     RoomName(&'static str),
+    /// Cluster mode: Redis cannot be reached (or did not answer in time); try again shortly.
+    #[error("the session store (Redis) is unreachable; try again shortly")]
+    Unavailable,
 }
 
 /// What [`Hub::info`] tells about a session.
@@ -217,13 +223,13 @@ pub struct SessionInfo {
 /// assert_eq!(cursor.seq, 1);
 ///
 /// // Rooms: membership belongs to the session and survives switching transports.
-/// hub.join(&a, "lobby")?;
-/// hub.join(&b, "lobby")?;
+/// hub.join(&a, "lobby").await?;
+/// hub.join(&b, "lobby").await?;
 /// let reached = hub.publish(&Target::Room("lobby".into()), "chat", &json!("hello")).await?;
 /// assert_eq!(reached, 2);
 /// hub.publish_except(&Target::Room("lobby".into()), Some(&a), "chat", &json!("not to a")).await?;
 /// hub.emit_all("news", &json!(null)).await?;
-/// assert_eq!(hub.members("lobby").len(), 2);
+/// assert_eq!(hub.members("lobby").await.len(), 2);
 ///
 /// // What bob's transport writes: the `session` hello, then his events in order.
 /// let names: Vec<String> = std::iter::from_fn(|| bob.try_recv().ok().flatten()).map(|e| e.name().to_owned()).collect();
@@ -261,6 +267,9 @@ struct Inner {
     expired_txs: Mutex<Vec<mpsc::UnboundedSender<Expired>>>,
     /// When the hub was made: tick 0 of the age bound ([`Hub::age_tick`]).
     epoch: tokio::time::Instant,
+    /// Cluster mode: Redis holds the sessions, and the table is this node's mirror of those it
+    /// serves (see `cluster/mod.rs` and `mirror.rs`). `None`: the table is the truth.
+    cluster: Option<Cluster>,
 }
 
 impl Hub {
@@ -272,6 +281,20 @@ impl Hub {
     ///
     /// If `config.buffer` is 0: a session keeps at least its newest event.
     pub fn new(config: HubConfig, shutdown: CancellationToken) -> Hub {
+        Hub::build(config, shutdown, None)
+    }
+
+    /// A hub in cluster mode: sessions live in the Redis behind `cluster`, shared with every
+    /// other node connected to it, and any node may serve any request of any session.
+    ///
+    /// # Panics
+    ///
+    /// If `config.buffer` is 0.
+    pub fn clustered(config: HubConfig, shutdown: CancellationToken, cluster: Cluster) -> Hub {
+        Hub::build(config, shutdown, Some(cluster))
+    }
+
+    fn build(config: HubConfig, shutdown: CancellationToken, cluster: Option<Cluster>) -> Hub {
         assert!(config.buffer > 0, "the session buffer must hold at least one event");
         Hub {
             inner: Arc::new(Inner {
@@ -285,6 +308,7 @@ impl Hub {
                 rooms: (0..table::SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
                 expired_txs: Mutex::new(Vec::new()),
                 epoch: tokio::time::Instant::now(),
+                cluster,
             }),
         }
     }
@@ -292,6 +316,11 @@ impl Hub {
     /// The hub's settings.
     pub fn config(&self) -> &HubConfig {
         &self.inner.config
+    }
+
+    /// The Redis connection of cluster mode, if the hub runs in it.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.inner.cluster.as_ref()
     }
 
     /// With an age bound, the tick of the age bound `now` falls in (ticks of a sixteenth of the

@@ -67,6 +67,14 @@ impl Ring {
         self.last
     }
 
+    /// Empties the ring and numbers the next event `last + 1` (cluster mode: the ring is
+    /// filled from Redis from there).
+    pub(super) fn reset(&mut self, last: u64) {
+        self.bodies.clear();
+        self.marks.clear();
+        self.last = last;
+    }
+
     /// Number of the oldest event held; `last_seq() + 1` when the ring is empty.
     #[inline]
     pub(super) fn first_seq(&self) -> u64 {

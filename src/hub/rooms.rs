@@ -94,8 +94,11 @@ impl Hub {
     }
 
     /// Adds a session to a room. Returns `false` if it was a member already.
-    pub fn join(&self, sid: &Sid, room: &str) -> Result<bool, HubError> {
+    pub async fn join(&self, sid: &Sid, room: &str) -> Result<bool, HubError> {
         check_room_name(room)?;
+        if let Some(cluster) = &self.inner.cluster {
+            return cluster.join(sid, room).await;
+        }
         let session = self.find(sid).ok_or(HubError::NoSession)?;
         let mut state = lock(&session.state);
         if state.removed {
@@ -112,7 +115,10 @@ impl Hub {
     }
 
     /// Takes a session out of a room. Returns `false` if it was not a member.
-    pub fn leave(&self, sid: &Sid, room: &str) -> Result<bool, HubError> {
+    pub async fn leave(&self, sid: &Sid, room: &str) -> Result<bool, HubError> {
+        if let Some(cluster) = &self.inner.cluster {
+            return cluster.leave(sid, room).await;
+        }
         let session = self.find(sid).ok_or(HubError::NoSession)?;
         let mut state = lock(&session.state);
         if state.removed {
@@ -127,7 +133,10 @@ impl Hub {
     }
 
     /// The sids of a room's members, in no particular order (empty for an unknown room).
-    pub fn members(&self, room: &str) -> Vec<Sid> {
+    pub async fn members(&self, room: &str) -> Vec<Sid> {
+        if let Some(cluster) = &self.inner.cluster {
+            return cluster.members(room).await.unwrap_or_default();
+        }
         let table = self.room_shard(room).read().unwrap_or_else(PoisonError::into_inner);
         table.get(room).map(|members| members.keys().cloned().collect()).unwrap_or_default()
     }
@@ -156,7 +165,7 @@ impl Hub {
     /// # async fn main() {
     /// # let hub = Hub::new(HubConfig::default(), tokio_util::sync::CancellationToken::new());
     /// let member = hub.attach(Transport::Polling, None, None).await.unwrap();
-    /// hub.join(member.sid(), "ops").unwrap();
+    /// hub.join(member.sid(), "ops").await.unwrap();
     /// let alert = json!({ "level": "page", "text": "disk full" });
     /// assert_eq!(hub.publish(&Target::Room("ops".into()), "alert", &alert).await, Ok(1));
     /// assert_eq!(hub.publish(&Target::Room("nobody".into()), "alert", &alert).await, Ok(0));
@@ -172,6 +181,7 @@ impl Hub {
         match target {
             Target::Sid(sid) if Some(sid) == except => Ok(0),
             Target::Sid(sid) => self.emit(sid, name, data).await.map(|_| 1),
+            _ if self.inner.cluster.is_some() => self.publish_clustered(target, except, Body::shared(name, data.to_string())).await,
             Target::Room(room) => {
                 let members: Vec<Arc<Session>> = {
                     let table = self.room_shard(room).read().unwrap_or_else(PoisonError::into_inner);
@@ -194,6 +204,43 @@ impl Hub {
 
     /// Takes `sid` out of the room table's copy of `room`, and the room out of the table once
     /// it is empty.
+    /// [`Hub::publish_except`] to a room or to all, in cluster mode: members from Redis,
+    /// each event appended there (many at once on the connection's pipeline). Members whose
+    /// session is gone are dropped from the room's set.
+    async fn publish_clustered(&self, target: &Target, except: Option<&Sid>, body: Arc<Body>) -> Result<usize, HubError> {
+        use futures_util::StreamExt;
+        let cluster = self.inner.cluster.as_ref().expect("cluster mode");
+        let members = match target {
+            Target::Room(room) => cluster.members(room).await?,
+            _ => cluster.all_sessions().await?,
+        };
+        let results: Vec<(Sid, Result<u64, HubError>)> = futures_util::stream::iter(members.into_iter().filter(|sid| Some(sid) != except))
+            .map(|sid| {
+                let body = body.clone();
+                async move {
+                    let local = self.find(&sid);
+                    let result = self.cluster_append(cluster, &sid, local.as_ref(), body).await;
+                    (sid, result)
+                }
+            })
+            .buffer_unordered(256)
+            .collect()
+            .await;
+        let mut delivered = 0;
+        let mut gone = Vec::new();
+        for (sid, result) in results {
+            match result {
+                Ok(_) => delivered += 1,
+                Err(HubError::NoSession) => gone.push(sid),
+                Err(err) => return Err(err),
+            }
+        }
+        if let Target::Room(room) = target {
+            cluster.forget_members(room, &gone).await;
+        }
+        Ok(delivered)
+    }
+
     pub(super) fn drop_member(&self, sid: &Sid, room: &str) {
         let mut table = self.room_shard(room).write().unwrap_or_else(PoisonError::into_inner);
         if let Some(members) = table.get_mut(room) {
@@ -246,20 +293,20 @@ mod tests {
         let (a, mut a_att) = session(&hub).await;
         let (b, mut b_att) = session(&hub).await;
         let (_, mut c_att) = session(&hub).await;
-        assert_eq!(hub.join(&a, "r"), Ok(true));
-        assert_eq!(hub.join(&a, "r"), Ok(false));
-        assert_eq!(hub.join(&b, "r"), Ok(true));
+        assert_eq!(hub.join(&a, "r").await, Ok(true));
+        assert_eq!(hub.join(&a, "r").await, Ok(false));
+        assert_eq!(hub.join(&b, "r").await, Ok(true));
         assert_eq!(hub.emit_room("r", "m", &json!(1)).await, Ok(2));
         assert_eq!((names(&mut a_att), names(&mut b_att), names(&mut c_att)), (vec!["1".into()], vec!["1".into()], vec![]));
-        assert_eq!(hub.info(&a).unwrap().rooms, vec!["r".to_owned()]);
-        assert_eq!(hub.leave(&a, "r"), Ok(true));
-        assert_eq!(hub.leave(&a, "r"), Ok(false));
-        assert_eq!(hub.members("r"), vec![b.clone()]);
+        assert_eq!(hub.info(&a).await.unwrap().rooms, vec!["r".to_owned()]);
+        assert_eq!(hub.leave(&a, "r").await, Ok(true));
+        assert_eq!(hub.leave(&a, "r").await, Ok(false));
+        assert_eq!(hub.members("r").await, vec![b.clone()]);
         assert_eq!(hub.emit_all("m", &json!(2)).await, Ok(3));
         assert_eq!(hub.publish_except(&Target::Room("r".into()), Some(&b), "m", &json!(3)).await, Ok(0));
         assert_eq!(hub.publish_except(&Target::All, Some(&b), "m", &json!(4)).await, Ok(2));
-        assert!(matches!(hub.join(&a, ""), Err(HubError::RoomName(_))));
-        assert_eq!(hub.join(&Sid::random(), "r"), Err(HubError::NoSession));
+        assert!(matches!(hub.join(&a, "").await, Err(HubError::RoomName(_))));
+        assert_eq!(hub.join(&Sid::random(), "r").await, Err(HubError::NoSession));
     }
 
     /// A broadcast's data is held once, whichever shards its sessions are in: every member's
@@ -270,7 +317,7 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..4 * SHARDS {
             let (sid, attachment) = session(&hub).await;
-            hub.join(&sid, "r").unwrap();
+            hub.join(&sid, "r").await.unwrap();
             held.push(attachment);
         }
         for target in [Target::All, Target::Room("r".into())] {
@@ -287,17 +334,17 @@ mod tests {
         let mut expired = hub.watch_expired();
         let (a, a_att) = session(&hub).await;
         let (b, _b_att) = session(&hub).await;
-        hub.join(&a, "r").unwrap();
-        hub.join(&a, "s").unwrap();
-        hub.join(&b, "r").unwrap();
+        hub.join(&a, "r").await.unwrap();
+        hub.join(&a, "s").await.unwrap();
+        hub.join(&b, "r").await.unwrap();
         drop(a_att);
         tokio::time::advance(Duration::from_secs(31)).await;
         assert_eq!(hub.expire(Instant::now()), 1);
         assert_eq!(expired.try_recv().unwrap(), Expired { sid: a.clone(), rooms: vec!["r".into(), "s".into()] });
-        assert_eq!(hub.members("r"), vec![b.clone()]);
-        assert!(hub.members("s").is_empty());
-        assert!(hub.remove(&b));
-        assert!(hub.members("r").is_empty());
+        assert_eq!(hub.members("r").await, vec![b.clone()]);
+        assert!(hub.members("s").await.is_empty());
+        assert!(hub.remove(&b).await);
+        assert!(hub.members("r").await.is_empty());
         assert!(expired.try_recv().is_err(), "a removal is not an expiry");
         assert_eq!(hub.len(), 0);
     }

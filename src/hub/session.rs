@@ -29,6 +29,7 @@ use crate::protocol::{Cursor, Sid};
 use super::attachment::{evict, Attached, CloseReason};
 use super::event::{validate_event_name, Body, Rendered};
 use super::ring::Ring;
+use super::cluster::Cluster;
 use super::{Hub, HubError, SessionInfo, Transport};
 
 pub(super) struct Session {
@@ -43,6 +44,13 @@ pub(super) struct Session {
     /// so that asking a session in no room for its rooms, as the default app does on every
     /// message, takes no lock.
     pub(super) room_count: AtomicUsize,
+    /// Cluster mode: the highest client `seq` accepted and not yet written to Redis (0: none).
+    /// It goes with the next event emitted to the session, or with the inbox's release, so a
+    /// reply and the record of what it answers are stored together (see `cluster/mod.rs`).
+    pub(super) unsaved: AtomicU64,
+    /// Cluster mode: when (ms since the hub was made) Redis last said the session exists; 0:
+    /// never (see `mirror.rs`).
+    pub(super) verified: AtomicU64,
 }
 
 pub(super) struct State {
@@ -75,13 +83,20 @@ pub(super) struct State {
     /// Token bucket of [`Hub::admit`]: tokens left, and when they were last topped up.
     pub(super) send_tokens: f64,
     pub(super) send_refill: Instant,
+    /// Cluster mode: attaches of this node waiting for Redis's answer; while there are any,
+    /// events published to the node are kept in `early` and applied once the ring is filled
+    /// from Redis (see `mirror.rs`).
+    pub(super) syncing: u32,
+    pub(super) early: Option<Vec<(u64, Arc<Body>)>>,
 }
 
 impl Hub {
     /// Takes one send from the session's budget (a token bucket of `send_rate` per second and
     /// `send_burst` deep), or refuses it with [`HubError::RateLimited`].
-    pub fn admit(&self, sid: &Sid) -> Result<(), HubError> {
-        let session = self.find(sid).ok_or(HubError::NoSession)?;
+    /// In cluster mode the budget is this node's: a client spreading its sends over `n` nodes
+    /// gets up to `n` times the rate.
+    pub async fn admit(&self, sid: &Sid) -> Result<(), HubError> {
+        let session = self.local(sid).await?;
         let mut state = lock(&session.state);
         if state.removed {
             return Err(HubError::NoSession);
@@ -99,21 +114,45 @@ impl Hub {
     }
 
     /// Records who opened the session (the auth subject); handlers see it in their context.
-    pub fn set_subject(&self, sid: &Sid, subject: Arc<str>) -> Result<(), HubError> {
-        let session = self.find(sid).ok_or(HubError::NoSession)?;
+    pub async fn set_subject(&self, sid: &Sid, subject: Arc<str>) -> Result<(), HubError> {
+        let session = self.local(sid).await?;
+        if let Some(cluster) = &self.inner.cluster {
+            cluster.set_subject(sid, &subject).await?;
+        }
         lock(&session.state).subject = Some(subject);
         Ok(())
     }
 
     /// Who opened the session, if auth is on.
-    pub fn subject(&self, sid: &Sid) -> Option<Arc<str>> {
-        let session = self.find(sid)?;
+    pub async fn subject(&self, sid: &Sid) -> Option<Arc<str>> {
+        let session = self.local(sid).await.ok()?;
         let subject = lock(&session.state).subject.clone();
         subject
     }
 
-    /// A snapshot of one session, for debugging and tests.
-    pub fn info(&self, sid: &Sid) -> Option<SessionInfo> {
+    /// The local session of `sid`: in memory, the session; in cluster mode, this node's mirror
+    /// of it, known to exist in Redis (see `mirror.rs`).
+    pub(super) async fn local(&self, sid: &Sid) -> Result<Arc<Session>, HubError> {
+        match &self.inner.cluster {
+            Some(cluster) => self.cluster_session(cluster, sid).await,
+            None => self.find(sid).ok_or(HubError::NoSession),
+        }
+    }
+
+    /// A snapshot of one session, for debugging and tests. In cluster mode it is the
+    /// cluster's view, the same on every node; `None` also when Redis cannot be reached.
+    pub async fn info(&self, sid: &Sid) -> Option<SessionInfo> {
+        if let Some(cluster) = &self.inner.cluster {
+            let info = cluster.info(sid).await.ok()??;
+            return Some(SessionInfo {
+                transport: info.transport,
+                last_seq: info.last_seq,
+                buffered: info.buffered,
+                detached_for: info.detached_for,
+                attached_since: info.attached_since,
+                rooms: info.rooms,
+            });
+        }
         let session = self.find(sid)?;
         let state = lock(&session.state);
         if state.removed {
@@ -156,14 +195,20 @@ impl Hub {
     /// [`Hub::emit`] with the data already rendered as JSON text (saves a `Value` in between
     /// when the caller serializes its own type). `data` must be valid JSON.
     pub async fn emit_json(&self, sid: &Sid, name: &str, data: String) -> Result<Cursor, HubError> {
+        if let Some(cluster) = &self.inner.cluster {
+            validate_event_name(name)?;
+            let local = self.find(sid);
+            let seq = self.cluster_append(cluster, sid, local.as_ref(), Body::shared(name, data)).await?;
+            return Ok(Cursor::event(sid.clone(), seq));
+        }
         let session = self.find(sid).ok_or(HubError::NoSession)?;
-        self.emit_json_to(&SessionHandle { session }, name, data).await
+        self.emit_json_to(&self.handle(session), name, data).await
     }
 
     /// [`Hub::emit_json`] to a session already in hand: no table lookup.
     pub async fn emit_json_to(&self, handle: &SessionHandle, name: &str, data: String) -> Result<Cursor, HubError> {
         validate_event_name(name)?;
-        let seq = self.append(&handle.session, Body::shared(name, data)).ok_or(HubError::NoSession)?;
+        let seq = self.append_to(&handle.session, Body::shared(name, data)).await?;
         Ok(Cursor::event(handle.session.sid.clone(), seq))
     }
 
@@ -171,40 +216,71 @@ impl Hub {
     /// rendered name and data rather than validating, serializing and allocating its own.
     /// Returns the event's number in the session; the per-event path of a constant reply, so it
     /// leaves building a [`Cursor`] (a count on the sid) to the caller that wants one.
-    pub fn emit_rendered_to(&self, handle: &SessionHandle, event: &Rendered) -> Result<u64, HubError> {
-        self.append(&handle.session, event.0.clone()).ok_or(HubError::NoSession)
+    pub async fn emit_rendered_to(&self, handle: &SessionHandle, event: &Rendered) -> Result<u64, HubError> {
+        self.append_to(&handle.session, event.0.clone()).await
+    }
+
+    /// Appends an event to a session in hand: to its ring in memory, through Redis in cluster
+    /// mode.
+    #[inline]
+    async fn append_to(&self, session: &Arc<Session>, body: Arc<Body>) -> Result<u64, HubError> {
+        match &self.inner.cluster {
+            Some(cluster) => self.cluster_append(cluster, &session.sid, Some(session), body).await,
+            None => self.append(session, body).ok_or(HubError::NoSession),
+        }
     }
 
     /// Appends an event to a session's ring and wakes its transport; `None` if the session is
-    /// gone. The one write path of every emit, to one session or many (rooms).
+    /// gone. The one write path of every emit in memory, to one session or many (rooms).
     #[inline]
     pub(super) fn append(&self, session: &Session, body: Arc<Body>) -> Option<u64> {
         let mut state = lock(&session.state);
         if state.removed {
             return None;
         }
+        Some(self.push_locked(&mut state, session, body))
+    }
+
+    /// Appends an event to a ring whose lock is held, dropping the oldest if full (and
+    /// detaching a reader that had not copied it out), and wakes the attachment.
+    #[inline]
+    pub(super) fn push_locked(&self, state: &mut State, session: &Session, body: Arc<Body>) -> u64 {
         // The clock is read only with an age bound.
         let tick = if self.inner.config.buffer_age.is_some() { self.age_tick(Instant::now()) } else { None };
         let (seq, dropped) = state.ring.push(body, self.inner.config.buffer, tick);
         // The attached reader has not even copied out the event now lost: it cannot keep up.
         if let Some(dropped) = dropped {
             if state.attached.as_ref().is_some_and(|a| a.read_upto < dropped) {
-                evict(&mut state, CloseReason::SlowConsumer, &session.sid);
+                evict(state, CloseReason::SlowConsumer, &session.sid);
             }
         }
         if let Some(attached) = &state.attached {
             attached.wake.notify();
         }
-        Some(seq)
+        seq
+    }
+
+    /// A handle on a session found in the table.
+    pub(super) fn handle(&self, session: Arc<Session>) -> SessionHandle {
+        SessionHandle { session, cluster: self.inner.cluster.clone() }
     }
 }
 
 /// Exclusive right to handle one session's client events, from [`SessionHandle::inbox`]. It
 /// borrows the handle rather than holding a count of its own: taking and releasing it is then
-/// the lock alone, on the per-event path.
+/// the lock alone, on the per-event path. In cluster mode it also holds the session's ticket
+/// in Redis (see `cluster/mod.rs`): give it back with [`Inbox::finish`]; dropping it gives it
+/// back too, in the background.
 pub struct Inbox<'a> {
     handle: &'a SessionHandle,
     _guard: tokio::sync::MutexGuard<'a, ()>,
+    ticket: Option<Ticket>,
+}
+
+/// A granted ticket of a session's inbox in Redis, and the task renewing its lease.
+struct Ticket {
+    number: u64,
+    renewal: tokio::task::JoinHandle<()>,
 }
 
 /// One session, already found: what a handler's context holds, so that answering the session
@@ -212,6 +288,7 @@ pub struct Inbox<'a> {
 #[derive(Clone)]
 pub struct SessionHandle {
     pub(super) session: Arc<Session>,
+    pub(super) cluster: Option<Cluster>,
 }
 
 impl SessionHandle {
@@ -220,14 +297,38 @@ impl SessionHandle {
         &self.session.sid
     }
 
-    /// Takes the session's inbox: until the returned guard drops, no other client event of the
-    /// session is handled. Waiters are served in arrival order.
-    pub async fn inbox(&self) -> Inbox<'_> {
-        Inbox { handle: self, _guard: self.session.inbox.lock().await }
+    /// Takes the session's inbox: until the returned guard is finished or dropped, no other
+    /// client event of the session is handled, on this node or (cluster mode) any other.
+    /// Waiters are served in arrival order.
+    ///
+    /// Fails in cluster mode only: the session is gone ([`HubError::NoSession`]) or Redis
+    /// cannot be reached ([`HubError::Unavailable`]).
+    pub async fn inbox(&self) -> Result<Inbox<'_>, HubError> {
+        let guard = self.session.inbox.lock().await;
+        let ticket = match &self.cluster {
+            None => None,
+            Some(cluster) => {
+                let (number, received) = cluster.enter(&self.session.sid).await?;
+                self.session.received.fetch_max(received, Ordering::AcqRel);
+                let (cluster, sid) = (cluster.clone(), self.session.sid.clone());
+                let renewal = tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(super::cluster::INBOX_LEASE / 3).await;
+                        let _ = cluster.renew(&sid, number).await;
+                    }
+                });
+                Some(Ticket { number, renewal })
+            }
+        };
+        Ok(Inbox { handle: self, _guard: guard, ticket })
     }
 
-    /// The rooms the session is in.
-    pub fn rooms(&self) -> Vec<String> {
+    /// The rooms the session is in (in cluster mode, as Redis has them; none if it cannot be
+    /// reached).
+    pub async fn rooms(&self) -> Vec<String> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.rooms(&self.session.sid).await.unwrap_or_default();
+        }
         if self.session.room_count.load(Ordering::Relaxed) == 0 {
             return Vec::new();
         }
@@ -251,12 +352,43 @@ impl<'a> Inbox<'a> {
     /// re-send of something already handled.
     pub fn accept(&self, seq: Option<u64>) -> bool {
         let Some(seq) = seq else { return true };
-        let received = &self.handle.session.received;
-        if seq <= received.load(Ordering::Acquire) {
+        let session = &self.handle.session;
+        if seq <= session.received.load(Ordering::Acquire) {
             return false;
         }
-        received.store(seq, Ordering::Release);
+        session.received.store(seq, Ordering::Release);
+        if self.ticket.is_some() {
+            session.unsaved.fetch_max(seq, Ordering::AcqRel);
+        }
         true
+    }
+
+    /// Gives the inbox back. In cluster mode this releases the ticket in Redis, recording what
+    /// was handled, before the next waiter (here or on another node) goes on.
+    pub async fn finish(mut self) {
+        if let (Some(ticket), Some(cluster)) = (self.ticket.take(), &self.handle.cluster) {
+            ticket.renewal.abort();
+            let session = &self.handle.session;
+            let mark = session.unsaved.swap(0, Ordering::AcqRel);
+            if cluster.release(&session.sid, ticket.number, mark).await.is_err() && mark > 0 {
+                session.unsaved.fetch_max(mark, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+impl Drop for Inbox<'_> {
+    fn drop(&mut self) {
+        if let (Some(ticket), Some(cluster)) = (self.ticket.take(), &self.handle.cluster) {
+            ticket.renewal.abort();
+            let (cluster, session) = (cluster.clone(), self.handle.session.clone());
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let mark = session.unsaved.swap(0, Ordering::AcqRel);
+                    let _ = cluster.release(&session.sid, ticket.number, mark).await;
+                });
+            }
+        }
     }
 }
 
@@ -285,7 +417,7 @@ mod tests {
         }
         // Event 1 left the ring before the reader copied it out: it is too slow to keep.
         assert_eq!(a.recv().await.unwrap_err(), CloseReason::SlowConsumer);
-        assert_eq!(hub.info(&sid).unwrap().transport, None);
+        assert_eq!(hub.info(&sid).await.unwrap().transport, None);
         drop(a);
         let mut b = hub.attach(Transport::Sse, Some(sid.as_str()), Some(&hello)).await.unwrap();
         next(&mut b).await;
@@ -295,6 +427,6 @@ mod tests {
         for i in 8..=10 {
             assert_eq!(next(&mut b).await.1, i);
         }
-        assert_eq!(hub.info(&sid).unwrap().buffered, 3);
+        assert_eq!(hub.info(&sid).await.unwrap().buffered, 3);
     }
 }

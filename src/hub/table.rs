@@ -79,19 +79,27 @@ impl Hub {
         self.shard(sid).read().unwrap_or_else(PoisonError::into_inner).get(sid).cloned()
     }
 
+    /// A new session with a fresh random sid.
     pub(super) fn create(&self) -> Result<Arc<Session>, HubError> {
+        self.insert(Sid::random())
+    }
+
+    /// A new session `sid` in the table (in cluster mode also this node's mirror of a session
+    /// made elsewhere), within the session limit.
+    pub(super) fn insert(&self, sid: Sid) -> Result<Arc<Session>, HubError> {
         let max = self.inner.config.max_sessions;
         if self.inner.live.fetch_add(1, Ordering::Relaxed) >= max {
             self.inner.live.fetch_sub(1, Ordering::Relaxed);
             tracing::warn!(max, "session limit reached; refusing a new session");
             return Err(HubError::Full);
         }
-        let sid = Sid::random();
         let session = Arc::new(Session {
             sid: sid.clone(),
             inbox: tokio::sync::Mutex::new(()),
             received: AtomicU64::new(0),
             room_count: AtomicUsize::new(0),
+            unsaved: AtomicU64::new(0),
+            verified: AtomicU64::new(0),
             state: Mutex::new(State {
                 ring: Ring::new(),
                 delivered: 0,
@@ -106,13 +114,21 @@ impl Hub {
                 send_tokens: f64::from(self.inner.config.send_burst),
                 send_refill: Instant::now(),
                 subject: None,
+                syncing: 0,
+                early: None,
             }),
         });
-        self.shard(&sid).write().unwrap_or_else(PoisonError::into_inner).insert(sid, session.clone());
+        let previous = self.shard(&sid).write().unwrap_or_else(PoisonError::into_inner).insert(sid, session.clone());
+        if let Some(previous) = previous {
+            // A mirror removed and made again (cluster mode): the old one counted too.
+            self.inner.live.fetch_sub(1, Ordering::Relaxed);
+            lock(&previous.state).removed = true;
+        }
         Ok(session)
     }
 
-    /// Number of live sessions (attached or in their grace period).
+    /// Number of live sessions (attached or in their grace period). In cluster mode: the
+    /// sessions this node mirrors (holds, or sent into lately), not the cluster's count.
     pub fn len(&self) -> usize {
         self.inner.live.load(Ordering::Relaxed)
     }
@@ -125,17 +141,30 @@ impl Hub {
     /// Whether `sid` names a live session. Transports that only send (POST) use this to answer
     /// 404 before running any handler.
     pub async fn contains(&self, sid: &Sid) -> bool {
+        if self.inner.cluster.is_some() {
+            return self.local(sid).await.is_ok();
+        }
         self.find(sid).is_some_and(|s| !lock(&s.state).removed)
     }
 
     /// The live session `sid` names, to hold on to: its [`SessionHandle::inbox`], its rooms.
-    pub fn session(&self, sid: &Sid) -> Result<SessionHandle, HubError> {
-        self.find(sid).map(|session| SessionHandle { session }).ok_or(HubError::NoSession)
+    /// In cluster mode, a session of the cluster, made on any node.
+    pub async fn session(&self, sid: &Sid) -> Result<SessionHandle, HubError> {
+        self.local(sid).await.map(|session| self.handle(session))
     }
 
     /// Removes a session at once, without a grace period and without telling
     /// [`Hub::watch_expired`] (used when an open hook refuses a session that never opened).
-    pub fn remove(&self, sid: &Sid) -> bool {
+    /// In cluster mode it is removed from Redis too.
+    pub async fn remove(&self, sid: &Sid) -> bool {
+        if let Some(cluster) = &self.inner.cluster {
+            let _ = cluster.remove(sid).await;
+        }
+        self.remove_local(sid)
+    }
+
+    /// Removes a session from this node's table only.
+    pub(super) fn remove_local(&self, sid: &Sid) -> bool {
         let Some(session) = self.shard(sid).write().unwrap_or_else(PoisonError::into_inner).remove(sid) else {
             return false;
         };

@@ -41,7 +41,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, ClientAddr};
 use crate::error::Error;
-use crate::hub::{AttachRequest, Attachment, Event, Hub, SessionHandle};
+use crate::hub::{AttachRequest, Attachment, Event, Hub, HubError, SessionHandle};
 use crate::protocol::encode::Outgoing;
 use crate::protocol::{Envelopes, Limits, Sid};
 
@@ -51,7 +51,7 @@ pub trait Handler: Send + Sync + 'static {
     /// Runs the handlers of `envelopes`, in order, for the session they came from; completes
     /// when they have run. Called once per batch a client sent (a POST body, a WebSocket
     /// frame).
-    fn dispatch_to(&self, session: &SessionHandle, envelopes: Envelopes) -> impl Future<Output = ()> + Send;
+    fn dispatch_to(&self, session: &SessionHandle, envelopes: Envelopes) -> impl Future<Output = Result<(), HubError>> + Send;
 
     /// Decides whether a transport just attached may be served: authenticates the request and
     /// runs the open hook of a session it created. On `Err` the transport answers the error
@@ -147,14 +147,14 @@ impl<H: Handler> Endpoint<H> {
     }
 
     /// Runs the handlers of `envelopes` for the session `sid`, if it is still live.
-    pub async fn dispatch(&self, sid: &Sid, envelopes: Envelopes) {
-        let Ok(session) = self.inner.hub.session(sid) else { return };
-        self.dispatch_to(&session, envelopes).await;
+    pub async fn dispatch(&self, sid: &Sid, envelopes: Envelopes) -> Result<(), HubError> {
+        let session = self.inner.hub.session(sid).await?;
+        self.dispatch_to(&session, envelopes).await
     }
 
     /// See [`Handler::dispatch_to`].
-    pub async fn dispatch_to(&self, session: &SessionHandle, envelopes: Envelopes) {
-        self.inner.handler.dispatch_to(session, envelopes).await;
+    pub async fn dispatch_to(&self, session: &SessionHandle, envelopes: Envelopes) -> Result<(), HubError> {
+        self.inner.handler.dispatch_to(session, envelopes).await
     }
 
     /// Tells the session, in its own event stream, that something it sent was refused.

@@ -42,7 +42,7 @@ pub async fn poll<H: Handler>(
                 drain(&mut attachment, &mut frames)?;
             }
             Ok(Err(CloseReason::Superseded)) => return Err(Error::Superseded),
-            Ok(Err(CloseReason::Shutdown | CloseReason::SlowConsumer)) | Err(_) => {}
+            Ok(Err(CloseReason::Shutdown | CloseReason::SlowConsumer | CloseReason::Unavailable)) | Err(_) => {}
         }
     }
     for frame in &frames {
@@ -60,7 +60,7 @@ fn drain(attachment: &mut Attachment, frames: &mut Vec<String>) -> Result<(), Er
     while frames.len() < MAX_PER_POLL {
         match attachment.try_recv() {
             Ok(Some(event)) => frames.push(encode::envelope(&outgoing(&event, attachment.sid()))),
-            Ok(None) | Err(CloseReason::Shutdown | CloseReason::SlowConsumer) => break,
+            Ok(None) | Err(CloseReason::Shutdown | CloseReason::SlowConsumer | CloseReason::Unavailable) => break,
             Err(CloseReason::Superseded) if frames.is_empty() => return Err(Error::Superseded),
             Err(CloseReason::Superseded) => break,
         }

@@ -35,7 +35,7 @@ async fn accept<H: Handler>(
     let Query(query) = query?;
     let sid = query.sid.ok_or_else(|| Error::BadRequest("missing query parameter `sid`".into()))?;
     let sid: Sid = sid.parse().map_err(|_| Error::NoSession)?;
-    gateway.hub().admit(&sid)?;
+    gateway.hub().admit(&sid).await?;
     let limit = gateway.config().max_body;
     let bytes = to_bytes(body, limit).await.map_err(|err| {
         if is_length_limit(&err) {
@@ -47,7 +47,7 @@ async fn accept<H: Handler>(
     let envelopes = parse_body(&headers, &bytes, &gateway.config().limits)?;
     let accepted = envelopes.len();
     crate::metrics::events_in_post(accepted);
-    gateway.dispatch(&sid, envelopes).await;
+    gateway.dispatch(&sid, envelopes).await?;
     let body = format!("{{\"accepted\":{accepted}}}");
     Ok((StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -154,6 +154,7 @@ where
             Ok(event) => self.deliver(event).await,
             Err(CloseReason::Superseded) => ControlFlow::Break(Some((CLOSE_SUPERSEDED, "superseded"))),
             Err(CloseReason::Shutdown) => ControlFlow::Break(Some((CLOSE_GOING_AWAY, "server shutting down"))),
+            Err(CloseReason::Unavailable) => ControlFlow::Break(Some((CLOSE_GOING_AWAY, "session store unreachable"))),
             Err(CloseReason::SlowConsumer) => ControlFlow::Break(Some((CLOSE_SLOW_CONSUMER, "slow consumer"))),
         }
     }
@@ -312,7 +313,11 @@ where
 async fn handle_text<H: Handler>(gateway: &Endpoint<H>, session: &SessionHandle, text: &str) -> Result<(), ProtocolError> {
     let envelopes = parse_envelopes_with(text, &gateway.config().limits)?;
     metrics::events_in_websocket(envelopes.len());
-    gateway.dispatch_to(session, envelopes).await;
+    if let Err(err) = gateway.dispatch_to(session, envelopes).await {
+        // The session is gone or Redis is unreachable: the attachment ends on its own (it was
+        // removed, or told to resume), which closes the socket with the reason.
+        tracing::debug!(sid = session.sid().short(), %err, "events not handled");
+    }
     Ok(())
 }
 

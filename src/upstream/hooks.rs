@@ -22,7 +22,7 @@ impl Upstream {
     pub async fn open(&self, opening: Opening) -> Result<(), String> {
         let Some(url) = self.inner.config.on_open.clone() else { return Ok(()) };
         let sid = opening.sid.clone();
-        let body = open_request(&opening);
+        let body = open_request(&opening).await;
         match self.call(&url, &body).await {
             Ok((_, actions)) => {
                 self.apply(&opening.hub, Some(&sid), actions).await;

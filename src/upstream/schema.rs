@@ -69,7 +69,7 @@ pub(super) fn event_request(sid: &Sid, subject: Option<String>, event: &str, dat
 
 /// The request of the open hook: the session, its transport, the headers useful to authorize it
 /// and the page's own query, plus its subject when auth verified one.
-pub(super) fn open_request(opening: &Opening) -> Value {
+pub(super) async fn open_request(opening: &Opening) -> Value {
     let sid = &opening.sid;
     let mut body = json!({
         "v": SCHEMA_VERSION,
@@ -80,7 +80,7 @@ pub(super) fn open_request(opening: &Opening) -> Value {
         "query": opening.query.as_deref().map(strip_gateway_params),
     });
     // Auth runs before the hook: a session that got this far carries its verified subject.
-    if let Some(subject) = opening.hub.subject(sid) {
+    if let Some(subject) = opening.hub.subject(sid).await {
         body["subject"] = Value::String(subject.to_string());
     }
     body
@@ -106,11 +106,11 @@ impl Upstream {
                     hub.publish_except(target, except, event, data).await.map(|_| ())
                 }
                 Action::Join { room, sid: other } => match other.as_ref().or(sid) {
-                    Some(member) => hub.join(member, room).map(|_| ()),
+                    Some(member) => hub.join(member, room).await.map(|_| ()),
                     None => Ok(()),
                 },
                 Action::Leave { room, sid: other } => match other.as_ref().or(sid) {
-                    Some(member) => hub.leave(member, room).map(|_| ()),
+                    Some(member) => hub.leave(member, room).await.map(|_| ()),
                     None => Ok(()),
                 },
             };

@@ -155,7 +155,7 @@ impl TestServer {
             Some(t) => format!("{} to hold the session", t.as_str()),
             None => "the session to be detached".to_owned(),
         };
-        wait_until(&what, || async { self.gateway.hub().info(sid).and_then(|i| i.transport) == transport }).await;
+        wait_until(&what, || async { self.gateway.hub().info(sid).await.and_then(|i| i.transport) == transport }).await;
     }
 
     /// A bare `GET /sse` over a plain TCP socket (with a receive buffer of `recv_buffer` bytes if

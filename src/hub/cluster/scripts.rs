@@ -1,0 +1,313 @@
+//! The Lua scripts that change a session in Redis, each atomic on the session's own keys.
+//!
+//! Every key of one session carries the sid as its hash tag (`sy:{SID}:s`, `:b`, `:r`, `:w`), so
+//! a script that touches them all runs in one slot and the same code runs on a Redis Cluster.
+//! Nothing a script does spans two sessions or a session and a room: those steps (room member
+//! sets, the expiry index, the set of all sessions) are single-key commands of their own, in an
+//! order that leaves nothing worse than a stale index entry, which the reader of the index
+//! cleans up (see `mod.rs`).
+//!
+//! Keys of a session (`KEYS` in this order in every script):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `sy:{SID}:s` | hash | `seq` last event number, `recv` highest client `seq` handled, `gen` attachment generation, `owner` node holding the transport (`""`: none), `tr` its transport, `since` attached since (ms), `det` detached at (ms), `dlv` highest event number handed out, `sub` auth subject, `tk`/`srv`/`hold` the inbox's ticket lock |
+//! | `sy:{SID}:b` | list | the buffer: `name\ndata` of the last `--buffer` events, oldest first |
+//! | `sy:{SID}:r` | set | the session's rooms |
+//! | `sy:{SID}:w` | hash | inbox tickets waiting: ticket -> alive until (ms) |
+//!
+//! Time is Redis's own (`TIME`), so the nodes' clocks never disagree about a lease or a grace
+//! period. Wake-ups go out from inside the scripts (`PUBLISH` to the node channel of the
+//! session's owner), so the order of the messages a node gets for one session is the order of
+//! the events.
+
+use redis::Script;
+
+/// Shared prelude: the current time in milliseconds, and the refresh of every key's TTL (the
+/// safety net that removes a session whose every node vanished).
+const PRELUDE: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function touch(ttl)
+  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+";
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}{body}"))
+}
+
+/// The scripts, loaded once per process (their SHA is computed once; Redis loads them on the
+/// first `NOSCRIPT`).
+pub(super) struct Scripts {
+    pub(super) create: Script,
+    pub(super) attach: Script,
+    pub(super) detach: Script,
+    pub(super) emit: Script,
+    pub(super) fetch: Script,
+    pub(super) enter: Script,
+    pub(super) try_inbox: Script,
+    pub(super) renew: Script,
+    pub(super) release: Script,
+    pub(super) join: Script,
+    pub(super) leave: Script,
+    pub(super) info: Script,
+    pub(super) lookup: Script,
+    pub(super) check: Script,
+    pub(super) orphan: Script,
+    pub(super) remove: Script,
+    pub(super) touch: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Scripts {
+        Scripts {
+            // ARGV: node, transport, ttl, subject ('' none). Returns the generation (1).
+            create: script(
+                r"
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'seq', 0, 'recv', 0, 'gen', 1, 'owner', ARGV[1], 'tr', ARGV[2], 'since', now,
+           'dlv', 0, 'tk', 0, 'srv', 1, 'hold', 0)
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'sub', ARGV[4]) end
+touch(tonumber(ARGV[3]))
+return 1
+",
+            ),
+            // ARGV: node, transport, cursor (-1: none), ttl, sid.
+            // Returns {-1} no session; {-2} cursor beyond the last event; else
+            // {gen, last, recv, start, previous transport, subject, entries after start...}
+            // where entries are the buffered events after `start`, the first of them numbered
+            // max(start + 1, first buffered).
+            attach: script(
+                r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
+local h = redis.call('HMGET', KEYS[1], 'seq', 'recv', 'owner', 'tr', 'dlv', 'sub')
+local last = tonumber(h[1])
+local cursor = tonumber(ARGV[3])
+if cursor > last then return {-2} end
+local start = cursor
+if start < 0 then start = tonumber(h[5]) end
+local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'tr', ARGV[2], 'since', now)
+redis.call('HDEL', KEYS[1], 'det')
+local prev = h[3]
+if prev and prev ~= '' and prev ~= ARGV[1] then
+  redis.call('PUBLISH', 'sy:node:' .. prev, 's\n' .. ARGV[5] .. '\n' .. gen)
+end
+touch(tonumber(ARGV[4]))
+local len = redis.call('LLEN', KEYS[2])
+local first = last - len + 1
+local from = math.max(start + 1, first)
+local out = {gen, last, tonumber(h[2]), start, h[4] or '', h[6] or ''}
+if from <= last then
+  local entries = redis.call('LRANGE', KEYS[2], from - first, -1)
+  for i = 1, #entries do out[#out + 1] = entries[i] end
+end
+return out
+",
+            ),
+            // ARGV: node, gen, delivered, ttl, grace. Returns the expiry deadline (ms) if this
+            // attachment still held the session, else 0.
+            detach: script(
+                r"
+local h = redis.call('HMGET', KEYS[1], 'gen', 'owner', 'dlv')
+if not h[1] or h[1] ~= ARGV[2] or h[2] ~= ARGV[1] then return 0 end
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'owner', '', 'det', now)
+if tonumber(ARGV[3]) > tonumber(h[3] or '0') then redis.call('HSET', KEYS[1], 'dlv', ARGV[3]) end
+touch(tonumber(ARGV[4]))
+return now + tonumber(ARGV[5])
+",
+            ),
+            // ARGV: node, entry, buffer, recv mark (0: none), sid.
+            // Returns {seq, owner} or {-1} when the session is gone.
+            emit: script(
+                r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local len = redis.call('RPUSH', KEYS[2], ARGV[2])
+local buffer = tonumber(ARGV[3])
+if len > buffer then redis.call('LTRIM', KEYS[2], len - buffer, -1) end
+local mark = tonumber(ARGV[4])
+if mark > 0 and mark > tonumber(redis.call('HGET', KEYS[1], 'recv') or '0') then
+  redis.call('HSET', KEYS[1], 'recv', mark)
+end
+local owner = redis.call('HGET', KEYS[1], 'owner') or ''
+if owner ~= '' and owner ~= ARGV[1] then
+  redis.call('PUBLISH', 'sy:node:' .. owner, 'e\n' .. ARGV[5] .. '\n' .. seq .. '\n' .. ARGV[2])
+end
+if len == 1 then redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1])) end
+return {seq, owner}
+",
+            ),
+            // ARGV: after. Returns {last, first entry's number, entries after `after`...} or {-1}.
+            fetch: script(
+                r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
+local last = tonumber(redis.call('HGET', KEYS[1], 'seq'))
+local len = redis.call('LLEN', KEYS[2])
+local first = last - len + 1
+local from = math.max(tonumber(ARGV[1]) + 1, first)
+local out = {last, from}
+if from <= last then
+  local entries = redis.call('LRANGE', KEYS[2], from - first, -1)
+  for i = 1, #entries do out[#out + 1] = entries[i] end
+end
+return out
+",
+            ),
+            // The inbox's ticket lock: client events of a session are handled one at a time in
+            // the order they took tickets, whichever nodes they arrived at. A ticket is served
+            // when `srv` reaches it; one whose holder (or waiter) stopped renewing its lease is
+            // skipped, so a node that died holding the lock holds it up for one lease at most.
+            // ARGV: lease (ms). Returns {-1} no session, else {ticket, granted 0/1, recv}.
+            enter: script(&format!(
+                r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{-1}} end
+local t = redis.call('HINCRBY', KEYS[1], 'tk', 1)
+local now = now_ms()
+local lease = tonumber(ARGV[1])
+{TRY}
+return {{t, try(t, now, lease), tonumber(redis.call('HGET', KEYS[1], 'recv') or '0')}}
+"
+            )),
+            // ARGV: ticket, lease. Returns {granted 0/1 (-1: no session), recv}.
+            try_inbox: script(&format!(
+                r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{-1, 0}} end
+{TRY}
+return {{try(tonumber(ARGV[1]), now_ms(), tonumber(ARGV[2])), tonumber(redis.call('HGET', KEYS[1], 'recv') or '0')}}
+"
+            )),
+            // ARGV: ticket, lease. Extends the lease of a granted ticket.
+            renew: script(
+                r"
+if redis.call('HGET', KEYS[1], 'srv') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'hold', now_ms() + tonumber(ARGV[2]))
+  return 1
+end
+return 0
+",
+            ),
+            // ARGV: ticket, recv mark (0: none). Serves the next ticket.
+            release: script(
+                r"
+if redis.call('HGET', KEYS[1], 'srv') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'srv', tonumber(ARGV[1]) + 1, 'hold', 0)
+local mark = tonumber(ARGV[2])
+if mark > 0 and mark > tonumber(redis.call('HGET', KEYS[1], 'recv') or '0') then
+  redis.call('HSET', KEYS[1], 'recv', mark)
+end
+return 1
+",
+            ),
+            // ARGV: room. Returns -1 no session, 1 joined, 0 already a member.
+            join: script(
+                r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local added = redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[3], redis.call('PTTL', KEYS[1]))
+return added
+",
+            ),
+            // ARGV: room. Returns -1 no session, 1 left, 0 not a member.
+            leave: script(
+                r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+return redis.call('SREM', KEYS[3], ARGV[1])
+",
+            ),
+            // Returns {} when gone, else {owner, tr, seq, buffered, det, since, now, subject, rooms...}.
+            info: script(
+                r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local h = redis.call('HMGET', KEYS[1], 'owner', 'tr', 'seq', 'det', 'since', 'sub')
+local out = {h[1] or '', h[2] or '', h[3] or '0', redis.call('LLEN', KEYS[2]), h[4] or '', h[5] or '', now_ms(), h[6] or ''}
+local rooms = redis.call('SMEMBERS', KEYS[3])
+for i = 1, #rooms do out[#out + 1] = rooms[i] end
+return out
+",
+            ),
+            // Whether the session exists, and its subject: {} when gone, else {subject}.
+            lookup: script(
+                r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+return {redis.call('HGET', KEYS[1], 'sub') or ''}
+",
+            ),
+            // The expiry check of a session whose index entry came due. ARGV: grace.
+            // Returns {'gone'}, {'attached', owner}, {'wait', deadline} or {'expired', rooms...};
+            // an expired session's keys are deleted here, in the same step as the check.
+            check: script(
+                r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+local h = redis.call('HMGET', KEYS[1], 'owner', 'det')
+if h[1] and h[1] ~= '' then return {'attached', h[1]} end
+local deadline = tonumber(h[2] or '0') + tonumber(ARGV[1])
+if deadline > now_ms() then return {'wait', deadline} end
+local out = {'expired'}
+local rooms = redis.call('SMEMBERS', KEYS[3])
+for i = 1, #rooms do out[#out + 1] = rooms[i] end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return out
+",
+            ),
+            // A session held by a node that is gone: detached now, its grace period starts.
+            // ARGV: the dead owner, grace, ttl. Returns the new deadline, or 0 if another node
+            // holds it meanwhile.
+            orphan: script(
+                r"
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'owner', '', 'det', now)
+touch(tonumber(ARGV[3]))
+return now + tonumber(ARGV[2])
+",
+            ),
+            // Removes a session at once (an open hook refused it). Returns its rooms.
+            remove: script(
+                r"
+local rooms = redis.call('SMEMBERS', KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return rooms
+",
+            ),
+            // ARGV: ttl. Refreshes the TTL of an attached session's keys.
+            touch: script(
+                r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+touch(tonumber(ARGV[1]))
+return 1
+",
+            ),
+        }
+    }
+}
+
+/// The ticket check shared by `enter` and `try_inbox` (see `enter`).
+const TRY: &str = r"
+local function try(t, now, lease)
+  local srv = tonumber(redis.call('HGET', KEYS[1], 'srv') or '1')
+  while true do
+    if srv == t then
+      redis.call('HSET', KEYS[1], 'srv', t, 'hold', now + lease)
+      redis.call('HDEL', KEYS[4], t)
+      return 1
+    end
+    if srv > t then return -2 end
+    local hold = tonumber(redis.call('HGET', KEYS[1], 'hold') or '0')
+    local waiting = tonumber(redis.call('HGET', KEYS[4], srv) or '0')
+    if hold > now or waiting > now then
+      redis.call('HSET', KEYS[4], t, now + lease)
+      redis.call('PEXPIRE', KEYS[4], redis.call('PTTL', KEYS[1]))
+      return 0
+    end
+    redis.call('HDEL', KEYS[4], srv)
+    srv = srv + 1
+    redis.call('HSET', KEYS[1], 'srv', srv, 'hold', 0)
+  end
+end
+";
