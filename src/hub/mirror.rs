@@ -145,6 +145,8 @@ impl Hub {
                         state.ring.push(body, buffer, None);
                     }
                     state.last_transport = held.previous;
+                    // Where an attach without a cursor starts: what Redis says was handed out.
+                    state.delivered = held.start;
                     if held.subject.is_some() {
                         state.subject = held.subject;
                     }
@@ -155,7 +157,7 @@ impl Hub {
                 if let Some(after) = behind {
                     self.spawn_catch_up(session.clone(), after);
                 }
-                let attachment = self.attach_to(session, request, true, Some(held.start), None, held.gen);
+                let attachment = self.attach_to(session, request, true, cursor.map(|_| held.start), None, held.gen);
                 return Ok(attachment.expect("a session attached in Redis is not removed locally meanwhile"));
             }
         };

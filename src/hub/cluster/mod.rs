@@ -228,7 +228,10 @@ impl Cluster {
         keys(&mut invocation, sid);
         invocation.arg(&self.inner.node).arg(transport.as_str()).arg(millis(ttl)).arg("");
         self.run("create", &invocation).await?;
-        let deadline = self.redis_now_ms().await? + millis(recheck);
+        // This node's clock: a deadline early or late by the nodes' skew is only checked early
+        // or late (the check itself uses Redis's clock).
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let deadline = millis(now) + millis(recheck);
         let mut pipe = redis::pipe();
         pipe.sadd("sy:sessions", sid.as_str()).ignore().zadd("sy:expiry", sid.as_str(), deadline).ignore();
         self.pipeline("create", &pipe).await?;

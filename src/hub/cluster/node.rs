@@ -96,6 +96,9 @@ async fn heartbeat(cluster: Cluster) {
     let mut tick = tokio::time::interval(NODE_LEASE / 5);
     loop {
         tick.tick().await;
+        if !cluster.is_reachable() {
+            continue;
+        }
         let _ = cluster.cmd("heartbeat", redis::cmd("SET").arg(&key).arg(1).arg("PX").arg(millis(NODE_LEASE))).await;
     }
 }
@@ -108,6 +111,9 @@ async fn expire(hub: Weak<HubInner>, cluster: Cluster) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if !cluster.is_reachable() {
+            continue;
+        }
         let Some(inner) = hub.upgrade() else { return };
         let hub = Hub { inner };
         let Ok(now) = cluster.redis_now_ms().await else { continue };
