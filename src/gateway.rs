@@ -642,10 +642,10 @@ async fn healthz(State(gateway): State<Gateway>) -> Response {
     match gateway.hub().cluster() {
         None => axum::Json(json!({"status": "ok", "sessions": sessions})).into_response(),
         Some(cluster) if cluster.is_reachable() => {
-            axum::Json(json!({"status": "ok", "sessions": sessions, "redis": "ok", "node": cluster.node()})).into_response()
+            axum::Json(json!({"status": "ok", "sessions": sessions, "redis": "ok", "node": &*cluster.node()})).into_response()
         }
         Some(cluster) => {
-            let body = json!({"status": "unavailable", "sessions": sessions, "redis": "unreachable", "node": cluster.node()});
+            let body = json!({"status": "unavailable", "sessions": sessions, "redis": "unreachable", "node": &*cluster.node()});
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
         }
     }

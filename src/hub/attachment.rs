@@ -495,17 +495,19 @@ impl Drop for Attachment {
     fn drop(&mut self) {
         let mut state = lock(&self.session.state);
         let holds = state.attached.as_ref().is_some_and(|a| a.id == self.id);
+        let evicted = matches!(state.evicted, Some((id, _)) if id == self.id);
         counters::transport_closed(self.transport, holds);
+        if (holds || evicted) && self.hub.inner.cluster.is_some() {
+            // Detached in Redis too (a transport the hub evicted here still holds it there).
+            let (hub, sid, gen, delivered) = (self.hub.clone(), self.session.sid.clone(), self.gen, self.position);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { hub.cluster_detach(&sid, gen, delivered).await });
+            }
+        }
         if holds {
             state.attached = None;
             state.detached_at = Some(Instant::now());
             tracing::debug!(sid = self.session.sid.short(), transport = self.transport.as_str(), "detached");
-            if self.hub.inner.cluster.is_some() {
-                let (hub, sid, gen, delivered) = (self.hub.clone(), self.session.sid.clone(), self.gen, self.position);
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move { hub.cluster_detach(&sid, gen, delivered).await });
-                }
-            }
         }
     }
 }

@@ -36,7 +36,7 @@ mod node;
 mod scripts;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -69,8 +69,9 @@ pub struct Cluster {
 }
 
 struct Inner {
-    /// This node's id: its channel is `sy:node:ID`, its liveness key `sy:alive:ID`.
-    node: String,
+    /// This node's id: its channel is `sy:node:ID`, its liveness key `sy:alive:ID`. A node
+    /// that lost Redis takes a new one when it is back (see `node.rs`).
+    node: RwLock<Arc<str>>,
     conn: Conn,
     /// Where to subscribe: a plain client for one of the servers (a message published on any
     /// node of a Redis Cluster reaches subscribers on every node).
@@ -176,16 +177,24 @@ impl Cluster {
                 .set_max_delay(Duration::from_millis(500));
             Conn::Single(first.get_connection_manager_with_config(config).await?)
         };
-        let node = format!("{:016x}", rand::random::<u64>());
-        tracing::info!(node, clustered, servers = urls.len(), "cluster mode: connected to Redis");
+        let node = new_node_id();
+        tracing::info!(%node, clustered, servers = urls.len(), "cluster mode: connected to Redis");
         Ok(Cluster {
-            inner: Arc::new(Inner { node, conn, subscribe_to: clients, scripts: scripts::Scripts::new(), reachable: AtomicBool::new(false) }),
+            inner: Arc::new(Inner { node: RwLock::new(node), conn, subscribe_to: clients, scripts: scripts::Scripts::new(), reachable: AtomicBool::new(false) }),
         })
     }
 
     /// This node's id in the cluster.
-    pub fn node(&self) -> &str {
-        &self.inner.node
+    pub fn node(&self) -> Arc<str> {
+        self.inner.node.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Takes a new node id: what Redis still says the old one holds is then held by a node that
+    /// is gone, and gets its grace period (see `node.rs`).
+    fn renew_identity(&self) {
+        let node = new_node_id();
+        tracing::info!(%node, "cluster mode: a new node id");
+        *self.inner.node.write().unwrap_or_else(PoisonError::into_inner) = node;
     }
 
     /// Whether this node is connected to Redis and subscribed to its channel.
@@ -226,7 +235,7 @@ impl Cluster {
     pub(super) async fn create(&self, sid: &Sid, transport: Transport, ttl: Duration, recheck: Duration) -> Result<(), HubError> {
         let mut invocation = self.inner.scripts.create.prepare_invoke();
         keys(&mut invocation, sid);
-        invocation.arg(&self.inner.node).arg(transport.as_str()).arg(millis(ttl)).arg("");
+        invocation.arg(&*self.node()).arg(transport.as_str()).arg(millis(ttl)).arg("");
         self.run("create", &invocation).await?;
         // This node's clock: a deadline early or late by the nodes' skew is only checked early
         // or late (the check itself uses Redis's clock).
@@ -260,7 +269,7 @@ impl Cluster {
         let mut invocation = self.inner.scripts.attach.prepare_invoke();
         keys(&mut invocation, sid);
         let cursor = cursor.map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX));
-        invocation.arg(&self.inner.node).arg(transport.as_str()).arg(cursor).arg(millis(ttl)).arg(sid.as_str());
+        invocation.arg(&*self.node()).arg(transport.as_str()).arg(cursor).arg(millis(ttl)).arg(sid.as_str());
         let reply = array(self.run("attach", &invocation).await?);
         match reply.first().map(int) {
             Some(-1) | None => return Ok(Attached::Missing),
@@ -289,7 +298,7 @@ impl Cluster {
     pub(super) async fn detach(&self, sid: &Sid, gen: u64, delivered: u64, ttl: Duration, grace: Duration) -> Result<(), HubError> {
         let mut invocation = self.inner.scripts.detach.prepare_invoke();
         keys(&mut invocation, sid);
-        invocation.arg(&self.inner.node).arg(gen).arg(delivered).arg(millis(ttl)).arg(millis(grace));
+        invocation.arg(&*self.node()).arg(gen).arg(delivered).arg(millis(ttl)).arg(millis(grace));
         let deadline = int(&self.run("detach", &invocation).await?);
         if deadline > 0 {
             self.cmd("detach", redis::cmd("ZADD").arg("sy:expiry").arg(deadline).arg(sid.as_str())).await?;
@@ -303,11 +312,12 @@ impl Cluster {
     pub(super) async fn emit(&self, sid: &Sid, body: &Body, buffer: usize, mark: u64) -> Result<(u64, bool), HubError> {
         let mut invocation = self.inner.scripts.emit.prepare_invoke();
         keys(&mut invocation, sid);
-        invocation.arg(&self.inner.node).arg(body.entry()).arg(buffer).arg(mark).arg(sid.as_str());
+        let node = self.node();
+        invocation.arg(&*node).arg(body.entry()).arg(buffer).arg(mark).arg(sid.as_str());
         let reply = array(self.run("emit", &invocation).await?);
         match reply.first().map(int) {
             Some(seq) if seq > 0 => {
-                let mine = reply.get(1).map(text).is_some_and(|owner| owner == self.inner.node);
+                let mine = reply.get(1).map(text).is_some_and(|owner| *owner == *node);
                 Ok((u64::try_from(seq).unwrap_or(0), mine))
             }
             _ => Err(HubError::NoSession),
@@ -501,6 +511,10 @@ impl Cluster {
         pipe.srem("sy:sessions", sid.as_str()).ignore().zrem("sy:expiry", sid.as_str()).ignore();
         self.pipeline("remove", &pipe).await.map(drop)
     }
+}
+
+fn new_node_id() -> Arc<str> {
+    Arc::from(format!("{:016x}", rand::random::<u64>()))
 }
 
 /// The keys of session `sid`, in the order every script takes them.

@@ -53,10 +53,10 @@ pub(in crate::hub) async fn run(hub: Weak<HubInner>, cluster: Cluster, shutdown:
 
 /// Subscribes to the node's channel and hands what arrives to the hub, reconnecting forever.
 async fn listen(hub: Weak<HubInner>, cluster: Cluster) {
-    let channel = format!("sy:node:{}", cluster.node());
     let mut pause = Duration::from_millis(100);
     let mut server = 0;
     loop {
+        let channel = format!("sy:node:{}", cluster.node());
         let client = &cluster.inner.subscribe_to[server % cluster.inner.subscribe_to.len()];
         server += 1;
         let subscribed = async {
@@ -84,6 +84,10 @@ async fn listen(hub: Weak<HubInner>, cluster: Cluster) {
             cluster.set_reachable(false);
             let Some(inner) = hub.upgrade() else { return };
             Hub { inner }.redis_lost();
+            // Every transport of the node just ended, but Redis may still name the node as
+            // their holder (their detaches failed): under a new id, the old one's sessions are
+            // held by a node that is gone, and each gets its grace period when it comes due.
+            cluster.renew_identity();
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(2));
@@ -92,13 +96,13 @@ async fn listen(hub: Weak<HubInner>, cluster: Cluster) {
 
 /// Renews the node's liveness key.
 async fn heartbeat(cluster: Cluster) {
-    let key = format!("sy:alive:{}", cluster.node());
     let mut tick = tokio::time::interval(NODE_LEASE / 5);
     loop {
         tick.tick().await;
         if !cluster.is_reachable() {
             continue;
         }
+        let key = format!("sy:alive:{}", cluster.node());
         let _ = cluster.cmd("heartbeat", redis::cmd("SET").arg(&key).arg(1).arg("PX").arg(millis(NODE_LEASE))).await;
     }
 }
