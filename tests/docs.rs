@@ -56,6 +56,7 @@ const SH_BLOCKS: &[(&str, &str, &str)] = &[
     ("README.md", "SID=f8tQsHY6kkg4J-FuzZPBsw", "readme_curl_walkthrough_runs_against_the_binary (run)"),
     ("README.md", "curl -N -H 'Last-Event-ID", "readme_curl_walkthrough_runs_against_the_binary (run)"),
     ("README.md", "curl http://127.0.0.1:3000/poll ", "readme_curl_walkthrough_runs_against_the_binary (run)"),
+    ("README.md", "redis-server --port 6379 &", "several_nodes_commands_run (run)"),
     ("docs/protocol.md", "cargo run --example backend ", "upstream_demo_of_the_protocol_runs (run)"),
     ("docs/protocol.md", "KEY=change-me", "publish_api_commands_run_against_the_binary (run)"),
     ("docs/performance.md", "cargo bench --bench gateway ", "bench_and_fuzz_commands_name_what_exists (checked)"),
@@ -523,6 +524,64 @@ fn the_configuration_table_is_the_binarys() {
     static_dir.1 = Some("static/".into());
 
     assert_eq!(from_doc, from_help, "docs/deploy.md's configuration table against `switchyard --help` (flag: (env, default))");
+}
+
+/// README's "Running several nodes": its commands (Redis and two nodes, each port replaced by a
+/// free one) make a cluster in which a session opened on one node is answered through the other.
+#[test]
+fn several_nodes_commands_run() {
+    let [commands, _nginx] = <[Block; 2]>::try_from(section_blocks("README.md", "Running several nodes", &["sh", "nginx"])).unwrap();
+    let dir = harness::TempDir::new("several-nodes");
+    let (redis, one, two) = (harness::free_port(), harness::free_port(), harness::free_port());
+    let script = commands
+        .text
+        .replace("6379", &redis.to_string())
+        .replace("127.0.0.1:3001", &format!("127.0.0.1:{one}"))
+        .replace("127.0.0.1:3002", &format!("127.0.0.1:{two}"));
+    // The commands as written; Redis keeps nothing on disk here, and the shell stays to be
+    // killed with everything it started.
+    let shell = format!(
+        "switchyard() {{ \"$SWITCHYARD\" \"$@\"; }}\nredis-server() {{ command redis-server \"$@\" --save '' --appendonly no --dir '{}'; }}\n{script}wait\n",
+        dir.path().display()
+    );
+    let child = Command::new("bash")
+        .arg("-c")
+        .arg(shell)
+        .env("SWITCHYARD", env!("CARGO_BIN_EXE_switchyard"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("bash");
+    struct Group(Child);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            kill_group(&self.0, "KILL");
+            let _ = self.0.wait();
+        }
+    }
+    let group = Group(child);
+    let (node1, node2) = (format!("127.0.0.1:{one}"), format!("127.0.0.1:{two}"));
+    for node in [&node1, &node2] {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (out, _) = run(&format!("curl http://{node}/healthz || true"), &[]);
+            if out.contains("\"redis\":\"ok\"") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {node} never said Redis is reachable: {out}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let mut stream = Stream::open(&format!("curl -N http://{node1}/sse"), &[]);
+    let hello = stream.event("the hello from node 1");
+    let sid = data_of(&hello)["sid"].as_str().expect("a sid").to_owned();
+    let (out, statuses) = run(&format!("curl -d 'hi from the other node' -H 'Content-Type: text/plain' 'http://{node2}/sse?sid={sid}'"), &[]);
+    assert_eq!((out.as_str(), statuses.as_slice()), ("{\"accepted\":1}", ["202".to_owned()].as_slice()));
+    let reply = stream.event("the reply, through node 1");
+    assert_eq!(reply, lines(&format!("id: {sid}.1\nevent: response\ndata: \"Message received!\"")));
+    drop(group);
 }
 
 #[test]
