@@ -241,17 +241,10 @@ impl Cluster {
         // or late (the check itself uses Redis's clock).
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let deadline = millis(now) + millis(recheck);
-        let mut pipe = redis::pipe();
-        pipe.sadd("sy:sessions", sid.as_str()).ignore().zadd("sy:expiry", sid.as_str(), deadline).ignore();
-        self.pipeline("create", &pipe).await?;
-        Ok(())
-    }
-
-    async fn pipeline(&self, op: &'static str, pipe: &Pipeline) -> Result<Value, HubError> {
-        let mut conn = self.inner.conn.clone();
-        let started = Instant::now();
-        let result = pipe.query_async::<Value>(&mut conn).await;
-        self.record(op, started, result)
+        // Two keys in two slots (on a Redis Cluster): two commands, sent together.
+        let (sessions, expiry) = (redis::cmd("SADD").arg("sy:sessions").arg(sid.as_str()).clone(), redis::cmd("ZADD").arg("sy:expiry").arg(deadline).arg(sid.as_str()).clone());
+        let (added, indexed) = tokio::join!(self.cmd("create", &sessions), self.cmd("create", &expiry));
+        added.and(indexed).map(drop)
     }
 
     /// Redis's clock, in milliseconds since the epoch (what the scripts measure time by).
@@ -507,9 +500,9 @@ impl Cluster {
         for room in rooms.iter().map(text) {
             self.forget_members(&room, std::slice::from_ref(sid)).await;
         }
-        let mut pipe = redis::pipe();
-        pipe.srem("sy:sessions", sid.as_str()).ignore().zrem("sy:expiry", sid.as_str()).ignore();
-        self.pipeline("remove", &pipe).await.map(drop)
+        let (sessions, expiry) = (redis::cmd("SREM").arg("sy:sessions").arg(sid.as_str()).clone(), redis::cmd("ZREM").arg("sy:expiry").arg(sid.as_str()).clone());
+        let (removed, unindexed) = tokio::join!(self.cmd("remove", &sessions), self.cmd("remove", &expiry));
+        removed.and(unindexed).map(drop)
     }
 }
 
