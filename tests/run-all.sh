@@ -13,6 +13,8 @@ declare -A needs=(
   [nodejs]=/usr/bin/node
   [npm]=/usr/bin/npm
   [curl]=/usr/bin/curl
+  [redis-server]=/usr/bin/redis-server
+  [redis-tools]=/usr/bin/redis-cli
 )
 missing=()
 for pkg in "${!needs[@]}"; do

@@ -108,7 +108,7 @@ impl TestServer {
         }
         let response = within("SSE response headers", request.send()).await.unwrap();
         assert_eq!(response.status(), 200, "GET {path}");
-        SseClient { headers: response.headers().clone(), events: Box::pin(response.bytes_stream().eventsource()) }
+        SseClient::from_response(response)
     }
 
     pub async fn ws(&self, path: &str) -> WsClient {
@@ -210,6 +210,11 @@ pub struct SseClient {
 }
 
 impl SseClient {
+    /// Reads the events of a `GET /sse` answer (whatever server or proxy sent it).
+    pub fn from_response(response: reqwest::Response) -> SseClient {
+        SseClient { headers: response.headers().clone(), events: Box::pin(response.bytes_stream().eventsource()) }
+    }
+
     pub async fn next(&mut self) -> Received {
         self.try_next().await.expect("SSE stream ended")
     }
@@ -218,6 +223,13 @@ impl SseClient {
     pub async fn try_next(&mut self) -> Option<Received> {
         let event = within("an SSE event", self.events.next()).await?;
         let event = event.expect("SSE parse");
+        Some(Received { event: event.event, data: serde_json::from_str(&event.data).expect("data is JSON"), id: event.id })
+    }
+
+    /// The next event, or `None` when the stream ended or was cut (its server was killed, say):
+    /// for tests where either may happen.
+    pub async fn next_unless_cut(&mut self) -> Option<Received> {
+        let event = within("an SSE event or the stream's end", self.events.next()).await?.ok()?;
         Some(Received { event: event.event, data: serde_json::from_str(&event.data).expect("data is JSON"), id: event.id })
     }
 

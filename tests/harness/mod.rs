@@ -1,5 +1,7 @@
-//! Support for the browser tests: a headless Chromium driven over WebDriver, the proxies it is
-//! put behind (squid, nginx) and a TCP relay the test can stall, cut and make refuse.
+//! Support for the browser and cluster tests: a headless Chromium driven over WebDriver, the
+//! proxies it is put behind (squid, nginx, and nginx as a round-robin load balancer), a TCP
+//! relay the test can stall, cut and make refuse, and Redis (standalone or a cluster) for
+//! several gateway nodes to share.
 //!
 //! Every process here is started by the test and stopped by its pid when its handle drops, and
 //! every file it writes lives in a temp dir removed with it. Every wait is bounded and says what
@@ -9,6 +11,7 @@
 pub mod browser;
 pub mod node;
 pub mod proxies;
+pub mod redis;
 pub mod relay;
 
 use std::net::TcpListener;

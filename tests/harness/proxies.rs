@@ -54,16 +54,26 @@ impl Proxy {
     /// nginx as a reverse proxy in front of `upstream`, from the template `conf` (e.g.
     /// `nginx-plain.conf`).
     pub async fn nginx(conf: &str, upstream: SocketAddr) -> Proxy {
+        Proxy::nginx_from(conf, &[("UPSTREAM", upstream.to_string())]).await
+    }
+
+    /// nginx as a plain round-robin load balancer over `upstreams`
+    /// (`tests/proxies/nginx-cluster.conf`): no affinity of any kind, a node that refuses
+    /// connections skipped for the next, and an `X-Upstream` header naming the node that
+    /// answered.
+    pub async fn nginx_round_robin(upstreams: &[SocketAddr]) -> Proxy {
+        assert!(!upstreams.is_empty(), "a load balancer needs at least one upstream");
+        let servers: Vec<String> = upstreams.iter().map(|addr| format!("server {addr} max_fails=1 fail_timeout=1s;")).collect();
+        Proxy::nginx_from("nginx-cluster.conf", &[("UPSTREAMS", servers.join("\n        "))]).await
+    }
+
+    /// nginx from the template `conf`, with `values` filled in besides `DIR` and `PORT`.
+    async fn nginx_from(conf: &str, values: &[(&str, String)]) -> Proxy {
         let dir = TempDir::new("nginx");
         let port = free_port();
-        let text = render_template(
-            conf,
-            &[
-                ("DIR", dir.path().display().to_string()),
-                ("PORT", port.to_string()),
-                ("UPSTREAM", upstream.to_string()),
-            ],
-        );
+        let mut all = vec![("DIR", dir.path().display().to_string()), ("PORT", port.to_string())];
+        all.extend(values.iter().cloned());
+        let text = render_template(conf, &all);
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, text).unwrap();
         let child = Command::new(NGINX)

@@ -1,0 +1,1384 @@
+//! Cluster mode (issue 14): three real `switchyard` binaries sharing one Redis (standalone, or a
+//! three-master Redis Cluster) with no affinity at all, so any request of any session may land
+//! on any node. Each test drives real sockets at chosen nodes (or through nginx as a plain
+//! round-robin balancer), and kills, stops and restarts nodes and Redis by pid.
+//!
+//! [`Cluster`] is the fixture: the Redis it owns, the nodes started with `--redis`, and
+//! clients aimed at a node by its index. Scenarios that hold on either kind of Redis are
+//! functions taking a `&Cluster`, run once on a standalone Redis and once more, together, on a
+//! Redis Cluster. The last tests check the harness pieces themselves (Redis, the Redis Cluster,
+//! the balancer), which need no cluster-mode server.
+
+mod common;
+mod harness;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use common::*;
+use futures_util::StreamExt;
+use harness::proxies::Proxy;
+use harness::redis::{command, RedisCluster, RedisServer};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// Gateway nodes in a cluster.
+const NODES: usize = 3;
+
+/// The grace period nodes run with unless a test says otherwise: long enough that no session a
+/// test still uses expires while two cores are busy with three nodes per test, short enough
+/// that nothing outlives its test for long.
+const GRACE: &str = "5s";
+
+/// The spec's bound on closing a superseded transport on another node.
+const SUPERSEDE: Duration = Duration::from_secs(1);
+
+/// Longest a node may take to answer anything while Redis is down: more is a hang.
+const NO_HANG: Duration = Duration::from_secs(5);
+
+/// Longest a stopped node may take to exit (its drain included).
+const EXIT: Duration = Duration::from_secs(15);
+
+/// A sid no node ever issued: well-formed, 22 characters of base64url.
+const UNKNOWN_SID: &str = "AAAAAAAAAAAAAAAAAAAAAA";
+
+/// The Redis the nodes share.
+enum Backing {
+    Server(RedisServer),
+    #[allow(dead_code, reason = "held for its Drop: the Redis processes live as long as the nodes")]
+    Cluster(RedisCluster),
+}
+
+/// One gateway process and the address it logged.
+struct Node {
+    binary: Binary,
+    addr: String,
+}
+
+/// Three `switchyard` nodes on one Redis, each on its own loopback port. Dropped, it kills the
+/// nodes first (fields drop in order), then Redis.
+struct Cluster {
+    nodes: Vec<Node>,
+    backing: Backing,
+    /// The arguments every node runs with besides `--bind`, given again on a restart.
+    args: Vec<String>,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Three nodes on a fresh standalone Redis, with `extra` arguments (`--grace` defaults to
+    /// [`GRACE`]; the per-address limit on new sessions is off, every client being 127.0.0.1).
+    async fn start(extra: &[&str]) -> Cluster {
+        let redis = RedisServer::start().await;
+        let url = redis.url();
+        Cluster::on(Backing::Server(redis), &url, extra).await
+    }
+
+    /// Three nodes on a fresh three-master Redis Cluster, given its seed list.
+    async fn on_redis_cluster(extra: &[&str]) -> Cluster {
+        let redis = RedisCluster::start().await;
+        let url = redis.seed_url();
+        Cluster::on(Backing::Cluster(redis), &url, extra).await
+    }
+
+    async fn on(backing: Backing, redis_url: &str, extra: &[&str]) -> Cluster {
+        let mut args = vec!["--redis".to_owned(), redis_url.to_owned(), "--max-new-sessions-per-ip".to_owned(), "0".to_owned()];
+        if !extra.contains(&"--grace") {
+            args.extend(["--grace".to_owned(), GRACE.to_owned()]);
+        }
+        args.extend(extra.iter().map(|&arg| arg.to_owned()));
+        let starts = (0..NODES).map(|_| {
+            let args = args.clone();
+            unblock(move || start_binary(&args, None))
+        });
+        let nodes = futures_util::future::join_all(starts).await.into_iter().map(|(binary, addr)| Node { binary, addr }).collect();
+        Cluster { nodes, backing, args, http: reqwest::Client::new() }
+    }
+
+    /// The standalone Redis, to kill and restart.
+    fn redis(&mut self) -> &mut RedisServer {
+        match &mut self.backing {
+            Backing::Server(redis) => redis,
+            Backing::Cluster(_) => panic!("this cluster runs on a Redis Cluster, not a standalone Redis"),
+        }
+    }
+
+    fn addr(&self, node: usize) -> &str {
+        &self.nodes[node].addr
+    }
+
+    fn socket_addr(&self, node: usize) -> SocketAddr {
+        self.addr(node).parse().expect("a node's address")
+    }
+
+    fn url(&self, node: usize, path: &str) -> String {
+        format!("http://{}{path}", self.addr(node))
+    }
+
+    fn ws_url(&self, node: usize, path: &str) -> String {
+        format!("ws://{}{path}", self.addr(node))
+    }
+
+    fn pid(&self, node: usize) -> u32 {
+        self.nodes[node].binary.0.id()
+    }
+
+    fn is_running(&mut self, node: usize) -> bool {
+        matches!(self.nodes[node].binary.0.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL, by pid: the node vanishes mid-whatever, its sockets reset by the kernel.
+    fn kill9(&mut self, node: usize) {
+        harness::signal(self.pid(node), "KILL");
+        let _ = self.nodes[node].binary.0.wait();
+    }
+
+    /// SIGTERM, by pid: the node drains (every client told to reconnect) and exits. Returns at
+    /// once; [`Cluster::wait_exit`] waits for the exit.
+    fn sigterm(&self, node: usize) {
+        harness::signal(self.pid(node), "TERM");
+    }
+
+    async fn wait_exit(&mut self, node: usize, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.nodes[node].binary.0.try_wait().expect("the node's status") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node {node} did not exit within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts a stopped node again (waiting up to [`EXIT`] for it to finish exiting first) with
+    /// the same arguments on the same port, so a balancer's upstream list stays right; the
+    /// address is taken from its log again all the same.
+    async fn restart(&mut self, node: usize) {
+        self.wait_exit(node, EXIT).await;
+        let port = self.socket_addr(node).port();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        command.arg("--bind").arg(format!("127.0.0.1:{port}")).args(&self.args);
+        let (binary, addr) = unblock(move || start_logged(command)).await;
+        self.nodes[node] = Node { binary, addr };
+    }
+
+    async fn sse(&self, node: usize, path: &str) -> SseClient {
+        self.sse_with(node, path, None).await
+    }
+
+    /// `GET` an SSE path on a node, with `Last-Event-ID` if given; it must answer 200.
+    async fn sse_with(&self, node: usize, path: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut request = self.http.get(self.url(node, path));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = within("SSE response headers", request.send()).await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path} on node {node}");
+        SseClient::from_response(response)
+    }
+
+    async fn ws(&self, node: usize, path: &str) -> WsClient {
+        let (socket, _) = within("WebSocket handshake", tokio_tungstenite::connect_async(self.ws_url(node, path)))
+            .await
+            .unwrap_or_else(|err| panic!("WebSocket handshake for {path} on node {node}: {err}"));
+        WsClient { socket }
+    }
+
+    /// POSTs a JSON body to a session through a node; returns the status and the JSON answer.
+    async fn post_json(&self, node: usize, sid: &str, body: &str) -> (u16, Value) {
+        let request = self.http.post(self.url(node, &format!("/sse?sid={sid}"))).header("content-type", "application/json").body(body.to_owned());
+        let response = within("POST answer", request.send()).await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap_or(Value::Null))
+    }
+
+    /// One long-poll on a node; returns the status and the events.
+    async fn poll(&self, node: usize, query: &str) -> (u16, Vec<Received>) {
+        let response = within("poll answer", self.http.get(self.url(node, &format!("/poll{query}"))).send()).await.unwrap();
+        let status = response.status().as_u16();
+        let events = match response.json::<Value>().await.unwrap_or(Value::Null) {
+            Value::Array(items) => items.into_iter().map(received_from_envelope).collect(),
+            _ => Vec::new(),
+        };
+        (status, events)
+    }
+
+    /// Calls the publish API (`/api{path}`) on a node (served without a key on loopback).
+    async fn api(&self, node: usize, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.http.request(method, self.url(node, &format!("/api{path}")));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = within("an API answer", request.send()).await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Publishes one event to a live session through a node's API, which must answer that it
+    /// was delivered (or buffered for it): from then on the event is acknowledged.
+    async fn emit(&self, node: usize, sid: &str, event: &str, data: Value) {
+        let (status, body) = self.api(node, "POST", "/emit", Some(json!({"to": {"sid": sid}, "event": event, "data": data}))).await;
+        assert_eq!((status, &body), (200, &json!({"delivered": 1})), "emit `{event}` to {sid} through node {node}");
+    }
+
+    /// `GET /healthz` on a node, which must answer within [`NO_HANG`].
+    async fn healthz(&self, node: usize) -> (u16, Value) {
+        let ask = async {
+            let response = self.http.get(self.url(node, "/healthz")).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        };
+        no_hang(&format!("node {node}'s /healthz"), ask).await
+    }
+
+    /// Waits until every node's `/healthz` answers `status` with `"redis": redis`.
+    async fn wait_for_health(&self, status: u16, redis: &str) {
+        for node in 0..NODES {
+            wait_until(&format!("node {node}'s /healthz to answer {status} with \"redis\": \"{redis}\""), || async move {
+                let (got, body) = self.healthz(node).await;
+                got == status && body["redis"] == redis
+            })
+            .await;
+        }
+    }
+
+    /// Waits until a node's API says the session is held by `transport` (`None`: by none).
+    async fn wait_for_transport(&self, node: usize, sid: &str, transport: Option<&str>) {
+        let what = format!("node {node} to report {sid} held by {transport:?}");
+        wait_until(&what, || async {
+            let (status, info) = self.api(node, "GET", &format!("/sessions/{sid}"), None).await;
+            status == 200 && info["transport"].as_str() == transport
+        })
+        .await;
+    }
+
+    /// Opens a transport on a node: a new session, or `sid` resumed after `cursor` (as
+    /// `Last-Event-ID` over SSE, `last_event_id` otherwise). Returns it and its first event.
+    async fn attach(&self, node: usize, via: Via, sid: Option<&str>, cursor: Option<&str>) -> (Link, Received) {
+        let mut query: Vec<String> = sid.map(|sid| format!("sid={sid}")).into_iter().collect();
+        if via != Via::Sse {
+            query.extend(cursor.map(|cursor| format!("last_event_id={cursor}")));
+        }
+        let query = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
+        match via {
+            Via::Sse => {
+                let mut sse = self.sse_with(node, &format!("/sse{query}"), cursor).await;
+                let hello = sse.next().await;
+                (Link::Sse(sse), hello)
+            }
+            Via::Ws => {
+                let mut ws = self.ws(node, &format!("/ws{query}")).await;
+                let hello = ws.next().await;
+                (Link::Ws(Box::new(ws)), hello)
+            }
+            Via::Poll => {
+                let (status, events) = self.poll(node, &query).await;
+                assert_eq!(status, 200, "GET /poll{query} on node {node}");
+                let mut queue = VecDeque::from(events);
+                let hello = queue.pop_front().expect("a first poll starts with the hello");
+                let sid = hello.data["sid"].as_str().expect("sid in the hello").to_owned();
+                let link = Link::Poll { node, sid, cursor: hello.id.clone(), queue };
+                (link, hello)
+            }
+        }
+    }
+}
+
+/// Runs a blocking start (the binary's log is read on a thread) off the runtime, passing its
+/// panic on.
+async fn unblock<T: Send + 'static>(start: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(start).await.unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    Sse,
+    Ws,
+    Poll,
+}
+
+/// A client's hold on a session over one transport, read the same way whichever it is.
+enum Link {
+    Sse(SseClient),
+    Ws(Box<WsClient>),
+    /// Long-polling: the events of the last answer not read yet, and the cursor to go on from.
+    Poll { node: usize, sid: String, cursor: String, queue: VecDeque<Received> },
+}
+
+impl Link {
+    async fn next(&mut self, cluster: &Cluster) -> Received {
+        match self {
+            Link::Sse(sse) => sse.next().await,
+            Link::Ws(ws) => ws.next().await,
+            Link::Poll { node, sid, cursor, queue } => loop {
+                if let Some(event) = queue.pop_front() {
+                    cursor.clone_from(&event.id);
+                    return event;
+                }
+                let (status, events) = cluster.poll(*node, &format!("?sid={sid}&last_event_id={cursor}")).await;
+                assert_eq!(status, 200, "a continuing poll on node {node}");
+                queue.extend(events);
+            },
+        }
+    }
+}
+
+/// The next event on a socket, or `None` once it is closed or cut.
+async fn ws_next_unless_closed(ws: &mut WsClient) -> Option<Received> {
+    loop {
+        match within("a WebSocket frame or the socket's end", ws.socket.next()).await {
+            Some(Ok(Message::Text(text))) => return Some(received_from_envelope(serde_json::from_str(text.as_str()).expect("JSON frame"))),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
+            Some(Ok(other)) => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Awaits an answer from a node while Redis is down, which must come within [`NO_HANG`].
+async fn no_hang<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(NO_HANG, fut).await.unwrap_or_else(|_| panic!("{what} hung (no answer within {NO_HANG:?})"))
+}
+
+/// Awaits what a superseding attach must bring about on another node, within [`SUPERSEDE`].
+async fn superseded_within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(SUPERSEDE, fut).await.unwrap_or_else(|_| panic!("{what} took longer than {SUPERSEDE:?}"))
+}
+
+fn is_event(event: &Received, name: &str, data: &Value) -> bool {
+    event.event == name && event.data == *data
+}
+
+/// `(event, data)` pairs, for comparing what arrived with what was sent.
+fn pairs(events: &[Received]) -> Vec<(String, Value)> {
+    events.iter().map(|e| (e.event.clone(), e.data.clone())).collect()
+}
+
+fn message(text: &str) -> String {
+    json!({"event": "message", "data": text}).to_string()
+}
+
+fn sorted(mut sids: Vec<String>) -> Vec<String> {
+    sids.sort();
+    sids
+}
+
+/// The member sids of a room as a node lists them, sorted.
+async fn members(cluster: &Cluster, node: usize, room: &str) -> Vec<String> {
+    let (status, body) = cluster.api(node, "GET", &format!("/rooms/{room}/members"), None).await;
+    assert_eq!(status, 200, "room members on node {node}: {body}");
+    sorted(body["members"].as_array().expect("members").iter().map(|m| m.as_str().unwrap().to_owned()).collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios that hold on a standalone Redis and on a Redis Cluster alike.
+// ---------------------------------------------------------------------------------------------
+
+/// Point 1: a session made on one node takes sends through every node, its replies come down
+/// the transport wherever it is, and a sid no node issued is 404 everywhere.
+async fn sessions_are_known_to_every_node(cluster: &Cluster) {
+    let mut sse = cluster.sse(0, "/sse").await;
+    let sid = sse.hello().await;
+    let mut last = 0;
+    for node in [1, 2, 0, 2, 1] {
+        let (status, body) = cluster.post_json(node, &sid, &message("hi")).await;
+        assert_eq!((status, &body), (202, &json!({"accepted": 1})), "POST to node {node} for a session made on node 0");
+        let reply = sse.next().await;
+        assert!(is_event(&reply, "response", &json!("Message received!")), "the reply to the POST to node {node}: {reply:?}");
+        assert!(seq(&reply.id) > last, "cursors increase: {reply:?} after .{last}");
+        last = seq(&reply.id);
+    }
+
+    // A WebSocket session made on node 1, sent to through node 2.
+    let mut ws = cluster.ws(1, "/ws").await;
+    let ws_sid = ws.hello().await;
+    assert_eq!(cluster.post_json(2, &ws_sid, &message("over there")).await.0, 202);
+    let reply = ws.next().await;
+    assert!(is_event(&reply, "response", &json!("Message received!")), "{reply:?}");
+
+    // A polling session made on node 2, sent to through node 0, polled on node 1.
+    let (status, events) = cluster.poll(2, "").await;
+    assert_eq!(status, 200);
+    let poll_sid = hello_sid(events[0].clone(), "polling");
+    assert_eq!(cluster.post_json(0, &poll_sid, &message("and back")).await.0, 202);
+    let (status, events) = cluster.poll(1, &format!("?sid={poll_sid}&last_event_id={}", events[0].id)).await;
+    assert_eq!(status, 200);
+    assert_eq!(pairs(&events), [("response".to_owned(), json!("Message received!"))], "the poll on node 1");
+
+    for node in 0..NODES {
+        let (status, body) = cluster.post_json(node, UNKNOWN_SID, &message("anyone?")).await;
+        assert_eq!((status, &body), (404, &json!({"error": "unknown or expired session"})), "POST to an unknown sid on node {node}");
+    }
+}
+
+/// Point 2: resumes on every node, over every transport, from cursors of every kind (the first
+/// hello, an event seen live, an event first seen on a replay, a later hello, the last event),
+/// replay exactly what came after the cursor, in order, then carry on live.
+async fn resume_anywhere_from_any_cursor_replays_exactly_what_was_missed(cluster: &Cluster) {
+    let (Link::Sse(mut sse), first_hello) = cluster.attach(0, Via::Sse, None, None).await else { unreachable!() };
+    let sid = hello_sid(first_hello.clone(), "sse");
+    // Everything the session was sent, in order, with the cursors a client saw it under.
+    let mut history: Vec<Received> = Vec::new();
+    for i in 0..6 {
+        cluster.emit(i % NODES, &sid, "news", json!(i)).await;
+        let event = sse.next().await;
+        assert!(is_event(&event, "news", &json!(i)), "live: {event:?}");
+        history.push(event);
+    }
+    drop(sse);
+    // Missed while no transport held the session, published through every node.
+    for i in 6..12 {
+        cluster.emit(i % NODES, &sid, "news", json!(i)).await;
+    }
+    let mut sentinel = 0;
+
+    // The first resume (node 1, SSE, from the last event seen) learns the missed events' cursors.
+    let (mut link, hello) = cluster.attach(1, Via::Sse, Some(&sid), Some(&history[5].id)).await;
+    assert_eq!((hello_sid(hello.clone(), "sse"), &hello.data["resumed"]), (sid.clone(), &json!(true)));
+    let later_hello = hello.id.clone();
+    for i in 6..12 {
+        let event = link.next(cluster).await;
+        assert!(is_event(&event, "news", &json!(i)), "replayed on node 1 after .5: {event:?}");
+        history.push(event);
+    }
+    sentinel += 1;
+    cluster.emit(2, &sid, "sentinel", json!(sentinel)).await;
+    let event = link.next(cluster).await;
+    assert!(is_event(&event, "sentinel", &json!(sentinel)), "live after the replay, nothing else: {event:?}");
+    history.push(event);
+    drop(link);
+
+    // (node, transport, cursor, how many events of the history it comes after)
+    let resumes = [
+        (2, Via::Ws, first_hello.id.clone(), 0),
+        (0, Via::Poll, history[0].id.clone(), 1),
+        (2, Via::Sse, history[7].id.clone(), 8),
+        (0, Via::Ws, later_hello, 6),
+        (1, Via::Poll, history.last().unwrap().id.clone(), history.len()),
+        (1, Via::Sse, history[3].id.clone(), 4),
+    ];
+    for (node, via, cursor, after) in resumes {
+        let expected = pairs(&history[after..]);
+        let (mut link, hello) = cluster.attach(node, via, Some(&sid), Some(&cursor)).await;
+        assert_eq!(hello.event, "session", "resume on node {node} over {via:?} from {cursor}: {hello:?}");
+        assert_eq!((hello.data["sid"].as_str(), &hello.data["resumed"]), (Some(sid.as_str()), &json!(true)), "{hello:?}");
+        let mut replayed = Vec::new();
+        for _ in 0..expected.len() {
+            replayed.push(link.next(cluster).await);
+        }
+        assert_eq!(pairs(&replayed), expected, "the replay on node {node} over {via:?} from {cursor}");
+        let ids: Vec<&str> = replayed.iter().map(|e| e.id.as_str()).collect();
+        let history_ids: Vec<&str> = history[after..].iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, history_ids, "replayed under the cursors they were first sent with");
+        sentinel += 1;
+        cluster.emit((node + 1) % NODES, &sid, "sentinel", json!(sentinel)).await;
+        let event = link.next(cluster).await;
+        assert!(is_event(&event, "sentinel", &json!(sentinel)), "after the replay on node {node} over {via:?}, the next live event: {event:?}");
+        history.push(event);
+    }
+}
+
+/// Point 3: whichever node the newer transport attaches on, the older one, on another node, is
+/// closed within a second: a WebSocket with 4000, an SSE stream ended, a waiting poll 409.
+async fn the_newest_transport_wins_across_nodes(cluster: &Cluster) {
+    let mut ws = cluster.ws(0, "/ws").await;
+    let sid = ws.hello().await;
+
+    let mut sse = cluster.sse(1, &format!("/sse?sid={sid}")).await;
+    assert_eq!(sse.hello().await, sid);
+    let (code, reason) = superseded_within("node 0's WebSocket to close after an SSE attach on node 1", ws.expect_close()).await;
+    assert_eq!((u16::from(code), reason.as_str()), (4000, "superseded"));
+
+    let (status, events) = cluster.poll(2, &format!("?sid={sid}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(hello_sid(events[0].clone(), "polling"), sid);
+    superseded_within("node 1's SSE stream to end after a poll on node 2", sse.expect_end()).await;
+
+    // A poll waiting on node 2 (so node 1 reports), then a socket on node 0.
+    let waiting = {
+        let url = cluster.url(2, &format!("/poll?sid={sid}&last_event_id={}", events.last().unwrap().id));
+        let http = cluster.http.clone();
+        tokio::spawn(async move {
+            let response = http.get(url).send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+        })
+    };
+    cluster.wait_for_transport(1, &sid, Some("polling")).await;
+    let mut ws = cluster.ws(0, &format!("/ws?sid={sid}")).await;
+    assert_eq!(ws.hello().await, sid);
+    let (status, body) = superseded_within("node 2's waiting poll to be answered after a socket on node 0", waiting).await.unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.starts_with("superseded")), "{body}");
+
+    // The winner gets the replies, wherever the sends land.
+    assert_eq!(cluster.post_json(1, &sid, &message("who has it?")).await.0, 202);
+    let reply = ws.next().await;
+    assert!(is_event(&reply, "response", &json!("Message received!")), "{reply:?}");
+}
+
+/// Point 5: rooms span the cluster. Joins and leaves through any node, an emit to a room from
+/// any node reaching members on every node (the count covering them all), the chat of the
+/// default app, and every node answering the same about sessions and members. Counts an emit to
+/// everyone, so it must run on a cluster no other scenario has made sessions on.
+async fn rooms_span_the_cluster(cluster: &Cluster) {
+    let room = "cluster-room";
+    let members_path = format!("/rooms/{room}/members");
+    let mut a = cluster.sse(0, "/sse").await;
+    let sa = a.hello().await;
+    let mut b = cluster.ws(1, "/ws").await;
+    let sb = b.hello().await;
+    let mut c = cluster.sse(2, "/sse").await;
+    let sc = c.hello().await;
+    let (_, events) = cluster.poll(0, "").await;
+    let sd = hello_sid(events[0].clone(), "polling");
+    let mut d_cursor = events[0].id.clone();
+
+    // Joined through a node other than the one holding the session, and by the app's `join`.
+    let (status, body) = cluster.api(1, "POST", &members_path, Some(json!({"sid": sa}))).await;
+    assert_eq!((status, body), (200, json!({"room": room, "sid": sa, "joined": true})));
+    let (status, body) = cluster.api(2, "POST", &members_path, Some(json!({"sid": sb}))).await;
+    assert_eq!((status, body), (200, json!({"room": room, "sid": sb, "joined": true})));
+    assert_eq!(cluster.post_json(0, &sc, &json!({"event": "join", "data": room}).to_string()).await.0, 202);
+    let expected = sorted(vec![sa.clone(), sb.clone(), sc.clone()]);
+    for node in 0..NODES {
+        assert_eq!(members(cluster, node, room).await, expected, "the members as node {node} lists them");
+    }
+
+    // Every node tells the same about each session.
+    for (sid, transport, rooms) in [(&sa, json!("sse"), json!([room])), (&sb, json!("websocket"), json!([room])), (&sc, json!("sse"), json!([room])), (&sd, Value::Null, json!([]))] {
+        let mut answers = Vec::new();
+        for node in 0..NODES {
+            let (status, mut info) = cluster.api(node, "GET", &format!("/sessions/{sid}"), None).await;
+            assert_eq!(status, 200, "session {sid} on node {node}: {info}");
+            // The only field that moves by itself: how long it has been between transports.
+            let detached_for = info.as_object_mut().unwrap().remove("detached_for_ms");
+            assert_eq!(detached_for.is_some_and(|d| d.is_u64()), transport.is_null(), "detached_for_ms of {sid} on node {node}");
+            answers.push(info);
+        }
+        assert_eq!((&answers[0]["sid"], &answers[0]["transport"], &answers[0]["rooms"]), (&json!(sid), &transport, &rooms), "{}", answers[0]);
+        assert!(answers.iter().all(|info| *info == answers[0]), "the nodes disagree about {sid}: {answers:#?}");
+    }
+
+    // An emit to the room from node 1 reaches the members on nodes 0, 1 and 2.
+    let (status, body) = cluster.api(1, "POST", "/emit", Some(json!({"to": {"room": room}, "event": "news", "data": "to the room"}))).await;
+    assert_eq!((status, body), (200, json!({"delivered": 3})));
+    for (name, event) in [("a", a.next().await), ("c", c.next().await), ("b", b.next().await)] {
+        assert!(is_event(&event, "news", &json!("to the room")), "member {name}: {event:?}");
+    }
+    // The non-member got nothing: what is sent to it alone is the first thing it polls.
+    cluster.emit(2, &sd, "direct", json!(1)).await;
+    let (status, events) = cluster.poll(1, &format!("?sid={sd}&last_event_id={d_cursor}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(pairs(&events), [("direct".to_owned(), json!(1))]);
+    d_cursor.clone_from(&events[0].id);
+
+    // The default app's chat: a member's message through node 2 reaches the others, wherever
+    // they are attached, before the sender's own reply.
+    assert_eq!(cluster.post_json(2, &sa, &message("hello room")).await.0, 202);
+    let chat = json!({"room": room, "from": &sa[..6], "text": "hello room"});
+    for (name, event) in [("b", b.next().await), ("c", c.next().await)] {
+        assert!(is_event(&event, "chat", &chat), "member {name}: {event:?}");
+    }
+    let reply = a.next().await;
+    assert!(is_event(&reply, "response", &json!("Message received!")), "{reply:?}");
+
+    // Leaving through yet another node.
+    let (status, body) = cluster.api(2, "DELETE", &format!("{members_path}/{sb}"), None).await;
+    assert_eq!((status, body), (200, json!({"room": room, "sid": sb, "left": true})));
+    let expected = sorted(vec![sa.clone(), sc.clone()]);
+    for node in 0..NODES {
+        assert_eq!(members(cluster, node, room).await, expected, "the members as node {node} lists them after b left");
+    }
+    let (status, body) = cluster.api(0, "POST", "/emit", Some(json!({"to": {"room": room}, "event": "news", "data": "b has left"}))).await;
+    assert_eq!((status, body), (200, json!({"delivered": 2})));
+    for (name, event) in [("a", a.next().await), ("c", c.next().await)] {
+        assert!(is_event(&event, "news", &json!("b has left")), "member {name}: {event:?}");
+    }
+    cluster.emit(0, &sb, "direct", json!(2)).await;
+    let event = b.next().await;
+    assert!(is_event(&event, "direct", &json!(2)), "b, out of the room, got nothing of it: {event:?}");
+
+    // Everyone: every live session of the cluster, counted once.
+    let (status, body) = cluster.api(2, "POST", "/emit", Some(json!({"to": {"all": true}, "event": "all", "data": null}))).await;
+    assert_eq!((status, body), (200, json!({"delivered": 4})));
+    for (name, event) in [("a", a.next().await), ("b", b.next().await), ("c", c.next().await)] {
+        assert!(is_event(&event, "all", &Value::Null), "{name}: {event:?}");
+    }
+    let (_, events) = cluster.poll(2, &format!("?sid={sd}&last_event_id={d_cursor}")).await;
+    assert_eq!(pairs(&events), [("all".to_owned(), Value::Null)]);
+}
+
+#[tokio::test]
+async fn a_session_made_on_one_node_is_known_to_every_node() {
+    let cluster = Cluster::start(&[]).await;
+    sessions_are_known_to_every_node(&cluster).await;
+}
+
+#[tokio::test]
+async fn a_resume_on_any_node_from_any_cursor_replays_exactly_what_was_missed() {
+    let cluster = Cluster::start(&[]).await;
+    resume_anywhere_from_any_cursor_replays_exactly_what_was_missed(&cluster).await;
+}
+
+#[tokio::test]
+async fn the_newest_transport_wins_cluster_wide_within_a_second() {
+    let cluster = Cluster::start(&[]).await;
+    the_newest_transport_wins_across_nodes(&cluster).await;
+}
+
+#[tokio::test]
+async fn rooms_and_the_publish_api_span_every_node() {
+    let cluster = Cluster::start(&[]).await;
+    rooms_span_the_cluster(&cluster).await;
+}
+
+#[tokio::test]
+async fn runs_on_a_redis_cluster() {
+    let cluster = Cluster::on_redis_cluster(&[]).await;
+    // Rooms first: it counts the cluster's sessions.
+    rooms_span_the_cluster(&cluster).await;
+    sessions_are_known_to_every_node(&cluster).await;
+    resume_anywhere_from_any_cursor_replays_exactly_what_was_missed(&cluster).await;
+    the_newest_transport_wins_across_nodes(&cluster).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// An application behind the nodes: every node forwards to it and posts its hooks to it.
+// ---------------------------------------------------------------------------------------------
+
+/// What the application received, in arrival order.
+#[derive(Clone, Default)]
+struct Seen {
+    events: Arc<Mutex<Vec<Value>>>,
+    expires: Arc<Mutex<Vec<Value>>>,
+}
+
+/// A tiny application: `/events` answers every event with `ack` carrying its data; `/expire`
+/// records the hook's calls.
+struct Backend {
+    addr: SocketAddr,
+    seen: Seen,
+}
+
+impl Backend {
+    async fn start() -> Backend {
+        let seen = Seen::default();
+        let router = Router::new().route("/events", post(backend_event)).route("/expire", post(backend_expire)).with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Backend { addr, seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The data of the events of one session, in the order the application got them.
+    fn events_of(&self, sid: &str) -> Vec<Value> {
+        self.seen.events.lock().unwrap().iter().filter(|e| e["sid"] == sid).map(|e| e["data"].clone()).collect()
+    }
+
+    /// The expire hook's calls about one session.
+    fn expires_of(&self, sid: &str) -> Vec<Value> {
+        self.seen.expires.lock().unwrap().iter().filter(|e| e["sid"] == sid).cloned().collect()
+    }
+}
+
+async fn backend_event(State(seen): State<Seen>, Json(request): Json<Value>) -> Json<Value> {
+    let data = request["data"].clone();
+    seen.events.lock().unwrap().push(request);
+    Json(json!([{"emit": "ack", "data": data}]))
+}
+
+async fn backend_expire(State(seen): State<Seen>, Json(request): Json<Value>) -> Response {
+    seen.expires.lock().unwrap().push(request);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Point 4: numbered sends reach the application exactly once and in order, whichever nodes
+/// they arrive at: sends spread over the nodes, some sent to two nodes at once (a retry racing
+/// the original), some again later to another node, one late copy over the socket.
+#[tokio::test]
+async fn numbered_sends_are_handled_once_and_in_order_whichever_nodes_they_reach() {
+    let backend = Backend::start().await;
+    let cluster = Cluster::start(&["--upstream", &backend.url("/events")]).await;
+    let mut ws = cluster.ws(0, "/ws").await;
+    let sid = ws.hello().await;
+    let send = |n: u64| json!({"event": "count", "data": n, "seq": n}).to_string();
+    let mut rng = StdRng::seed_from_u64(14);
+    for n in 1..=20 {
+        let node = rng.random_range(0..NODES);
+        let other = (node + rng.random_range(1..NODES)) % NODES;
+        match rng.random_range(0..4) {
+            0 => {
+                let body = send(n);
+                let (first, second) = tokio::join!(cluster.post_json(node, &sid, &body), cluster.post_json(other, &sid, &body));
+                for (at, (status, body)) in [(node, first), (other, second)] {
+                    assert!((200..300).contains(&status), "seq {n} sent to nodes {node} and {other} at once: node {at} answered {status} {body}");
+                }
+            }
+            1 => {
+                let (status, body) = cluster.post_json(node, &sid, &send(n)).await;
+                assert_eq!(status, 202, "seq {n} to node {node}: {body}");
+                let (status, body) = cluster.post_json(other, &sid, &send(n)).await;
+                assert!((200..300).contains(&status), "seq {n} again, to node {other}: {status} {body}");
+            }
+            _ => {
+                let (status, body) = cluster.post_json(node, &sid, &send(n)).await;
+                assert_eq!(status, 202, "seq {n} to node {node}: {body}");
+            }
+        }
+        if n > 3 && rng.random_range(0..4) == 0 {
+            let old = rng.random_range(1..n);
+            let at = rng.random_range(0..NODES);
+            let (status, body) = cluster.post_json(at, &sid, &send(old)).await;
+            assert!((200..300).contains(&status), "a late copy of seq {old} to node {at}: {status} {body}");
+        }
+    }
+    // The 21st over the socket, behind a late copy of the 5th in the same batch.
+    ws.send(&format!("[{},{}]", send(5), send(21))).await;
+    for n in 1..=21 {
+        let ack = ws.next().await;
+        assert!(is_event(&ack, "ack", &json!(n)), "ack {n} expected, got {ack:?}");
+    }
+    cluster.emit(1, &sid, "news", json!("after")).await;
+    let next = ws.next().await;
+    assert!(is_event(&next, "news", &json!("after")), "no reply beyond the 21: {next:?}");
+    assert_eq!(backend.events_of(&sid), (1..=21).map(|n| json!(n)).collect::<Vec<_>>(), "what the application got");
+
+    // A transport attached on another node is told how far the session got.
+    let mut sse = cluster.sse(2, &format!("/sse?sid={sid}")).await;
+    let hello = sse.next().await;
+    assert_eq!((hello.event.as_str(), &hello.data["received"]), ("session", &json!(21)), "{hello:?}");
+}
+
+/// Point 6: a session expires once, cluster-wide, after its grace period, whichever node made
+/// it or held it last: the expire hook (every node pointing at the same application) is called
+/// exactly once per session, with its rooms; a session still attached does not expire.
+#[tokio::test]
+async fn a_session_expires_once_cluster_wide_and_its_hook_fires_once() {
+    let backend = Backend::start().await;
+    let cluster = Cluster::start(&["--grace", "1s", "--upstream-on-expire", &backend.url("/expire")]).await;
+    let mut sse = cluster.sse(0, "/sse").await;
+    let a = sse.hello().await;
+    let mut ws = cluster.ws(1, "/ws").await;
+    let b = ws.hello().await;
+    let (_, events) = cluster.poll(2, "").await;
+    let c = hello_sid(events[0].clone(), "polling");
+    // Made on node 0, last held on node 2.
+    let mut moved = cluster.sse(0, "/sse").await;
+    let d = moved.hello().await;
+    let mut moved_to = cluster.ws(2, &format!("/ws?sid={d}")).await;
+    assert_eq!(moved_to.hello().await, d);
+    moved.expect_end().await;
+    let (status, _) = cluster.api(1, "POST", "/rooms/r/members", Some(json!({"sid": a}))).await;
+    assert_eq!(status, 200);
+    // Attached throughout: it must not expire.
+    let mut kept = cluster.sse(1, "/sse").await;
+    let e = kept.hello().await;
+    drop((sse, ws, moved, moved_to));
+
+    let gone = [&a, &b, &c, &d];
+    wait_until("the expire hook to be called for each dropped session", || {
+        std::future::ready(gone.iter().all(|sid| !backend.expires_of(sid).is_empty()))
+    })
+    .await;
+    // A witness dropped only now: once its own grace has run out and its hook has come, every
+    // node has had longer than a grace period to call the hook again for the others.
+    let mut witness = cluster.sse(2, "/sse").await;
+    let w = witness.hello().await;
+    drop(witness);
+    wait_until("the expire hook for the witness session", || std::future::ready(!backend.expires_of(&w).is_empty())).await;
+
+    for sid in gone.into_iter().chain([&w]) {
+        let calls = backend.expires_of(sid);
+        assert_eq!(calls.len(), 1, "the expire hook's calls for {sid}: {calls:#?}");
+        let rooms = if *sid == a { json!(["r"]) } else { json!([]) };
+        assert_eq!(calls[0], json!({"v": 1, "type": "expire", "sid": sid, "rooms": rooms}));
+        for node in 0..NODES {
+            let (status, body) = cluster.post_json(node, sid, &message("still there?")).await;
+            assert_eq!(status, 404, "POST to expired {sid} on node {node}: {body}");
+            let (status, body) = cluster.api(node, "GET", &format!("/sessions/{sid}"), None).await;
+            assert_eq!(status, 404, "expired {sid} on node {node}'s API: {body}");
+        }
+    }
+    for node in 0..NODES {
+        assert!(members(&cluster, node, "r").await.is_empty(), "an expired session leaves its rooms (node {node})");
+    }
+    // Resuming an expired session anywhere gives a fresh one, with a gap saying so.
+    let (mut link, hello) = cluster.attach(2, Via::Sse, Some(&a), None).await;
+    assert!(hello.event == "session" && hello.data["sid"] != a.as_str() && hello.data["resumed"] == false, "{hello:?}");
+    let gap = link.next(&cluster).await;
+    assert_eq!((gap.event.as_str(), &gap.data["reason"]), ("gap", &json!("expired")), "{gap:?}");
+
+    assert!(backend.expires_of(&e).is_empty(), "the attached session did not expire");
+    assert_eq!(cluster.post_json(2, &e, &message("still here")).await.0, 202);
+    let reply = kept.next().await;
+    assert!(is_event(&reply, "response", &json!("Message received!")), "{reply:?}");
+}
+
+/// Point 7: SIGKILL of the node holding two clients' transports (SSE and WebSocket). Each
+/// resumes on another node from the last cursor it saw and gets every event acknowledged before
+/// the kill (publish API answered, through the killed node too; replies it saw) exactly once,
+/// in order. The killed node, started again, serves the same sessions.
+#[tokio::test]
+async fn a_killed_node_loses_nothing_that_was_acknowledged() {
+    const VICTIM: usize = 1;
+    let mut cluster = Cluster::start(&[]).await;
+    let mut sse = cluster.sse(VICTIM, "/sse").await;
+    let s = sse.hello().await;
+    let mut ws = cluster.ws(VICTIM, "/ws").await;
+    let w = ws.hello().await;
+    let (mut sse_seen, mut ws_seen) = (Vec::new(), Vec::new());
+    let (mut sse_expected, mut ws_expected) = (Vec::new(), Vec::new());
+    let news = |i: usize| ("news".to_owned(), json!(i));
+    let reply = ("response".to_owned(), json!("Message received!"));
+
+    for i in 0..6 {
+        cluster.emit(i % NODES, &s, "news", json!(i)).await;
+        cluster.emit(i % NODES, &w, "news", json!(i)).await;
+        sse_seen.push(sse.next().await);
+        ws_seen.push(ws.next().await);
+        sse_expected.push(news(i));
+        ws_expected.push(news(i));
+    }
+    // Replies the clients saw: over the socket, and over a POST through another node.
+    ws.send(&message("one")).await;
+    ws.send(&message("two")).await;
+    ws_seen.push(ws.next().await);
+    ws_seen.push(ws.next().await);
+    ws_expected.extend([reply.clone(), reply.clone()]);
+    assert_eq!(cluster.post_json(2, &s, &message("three")).await.0, 202);
+    sse_seen.push(sse.next().await);
+    sse_expected.push(reply.clone());
+    // Acknowledged through every node, the victim included, and not waited for.
+    for i in 6..12 {
+        cluster.emit(i % NODES, &s, "news", json!(i)).await;
+        cluster.emit(i % NODES, &w, "news", json!(i)).await;
+        sse_expected.push(news(i));
+        ws_expected.push(news(i));
+    }
+
+    cluster.kill9(VICTIM);
+    // Whatever the old transports still handed over before the cut counts as seen.
+    while let Some(event) = sse.next_unless_cut().await {
+        sse_seen.push(event);
+    }
+    while let Some(event) = ws_next_unless_closed(&mut ws).await {
+        ws_seen.push(event);
+    }
+
+    for (node, via, sid, seen, expected) in [(2, Via::Sse, &s, &mut sse_seen, &sse_expected), (0, Via::Ws, &w, &mut ws_seen, &ws_expected)] {
+        let cursor = seen.last().unwrap().id.clone();
+        let (mut link, hello) = cluster.attach(node, via, Some(sid), Some(&cursor)).await;
+        assert_eq!((hello.event.as_str(), hello.data["sid"].as_str(), &hello.data["resumed"]), ("session", Some(sid.as_str()), &json!(true)), "{hello:?}");
+        while seen.len() < expected.len() {
+            seen.push(link.next(&cluster).await);
+        }
+        assert_eq!(&pairs(seen), expected, "{via:?}: what arrived before the kill and after the resume on node {node}");
+        cluster.emit(node, sid, "sentinel", json!(via == Via::Sse)).await;
+        let next = link.next(&cluster).await;
+        assert!(is_event(&next, "sentinel", &json!(via == Via::Sse)), "{via:?}: nothing more after the acknowledged events: {next:?}");
+        if via == Via::Sse {
+            // The killed node, back, takes sends for the session held on node 2.
+            cluster.restart(VICTIM).await;
+            assert_eq!(cluster.post_json(VICTIM, sid, &message("back")).await.0, 202);
+            let next = link.next(&cluster).await;
+            assert!(is_event(&next, "response", &json!("Message received!")), "{next:?}");
+        }
+    }
+}
+
+/// What one client of the rolling restart saw, shared with the test while it runs.
+#[derive(Default)]
+struct Follow {
+    sid: String,
+    /// The `tick` numbers received, in arrival order, across all its transports.
+    ticks: Vec<u64>,
+    /// The node (`host:port`) its transport is on now; `None` between transports.
+    on: Option<String>,
+    /// Transports that ended after a `reconnect` notice.
+    reconnects: usize,
+    /// Transports that ended without one.
+    silent_ends: usize,
+    /// Whatever should not have happened (a fresh session, an unexpected event, a bad notice).
+    anomalies: Vec<String>,
+}
+
+/// A client that holds its session whatever happens: it opens it directly on `first`, then on
+/// every end of its transport resumes from its last cursor through the `balancer`, until
+/// `stop`.
+async fn follow(via: Via, first: String, balancer: String, state: Arc<Mutex<Follow>>, stop: CancellationToken) {
+    let http = reqwest::Client::new();
+    let mut base = first;
+    let mut cursor: Option<String> = None;
+    loop {
+        let sid = state.lock().unwrap().sid.clone();
+        let opened = tokio::select! {
+            _ = stop.cancelled() => return,
+            opened = open(via, &http, &base, &sid, cursor.as_deref()) => opened,
+        };
+        let Some((mut link, node)) = opened else {
+            // Refused on the way (the balancer found no node, say): a pause, not a wait on anything.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        base.clone_from(&balancer);
+        let mut hello_seen = false;
+        let mut told_to_reconnect = false;
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => return,
+                event = async {
+                    match &mut link {
+                        Link::Sse(sse) => sse.next_unless_cut().await,
+                        Link::Ws(ws) => ws_next_unless_closed(ws).await,
+                        Link::Poll { .. } => unreachable!("followers hold streams"),
+                    }
+                } => event,
+            };
+            let mut seen = state.lock().unwrap();
+            let Some(event) = event else {
+                seen.on = None;
+                if told_to_reconnect {
+                    seen.reconnects += 1;
+                } else {
+                    seen.silent_ends += 1;
+                }
+                break;
+            };
+            match event.event.as_str() {
+                "session" if !hello_seen => {
+                    hello_seen = true;
+                    let got = event.data["sid"].as_str().unwrap_or_default().to_owned();
+                    if seen.sid.is_empty() {
+                        seen.sid = got;
+                    } else if got != seen.sid || event.data["resumed"] != true {
+                        let anomaly = format!("resuming {} on {node} gave {event:?}", seen.sid);
+                        seen.anomalies.push(anomaly);
+                    }
+                    seen.on = Some(node.clone());
+                }
+                "tick" => seen.ticks.push(event.data.as_u64().expect("a tick number")),
+                "reconnect" if event.data["reason"] == "shutdown" => told_to_reconnect = true,
+                _ => seen.anomalies.push(format!("unexpected on {node}: {event:?}")),
+            }
+            cursor = Some(event.id);
+        }
+    }
+}
+
+/// Opens a follower's transport at `base` (`host:port`); returns it and the node it reached
+/// (the balancer's `X-Upstream`, else `base`), or `None` if it was refused.
+async fn open(via: Via, http: &reqwest::Client, base: &str, sid: &str, cursor: Option<&str>) -> Option<(Link, String)> {
+    let node_of = |headers: &reqwest::header::HeaderMap| {
+        headers
+            .get("x-upstream")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map_or_else(|| base.to_owned(), |v| v.trim().to_owned())
+    };
+    match via {
+        Via::Sse => {
+            let mut request = http.get(format!("http://{base}/sse{}", if sid.is_empty() { String::new() } else { format!("?sid={sid}") }));
+            if let Some(cursor) = cursor {
+                request = request.header("Last-Event-ID", cursor);
+            }
+            let response = tokio::time::timeout(WAIT, request.send()).await.ok()?.ok()?;
+            if response.status() != 200 {
+                return None;
+            }
+            let node = node_of(response.headers());
+            Some((Link::Sse(SseClient::from_response(response)), node))
+        }
+        Via::Ws => {
+            let query = match (sid.is_empty(), cursor) {
+                (true, _) => String::new(),
+                (false, Some(cursor)) => format!("?sid={sid}&last_event_id={cursor}"),
+                (false, None) => format!("?sid={sid}"),
+            };
+            let (socket, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(format!("ws://{base}/ws{query}"))).await.ok()?.ok()?;
+            Some((Link::Ws(Box::new(WsClient { socket })), node_of(response.headers())))
+        }
+        Via::Poll => unreachable!("followers hold streams"),
+    }
+}
+
+/// What the publisher of the rolling restart got answered.
+#[derive(Default)]
+struct Published {
+    /// Per client, the tick numbers the API acknowledged.
+    acked: Vec<Vec<u64>>,
+    /// Emits refused or cut on the way (not acknowledged: they may arrive or not).
+    failed: usize,
+    anomalies: Vec<String>,
+}
+
+/// Emits numbered `tick`s to each session in turn through the `balancer` until `stop`.
+async fn publish(balancer: String, sids: Vec<String>, stop: CancellationToken) -> Published {
+    let http = reqwest::Client::new();
+    let mut published = Published { acked: vec![Vec::new(); sids.len()], ..Published::default() };
+    let mut n = 0;
+    while !stop.is_cancelled() {
+        for (k, sid) in sids.iter().enumerate() {
+            let body = json!({"to": {"sid": sid}, "event": "tick", "data": n});
+            let answer = async {
+                let response = http.post(format!("http://{balancer}/api/emit")).json(&body).send().await.ok()?;
+                let status = response.status().as_u16();
+                Some((status, response.json::<Value>().await.ok()?))
+            };
+            match tokio::time::timeout(WAIT, answer).await {
+                Ok(Some((200, body))) if body == json!({"delivered": 1}) => published.acked[k].push(n),
+                Ok(Some((status @ (200 | 404), body))) => published.anomalies.push(format!("tick {n} to {sid}: {status} {body}")),
+                _ => published.failed += 1,
+            }
+            // Pacing, so that the load is steady rather than all the CPU there is.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        n += 1;
+    }
+    published
+}
+
+/// Point 8: a rolling restart of all three nodes (SIGTERM, then the same arguments again) while
+/// six clients (SSE and WebSocket) hold sessions and a publisher emits to them through nginx.
+/// Every client of a stopping node gets `reconnect` and resumes on another node through the
+/// balancer; no transport ends silently; every acknowledged tick arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_and_repeats_nothing() {
+    const CLIENTS: usize = 6;
+    let mut cluster = Cluster::start(&["--drain", "5s"]).await;
+    let upstreams: Vec<SocketAddr> = (0..NODES).map(|node| cluster.socket_addr(node)).collect();
+    let balancer = Proxy::nginx_round_robin(&upstreams).await;
+    let lb = format!("127.0.0.1:{}", balancer.port);
+
+    let stop_clients = CancellationToken::new();
+    let mut follows = Vec::new();
+    let mut followers = Vec::new();
+    for k in 0..CLIENTS {
+        let via = if k % 2 == 0 { Via::Sse } else { Via::Ws };
+        let state = Arc::new(Mutex::new(Follow::default()));
+        followers.push(tokio::spawn(follow(via, cluster.addr(k % NODES).to_owned(), lb.clone(), state.clone(), stop_clients.clone())));
+        follows.push(state);
+    }
+    let all = |check: &dyn Fn(&Follow) -> bool| follows.iter().all(|f| check(&f.lock().unwrap()));
+    wait_until("every client to hold its session", || std::future::ready(all(&|f| f.on.is_some()))).await;
+
+    let sids: Vec<String> = follows.iter().map(|f| f.lock().unwrap().sid.clone()).collect();
+    let stop_publisher = CancellationToken::new();
+    let publisher = tokio::spawn(publish(lb.clone(), sids, stop_publisher.clone()));
+    wait_until("ticks to reach every client", || std::future::ready(all(&|f| f.ticks.len() >= 3))).await;
+
+    for victim in 0..NODES {
+        let victim_addr = cluster.addr(victim).to_owned();
+        // The clients on the victim now, and how many reconnects each had so far.
+        let on_victim: Vec<(usize, usize)> = follows
+            .iter()
+            .enumerate()
+            .filter_map(|(k, f)| {
+                let f = f.lock().unwrap();
+                (f.on.as_deref() == Some(victim_addr.as_str())).then_some((k, f.reconnects))
+            })
+            .collect();
+        assert!(!on_victim.is_empty(), "node {victim} holds no client to move: the scenario went wrong");
+        let ticks_before: Vec<usize> = follows.iter().map(|f| f.lock().unwrap().ticks.len()).collect();
+
+        cluster.sigterm(victim);
+        wait_until(&format!("the clients of node {victim} to be told to reconnect and resume on another node"), || {
+            std::future::ready(on_victim.iter().all(|&(k, before)| {
+                let f = follows[k].lock().unwrap();
+                f.reconnects > before && f.on.as_ref().is_some_and(|on| *on != victim_addr)
+            }))
+        })
+        .await;
+        let status = cluster.wait_exit(victim, EXIT).await;
+        assert!(status.success(), "node {victim} exited with {status} after SIGTERM");
+        cluster.restart(victim).await;
+        wait_until(&format!("node {victim} to be healthy again"), || async {
+            let (status, body) = cluster.healthz(victim).await;
+            status == 200 && body["redis"] == "ok"
+        })
+        .await;
+        wait_until("ticks to keep reaching every client", || {
+            std::future::ready(follows.iter().zip(&ticks_before).all(|(f, &before)| f.lock().unwrap().ticks.len() >= before + 3))
+        })
+        .await;
+    }
+
+    stop_publisher.cancel();
+    let published = within("the publisher to stop", publisher).await.unwrap();
+    wait_until("every acknowledged tick to arrive", || {
+        std::future::ready(follows.iter().zip(&published.acked).all(|(f, acked)| {
+            let f = f.lock().unwrap();
+            acked.last().is_none_or(|last| f.ticks.contains(last))
+        }))
+    })
+    .await;
+    stop_clients.cancel();
+    for follower in followers {
+        within("a client to stop", follower).await.unwrap();
+    }
+
+    println!("{} emits not acknowledged during the restarts", published.failed);
+    assert!(published.anomalies.is_empty(), "the publish API: {:#?}", published.anomalies);
+    for (k, (f, acked)) in follows.iter().zip(&published.acked).enumerate() {
+        let f = f.lock().unwrap();
+        assert!(f.anomalies.is_empty(), "client {k}: {:#?}", f.anomalies);
+        assert_eq!(f.silent_ends, 0, "client {k}: transports that ended without a reconnect notice");
+        if let Some(at) = f.ticks.windows(2).position(|w| w[0] >= w[1]) {
+            panic!("client {k}: ticks repeated or out of order at {at}: {:?}", &f.ticks[at.saturating_sub(3)..(at + 4).min(f.ticks.len())]);
+        }
+        let lost: Vec<u64> = acked.iter().copied().filter(|n| f.ticks.binary_search(n).is_err()).collect();
+        assert!(lost.is_empty(), "client {k}: acknowledged ticks never delivered: {lost:?}");
+        assert!(f.reconnects >= 1, "client {k} was never moved");
+    }
+}
+
+/// The value of a counter on `/metrics` (summed over its labels), if it is there.
+fn metric_total(metrics: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = metrics
+        .lines()
+        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Point 9: Redis down. Nothing panics or hangs; `/healthz` says 503 `"redis": "unreachable"`;
+/// new sessions are refused 503 with `Retry-After` on every transport; attached clients get
+/// `reconnect` (reason `redis`) and their transports end; the errors are counted. Redis back
+/// on the same port: every node reconnects by itself and serves new sessions again.
+#[tokio::test]
+async fn redis_down_is_answered_and_redis_back_is_picked_up_by_itself() {
+    let mut cluster = Cluster::start(&[]).await;
+    for node in 0..NODES {
+        let (status, body) = cluster.healthz(node).await;
+        assert_eq!((status, &body["redis"]), (200, &json!("ok")), "node {node}: {body}");
+    }
+    let mut sse = cluster.sse(0, "/sse").await;
+    let s = sse.hello().await;
+    let mut ws = cluster.ws(1, "/ws").await;
+    ws.hello().await;
+
+    cluster.redis().kill();
+    let notice = sse.next().await;
+    assert_eq!((notice.event.as_str(), &notice.data["reason"]), ("reconnect", &json!("redis")), "{notice:?}");
+    assert!(sse.next_unless_cut().await.is_none(), "the SSE stream ends after the notice");
+    let notice = ws_next_unless_closed(&mut ws).await;
+    assert!(notice.as_ref().is_some_and(|n| n.event == "reconnect" && n.data["reason"] == "redis"), "{notice:?}");
+    assert!(ws_next_unless_closed(&mut ws).await.is_none(), "the socket ends after the notice");
+
+    cluster.wait_for_health(503, "unreachable").await;
+    // New sessions, over each transport on a different node: refused, with a time to come back.
+    let retry_after = |headers: &reqwest::header::HeaderMap| headers.get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let response = no_hang("GET /sse on node 0", cluster.http.get(cluster.url(0, "/sse")).send()).await.unwrap();
+    assert_eq!((response.status().as_u16(), retry_after(response.headers()).is_some()), (503, true), "GET /sse: {:?}", response.headers());
+    let response = no_hang("GET /poll on node 1", cluster.http.get(cluster.url(1, "/poll")).send()).await.unwrap();
+    assert_eq!((response.status().as_u16(), retry_after(response.headers()).is_some()), (503, true), "GET /poll: {:?}", response.headers());
+    match no_hang("GET /ws on node 2", tokio_tungstenite::connect_async(cluster.ws_url(2, "/ws"))).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503, "the WebSocket upgrade");
+            assert!(retry_after(response.headers()).is_some(), "the WebSocket refusal has a Retry-After: {:?}", response.headers());
+        }
+        other => panic!("the WebSocket upgrade should be refused 503, got {other:?}"),
+    }
+    // A send to a session is answered too (what it can be answered is not this test's point).
+    no_hang("a POST to a session on node 2", cluster.post_json(2, &s, &message("anyone?"))).await;
+    for node in 0..NODES {
+        assert!(cluster.is_running(node), "node {node} is still running");
+    }
+    let metrics = within("/metrics", async { cluster.http.get(cluster.url(0, "/metrics")).send().await.unwrap().text().await.unwrap() }).await;
+    let errors = metric_total(&metrics, "switchyard_redis_errors_total");
+    assert!(errors.is_some_and(|n| n > 0.0), "switchyard_redis_errors_total counts the failures: {errors:?}");
+    assert!(metrics.contains("# TYPE switchyard_redis_command_seconds histogram"), "switchyard_redis_command_seconds is a histogram on /metrics");
+
+    cluster.redis().restart().await;
+    cluster.wait_for_health(200, "ok").await;
+    for node in 0..NODES {
+        let mut sse = cluster.sse(node, "/sse").await;
+        let sid = sse.hello().await;
+        assert_eq!(cluster.post_json((node + 1) % NODES, &sid, &message("back")).await.0, 202);
+        let reply = sse.next().await;
+        assert!(is_event(&reply, "response", &json!("Message received!")), "node {node}: {reply:?}");
+    }
+}
+
+/// Point 9, data lost: Redis restarted empty under the nodes. A client resuming its old sid
+/// (from its last cursor, well within the grace period) gets a fresh session and `gap` with
+/// reason `expired`, over every transport on every node; the old sid is 404 to a POST.
+#[tokio::test]
+async fn after_redis_lost_its_data_an_old_sid_resumes_into_a_fresh_session_with_a_gap() {
+    // A grace far longer than the test: only the lost data can have ended the sessions.
+    let mut cluster = Cluster::start(&["--grace", "60s"]).await;
+    let mut olds = Vec::new();
+    let (Link::Sse(mut sse), hello) = cluster.attach(0, Via::Sse, None, None).await else { unreachable!() };
+    let s = hello_sid(hello, "sse");
+    cluster.emit(1, &s, "news", json!(1)).await;
+    olds.push((1, Via::Sse, s, sse.next().await.id));
+    let (_, hello) = cluster.attach(1, Via::Ws, None, None).await;
+    olds.push((2, Via::Ws, hello_sid(hello.clone(), "websocket"), hello.id));
+    let (_, hello) = cluster.attach(2, Via::Poll, None, None).await;
+    olds.push((0, Via::Poll, hello_sid(hello.clone(), "polling"), hello.id));
+    drop(sse);
+
+    cluster.redis().kill();
+    cluster.wait_for_health(503, "unreachable").await;
+    cluster.redis().restart().await;
+    cluster.wait_for_health(200, "ok").await;
+
+    for (node, via, old, cursor) in olds {
+        let (mut link, hello) = cluster.attach(node, via, Some(&old), Some(&cursor)).await;
+        assert_eq!(hello.event, "session", "{hello:?}");
+        let fresh = hello.data["sid"].as_str().expect("sid").to_owned();
+        assert!(fresh != old && hello.data["resumed"] == false, "resuming {old} on node {node} over {via:?}: {hello:?}");
+        let gap = link.next(&cluster).await;
+        assert_eq!((gap.event.as_str(), &gap.data["reason"]), ("gap", &json!("expired")), "{gap:?}");
+        assert!(gap.id.starts_with(&fresh), "the gap is the fresh session's: {gap:?}");
+        for at in 0..NODES {
+            assert_eq!(cluster.post_json(at, &old, &message("old")).await.0, 404, "POST to the lost {old} on node {at}");
+        }
+        // The fresh session works like any other.
+        assert_eq!(cluster.post_json((node + 1) % NODES, &fresh, &message("new")).await.0, 202);
+        let reply = link.next(&cluster).await;
+        assert!(is_event(&reply, "response", &json!("Message received!")), "{reply:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness itself: these need no cluster-mode server.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_redis_fixture_starts_kills_and_restarts_empty() {
+    let mut redis = RedisServer::start().await;
+    assert_eq!(redis.url(), format!("redis://127.0.0.1:{}", redis.port));
+    assert_eq!(command(redis.port, &["SET", "k", "v"]).await, Ok("OK".to_owned()));
+    assert_eq!(command(redis.port, &["GET", "k"]).await, Ok("v".to_owned()));
+
+    redis.kill();
+    assert!(!redis.is_running());
+    assert!(command(redis.port, &["PING"]).await.is_err(), "nothing answers after the kill");
+
+    redis.restart().await;
+    assert!(redis.is_running());
+    assert_eq!(command(redis.port, &["PING"]).await, Ok("PONG".to_owned()));
+    assert_eq!(command(redis.port, &["GET", "k"]).await, Ok("(nil)".to_owned()), "nothing was saved, so nothing came back");
+    assert_eq!(command(redis.port, &["DBSIZE"]).await, Ok("0".to_owned()));
+}
+
+#[tokio::test]
+async fn the_redis_cluster_fixture_covers_every_slot_with_three_masters() {
+    let cluster = RedisCluster::start().await;
+    let urls: Vec<String> = cluster.nodes.iter().map(RedisServer::url).collect();
+    assert_eq!(cluster.seed_url(), urls.join(","));
+    assert_eq!(urls.len(), 3);
+    for node in &cluster.nodes {
+        let info = command(node.port, &["CLUSTER", "INFO"]).await.unwrap();
+        for line in ["cluster_state:ok", "cluster_slots_assigned:16384", "cluster_known_nodes:3", "cluster_size:3"] {
+            assert!(info.lines().any(|l| l.trim() == line), "node {}: {line} missing from\n{info}", node.port);
+        }
+    }
+    // A key is served by exactly one master; the others redirect.
+    let mut owners = 0;
+    for node in &cluster.nodes {
+        match command(node.port, &["SET", "{switchyard}k", "v"]).await {
+            Ok(reply) => {
+                assert_eq!(reply, "OK");
+                owners += 1;
+            }
+            Err(err) => assert!(err.starts_with("MOVED "), "node {}: {err}", node.port),
+        }
+    }
+    assert_eq!(owners, 1);
+}
+
+/// Three tiny upstreams behind [`Proxy::nginx_round_robin`]: requests spread over all of them
+/// with no affinity, a dead one is skipped, streams are not buffered, WebSocket upgrades pass.
+#[tokio::test]
+async fn the_round_robin_balancer_spreads_requests_skips_a_dead_node_and_passes_streams() {
+    use axum::extract::ws::WebSocketUpgrade;
+    use axum::routing::get;
+
+    let mut servers = Vec::new();
+    let mut addrs = Vec::new();
+    for _ in 0..NODES {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new()
+            .route("/who", get(move || async move { addr.to_string() }))
+            .route(
+                "/stream",
+                get(|| async {
+                    let first = futures_util::stream::once(async { Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(b"first\n")) });
+                    axum::body::Body::from_stream(first.chain(futures_util::stream::pending()))
+                }),
+            )
+            .route(
+                "/ws",
+                get(|upgrade: WebSocketUpgrade| async move {
+                    upgrade.on_upgrade(|mut socket| async move {
+                        while let Some(Ok(message)) = socket.recv().await {
+                            if socket.send(message).await.is_err() {
+                                break;
+                            }
+                        }
+                    })
+                }),
+            );
+        servers.push(tokio::spawn(async move { axum::serve(listener, router).await.unwrap() }));
+        addrs.push(addr);
+    }
+    let balancer = Proxy::nginx_round_robin(&addrs).await;
+    let http = reqwest::Client::new();
+    let who = |http: reqwest::Client, url: String| async move {
+        let response = within("an answer through the balancer", http.get(url).send()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let upstream = response.headers().get("x-upstream").expect("X-Upstream").to_str().unwrap().to_owned();
+        let body = response.text().await.unwrap();
+        (upstream, body)
+    };
+
+    let mut answered = Vec::new();
+    for _ in 0..6 {
+        let (upstream, body) = who(http.clone(), balancer.url("/who")).await;
+        assert_eq!(upstream, body, "X-Upstream names the node that answered");
+        answered.push(body);
+    }
+    let expected: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    assert_eq!(sorted(answered.clone()), sorted(expected.iter().chain(&expected).cloned().collect()), "two each: {answered:?}");
+
+    // One node gone: every request is still answered, by the others.
+    servers.remove(0).abort();
+    wait_until("the first upstream to refuse connections", || async { tokio::net::TcpStream::connect(addrs[0]).await.is_err() }).await;
+    for _ in 0..6 {
+        let (upstream, body) = who(http.clone(), balancer.url("/who")).await;
+        assert_ne!(body, addrs[0].to_string(), "the dead node is skipped");
+        assert!(upstream.ends_with(&body), "{upstream} / {body}");
+    }
+
+    // A stream's first bytes pass while it is still open.
+    let response = within("the stream's headers", http.get(balancer.url("/stream")).send()).await.unwrap();
+    let mut body = response.bytes_stream();
+    let first = within("the stream's first bytes, unbuffered", body.next()).await.expect("a chunk").unwrap();
+    assert_eq!(&first[..], b"first\n");
+
+    // A WebSocket upgrade passes, both ways.
+    let (mut socket, response) = within("a WebSocket through the balancer", tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", balancer.port))).await.unwrap();
+    assert!(response.headers().contains_key("x-upstream"), "{:?}", response.headers());
+    futures_util::SinkExt::send(&mut socket, Message::text("ping")).await.unwrap();
+    let echo = within("the echo", socket.next()).await.unwrap().unwrap();
+    assert_eq!(echo, Message::text("ping"));
+}
