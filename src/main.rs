@@ -29,6 +29,11 @@ async fn main() -> anyhow::Result<()> {
         None => app::seed(builder),
     };
     let gateway = builder.build();
+    if let Some(cluster) = gateway.hub().cluster() {
+        if !cluster.ready(std::time::Duration::from_secs(10)).await {
+            tracing::warn!("not subscribed to Redis yet; serving anyway (new sessions get 503 until it is)");
+        }
+    }
     if let Some(upstream) = &upstream {
         tracing::info!(events = ?upstream.config().events, on_open = ?upstream.config().on_open,
                        on_expire = ?upstream.config().on_expire, "forwarding to the application");

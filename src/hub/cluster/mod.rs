@@ -202,6 +202,17 @@ impl Cluster {
         self.inner.reachable.load(Ordering::Acquire)
     }
 
+    /// Waits until the node is subscribed and its commands go through (the gateway's task
+    /// subscribes once the gateway is built), or `limit` passes; returns whether it is. A
+    /// server starts listening after this, so that its first request finds the node ready.
+    pub async fn ready(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.is_reachable() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.is_reachable()
+    }
+
     fn set_reachable(&self, reachable: bool) {
         self.inner.reachable.store(reachable, Ordering::Release);
     }
@@ -474,7 +485,8 @@ impl Cluster {
             last_seq: number(2).unwrap_or(0),
             buffered: reply.get(3).map_or(0, |v| usize::try_from(int(v)).unwrap_or(0)),
             detached_for: if attached { None } else { number(4).map(ms_ago) },
-            attached_since: if attached { number(5).map(|at| std::time::SystemTime::now() - ms_ago(at)) } else { None },
+            // Redis's clock, so that every node tells the same instant.
+            attached_since: if attached { number(5).map(|at| std::time::UNIX_EPOCH + Duration::from_millis(at)) } else { None },
             rooms,
         }))
     }

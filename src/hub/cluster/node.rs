@@ -67,6 +67,15 @@ async fn listen(hub: Weak<HubInner>, cluster: Cluster) {
         match tokio::time::timeout(super::COMMAND_TIMEOUT, subscribed).await {
             Ok(Ok(pubsub)) => {
                 pause = Duration::from_millis(100);
+                // The command connection reconnects on its first failure after an outage:
+                // reachable only once a command goes through, so that `/healthz` saying so
+                // means requests are served.
+                for _ in 0..50 {
+                    if cluster.cmd("ping", &redis::cmd("PING")).await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 cluster.set_reachable(true);
                 tracing::info!(channel, "cluster mode: subscribed");
                 let mut messages = pubsub.into_on_message();
