@@ -280,7 +280,7 @@ impl Cluster {
             Some(-2) => return Ok(Attached::BadCursor),
             Some(_) => {}
         }
-        let field = |i: usize| reply.get(i).map(int).unwrap_or(0);
+        let field = |i: usize| reply.get(i).map_or(0, int);
         let (gen, last, received, start) = (field(0), field(1), field(2), field(3));
         let previous = reply.get(4).map(text).and_then(|t| Transport::ALL.into_iter().find(|tr| tr.as_str() == t));
         let subject = reply.get(5).map(text).filter(|s| !s.is_empty()).map(Arc::from);

@@ -185,7 +185,7 @@ async fn settle(hub: &Hub, cluster: &Cluster, sid: &Sid) {
                 let mut orphan = cluster.inner.scripts.orphan.prepare_invoke();
                 super::keys(&mut orphan, sid);
                 orphan.arg(&owner).arg(millis(grace)).arg(millis(hub.cluster_ttl()));
-                let deadline = cluster.run("expiry", &orphan).await.map(|v| int(&v)).unwrap_or(0);
+                let deadline = cluster.run("expiry", &orphan).await.map_or(0, |v| int(&v));
                 let deadline = if deadline > 0 { deadline } else { i64::try_from(now).unwrap_or(0) };
                 tracing::info!(sid = sid.short(), owner, "the node holding the session is gone; its grace period starts");
                 let _ = cluster.cmd("expiry", redis::cmd("ZADD").arg("sy:expiry").arg(deadline).arg(sid.as_str())).await;
