@@ -663,6 +663,10 @@ async fn runs_on_a_redis_cluster() {
 struct Seen {
     events: Arc<Mutex<Vec<Value>>>,
     expires: Arc<Mutex<Vec<Value>>>,
+    /// Events being answered right now, by sid, and how often one arrived while another of the
+    /// same session was still being answered (the application must get them one at a time).
+    in_flight: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+    overlaps: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A tiny application: `/events` answers every event with `ack` carrying its data; `/expire`
@@ -697,9 +701,27 @@ impl Backend {
     }
 }
 
+/// Data `{"slow": n}` is answered after 30 ms, with `ack` carrying `n`.
 async fn backend_event(State(seen): State<Seen>, Json(request): Json<Value>) -> Json<Value> {
     let data = request["data"].clone();
+    let sid = request["sid"].as_str().unwrap_or_default().to_owned();
+    {
+        let mut in_flight = seen.in_flight.lock().unwrap();
+        let now = in_flight.entry(sid.clone()).or_default();
+        *now += 1;
+        if *now > 1 {
+            seen.overlaps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
     seen.events.lock().unwrap().push(request);
+    let data = match data.get("slow") {
+        Some(n) => {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            n.clone()
+        }
+        None => data,
+    };
+    *seen.in_flight.lock().unwrap().get_mut(&sid).unwrap() -= 1;
     Json(json!([{"emit": "ack", "data": data}]))
 }
 
@@ -763,6 +785,39 @@ async fn numbered_sends_are_handled_once_and_in_order_whichever_nodes_they_reach
     let mut sse = cluster.sse(2, &format!("/sse?sid={sid}")).await;
     let hello = sse.next().await;
     assert_eq!((hello.event.as_str(), &hello.data["received"]), ("session", &json!(21)), "{hello:?}");
+}
+
+/// Point 4, with a slow application: sends of one session arriving at the three nodes while
+/// the application is still answering the one before reach it one at a time, in the order they
+/// arrived, each answer applied before the next is sent (every node has its own forwarding
+/// workers; the session's inbox, cluster-wide, orders them).
+#[tokio::test]
+async fn a_slow_application_gets_one_sessions_events_one_at_a_time_in_arrival_order_across_nodes() {
+    let backend = Backend::start().await;
+    let cluster = Arc::new(Cluster::start(&["--upstream", &backend.url("/events")]).await);
+    let mut ws = cluster.ws(0, "/ws").await;
+    let sid = ws.hello().await;
+    let mut sends = Vec::new();
+    for n in 1..=9u64 {
+        let (cluster, sid) = (cluster.clone(), sid.clone());
+        sends.push(tokio::spawn(async move {
+            let body = json!({"event": "count", "data": {"slow": n}, "seq": n}).to_string();
+            cluster.post_json(n as usize % NODES, &sid, &body).await
+        }));
+        // Far less than the application takes per event: they arrive while it works.
+        tokio::time::sleep(Duration::from_millis(8)).await;
+    }
+    for (n, send) in sends.into_iter().enumerate() {
+        let (status, body) = send.await.unwrap();
+        assert_eq!(status, 202, "send {}: {body}", n + 1);
+    }
+    for n in 1..=9 {
+        let ack = ws.next().await;
+        assert!(is_event(&ack, "ack", &json!(n)), "ack {n} expected, got {ack:?}");
+    }
+    let got: Vec<Value> = backend.events_of(&sid).iter().map(|d| d["slow"].clone()).collect();
+    assert_eq!(got, (1..=9).map(|n| json!(n)).collect::<Vec<_>>(), "the order the application got them in");
+    assert_eq!(backend.seen.overlaps.load(std::sync::atomic::Ordering::SeqCst), 0, "events of the session overlapped at the application");
 }
 
 /// Point 6: a session expires once, cluster-wide, after its grace period, whichever node made

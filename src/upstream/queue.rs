@@ -8,6 +8,10 @@
 //! session are queued or in flight; a full queue holds the client back, up to the upstream
 //! timeout, and then refuses the event, visibly (`busy`). Workers are tasks of the gateway the
 //! upstream is installed in: its shutdown stops them (events still queued are not sent).
+//!
+//! In cluster mode there is no queue: one session's events can arrive at different nodes, so
+//! each is sent while the session's cluster-wide inbox is held, in the order the inbox serves
+//! them, and its transport waits for the application's answer.
 
 use std::sync::{Arc, PoisonError};
 
@@ -58,6 +62,13 @@ impl Upstream {
             return;
         }
         let mut job = Job { hub: hub.clone(), subject: subject.map(str::to_owned), event: event.to_owned(), data };
+        if hub.cluster().is_some() {
+            // Cluster mode: the session's events may arrive at several nodes, each with its own
+            // queues, so the order is kept by the session's inbox, which is cluster-wide: the
+            // event is sent while it is held, and the client waits for the application.
+            self.send_event(sid, job).await;
+            return;
+        }
         let max = self.inner.config.max_per_session.max(1);
         let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
         loop {
