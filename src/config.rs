@@ -231,6 +231,11 @@ pub struct Cli {
     #[arg(long, env = "SWITCHYARD_REDIS", value_name = "URL")]
     pub redis: Option<String>,
 
+    /// Certificate authority (a PEM file) that a `rediss://` Redis's certificate must chain to;
+    /// without it, the system's roots
+    #[arg(long, env = "SWITCHYARD_REDIS_CA", value_name = "FILE")]
+    pub redis_ca: Option<std::path::PathBuf>,
+
     /// The application behind the gateway (forwarding, hooks) and the publish API's key.
     #[command(flatten)]
     pub upstream: UpstreamArgs,

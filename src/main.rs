@@ -20,7 +20,11 @@ async fn main() -> anyhow::Result<()> {
     let upstream = cli.upstream.config().map(Upstream::new);
     let mut builder = Gateway::builder(cli.config());
     if let Some(url) = &cli.redis {
-        builder = builder.cluster(connect(url).await);
+        let ca = match &cli.redis_ca {
+            Some(path) => Some(std::fs::read(path).with_context(|| format!("reading --redis-ca {}", path.display()))?),
+            None => None,
+        };
+        builder = builder.cluster(connect(url, ca.as_deref()).await);
     }
     let builder = match &upstream {
         // With --upstream the application behind the gateway is the app: no built-in handlers.
@@ -52,10 +56,10 @@ async fn main() -> anyhow::Result<()> {
 
 /// Connects to cluster mode's Redis, trying again every second until it answers (a node
 /// started before its Redis waits for it rather than exiting).
-async fn connect(url: &str) -> Cluster {
+async fn connect(url: &str, ca: Option<&[u8]>) -> Cluster {
     let mut attempt = 0u32;
     loop {
-        match Cluster::connect(url).await {
+        match Cluster::connect(url, ca).await {
             Ok(cluster) => return cluster,
             Err(err) => {
                 attempt += 1;

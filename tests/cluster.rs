@@ -654,6 +654,21 @@ async fn runs_on_a_redis_cluster() {
     the_newest_transport_wins_across_nodes(&cluster).await;
 }
 
+/// `rediss://`: the nodes reach Redis over TLS, trusting the test CA given with `--redis-ca`,
+/// and serve as on plain Redis; without the CA, the server's certificate is refused.
+#[tokio::test]
+async fn runs_on_redis_over_tls_with_its_ca() {
+    let certs = harness::TempDir::new("redis-tls");
+    let (redis, url, ca) = RedisServer::start_tls(&certs).await;
+    let ca_text = std::fs::read(&ca).unwrap();
+    assert!(switchyard::hub::Cluster::connect(&url, Some(&ca_text)).await.is_ok(), "{url} with the test CA");
+    let refused = switchyard::hub::Cluster::connect(&url, None).await.err().expect("the test CA is not among the system's roots");
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+    let ca = ca.display().to_string();
+    let cluster = Cluster::on(Backing::Server(redis), &url, &["--redis-ca", &ca]).await;
+    sessions_are_known_to_every_node(&cluster).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // An application behind the nodes: every node forwards to it and posts its hooks to it.
 // ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ declare -A needs=(
   [nodejs]=/usr/bin/node
   [npm]=/usr/bin/npm
   [curl]=/usr/bin/curl
+  [openssl]=/usr/bin/openssl
   [redis-server]=/usr/bin/redis-server
   [redis-tools]=/usr/bin/redis-cli
 )

@@ -47,6 +47,17 @@ impl RedisServer {
         server
     }
 
+    /// A standalone Redis that also serves TLS on a second free port, with a certificate for
+    /// 127.0.0.1 issued by a test CA made here; returns it, its `rediss://` URL and the CA's
+    /// PEM file (what `--redis-ca` takes). The plain port stays, for the readiness check.
+    pub async fn start_tls(certs: &TempDir) -> (RedisServer, String, PathBuf) {
+        let (ca, cert, key) = test_ca(certs);
+        let tls_port = free_port();
+        let extra = ["--tls-port", &tls_port.to_string(), "--tls-cert-file", &cert, "--tls-key-file", &key, "--tls-ca-cert-file", &ca, "--tls-auth-clients", "no"];
+        let server = RedisServer::start_with(free_port(), extra.iter().map(|&a| a.to_owned()).collect()).await;
+        (server, format!("rediss://127.0.0.1:{tls_port}"), PathBuf::from(ca))
+    }
+
     /// `redis://127.0.0.1:PORT`, what `--redis` takes.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -110,6 +121,24 @@ impl Drop for RedisServer {
         }
         self.kill();
     }
+}
+
+/// A test certificate authority and a server certificate for 127.0.0.1 it issued, made with
+/// `openssl` in `dir`: (CA PEM, server certificate PEM, server key PEM) paths.
+fn test_ca(dir: &TempDir) -> (String, String, String) {
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let (ca, ca_key, cert, key, csr, ext) = (path("ca.pem"), path("ca.key"), path("server.pem"), path("server.key"), path("server.csr"), path("ext.cnf"));
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let steps: [&[&str]; 3] = [
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &ca_key, "-out", &ca, "-days", "2", "-subj", "/CN=switchyard test CA"],
+        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"],
+        &["x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial", "-out", &cert, "-days", "2", "-extfile", &ext],
+    ];
+    for args in steps {
+        let out = Command::new("openssl").args(args).stdin(Stdio::null()).output().expect("openssl (Debian package openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    (ca, cert, key)
 }
 
 /// Starts `redis-server` on 127.0.0.1:`port`, saving nothing, working in `dir`.

@@ -151,11 +151,18 @@ pub(super) struct Info {
 }
 
 impl Cluster {
-    /// Connects to Redis at `url`: one `redis://` URL (a standalone server, or a node of a Redis
-    /// Cluster, which is detected), or a comma-separated list of a Redis Cluster's nodes.
-    pub async fn connect(url: &str) -> Result<Cluster, redis::RedisError> {
+    /// Connects to Redis at `url`: one `redis://` or `rediss://` (TLS) URL (a standalone server,
+    /// or a node of a Redis Cluster, which is detected), or a comma-separated list of a Redis
+    /// Cluster's nodes. `ca` (PEM) is the certificate authority that `rediss://` servers are
+    /// checked against; without it, the system's roots.
+    pub async fn connect(url: &str, ca: Option<&[u8]>) -> Result<Cluster, redis::RedisError> {
+        // rustls needs a crypto provider chosen once per process; another already chosen (by
+        // an application embedding the gateway) is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let urls: Vec<&str> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
-        let clients = urls.iter().map(|u| redis::Client::open(*u)).collect::<Result<Vec<_>, _>>()?;
+        let certs = || redis::TlsCertificates { client_tls: None, root_cert: ca.map(<[u8]>::to_vec) };
+        let open = |u: &str| if u.starts_with("rediss://") { redis::Client::build_with_tls(u, certs()) } else { redis::Client::open(u) };
+        let clients = urls.iter().map(|u| open(u)).collect::<Result<Vec<_>, _>>()?;
         let first = clients.first().ok_or_else(|| redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no Redis URL given")))?;
         let clustered = urls.len() > 1 || {
             let mut probe = first.get_multiplexed_async_connection().await?;
@@ -163,11 +170,14 @@ impl Cluster {
             info.lines().any(|line| line.trim() == "cluster_enabled:1")
         };
         let conn = if clustered {
-            let client = redis::cluster::ClusterClientBuilder::new(urls.clone())
+            let mut builder = redis::cluster::ClusterClientBuilder::new(urls.clone())
                 .connection_timeout(COMMAND_TIMEOUT)
                 .response_timeout(COMMAND_TIMEOUT)
-                .retries(2)
-                .build()?;
+                .retries(2);
+            if urls.iter().any(|u| u.starts_with("rediss://")) {
+                builder = builder.certs(certs());
+            }
+            let client = builder.build()?;
             Conn::Cluster(client.get_async_connection().await?)
         } else {
             let config = ConnectionManagerConfig::new()
