@@ -33,6 +33,10 @@ use super::{Hub, HubError};
 /// long, and what is sent is refused by Redis (`NoSession`) rather than lost silently.
 const VERIFIED_FOR: Duration = Duration::from_secs(1);
 
+/// How long a local session only sent into (not held here) is kept after Redis last said it
+/// exists.
+const MIRROR_IDLE: Duration = Duration::from_secs(5);
+
 impl Hub {
     /// How long a session's keys live in Redis without being touched: past its grace period,
     /// and past two checks of a held session by the expiry index. A safety net only: sessions
@@ -75,6 +79,14 @@ impl Hub {
         let mut state = lock(&session.state);
         if state.subject.is_none() {
             state.subject = subject;
+        }
+        if state.attached.is_none() {
+            // Only sent into from here: the local sweep drops it within a few seconds of the
+            // last check rather than after a whole grace period, so that a node taking the sends
+            // of many sessions held elsewhere does not fill its session limit with them.
+            let grace = self.inner.config.grace;
+            let keep = grace.min(MIRROR_IDLE);
+            state.detached_at = Instant::now().checked_sub(grace - keep).or(state.detached_at);
         }
         drop(state);
         Ok(session)
