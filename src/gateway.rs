@@ -528,7 +528,6 @@ impl Gateway {
         // is handled like one that arrived just before the removal.
         let inbox = session.inbox().await?;
         self.dispatch_in(&inbox, envelopes).await;
-        inbox.finish().await;
         Ok(())
     }
 

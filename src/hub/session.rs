@@ -269,8 +269,10 @@ impl Hub {
 /// Exclusive right to handle one session's client events, from [`SessionHandle::inbox`]. It
 /// borrows the handle rather than holding a count of its own: taking and releasing it is then
 /// the lock alone, on the per-event path. In cluster mode it also holds the session's ticket
-/// in Redis (see `cluster/mod.rs`): give it back with [`Inbox::finish`]; dropping it gives it
-/// back too, in the background.
+/// in Redis (see `cluster/mod.rs`); dropping it releases that in the background, recording what
+/// was handled: the caller goes on (writes the replies) without waiting a round trip, and the
+/// session's next event, here or on another node, is served once the release is in (the ticket
+/// lock orders them; one that asks before it waits briefly).
 pub struct Inbox<'a> {
     handle: &'a SessionHandle,
     _guard: tokio::sync::MutexGuard<'a, ()>,
@@ -361,19 +363,6 @@ impl<'a> Inbox<'a> {
             session.unsaved.fetch_max(seq, Ordering::AcqRel);
         }
         true
-    }
-
-    /// Gives the inbox back. In cluster mode this releases the ticket in Redis, recording what
-    /// was handled, before the next waiter (here or on another node) goes on.
-    pub async fn finish(mut self) {
-        if let (Some(ticket), Some(cluster)) = (self.ticket.take(), &self.handle.cluster) {
-            ticket.renewal.abort();
-            let session = &self.handle.session;
-            let mark = session.unsaved.swap(0, Ordering::AcqRel);
-            if cluster.release(&session.sid, ticket.number, mark).await.is_err() && mark > 0 {
-                session.unsaved.fetch_max(mark, Ordering::AcqRel);
-            }
-        }
     }
 }
 
