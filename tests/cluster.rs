@@ -814,13 +814,14 @@ async fn a_slow_application_gets_one_sessions_events_one_at_a_time_in_arrival_or
     let sid = ws.hello().await;
     let mut sends = Vec::new();
     for n in 1..=9u64 {
-        let (cluster, sid) = (cluster.clone(), sid.clone());
+        let (cluster2, sid2) = (cluster.clone(), sid.clone());
         sends.push(tokio::spawn(async move {
             let body = json!({"event": "count", "data": {"slow": n}, "seq": n}).to_string();
-            cluster.post_json(n as usize % NODES, &sid, &body).await
+            cluster2.post_json(n as usize % NODES, &sid2, &body).await
         }));
-        // Far less than the application takes per event: they arrive while it works.
-        tokio::time::sleep(Duration::from_millis(8)).await;
+        // The next is sent once this one reached the application, which takes 30 ms to answer
+        // it: the next arrives (at another node) while the application still works on this one.
+        wait_until(&format!("event {n} at the application"), || async { backend.events_of(&sid).len() as u64 >= n }).await;
     }
     for (n, send) in sends.into_iter().enumerate() {
         let (status, body) = send.await.unwrap();
