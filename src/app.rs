@@ -37,12 +37,16 @@ pub fn seed<R: Registry>(registry: R) -> R {
     registry
         .on("message", |ctx, message| async move {
             tracing::debug!(sid = ctx.sid().short(), %message, "received message");
+            // The reply first: the record that a numbered message was handled is stored with the
+            // first event emitted to the sender (cluster mode, see docs/design.md), so a node
+            // that dies after the reply has the re-send skipped. Were the chat first, a node dying
+            // between the two would have the re-send handled again, and the room see it twice.
+            if let Err(err) = ctx.emit_rendered(&RESPONSE).await {
+                tracing::debug!(sid = ctx.sid().short(), %err, "reply not emitted");
+            }
             for room in ctx.rooms().await {
                 let chat = json!({"room": room, "from": ctx.sid().short(), "text": message});
                 let _ = ctx.hub().publish_except(&Target::Room(room), Some(ctx.sid()), "chat", &chat).await;
-            }
-            if let Err(err) = ctx.emit_rendered(&RESPONSE).await {
-                tracing::debug!(sid = ctx.sid().short(), %err, "reply not emitted");
             }
         })
         .on("join", |ctx, room| async move { membership(ctx, room, true).await })
