@@ -1508,9 +1508,10 @@ async fn page_session(cluster: &Cluster, node: usize, b: &Browser) -> (String, u
 
 /// The demo page through nginx round robin in front of three nodes, on `transport` (`None`: the
 /// page's default, WebSocket): 20 messages typed and sent, each reply once and in order; then,
-/// while 20 more are being typed, the node holding the page's transport is killed (SIGKILL),
-/// and the page, resuming by itself through nginx on the nodes left, gets every reply once, in
-/// order, each message handled once, in order.
+/// while 20 more are on their way (5 typed, 5 clicked in a burst, 10 typed after the kill), the
+/// node holding the page's transport is killed (SIGKILL), and the page, resuming by itself
+/// through nginx on the nodes left, gets every reply once, in order, and the room (an
+/// [`Observer`]) every message in order (see below for the one repeat a kill may cause).
 async fn the_page_through_round_robin_nginx(transport: Option<&str>) {
     let _turn = ONE_BROWSER_AT_A_TIME.lock().await;
     let name = transport.unwrap_or("websocket");
