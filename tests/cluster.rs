@@ -6,8 +6,9 @@
 //! [`Cluster`] is the fixture: the Redis it owns, the nodes started with `--redis`, and
 //! clients aimed at a node by its index. Scenarios that hold on either kind of Redis are
 //! functions taking a `&Cluster`, run once on a standalone Redis and once more, together, on a
-//! Redis Cluster. The last tests check the harness pieces themselves (Redis, the Redis Cluster,
-//! the balancer), which need no cluster-mode server.
+//! Redis Cluster. Then tests check the harness pieces themselves (Redis, the Redis Cluster,
+//! the balancer), which need no cluster-mode server; the last ones drive the demo page in real
+//! headless Chromium through the balancer.
 
 mod common;
 mod harness;
@@ -1452,4 +1453,277 @@ async fn the_round_robin_balancer_spreads_requests_skips_a_dead_node_and_passes_
     futures_util::SinkExt::send(&mut socket, Message::text("ping")).await.unwrap();
     let echo = within("the echo", socket.next()).await.unwrap().unwrap();
     assert_eq!(echo, Message::text("ping"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The browser: the demo page in real headless Chromium, loaded through nginx round robin in
+// front of the three nodes, so that every request of the page (the page itself, the WebSocket
+// upgrade, the SSE stream, each POST, each poll) may land on any node.
+// ---------------------------------------------------------------------------------------------
+
+use harness::browser::{Browser, PAGE_WAIT};
+
+/// One Chromium at a time: each scenario has its own chromedriver, Chromium and cluster, and the
+/// client's timing-based detection should not compete with another browser for two cores.
+static ONE_BROWSER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The demo page's options for these scenarios: quick retries after a drop.
+const PAGE_FAST: &str = "backoffMin=100&backoffMax=1000";
+
+/// Messages the page sends before the kill, and in all.
+const BEFORE_KILL: usize = 20;
+const IN_ALL: usize = 40;
+
+/// How many transports of a kind a node has open, from its `/metrics`
+/// (`switchyard_transports_open{transport="..."}`; absent until the first one opened).
+async fn transports_open(cluster: &Cluster, node: usize, transport: &str) -> u64 {
+    let metrics = within("/metrics", async { cluster.http.get(cluster.url(node, "/metrics")).send().await.unwrap().text().await.unwrap() }).await;
+    let name = format!("switchyard_transports_open{{transport=\"{transport}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&name))
+        .map_or(0, |value| value.trim().parse::<f64>().unwrap_or_else(|_| panic!("node {node}: `{name}{value}`")) as u64)
+}
+
+/// The node holding the page's transport: of the `nodes` asked, the one whose `/metrics` shows
+/// one `transport` open, the others none (the page is the only client of its kind). A node
+/// answers the same about a session whoever holds it; only its own gauges tell that it is it.
+async fn holder(cluster: &Cluster, nodes: &[usize], transport: &str) -> usize {
+    let found = std::cell::Cell::new(None);
+    wait_until(&format!("exactly one of nodes {nodes:?} to hold a {transport} transport"), || async {
+        let mut holding = Vec::new();
+        for &node in nodes {
+            match transports_open(cluster, node, transport).await {
+                0 => {}
+                1 => holding.push(node),
+                n => panic!("node {node} has {n} {transport} transports open: only the page should"),
+            }
+        }
+        found.set((holding.len() == 1).then(|| holding[0]));
+        holding.len() == 1
+    })
+    .await;
+    found.get().expect("a holder")
+}
+
+/// The upstream (`host:port`) that finally answered each access-log line containing `pattern`
+/// (nginx lists every node it tried, the last one answering).
+fn upstreams_of(log: &str, pattern: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains(pattern))
+        .map(|line| {
+            let tried = line.rsplit_once("upstream=").unwrap_or_else(|| panic!("no upstream= in `{line}`")).1;
+            tried.rsplit(", ").next().unwrap().trim().to_owned()
+        })
+        .collect()
+}
+
+/// A session in the page's chat room, held by the test over plain polls (each on any live node
+/// it is told), that sees every `message` the page's session sends as `chat`, in the order the
+/// cluster handled them: the per-message numbering the identical replies do not have.
+struct Observer {
+    sid: String,
+    cursor: String,
+    /// The chat lines from the page (`message N`), in arrival order.
+    lines: Vec<String>,
+}
+
+impl Observer {
+    async fn join(cluster: &Cluster, node: usize, room: &str) -> Observer {
+        let (status, events) = cluster.poll(node, "").await;
+        assert_eq!(status, 200, "the observer's first poll");
+        let cursor = events[0].id.clone();
+        let sid = hello_sid(events[0].clone(), "polling");
+        let (status, body) = cluster.api(node, "POST", &format!("/rooms/{room}/members"), Some(json!({"sid": sid}))).await;
+        assert_eq!((status, body), (200, json!({"room": room, "sid": sid, "joined": true})));
+        Observer { sid, cursor, lines: Vec::new() }
+    }
+
+    /// Polls `node` until `n` lines from the page's session `from` (its sid) have come.
+    async fn read_until(&mut self, cluster: &Cluster, node: usize, from: &str, n: usize) -> &[String] {
+        let deadline = Instant::now() + WAIT;
+        while self.lines.len() < n {
+            assert!(Instant::now() < deadline, "the observer got {} of {n} chat lines within {WAIT:?}: {:?}", self.lines.len(), self.lines);
+            let (status, events) = cluster.poll(node, &format!("?sid={}&last_event_id={}", self.sid, self.cursor)).await;
+            assert_eq!(status, 200, "the observer's poll on node {node}");
+            for event in events {
+                match event.event.as_str() {
+                    "chat" => {
+                        assert_eq!(event.data["from"], json!(&from[..6]), "only the page talks in the room: {event:?}");
+                        self.lines.push(event.data["text"].as_str().expect("a chat line").to_owned());
+                    }
+                    "session" => {}
+                    _ => panic!("the observer got {event:?}"),
+                }
+                self.cursor = event.id;
+            }
+        }
+        &self.lines
+    }
+}
+
+/// `message from..=to`, as the page sends them.
+fn lines(from: usize, to: usize) -> Vec<String> {
+    (from..=to).map(|i| format!("message {i}")).collect()
+}
+
+/// The page's session, as the page shows it and every node knows it, and the number of its
+/// last event as `node` tells (`last_cursor` of `GET /api/sessions/{sid}`).
+async fn page_session(cluster: &Cluster, node: usize, b: &Browser) -> (String, u64) {
+    let sid = b.eval("return window.__switchyard.id;").await.as_str().expect("the page has a sid").to_owned();
+    let (status, info) = cluster.api(node, "GET", &format!("/sessions/{sid}"), None).await;
+    assert_eq!(status, 200, "the page's session on node {node}: {info}");
+    let last = info["last_cursor"].as_str().expect("last_cursor");
+    (sid, seq(last))
+}
+
+/// The demo page through nginx round robin in front of three nodes, on `transport` (`None`: the
+/// page's default, WebSocket): 20 messages typed and sent, each reply once and in order; then,
+/// while 20 more are on their way (5 typed, 5 clicked in a burst, 10 typed after the kill), the
+/// node holding the page's transport is killed (SIGKILL), and the page, resuming by itself
+/// through nginx on the nodes left, gets every reply once, in order, and the room (an
+/// [`Observer`]) every message in order (see below for the one repeat a kill may cause).
+async fn the_page_through_round_robin_nginx(transport: Option<&str>) {
+    let _turn = ONE_BROWSER_AT_A_TIME.lock().await;
+    let name = transport.unwrap_or("websocket");
+    // Short keep-alives and polls so a dead path shows quickly; a grace longer than the test, as
+    // the observer's session is between polls most of the time.
+    let mut cluster = Cluster::start(&["--grace", "60s", "--keepalive", "1s", "--poll-timeout", "5s"]).await;
+    let upstreams: Vec<SocketAddr> = (0..NODES).map(|node| cluster.socket_addr(node)).collect();
+    let nginx = Proxy::nginx_round_robin(&upstreams).await;
+    let mut observer = Observer::join(&cluster, 0, "lobby").await;
+    let browser = Browser::start(None).await;
+    let b = &browser;
+    let started = Instant::now();
+    let outcome = browser
+        .check(&format!("cluster-{name}"), async {
+            let query = transport.map_or_else(String::new, |t| format!("transport={t}&"));
+            b.goto(&nginx.url(&format!("/?{query}{PAGE_FAST}"))).await;
+            b.wait_transport(name, PAGE_WAIT).await;
+            let stream_node = holder(&cluster, &[0, 1, 2], name).await;
+
+            // 20 messages, each reply waited for.
+            b.send_range(1, BEFORE_KILL, true).await;
+            let (sid, last) = page_session(&cluster, 0, b).await;
+            b.assert_every_event_once(last, &[], BEFORE_KILL).await;
+            assert_eq!(observer.read_until(&cluster, 1, &sid, BEFORE_KILL).await, lines(1, BEFORE_KILL), "the messages, as the cluster handled them");
+            assert_eq!(b.transport_log().await.len(), 1, "the page stayed on {name}: {:?}", b.transport_log().await);
+
+            // Where the page's requests went: the log has a line for each once it is answered.
+            let log = nginx.access_log();
+            let posts = upstreams_of(&log, &format!("\"POST /sse?sid={sid} "));
+            match name {
+                "websocket" => assert!(posts.is_empty(), "the messages went over the socket, not POSTs: {posts:?}"),
+                "sse" => {
+                    // The stream is on one node; its messages went to any.
+                    let mut at = posts.clone();
+                    at.sort();
+                    at.dedup();
+                    assert!(at.len() >= 2, "the POSTs of {sid} reached one node only: {posts:?}\n{log}");
+                    let stream = cluster.addr(stream_node);
+                    assert!(at.iter().any(|a| a != stream), "every POST of {sid} went to the stream's node {stream}: {posts:?}");
+                }
+                _ => {
+                    let mut polls = upstreams_of(&log, &format!("\"GET /poll?sid={sid}&"));
+                    assert!(polls.len() >= BEFORE_KILL, "a poll answered each reply: {polls:?}");
+                    polls.extend(posts);
+                    polls.sort();
+                    polls.dedup();
+                    assert_eq!(polls.len(), NODES, "the polls and POSTs of {sid} reached every node: {polls:?}");
+                }
+            }
+
+            // The node holding the transport killed while messages are on their way: a few typed,
+            // then a burst clicked at once (as a person pressing Enter again and again), the kill
+            // right behind it, and the rest typed while the page is cut off and resuming.
+            let log_before = nginx.access_log().lines().count();
+            b.send_range(BEFORE_KILL + 1, BEFORE_KILL + 5, false).await;
+            let victim = holder(&cluster, &[0, 1, 2], name).await;
+            let burst = (BEFORE_KILL + 6, BEFORE_KILL + 10);
+            let sent = b
+                .eval(&format!(
+                    "const input = document.getElementById('message'), send = document.getElementById('send');
+                     for (let i = {}; i <= {}; i++) {{ input.value = 'message ' + i; send.click(); }}
+                     return window.__switchyard._sendSeq;",
+                    burst.0, burst.1
+                ))
+                .await;
+            let killed_at = Instant::now();
+            cluster.nodes[victim].binary.0.kill().expect("SIGKILL"); // at once: `kill9` spawns kill(1)
+            cluster.kill9(victim);
+            // The page's sends are numbered from its `join` on: `message N` is send N + 1.
+            assert_eq!(sent, json!(burst.1 + 1), "the burst was sent");
+            b.send_range(burst.1 + 1, IN_ALL, false).await;
+            let live: Vec<usize> = (0..NODES).filter(|&node| node != victim).collect();
+            println!("{name}: killed node {victim} (the transport's node before: {stream_node}) right after the burst");
+
+            b.wait_responses(IN_ALL).await;
+            b.wait_transport(name, PAGE_WAIT).await;
+            println!("{name}: every reply {:?} after the kill began", killed_at.elapsed());
+            let (_, last) = page_session(&cluster, live[0], b).await;
+            b.assert_every_event_once(last, &[], IN_ALL).await;
+            assert_eq!(b.eval("return window.__switchyard.id;").await, json!(sid), "the same session throughout");
+            assert_eq!(b.transport_log().await.len(), 1, "the page stayed on {name}: {:?}", b.transport_log().await);
+
+            // Each message handled once, in order. One exception, by design: a node killed after
+            // publishing a message's `chat` to the room but before writing the sender's reply
+            // (which records the message as handled) has the message handled again on resend,
+            // so its chat line may come twice in a row; the sender's reply still comes once.
+            let got = observer.read_until(&cluster, live[0], &sid, IN_ALL).await.to_vec();
+            let mut once = got.clone();
+            once.dedup();
+            assert_eq!(once, lines(1, IN_ALL), "the messages, as the cluster handled them: {got:?}");
+            assert!(got.len() <= IN_ALL + 1, "more than one message handled twice: {got:?}");
+            if got.len() > IN_ALL {
+                println!("{name}: a message was handled again after the kill: {got:?}");
+            }
+
+            // nginx's view: the page's long-lived request (logged once it ends) went through the
+            // killed node: the socket or the stream ended there; polls went through every node,
+            // and a poll waiting on it is passed on to another by nginx (`upstream=A, B`). The
+            // page now holds its transport on another node.
+            let victim_addr = cluster.addr(victim).to_owned();
+            let request = match name {
+                "websocket" => "\"GET /ws?",
+                "sse" => "\"GET /sse",
+                _ => "\"GET /poll?",
+            };
+            let log = nginx.wait_for_log_line(&format!("a {request}\" request through node {victim}"), |line| {
+                line.contains(request) && line.contains(&format!("upstream={victim_addr}"))
+            })
+            .await;
+            if name != "polling" {
+                assert_eq!(stream_node, victim, "the page's {name} transport never moved before the kill");
+                let reconnects = b.events_named("reconnect").await;
+                assert_eq!(reconnects.len(), 1, "one resume after the kill: {reconnects:?}");
+                assert_eq!(reconnects[0].1["resumed"], json!(true));
+                let now = holder(&cluster, &live, name).await;
+                println!("{name}: resumed on node {now}");
+            }
+            let posts = upstreams_of(&log, &format!("\"POST /sse?sid={sid} "));
+            println!("{name}: POSTs by node {:?}", (0..NODES).map(|n| posts.iter().filter(|a| *a == cluster.addr(n)).count()).collect::<Vec<_>>());
+            let after: Vec<&str> = log.lines().skip(log_before).filter(|l| l.contains(", ") || !(l.contains(" 202 ") || l.contains(" 200 "))).collect();
+            println!("{name}: nginx's answers since message {} that were not a 200 or 202 from the first node tried:\n{}", BEFORE_KILL + 1, after.join("\n"));
+            let drops = b.eval("const e = window.__events; const i = e.findIndex(x => x.event === 'disconnect'); \
+                return i < 0 ? null : [e.slice(0, i).filter(x => x.event === 'response').length, e[i].data.reason];").await;
+            println!("{name}: the page's drop (replies before it, reason): {drops}");
+        })
+        .await;
+    println!("{name}: the scenario took {:?}", started.elapsed());
+    browser.finish(outcome).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_through_round_robin_nginx_on_websocket_survives_a_kill9_of_its_node() {
+    the_page_through_round_robin_nginx(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_through_round_robin_nginx_on_sse_survives_a_kill9_of_its_stream_node() {
+    the_page_through_round_robin_nginx(Some("sse")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_through_round_robin_nginx_on_polling_survives_a_kill9_of_its_node() {
+    the_page_through_round_robin_nginx(Some("polling")).await;
 }
