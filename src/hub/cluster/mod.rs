@@ -52,7 +52,7 @@ pub(super) use node::run;
 
 /// The longest a client event waits for a node that died holding its session's inbox, and the
 /// lease a waiting or handling node renews while it is alive.
-pub(super) const INBOX_LEASE: Duration = Duration::from_secs(3);
+pub(super) const INBOX_LEASE: Duration = Duration::from_millis(1500);
 
 /// How long a node's liveness key lives without renewal: a node silent this long is taken for
 /// dead, and the sessions it held get their grace period.
