@@ -1482,10 +1482,13 @@ mod chaos {
         shared.restarted.store(true, Ordering::SeqCst);
         assert_eq!(cluster.addr(victim), net.addrs[victim], "node {victim} came back on its port");
 
-        let pushed = within("the pusher to stop", pusher).await.expect("the pusher panicked");
+        sleep_until(deadline).await;
+        let pushed = within("the pusher to stop after the deadline", pusher).await.expect("the pusher panicked");
         let mut done = Vec::new();
         for task in tasks {
-            done.push(within("a client to finish", task).await.expect("a client task panicked"));
+            // Each client's catch-up is bounded by SETTLE (and says so if it runs out).
+            let client = timeout(SETTLE + WAIT, task).await.expect("a client to finish its catch-up");
+            done.push(client.expect("a client task panicked"));
         }
         let run_for = start.elapsed();
 
@@ -1886,7 +1889,7 @@ mod chaos {
         async fn run(mut self, deadline: Instant) -> Client {
             while Instant::now() < deadline {
                 let hold = Duration::from_millis(self.rng.random_range(50..350));
-                if !self.hold((Instant::now() + hold).min(deadline), true).await {
+                if !self.hold(hold, deadline, true).await {
                     // No node took the attach: a pause before the next try, not a wait on anything.
                     sleep(Duration::from_millis(20)).await;
                 }
@@ -1908,7 +1911,7 @@ mod chaos {
                     break;
                 }
                 let hold = Duration::from_millis(self.rng.random_range(50..350));
-                if !self.hold((Instant::now() + hold).min(until), false).await {
+                if !self.hold(hold, until, false).await {
                     sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -1973,12 +1976,14 @@ mod chaos {
         }
 
         /// Attaches a random transport on a random node (another if that one is down) and holds
-        /// it until `until` (then drops it without a word) or until the server ends it. With
-        /// `sending`, sends a new message every 5..40 ms; without, only sends again what is not
-        /// confirmed, and stops as soon as the log is complete. `false`: no node took it.
-        async fn hold(&mut self, until: Instant, sending: bool) -> bool {
+        /// it for `hold` from then, until `limit` at most (then drops it without a word), or
+        /// until the server ends it. With `sending`, sends a new message every 5..40 ms;
+        /// without, only sends again what is not confirmed, and stops as soon as the log is
+        /// complete. `false`: no node took it.
+        async fn hold(&mut self, hold: Duration, limit: Instant, sending: bool) -> bool {
             let kind = self.rng.random_range(0..KINDS.len());
             let Some(mut link) = self.connect(kind).await else { return false };
+            let until = (Instant::now() + hold).min(limit);
             self.attaches[kind] += 1;
             if self.shared.restarted.load(Ordering::SeqCst) {
                 self.shared.after_restart[self.node].fetch_add(1, Ordering::SeqCst);
@@ -2000,6 +2005,7 @@ mod chaos {
             for _ in 0..2 * NODES {
                 let node = pick(&mut self.rng, avoid);
                 self.requests[node] += 1;
+                let asked = Instant::now();
                 let url = |path: &str, with_cursor: bool| {
                     let mut query = Vec::new();
                     if let Some(sid) = &self.sid {
@@ -2043,7 +2049,7 @@ mod chaos {
                         self.holds += 1;
                         self.node = node;
                         let from = self.cursor.as_deref().map_or("the start".to_owned(), |c| format!(".{}", c.rsplit_once('.').map_or(c, |(_, n)| n)));
-                        let on = if KINDS[kind] == Via::Poll { String::new() } else { format!(" on node {node}") };
+                        let on = if KINDS[kind] == Via::Poll { String::new() } else { format!(" on node {node} (open after {:.1?})", asked.elapsed()) };
                         self.note(format!("hold {}: {}{on}, from {from}", self.holds, kind_name(kind)));
                         return Some(link);
                     }
