@@ -1825,6 +1825,8 @@ mod chaos {
         max_seq: u64,
         /// The session's last event number once nothing more can come (the final catch-up).
         target: Option<u64>,
+        /// Whether a transport of the final catch-up read up to it.
+        caught_up: bool,
         /// Attaches per transport kind (`KINDS` order), and requests per node.
         attaches: [u64; 3],
         requests: [u64; NODES],
@@ -1867,6 +1869,7 @@ mod chaos {
                 sources: Vec::new(),
                 max_seq: 0,
                 target: None,
+                caught_up: false,
                 attaches: [0; 3],
                 requests: [0; NODES],
                 holds: 0,
@@ -1894,14 +1897,15 @@ mod chaos {
                     sleep(Duration::from_millis(20)).await;
                 }
             }
-            // The final catch-up: once the last push is answered, resume (as often as it takes)
-            // until the server has confirmed every message and the log reaches the newest event.
+            // The final catch-up: once the last push is answered, resume (at least once, and as
+            // often as it takes) until the server has confirmed every message and the log
+            // reaches the newest event.
             if timeout(2 * WAIT, self.shared.pushes_done.cancelled()).await.is_err() {
                 self.anomalies.push("the pusher did not stop".to_owned());
             }
             self.note("catching up".to_owned());
             let until = Instant::now() + SETTLE;
-            while !self.complete().await {
+            while !self.caught_up {
                 if Instant::now() >= until {
                     let what = format!(
                         "not caught up within {SETTLE:?}: {} of {} messages confirmed, read up to .{} of {:?}",
@@ -2084,8 +2088,12 @@ mod chaos {
         async fn hold_link(&mut self, link: &mut Link, until: Instant, sending: bool) -> String {
             let mut next_send = Instant::now() + self.send_pause();
             let mut avoid = None;
+            // Whether the transport yielded anything yet (a hello, a poll's answer): the catch-up
+            // ends on a transport that works.
+            let mut heard = false;
             loop {
-                if !sending && self.complete().await {
+                if !sending && heard && self.complete().await {
+                    self.caught_up = true;
                     return "the log was complete".to_owned();
                 }
                 if let Link::Poll(pending @ None) = link {
@@ -2106,6 +2114,7 @@ mod chaos {
                     }
                     incoming = link.next() => match incoming {
                         Incoming::Events(events) => {
+                            heard = true;
                             for event in events {
                                 self.receive(event);
                             }
