@@ -1452,7 +1452,8 @@ mod chaos {
         println!("cluster chaos: {clients} clients for {seconds} s on {NODES} nodes, CLUSTER_CHAOS_SEED={seed}");
 
         // The buffer holds a whole run; a poll waits at most 2 s, so that a poll nobody waits
-        // for holds a session briefly; a grace period no client's pause comes near.
+        // for holds a session briefly; the grace period outlasts the check at the end, which
+        // reads the sessions after their clients let go of them.
         let mut cluster = Cluster::start(&["--buffer", "65536", "--poll-timeout", "2s", "--grace", "30s"]).await;
         let net = Arc::new(Net { addrs: (0..NODES).map(|node| cluster.addr(node).to_owned()).collect(), http: reqwest::Client::new() });
         let start = Instant::now();
@@ -1505,12 +1506,24 @@ mod chaos {
         let mut total = Totals::default();
         let mut failures = Vec::new();
         let mut traces = 0;
-        for client in &done {
-            let Some(sid) = client.sid.as_deref() else {
+        let histories: Vec<Option<History>> = futures_util::stream::iter(&done)
+            .map(|client| {
+                let net = &net;
+                async move {
+                    match client.sid.as_deref() {
+                        Some(sid) => Some(history(net, sid, client.id).await),
+                        None => None,
+                    }
+                }
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        for (client, history) in done.iter().zip(histories) {
+            let (Some(sid), Some(history)) = (client.sid.as_deref(), history) else {
                 failures.push(format!("client {}: never got a session; {:?}", client.id, client.anomalies));
                 continue;
             };
-            let history = history(&net, sid, client.id).await;
             let report = client.check(&history, &pushed.acked[client.id], &pushed.unsure[client.id]);
             if !report.clean() {
                 let mut failure = format!("client {} ({sid}): {report:#?}{}", client.id, client.explain(&history));
@@ -1523,6 +1536,7 @@ mod chaos {
             total.add(client, &report);
         }
         total.print(clients, seconds, run_for, &pushed);
+        println!("  {} histories read and checked in {:.2?}", done.len(), start.elapsed() - run_for);
         println!(
             "  node {victim} killed (SIGKILL) at {killed_at:.2?}, started again at {restarting_at:.2?}, listening at {restarted_at:.2?}; \
              attaches on it since: {}",
