@@ -1729,3 +1729,1117 @@ async fn the_page_through_round_robin_nginx_on_sse_survives_a_kill9_of_its_strea
 async fn the_page_through_round_robin_nginx_on_polling_survives_a_kill9_of_its_node() {
     the_page_through_round_robin_nginx(Some("polling")).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Chaos across the nodes: tests/chaos.rs's clients with every request sent to a random node,
+// while a node is killed and started again.
+// ---------------------------------------------------------------------------------------------
+
+/// The delivery guarantee of cluster mode under chaos (issue 14), tests/chaos.rs across nodes.
+///
+/// `CLUSTER_CHAOS_CLIENTS` clients (default 100) run for `CLUSTER_CHAOS_SECONDS` (default 8)
+/// against three nodes on one Redis (`--buffer 65536`, so the buffer holds a whole run and no
+/// loss is legitimate). Each client holds its session over a WebSocket, an SSE stream or
+/// long-polls, picked at random, and drops it without a word after 50..350 ms to resume on
+/// another from the last cursor it saw (SSE: by `sid` and `last_event_id`, by `Last-Event-ID`
+/// beside the sid, or by that header alone). **Every request goes to a random node**: each
+/// attach, each POST, each poll. All the while it sends numbered `message` events (`seq` 1, 2,
+/// ...: text frames on a WebSocket, POSTs beside SSE and polling), and on every new transport
+/// first sends again whatever the server has not confirmed (by the hello's `received` or a
+/// POST's `202`); a pusher publishes numbered `push` events to random sessions through the
+/// publish API of random nodes. 30 % of the way in, one node is killed (SIGKILL) and, a
+/// second later, started again on its port. A request to a node that is down fails: the client
+/// (or the pusher) sends it to another node, as a balancer would.
+///
+/// The default app answers each `message` with `response` "Message received!". At the end every
+/// client resumes once more and reads up to the newest event of its session. Then, for every
+/// client, against its session's full history as the cluster holds it (a resume from `SID.0~`):
+/// its log is exactly that history (0 lost, 0 duplicated, 0 out of order), the history holds one
+/// `response` per message sent and its hello's `received` is the last `seq` sent (each handled
+/// exactly once), its pushes appear once each in the order published (an emit cut by the kill,
+/// unacknowledged, may be there or not), and there was no `gap` and no fresh session.
+/// `CLUSTER_CHAOS_SEED` replays a run's random choices (the timing is the machine's).
+mod chaos {
+    use std::fmt::Write as _;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use eventsource_stream::Eventsource;
+    use futures_util::{SinkExt, Stream};
+    use tokio::net::TcpStream;
+    use tokio::time::{sleep, sleep_until, timeout, Instant};
+    use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+    use super::*;
+
+    /// The transports a client picks from, in the order of the counts per transport.
+    const KINDS: [Via; 3] = [Via::Ws, Via::Sse, Via::Poll];
+
+    /// Longest the final catch-up of one client may take.
+    const SETTLE: Duration = Duration::from_secs(20);
+
+    fn env_or(name: &str, default: u64) -> u64 {
+        match std::env::var(name) {
+            Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+            Err(_) => default,
+        }
+    }
+
+    fn kind_name(kind: usize) -> &'static str {
+        ["websocket", "sse", "polling"][kind]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_client_gets_every_event_once_and_in_order_with_requests_on_random_nodes_and_a_node_killed() {
+        let clients = env_or("CLUSTER_CHAOS_CLIENTS", 100) as usize;
+        let seconds = env_or("CLUSTER_CHAOS_SECONDS", 8);
+        let seed = env_or("CLUSTER_CHAOS_SEED", u64::from(rand::random::<u32>()));
+        assert!(clients > 0, "CLUSTER_CHAOS_CLIENTS=0: nothing to test");
+        println!("cluster chaos: {clients} clients for {seconds} s on {NODES} nodes, CLUSTER_CHAOS_SEED={seed}");
+
+        // The buffer holds a whole run; a poll waits at most 2 s, so that a poll nobody waits
+        // for holds a session briefly; the grace period outlasts the check at the end, which
+        // reads the sessions after their clients let go of them.
+        let mut cluster = Cluster::start(&["--buffer", "65536", "--poll-timeout", "2s", "--grace", "30s"]).await;
+        let net = Arc::new(Net { addrs: (0..NODES).map(|node| cluster.addr(node).to_owned()).collect(), http: reqwest::Client::new() });
+        let start = Instant::now();
+        let shared = Arc::new(Shared {
+            start,
+            sids: Mutex::new(vec![None; clients]),
+            pushes_done: CancellationToken::new(),
+            restarted: AtomicBool::new(false),
+            after_restart: (0..NODES).map(|_| AtomicU64::new(0)).collect(),
+        });
+        let deadline = start + Duration::from_secs(seconds);
+        let pusher = tokio::spawn(push(net.clone(), shared.clone(), deadline, seed));
+        let tasks: Vec<_> = (0..clients).map(|id| tokio::spawn(Client::new(id, net.clone(), shared.clone(), seed).run(deadline))).collect();
+
+        // The kill: one node, SIGKILL, 30 % into the run; the node stays down for a second (the
+        // pause is the scenario), then starts again with the same arguments on the same port.
+        let victim = StdRng::seed_from_u64(seed ^ 0x6b69_6c6c).random_range(0..NODES);
+        sleep_until(start + Duration::from_secs(seconds) * 3 / 10).await;
+        let killed = Instant::now();
+        cluster.kill9(victim);
+        let killed_at = killed - start;
+        sleep(Duration::from_secs(1)).await;
+        let restarting_at = start.elapsed();
+        cluster.restart(victim).await;
+        let restarted = Instant::now();
+        let restarted_at = restarted - start;
+        shared.restarted.store(true, Ordering::SeqCst);
+        assert_eq!(cluster.addr(victim), net.addrs[victim], "node {victim} came back on its port");
+
+        sleep_until(deadline).await;
+        // Its last emits may each take up to WAIT (and say so if they do).
+        let pushed = timeout(2 * WAIT, pusher).await.expect("the pusher to stop after the deadline").expect("the pusher panicked");
+        let mut done = Vec::new();
+        for task in tasks {
+            // Each client's catch-up is bounded by SETTLE (and says so if it runs out).
+            let client = timeout(SETTLE + WAIT, task).await.expect("a client to finish its catch-up");
+            done.push(client.expect("a client task panicked"));
+        }
+        let run_for = start.elapsed();
+
+        // Requests fail only on the node that was killed, while it was down (a connection
+        // pooled before the kill may fail a little later): every other node answered everything.
+        let stray: Vec<String> = done
+            .iter()
+            .flat_map(|client| client.failures.iter().map(move |f| (format!("client {}", client.id), *f)))
+            .chain(pushed.failures.iter().map(|f| ("the pusher".to_owned(), *f)))
+            .filter(|(_, (node, at))| *node != victim || *at < killed || *at > restarted + Duration::from_secs(1))
+            .map(|(who, (node, at))| format!("{who}: a request to node {node} refused or cut at {:.3?}", at - start))
+            .collect();
+
+        let mut total = Totals::default();
+        let mut failures = Vec::new();
+        let mut traces = 0;
+        let histories: Vec<Option<History>> = futures_util::stream::iter(&done)
+            .map(|client| {
+                let net = &net;
+                async move {
+                    match client.sid.as_deref() {
+                        Some(sid) => Some(history(net, sid, client.id).await),
+                        None => None,
+                    }
+                }
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        for (client, history) in done.iter().zip(histories) {
+            let (Some(sid), Some(history)) = (client.sid.as_deref(), history) else {
+                failures.push(format!("client {}: never got a session; {:?}", client.id, client.anomalies));
+                continue;
+            };
+            let report = client.check(&history, &pushed.acked[client.id], &pushed.unsure[client.id]);
+            if !report.clean() {
+                let mut failure = format!("client {} ({sid}): {report:#?}{}", client.id, client.explain(&history));
+                if traces < 3 {
+                    traces += 1;
+                    let _ = write!(failure, "\n  its trace:\n    {}", client.trace.join("\n    "));
+                }
+                failures.push(failure);
+            }
+            total.add(client, &report);
+        }
+        total.print(clients, seconds, run_for, &pushed);
+        println!("  {} histories read and checked in {:.2?}", done.len(), start.elapsed() - run_for);
+        println!(
+            "  node {victim} killed (SIGKILL) at {killed_at:.2?}, started again at {restarting_at:.2?}, listening at {restarted_at:.2?}; \
+             attaches on it since: {}",
+            shared.after_restart[victim].load(Ordering::SeqCst)
+        );
+        println!("  CLUSTER_CHAOS_SEED={seed}");
+
+        assert!(stray.is_empty(), "requests failed on a node that was up (CLUSTER_CHAOS_SEED={seed}):\n{}", stray.join("\n"));
+        assert!(pushed.anomalies.is_empty(), "the publish API (CLUSTER_CHAOS_SEED={seed}): {:#?}", pushed.anomalies);
+        assert!(failures.is_empty(), "delivery broken for {} clients (CLUSTER_CHAOS_SEED={seed}):\n{}", failures.len(), failures.join("\n"));
+        let per_kind_min = total.attaches.iter().min().copied().unwrap_or(0);
+        assert!(
+            total.attaches.iter().sum::<u64>() >= clients as u64 * seconds && per_kind_min > 0,
+            "too little chaos to prove anything: attaches per transport {:?}",
+            total.attaches
+        );
+        assert!(total.node_down + pushed.node_down > 0, "no request ever found node {victim} down: the kill proved nothing");
+        assert!(shared.after_restart[victim].load(Ordering::SeqCst) > 0, "node {victim}, started again, took no attach");
+    }
+
+    /// The nodes' addresses (the same across a restart) and one HTTP client for everyone.
+    struct Net {
+        addrs: Vec<String>,
+        http: reqwest::Client,
+    }
+
+    impl Net {
+        fn url(&self, node: usize, path: &str) -> String {
+            format!("http://{}{path}", self.addrs[node])
+        }
+    }
+
+    /// What the clients, the pusher and the test share.
+    struct Shared {
+        start: Instant,
+        /// Each client's sid once its first hello arrived; the pusher only pushes to those.
+        sids: Mutex<Vec<Option<String>>>,
+        /// Cancelled once the pusher has had its last emit answered.
+        pushes_done: CancellationToken,
+        /// Set once the killed node is started again.
+        restarted: AtomicBool,
+        /// Attaches per node made after that.
+        after_restart: Vec<AtomicU64>,
+    }
+
+    /// A node other than `avoid` (the one that just failed), else any, at random.
+    fn pick(rng: &mut StdRng, avoid: Option<usize>) -> usize {
+        match avoid {
+            Some(failed) => (failed + rng.random_range(1..NODES)) % NODES,
+            None => rng.random_range(0..NODES),
+        }
+    }
+
+    /// What the pusher published, per client.
+    #[derive(Default)]
+    struct Pushed {
+        /// Push numbers the API acknowledged (`{"delivered": 1}`), in order.
+        acked: Vec<Vec<u64>>,
+        /// Push numbers whose emit was cut on the way (by the kill): they may be there or not.
+        unsure: Vec<Vec<u64>>,
+        /// Emits refused because their node was down (sent again to another node).
+        node_down: u64,
+        /// Each emit refused or cut: its node and when.
+        failures: Vec<(usize, Instant)>,
+        anomalies: Vec<String>,
+    }
+
+    /// Publishes `push` events numbered per session to random sessions through the API of
+    /// random nodes until the deadline: a few per client per second. One worker per ten
+    /// clients, each pushing to its own clients one emit at a time (answered before the next),
+    /// so that a session's pushes are published in number order.
+    async fn push(net: Arc<Net>, shared: Arc<Shared>, deadline: Instant, seed: u64) -> Pushed {
+        let clients = shared.sids.lock().unwrap().len();
+        let workers = clients.div_ceil(10);
+        let work = (0..workers).map(|worker| {
+            let mine: Vec<usize> = (worker..clients).step_by(workers).collect();
+            tokio::spawn(push_to(net.clone(), shared.clone(), mine, deadline, seed.wrapping_add(worker as u64)))
+        });
+        let mut pushed = Pushed { acked: vec![Vec::new(); clients], unsure: vec![Vec::new(); clients], ..Pushed::default() };
+        for (worker, done) in futures_util::future::join_all(work).await.into_iter().enumerate() {
+            let done = done.expect("a push worker panicked");
+            for (k, id) in (worker..clients).step_by(workers).enumerate() {
+                pushed.acked[id].clone_from(&done.acked[k]);
+                pushed.unsure[id].clone_from(&done.unsure[k]);
+            }
+            pushed.node_down += done.node_down;
+            pushed.failures.extend(done.failures);
+            pushed.anomalies.extend(done.anomalies);
+        }
+        shared.pushes_done.cancel();
+        pushed
+    }
+
+    /// One push worker: pushes to the clients `mine` (its `acked` and `unsure` are in that order).
+    async fn push_to(net: Arc<Net>, shared: Arc<Shared>, mine: Vec<usize>, deadline: Instant, seed: u64) -> Pushed {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x7075_7368);
+        let mut pushed = Pushed { acked: vec![Vec::new(); mine.len()], unsure: vec![Vec::new(); mine.len()], ..Pushed::default() };
+        let mut next = vec![0u64; mine.len()];
+        while Instant::now() < deadline {
+            // The scenario's pace, not a wait: a push every 5..20 ms.
+            sleep(Duration::from_millis(rng.random_range(5..20))).await;
+            let k = rng.random_range(0..mine.len());
+            let id = mine[k];
+            let Some(sid) = shared.sids.lock().unwrap()[id].clone() else { continue };
+            let n = next[k];
+            let body = json!({"to": {"sid": sid}, "event": "push", "data": {"n": n}});
+            let mut avoid = None;
+            for _ in 0..2 * NODES {
+                let node = pick(&mut rng, avoid);
+                match outcome(net.http.post(net.url(node, "/api/emit")).json(&body)).await {
+                    Outcome::Answered(200, answer) if answer == json!({"delivered": 1}) => pushed.acked[k].push(n),
+                    Outcome::NodeDown => {
+                        pushed.node_down += 1;
+                        pushed.failures.push((node, Instant::now()));
+                        avoid = Some(node);
+                        continue;
+                    }
+                    Outcome::Cut(_) => {
+                        pushed.failures.push((node, Instant::now()));
+                        pushed.unsure[k].push(n);
+                    }
+                    Outcome::Answered(status, answer) => {
+                        pushed.anomalies.push(format!("push {n} to client {id} ({sid}) through node {node}: {status} {answer}"));
+                        pushed.unsure[k].push(n);
+                    }
+                    Outcome::Hung => {
+                        pushed.anomalies.push(format!("push {n} to client {id} ({sid}) through node {node}: no answer within {WAIT:?}"));
+                        pushed.unsure[k].push(n);
+                    }
+                }
+                next[k] = n + 1;
+                break;
+            }
+        }
+        pushed
+    }
+
+    /// A session's history as the cluster holds it.
+    struct History {
+        /// The hello of the resume that read it: `received` is the highest `seq` handled.
+        hello: Received,
+        /// The session's last event number, by the publish API.
+        last: u64,
+        /// Its events, by number, name and data.
+        events: Vec<(u64, String, Value)>,
+    }
+
+    /// Reads a session's whole history by resuming it from its start (`SID.0~`) over SSE on a
+    /// node, up to the last event the publish API of another node names.
+    async fn history(net: &Net, sid: &str, id: usize) -> History {
+        let node = id % NODES;
+        let (status, info) = {
+            let response = within("the session's info", net.http.get(net.url((node + 1) % NODES, &format!("/api/sessions/{sid}"))).send()).await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+        };
+        assert_eq!(status, 200, "client {id}'s session {sid} is live: {info}");
+        let last = seq(info["last_cursor"].as_str().expect("last_cursor"));
+        let request = net.http.get(net.url(node, &format!("/sse?sid={sid}"))).header("Last-Event-ID", format!("{sid}.0~"));
+        let response = within("the history's SSE headers", request.send()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut stream: SseEvents = Box::pin(response.bytes_stream().eventsource());
+        let mut next = async || {
+            let event = timeout(WAIT, stream.next()).await.ok()??.ok()?;
+            Some(Received { data: serde_json::from_str(&event.data).expect("SSE data is JSON"), event: event.event, id: event.id })
+        };
+        let hello = next().await.unwrap_or_else(|| panic!("client {id}'s history on node {node}: no hello"));
+        assert_eq!((hello.event.as_str(), hello.data["sid"].as_str(), &hello.data["resumed"]), ("session", Some(sid), &json!(true)), "{hello:?}");
+        let mut events = Vec::new();
+        while events.last().is_none_or(|(n, _, _)| *n < last) {
+            let Some(event) = next().await else {
+                panic!("client {id}'s history on node {node}: {} events read, then nothing, though the API says the last is .{last}", events.len());
+            };
+            events.push((seq(&event.id), event.event, event.data));
+        }
+        History { hello, last, events }
+    }
+
+    type SseEvents = Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>> + Send>>;
+    type PollAnswer = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+    /// How a request went.
+    enum Outcome {
+        Answered(u16, Value),
+        /// Its node refused the connection: it is down. Nothing was sent.
+        NodeDown,
+        /// Cut on the way (its node was killed): it may or may not have been handled.
+        Cut(String),
+        /// No answer within [`WAIT`].
+        Hung,
+    }
+
+    /// Sends a request, waiting at most [`WAIT`] for its answer.
+    async fn outcome(request: reqwest::RequestBuilder) -> Outcome {
+        let answer = timeout(WAIT, async {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            Ok::<_, reqwest::Error>((status, response.json::<Value>().await.unwrap_or(Value::Null)))
+        });
+        match answer.await {
+            Ok(Ok((status, body))) => Outcome::Answered(status, body),
+            Ok(Err(err)) if err.is_connect() => Outcome::NodeDown,
+            Ok(Err(err)) => Outcome::Cut(err.to_string()),
+            Err(_) => Outcome::Hung,
+        }
+    }
+
+    /// A transport being held.
+    enum Link {
+        Ws(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
+        Sse(SseEvents),
+        /// The poll in flight and its node, if one is; each poll goes to a random node, from
+        /// the last cursor.
+        Poll(Option<(usize, PollAnswer)>),
+    }
+
+    /// What a transport yielded.
+    enum Incoming {
+        Events(Vec<Received>),
+        /// The transport ended (the server ended it or it was cut): resume on a new one.
+        Closed(&'static str),
+        /// The poll's node refused the connection: poll another.
+        NodeDown(usize),
+        /// The poll was cut on the way (its node was killed): resume on a new transport.
+        Cut(usize),
+        /// Something no correct node answers.
+        Wrong(String),
+    }
+
+    impl Link {
+        /// The next events. Cancel-safe: a poll in flight stays in the link.
+        async fn next(&mut self) -> Incoming {
+            match self {
+                Link::Ws(socket) => loop {
+                    match socket.next().await {
+                        Some(Ok(Message::Text(text))) => {
+                            let envelope = serde_json::from_str(text.as_str()).expect("a WebSocket frame is one JSON envelope");
+                            return Incoming::Events(vec![received_from_envelope(envelope)]);
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Close(Some(frame)))) if u16::from(frame.code) == 4000 => return Incoming::Closed("superseded (4000)"),
+                        Some(Ok(Message::Close(_))) => return Incoming::Closed("the server closed the socket"),
+                        Some(Ok(other)) => return Incoming::Wrong(format!("a WebSocket frame that is not text: {other:?}")),
+                        Some(Err(_)) | None => return Incoming::Closed("the socket was cut"),
+                    }
+                },
+                Link::Sse(events) => match events.next().await {
+                    Some(Ok(event)) => Incoming::Events(vec![Received { data: serde_json::from_str(&event.data).expect("SSE data is JSON"), event: event.event, id: event.id }]),
+                    Some(Err(_)) => Incoming::Closed("the stream was cut"),
+                    None => Incoming::Closed("the stream ended"),
+                },
+                Link::Poll(pending) => {
+                    let Some((node, answer)) = pending else { return std::future::pending().await };
+                    let node = *node;
+                    let answer = answer.await;
+                    *pending = None;
+                    match answer {
+                        Outcome::Answered(200, Value::Array(items)) => Incoming::Events(items.into_iter().map(received_from_envelope).collect()),
+                        Outcome::Answered(409, _) => Incoming::Closed("the poll was superseded (409)"),
+                        Outcome::Answered(status, body) => Incoming::Wrong(format!("a poll on node {node} answered {status} {body}")),
+                        Outcome::NodeDown => Incoming::NodeDown(node),
+                        Outcome::Cut(_) => Incoming::Cut(node),
+                        Outcome::Hung => Incoming::Wrong(format!("a poll on node {node} had no answer within {WAIT:?}")),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where an event of a client's log came from: the hold (index into the trace's holds) and
+    /// the node that sent it.
+    #[derive(Clone, Copy)]
+    struct Source {
+        hold: usize,
+        node: usize,
+    }
+
+    /// One simulated client: its session, its position, and everything it received.
+    struct Client {
+        id: usize,
+        net: Arc<Net>,
+        shared: Arc<Shared>,
+        rng: StdRng,
+        sid: Option<String>,
+        /// The id of the last event or notice received: where the next transport resumes.
+        cursor: Option<String>,
+        /// Messages `1..=sent` exist: each went out at least once (or was about to).
+        sent: u64,
+        /// The highest `seq` the server is known to have handled: from a hello's `received` or
+        /// a POST's `202`.
+        confirmed: u64,
+        /// The next message to send again, while it is at most `sent`.
+        resend: u64,
+        resends: u64,
+        /// Messages sent over a WebSocket (first sends only).
+        sent_on_ws: u64,
+        /// Every event and notice received, in order, and where each came from.
+        log: Vec<Received>,
+        sources: Vec<Source>,
+        /// The highest event number received.
+        max_seq: u64,
+        /// The session's last event number once nothing more can come (the final catch-up).
+        target: Option<u64>,
+        /// Whether a transport of the final catch-up read up to it.
+        caught_up: bool,
+        /// Attaches per transport kind (`KINDS` order), and requests per node.
+        attaches: [u64; 3],
+        requests: [u64; NODES],
+        /// Holds so far (the index of the current one in `sources`), and the node of the current.
+        holds: usize,
+        node: usize,
+        /// Requests refused or cut at once because their node was down (each then sent to another
+        /// node).
+        node_down: u64,
+        /// Each request refused or cut (those above, POSTs and polls cut): its node and when.
+        failures: Vec<(usize, Instant)>,
+        /// POSTs cut on the way (their node was killed).
+        cut_posts: u64,
+        /// Transports the server ended: superseded by a late request of ours, a poll's `409`,
+        /// or cut by the kill.
+        closed_by_server: u64,
+        /// Hellos announcing a fresh session after the first: the session was lost.
+        fresh_sessions: u64,
+        /// POST answers other than `202`, and anything else no correct cluster does.
+        anomalies: Vec<String>,
+        /// What the client did and saw, for a failure report.
+        trace: Vec<String>,
+    }
+
+    impl Client {
+        fn new(id: usize, net: Arc<Net>, shared: Arc<Shared>, seed: u64) -> Client {
+            Client {
+                id,
+                net,
+                shared,
+                rng: StdRng::seed_from_u64(seed.wrapping_add(id as u64)),
+                sid: None,
+                cursor: None,
+                sent: 0,
+                confirmed: 0,
+                resend: 1,
+                resends: 0,
+                sent_on_ws: 0,
+                log: Vec::new(),
+                sources: Vec::new(),
+                max_seq: 0,
+                target: None,
+                caught_up: false,
+                attaches: [0; 3],
+                requests: [0; NODES],
+                holds: 0,
+                node: 0,
+                node_down: 0,
+                failures: Vec::new(),
+                cut_posts: 0,
+                closed_by_server: 0,
+                fresh_sessions: 0,
+                anomalies: Vec::new(),
+                trace: Vec::new(),
+            }
+        }
+
+        fn note(&mut self, what: String) {
+            let at = self.shared.start.elapsed().as_secs_f64();
+            self.trace.push(format!("{at:7.3}s {what}"));
+        }
+
+        async fn run(mut self, deadline: Instant) -> Client {
+            while Instant::now() < deadline {
+                let hold = Duration::from_millis(self.rng.random_range(50..350));
+                if !self.hold(hold, deadline, true).await {
+                    // No node took the attach: a pause before the next try, not a wait on anything.
+                    sleep(Duration::from_millis(20)).await;
+                }
+            }
+            // The final catch-up: once the last push is answered, resume (at least once, and as
+            // often as it takes) until the server has confirmed every message and the log
+            // reaches the newest event.
+            if timeout(2 * WAIT, self.shared.pushes_done.cancelled()).await.is_err() {
+                self.anomalies.push("the pusher did not stop".to_owned());
+            }
+            self.note("catching up".to_owned());
+            let until = Instant::now() + SETTLE;
+            while !self.caught_up {
+                if Instant::now() >= until {
+                    let what = format!(
+                        "not caught up within {SETTLE:?}: {} of {} messages confirmed, read up to .{} of {:?}",
+                        self.confirmed, self.sent, self.max_seq, self.target
+                    );
+                    self.anomalies.push(what);
+                    break;
+                }
+                let hold = Duration::from_millis(self.rng.random_range(50..350));
+                if !self.hold(hold, until, false).await {
+                    sleep(Duration::from_millis(20)).await;
+                }
+            }
+            self
+        }
+
+        /// Whether the client has read up to the newest event of its session (only once the
+        /// pusher is done: then, with every message confirmed, nothing more can come).
+        async fn complete(&mut self) -> bool {
+            let Some(sid) = self.sid.clone() else { return false };
+            if self.confirmed < self.sent {
+                return false;
+            }
+            if self.target.is_none() {
+                // Every message is handled. A copy of the last one, POSTed, is skipped, but only
+                // once it has its turn in the session's inbox, after any handler still running on
+                // any node: the number read next is the session's last.
+                if self.sent > 0 && !self.barrier(&sid).await {
+                    return false;
+                }
+                let node = pick(&mut self.rng, None);
+                match outcome(self.net.http.get(self.net.url(node, &format!("/api/sessions/{sid}")))).await {
+                    Outcome::Answered(200, info) => self.target = info["last_cursor"].as_str().map(seq),
+                    Outcome::Answered(status, body) => self.anomalies.push(format!("the session's info on node {node}: {status} {body}")),
+                    _ => {}
+                }
+            }
+            self.target.is_some_and(|target| self.max_seq >= target)
+        }
+
+        /// POSTs a copy of the last message (handled already) to a random node; whether it was
+        /// answered `202`.
+        async fn barrier(&mut self, sid: &str) -> bool {
+            let body = json!({"event": "message", "data": {"n": self.sent}, "seq": self.sent}).to_string();
+            let mut avoid = None;
+            for _ in 0..2 * NODES {
+                let node = pick(&mut self.rng, avoid);
+                let request = self.net.http.post(self.net.url(node, &format!("/sse?sid={sid}"))).header("content-type", "application/json").body(body.clone());
+                match outcome(request).await {
+                    Outcome::Answered(202, _) => return true,
+                    Outcome::Answered(status, answer) => {
+                        self.anomalies.push(format!("a copy of seq {} POSTed to node {node} answered {status} {answer}", self.sent));
+                        return false;
+                    }
+                    Outcome::Hung => {
+                        self.anomalies.push(format!("a copy of seq {} POSTed to node {node}: no answer within {WAIT:?}", self.sent));
+                        return false;
+                    }
+                    Outcome::NodeDown | Outcome::Cut(_) => {
+                        self.failed_on(node);
+                        avoid = Some(node);
+                    }
+                }
+            }
+            false
+        }
+
+        /// A request to `node` was refused or cut: its node should be the one killed, then.
+        fn failed_on(&mut self, node: usize) {
+            self.node_down += 1;
+            self.failures.push((node, Instant::now()));
+        }
+
+        /// Attaches a random transport on a random node (another if that one is down) and holds
+        /// it for `hold` from then, until `limit` at most (then drops it without a word), or
+        /// until the server ends it. With `sending`, sends a new message every 5..40 ms;
+        /// without, only sends again what is not confirmed, and stops as soon as the log is
+        /// complete. `false`: no node took it.
+        async fn hold(&mut self, hold: Duration, limit: Instant, sending: bool) -> bool {
+            let kind = self.rng.random_range(0..KINDS.len());
+            let Some(mut link) = self.connect(kind).await else { return false };
+            let until = (Instant::now() + hold).min(limit);
+            self.attaches[kind] += 1;
+            if self.shared.restarted.load(Ordering::SeqCst) {
+                self.shared.after_restart[self.node].fetch_add(1, Ordering::SeqCst);
+            }
+            // Whatever the server has not confirmed goes out again, in order, before anything
+            // new: numbered sends that were handled already are skipped, so this is always safe.
+            self.resend = self.confirmed + 1;
+            let started = Instant::now();
+            let end = self.hold_link(&mut link, until, sending).await;
+            drop(link);
+            self.note(format!("hold {} ended after {:?}: {end}", self.holds, started.elapsed()));
+            true
+        }
+
+        /// Opens a transport of `KINDS[kind]` resuming from the last cursor, on a random node or,
+        /// if that one is down, on another; `None` if none took it.
+        async fn connect(&mut self, kind: usize) -> Option<Link> {
+            let mut avoid = None;
+            for _ in 0..2 * NODES {
+                let node = pick(&mut self.rng, avoid);
+                self.requests[node] += 1;
+                let asked = Instant::now();
+                let url = |path: &str, with_cursor: bool| {
+                    let mut query = Vec::new();
+                    if let Some(sid) = &self.sid {
+                        query.push(format!("sid={sid}"));
+                        if let (true, Some(cursor)) = (with_cursor, &self.cursor) {
+                            query.push(format!("last_event_id={cursor}"));
+                        }
+                    }
+                    let query = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
+                    format!("{}{path}{query}", self.net.addrs[node])
+                };
+                let opened = match KINDS[kind] {
+                    Via::Ws => match timeout(WAIT, tokio_tungstenite::connect_async(format!("ws://{}", url("/ws", true)))).await {
+                        Ok(Ok((socket, _))) => Ok(Link::Ws(Box::new(socket))),
+                        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => Err(Some(format!("a WebSocket upgrade on node {node} answered {}", response.status()))),
+                        Ok(Err(_)) => Err(None),
+                        Err(_) => Err(Some(format!("a WebSocket handshake on node {node} had no answer within {WAIT:?}"))),
+                    },
+                    Via::Sse => {
+                        // Three ways to resume: sid and cursor in the URL, the cursor in
+                        // `Last-Event-ID` beside the sid, or `Last-Event-ID` alone.
+                        let how = self.rng.random_range(0..3);
+                        let http = &self.net.http;
+                        let request = match (&self.cursor, how) {
+                            (Some(cursor), 1) => http.get(format!("http://{}", url("/sse", false))).header("Last-Event-ID", cursor),
+                            (Some(cursor), 2) => http.get(self.net.url(node, "/sse")).header("Last-Event-ID", cursor),
+                            _ => http.get(format!("http://{}", url("/sse", true))),
+                        };
+                        match timeout(WAIT, request.send()).await {
+                            Ok(Ok(response)) if response.status() == 200 => Ok(Link::Sse(Box::pin(response.bytes_stream().eventsource()))),
+                            Ok(Ok(response)) => Err(Some(format!("GET /sse on node {node} answered {}", response.status()))),
+                            Ok(Err(_)) => Err(None),
+                            Err(_) => Err(Some(format!("GET /sse on node {node} had no answer within {WAIT:?}"))),
+                        }
+                    }
+                    // The first poll goes out from the hold, to a node of its own.
+                    Via::Poll => Ok(Link::Poll(None)),
+                };
+                match opened {
+                    Ok(link) => {
+                        self.holds += 1;
+                        self.node = node;
+                        let from = self.cursor.as_deref().map_or("the start".to_owned(), |c| format!(".{}", c.rsplit_once('.').map_or(c, |(_, n)| n)));
+                        let on = if KINDS[kind] == Via::Poll { String::new() } else { format!(" on node {node} (open after {:.1?})", asked.elapsed()) };
+                        self.note(format!("hold {}: {}{on}, from {from}", self.holds, kind_name(kind)));
+                        return Some(link);
+                    }
+                    Err(None) => {
+                        self.failed_on(node);
+                        self.note(format!("{} attach on node {node} refused or cut: another node", kind_name(kind)));
+                        avoid = Some(node);
+                    }
+                    Err(Some(wrong)) => {
+                        self.anomalies.push(wrong);
+                        return None;
+                    }
+                }
+            }
+            None
+        }
+
+        /// Starts the next poll of a polling hold, on a random node (another than `avoid`).
+        fn start_poll(&mut self, avoid: Option<usize>) -> (usize, PollAnswer) {
+            let node = pick(&mut self.rng, avoid);
+            self.requests[node] += 1;
+            self.node = node;
+            let mut url = self.net.url(node, "/poll");
+            if let (Some(sid), Some(cursor)) = (&self.sid, &self.cursor) {
+                let _ = write!(url, "?sid={sid}&last_event_id={cursor}");
+            }
+            (node, Box::pin(outcome(self.net.http.get(url))))
+        }
+
+        /// Reads `link` (and sends beside it) until `until`, or until the server ends it; says
+        /// which.
+        async fn hold_link(&mut self, link: &mut Link, until: Instant, sending: bool) -> String {
+            let mut next_send = Instant::now() + self.send_pause();
+            let mut avoid = None;
+            // Whether the transport yielded anything yet (a hello, a poll's answer): the catch-up
+            // ends on a transport that works.
+            let mut heard = false;
+            loop {
+                if !sending && heard && self.complete().await {
+                    self.caught_up = true;
+                    return "the log was complete".to_owned();
+                }
+                if let Link::Poll(pending @ None) = link {
+                    *pending = Some(self.start_poll(avoid.take()));
+                }
+                let resending = self.resend <= self.sent;
+                let may_send = self.sid.is_some() && (sending || resending);
+                if resending {
+                    next_send = Instant::now();
+                }
+                tokio::select! {
+                    _ = sleep_until(until) => return "dropped by the client".to_owned(),
+                    _ = sleep_until(next_send), if may_send => {
+                        if let Err(why) = self.send(link).await {
+                            return why.to_owned();
+                        }
+                        next_send = Instant::now() + self.send_pause();
+                    }
+                    incoming = link.next() => match incoming {
+                        Incoming::Events(events) => {
+                            heard = true;
+                            for event in events {
+                                self.receive(event);
+                            }
+                        }
+                        Incoming::Closed(why) => {
+                            self.closed_by_server += 1;
+                            return why.to_owned();
+                        }
+                        Incoming::NodeDown(node) => {
+                            self.failed_on(node);
+                            self.note(format!("poll on node {node} refused: another node"));
+                            avoid = Some(node);
+                        }
+                        Incoming::Cut(node) => {
+                            self.closed_by_server += 1;
+                            self.failures.push((node, Instant::now()));
+                            return "the poll was cut".to_owned();
+                        }
+                        Incoming::Wrong(what) => {
+                            self.anomalies.push(what.clone());
+                            return what;
+                        }
+                    },
+                }
+            }
+        }
+
+        fn send_pause(&mut self) -> Duration {
+            Duration::from_millis(self.rng.random_range(5..40))
+        }
+
+        /// Sends the next message (the next to send again, or a new one): over the socket held,
+        /// or POSTed to a random node (another if that one is down). `Err`: the hold is over.
+        async fn send(&mut self, link: &mut Link) -> Result<(), &'static str> {
+            let sid = self.sid.clone().expect("sending needs a session");
+            let resend = self.resend <= self.sent;
+            let k = if resend { self.resend } else { self.sent + 1 };
+            let body = json!({"event": "message", "data": {"n": k}, "seq": k}).to_string();
+            // From here on the message exists: the server may get it, whatever this send does.
+            self.sent = self.sent.max(k);
+            match link {
+                Link::Ws(socket) => {
+                    if !resend {
+                        self.sent_on_ws += 1;
+                    }
+                    match timeout(WAIT, socket.send(Message::text(body))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Err("a WebSocket send failed"),
+                        Err(_) => {
+                            self.anomalies.push(format!("a WebSocket send of seq {k} on node {} took longer than {WAIT:?}", self.node));
+                            return Err("a WebSocket send hung");
+                        }
+                    }
+                }
+                Link::Sse(_) | Link::Poll(_) => {
+                    let path = if matches!(link, Link::Sse(_)) { "/sse" } else { "/poll" };
+                    let mut avoid = None;
+                    let mut tries = 0;
+                    loop {
+                        tries += 1;
+                        let node = pick(&mut self.rng, avoid);
+                        self.requests[node] += 1;
+                        let request = self.net.http.post(self.net.url(node, &format!("{path}?sid={sid}"))).header("content-type", "application/json").body(body.clone());
+                        let started = Instant::now();
+                        let answer = outcome(request).await;
+                        if let Outcome::Answered(status, _) = &answer {
+                            self.note(format!("POST seq {k} to node {node}: {status} after {:.1?}", started.elapsed()));
+                        }
+                        match answer {
+                            // Handled (or skipped as handled before) before the answer.
+                            Outcome::Answered(202, _) => {
+                                self.confirmed = self.confirmed.max(k);
+                                break;
+                            }
+                            Outcome::Answered(status, answer) => {
+                                self.anomalies.push(format!("POST seq {k} to node {node} answered {status} {answer}"));
+                                return Err("a POST was refused");
+                            }
+                            Outcome::NodeDown if tries < 2 * NODES => {
+                                self.failed_on(node);
+                                self.note(format!("POST seq {k} to node {node} refused: another node"));
+                                avoid = Some(node);
+                            }
+                            Outcome::NodeDown => return Err("no node took a POST"),
+                            Outcome::Cut(err) => {
+                                self.cut_posts += 1;
+                                self.failures.push((node, Instant::now()));
+                                self.note(format!("POST seq {k} to node {node} cut: {err}"));
+                                return Err("a POST was cut");
+                            }
+                            Outcome::Hung => {
+                                self.anomalies.push(format!("POST seq {k} to node {node}: no answer within {WAIT:?}"));
+                                return Err("a POST hung");
+                            }
+                        }
+                    }
+                }
+            }
+            if resend {
+                self.resends += 1;
+            }
+            self.resend = k + 1;
+            Ok(())
+        }
+
+        fn receive(&mut self, event: Received) {
+            self.cursor = Some(event.id.clone());
+            if event.event == "session" {
+                let sid = event.data["sid"].as_str().expect("a hello names its session").to_owned();
+                match &self.sid {
+                    None => {
+                        self.shared.sids.lock().unwrap()[self.id] = Some(sid.clone());
+                        self.sid = Some(sid);
+                    }
+                    Some(mine) if *mine == sid && event.data["resumed"] == true => {}
+                    Some(mine) => {
+                        self.fresh_sessions += 1;
+                        self.anomalies.push(format!("resuming {mine} on node {} gave {event:?}", self.node));
+                    }
+                }
+                let received = event.data["received"].as_u64().expect("the hello says what the server handled");
+                if received > self.sent {
+                    self.anomalies.push(format!("a hello on node {} says seq {received} was handled; only {} were sent", self.node, self.sent));
+                }
+                self.confirmed = self.confirmed.max(received);
+                self.resend = self.resend.max(self.confirmed + 1);
+                self.note(format!("  hello on node {}: {} received {received}, cursor {}", self.node, event.data["transport"], event.id));
+            } else if !event.id.ends_with('~') {
+                self.max_seq = self.max_seq.max(seq(&event.id));
+            }
+            self.log.push(event);
+            self.sources.push(Source { hold: self.holds, node: self.node });
+        }
+
+        /// The log's events (notices left out), by number, name and data, with their sources.
+        fn events(&self) -> Vec<((u64, String, Value), Source)> {
+            self.log
+                .iter()
+                .zip(&self.sources)
+                .filter(|(r, _)| !r.id.ends_with('~'))
+                .map(|(r, source)| ((seq(&r.id), r.event.clone(), r.data.clone()), *source))
+                .collect()
+        }
+
+        /// Compares the log with the session's history, and the history with what was sent and
+        /// pushed.
+        fn check(&self, history: &History, acked: &[u64], unsure: &[u64]) -> Report {
+            let events: Vec<_> = self.events().into_iter().map(|(e, _)| e).collect();
+            let delivery = |name: &str| {
+                let emitted: Vec<u64> = history.events.iter().filter(|(_, n, _)| n == name).map(|(s, _, _)| *s).collect();
+                let received: Vec<u64> = events.iter().filter(|(_, n, _)| n == name).map(|(s, _, _)| *s).collect();
+                let mut distinct = received.clone();
+                distinct.sort_unstable();
+                distinct.dedup();
+                Tally {
+                    emitted: emitted.len() as u64,
+                    lost: emitted.iter().filter(|s| distinct.binary_search(s).is_err()).count() as u64,
+                    duplicated: (received.len() - distinct.len()) as u64,
+                    out_of_order: received.windows(2).filter(|w| w[1] <= w[0]).count() as u64,
+                }
+            };
+            let pushes: Vec<u64> = history.events.iter().filter(|(_, n, _)| n == "push").map(|(_, _, d)| d["n"].as_u64().expect("a numbered push")).collect();
+            let in_order = pushes.windows(2).all(|w| w[0] < w[1]);
+            let missing: Vec<u64> = acked.iter().copied().filter(|n| !pushes.contains(n)).collect();
+            let unknown: Vec<u64> = pushes.iter().copied().filter(|n| !acked.contains(n) && !unsure.contains(n)).collect();
+            Report {
+                response: delivery("response"),
+                push: delivery("push"),
+                matches_history: events == history.events,
+                history_complete: history.events.iter().map(|(s, _, _)| *s).eq(1..=history.last),
+                messages: self.sent,
+                responses_in_history: history.events.iter().filter(|(_, n, _)| n == "response").count() as u64,
+                received: history.hello.data["received"].as_u64().unwrap_or(0),
+                pushes: Pushes { in_history: pushes.len() as u64, in_order, missing, unknown },
+                gaps: self.log.iter().filter(|r| r.event == "gap").count() as u64,
+                fresh_sessions: self.fresh_sessions,
+                other_events: history.events.iter().chain(&events).filter(|(_, n, _)| n != "response" && n != "push").count() as u64,
+                anomalies: self.anomalies.clone(),
+            }
+        }
+
+        /// For a failure report: where the log first parts from the history, and where each
+        /// event lost or received twice came from.
+        fn explain(&self, history: &History) -> String {
+            let events = self.events();
+            let mut out = String::new();
+            if let Some(at) = (0..events.len().max(history.events.len())).find(|&i| events.get(i).map(|(e, _)| e) != history.events.get(i)) {
+                let _ = write!(out, "\n  the log parts from the history at index {at}:");
+                for i in at.saturating_sub(2)..(at + 3) {
+                    let got = events.get(i).map_or("-".to_owned(), |((s, n, d), src)| format!(".{s} {n} {d} (hold {} node {})", src.hold, src.node));
+                    let want = history.events.get(i).map_or("-".to_owned(), |(s, n, d)| format!(".{s} {n} {d}"));
+                    let _ = write!(out, "\n    [{i}] log {got} | history {want}");
+                }
+            }
+            let mut seen: std::collections::BTreeMap<u64, Vec<Source>> = std::collections::BTreeMap::new();
+            for ((s, _, _), source) in &events {
+                seen.entry(*s).or_default().push(*source);
+            }
+            for (s, sources) in seen.iter().filter(|(_, sources)| sources.len() > 1).take(10) {
+                let from: Vec<String> = sources.iter().map(|src| format!("hold {} node {}", src.hold, src.node)).collect();
+                let _ = write!(out, "\n  .{s} received {} times: {}", sources.len(), from.join(", "));
+            }
+            for (s, name, data) in history.events.iter().filter(|(s, _, _)| !seen.contains_key(s)).take(10) {
+                // The event received last before it, to place the loss.
+                let before = events.iter().rev().find(|((e, _, _), _)| e < s).map(|((e, _, _), src)| format!(".{e} in hold {} from node {}", src.hold, src.node));
+                let _ = write!(out, "\n  .{s} {name} {data} never received (the last before it: {})", before.unwrap_or_else(|| "none".to_owned()));
+            }
+            out
+        }
+    }
+
+    /// Delivery of one kind of event to one client, against the session's history.
+    #[derive(Debug, Default, Clone, Copy)]
+    struct Tally {
+        emitted: u64,
+        /// Emitted, never received.
+        lost: u64,
+        /// Received more than once.
+        duplicated: u64,
+        /// Received after one the server emitted later.
+        out_of_order: u64,
+    }
+
+    impl Tally {
+        fn clean(&self) -> bool {
+            self.lost == 0 && self.duplicated == 0 && self.out_of_order == 0
+        }
+
+        fn add(&mut self, other: Tally) {
+            self.emitted += other.emitted;
+            self.lost += other.lost;
+            self.duplicated += other.duplicated;
+            self.out_of_order += other.out_of_order;
+        }
+    }
+
+    /// One client's pushes in its session's history.
+    #[derive(Debug, Default)]
+    struct Pushes {
+        in_history: u64,
+        /// Each number at most once, in the order published.
+        in_order: bool,
+        /// Acknowledged, not in the history.
+        missing: Vec<u64>,
+        /// In the history, never published.
+        unknown: Vec<u64>,
+    }
+
+    #[derive(Debug)]
+    struct Report {
+        response: Tally,
+        push: Tally,
+        /// The events received are exactly the session's history, in order.
+        matches_history: bool,
+        /// The history holds every event from the first (the buffer held the whole run).
+        history_complete: bool,
+        /// Distinct messages sent, and `response`s in the history: one per message.
+        messages: u64,
+        responses_in_history: u64,
+        /// The highest `seq` handled, by the hello of the history's resume: the last sent.
+        received: u64,
+        pushes: Pushes,
+        gaps: u64,
+        fresh_sessions: u64,
+        other_events: u64,
+        anomalies: Vec<String>,
+    }
+
+    impl Report {
+        fn clean(&self) -> bool {
+            self.response.clean()
+                && self.push.clean()
+                && self.matches_history
+                && self.history_complete
+                && self.responses_in_history == self.messages
+                && self.received == self.messages
+                && self.pushes.in_order
+                && self.pushes.missing.is_empty()
+                && self.pushes.unknown.is_empty()
+                && self.gaps == 0
+                && self.fresh_sessions == 0
+                && self.other_events == 0
+                && self.anomalies.is_empty()
+        }
+    }
+
+    #[derive(Default)]
+    struct Totals {
+        attaches: [u64; 3],
+        requests: [u64; NODES],
+        node_down: u64,
+        cut_posts: u64,
+        closed_by_server: u64,
+        messages: u64,
+        sent_on_ws: u64,
+        resends: u64,
+        response: Tally,
+        push: Tally,
+        pushes_in_history: u64,
+        mismatched: u64,
+        unhandled: u64,
+        gaps: u64,
+        fresh_sessions: u64,
+        other_events: u64,
+        anomalies: u64,
+    }
+
+    impl Totals {
+        fn add(&mut self, client: &Client, report: &Report) {
+            for (total, n) in self.attaches.iter_mut().zip(client.attaches) {
+                *total += n;
+            }
+            for (total, n) in self.requests.iter_mut().zip(client.requests) {
+                *total += n;
+            }
+            self.node_down += client.node_down;
+            self.cut_posts += client.cut_posts;
+            self.closed_by_server += client.closed_by_server;
+            self.messages += client.sent;
+            self.sent_on_ws += client.sent_on_ws;
+            self.resends += client.resends;
+            self.response.add(report.response);
+            self.push.add(report.push);
+            self.pushes_in_history += report.pushes.in_history;
+            self.mismatched += u64::from(!report.matches_history || !report.history_complete);
+            self.unhandled += u64::from(report.responses_in_history != report.messages || report.received != report.messages);
+            self.gaps += report.gaps;
+            self.fresh_sessions += report.fresh_sessions;
+            self.other_events += report.other_events;
+            self.anomalies += report.anomalies.len() as u64;
+        }
+
+        fn print(&self, clients: usize, seconds: u64, run_for: Duration, pushed: &Pushed) {
+            let [ws, sse, poll] = self.attaches;
+            println!("cluster chaos: {clients} clients, {seconds} s of chaos, {run_for:.2?} with the final catch-up");
+            println!(
+                "  attaches: {} (websocket {ws}, sse {sse}, polling {poll}), resumes {}; transports ended by the server or the kill: {}",
+                ws + sse + poll,
+                (ws + sse + poll).saturating_sub(clients as u64),
+                self.closed_by_server
+            );
+            println!(
+                "  requests per node (attaches, polls, POSTs): {:?}; refused or cut by the node that was down: {} (and {} emits); POSTs cut: {}",
+                self.requests, self.node_down, pushed.node_down, self.cut_posts
+            );
+            let acked: usize = pushed.acked.iter().map(Vec::len).sum();
+            let unsure: usize = pushed.unsure.iter().map(Vec::len).sum();
+            println!("  pushes: {acked} acknowledged, {unsure} cut on the way; {} in the histories", self.pushes_in_history);
+            for (what, t) in [("responses", self.response), ("pushes", self.push)] {
+                println!("  {what}: {} emitted, {} lost, {} duplicated, {} out of order", t.emitted, t.lost, t.duplicated, t.out_of_order);
+            }
+            println!(
+                "  messages: {} sent ({} over WebSocket, {} over POST), {} sent again after a drop; clients with a message not handled exactly once: {}",
+                self.messages,
+                self.sent_on_ws,
+                self.messages - self.sent_on_ws,
+                self.resends,
+                self.unhandled
+            );
+            println!(
+                "  logs differing from the session history: {}; gaps {}; fresh sessions {}; other events {}; anomalies {}",
+                self.mismatched, self.gaps, self.fresh_sessions, self.other_events, self.anomalies
+            );
+        }
+    }
+}
