@@ -97,7 +97,11 @@ impl Hub {
     pub async fn join(&self, sid: &Sid, room: &str) -> Result<bool, HubError> {
         check_room_name(room)?;
         if let Some(cluster) = &self.inner.cluster {
-            return cluster.join(sid, room).await;
+            let joined = cluster.join(sid, room).await?;
+            self.mirror_rooms(sid, |rooms| {
+                rooms.insert(Arc::from(room));
+            });
+            return Ok(joined);
         }
         let session = self.find(sid).ok_or(HubError::NoSession)?;
         let mut state = lock(&session.state);
@@ -117,7 +121,11 @@ impl Hub {
     /// Takes a session out of a room. Returns `false` if it was not a member.
     pub async fn leave(&self, sid: &Sid, room: &str) -> Result<bool, HubError> {
         if let Some(cluster) = &self.inner.cluster {
-            return cluster.leave(sid, room).await;
+            let left = cluster.leave(sid, room).await?;
+            self.mirror_rooms(sid, |rooms| {
+                rooms.remove(room);
+            });
+            return Ok(left);
         }
         let session = self.find(sid).ok_or(HubError::NoSession)?;
         let mut state = lock(&session.state);
@@ -204,6 +212,16 @@ impl Hub {
 
     /// Takes `sid` out of the room table's copy of `room`, and the room out of the table once
     /// it is empty.
+    /// Cluster mode: keeps the local copy of a session's rooms current while its inbox is held
+    /// (see [`SessionHandle::rooms`](super::SessionHandle::rooms)).
+    fn mirror_rooms(&self, sid: &Sid, change: impl FnOnce(&mut std::collections::BTreeSet<Arc<str>>)) {
+        if let Some(session) = self.find(sid) {
+            let mut state = lock(&session.state);
+            change(&mut state.rooms);
+            session.room_count.store(state.rooms.len(), Ordering::Relaxed);
+        }
+    }
+
     /// [`Hub::publish_except`] to a room or to all, in cluster mode: members from Redis,
     /// each event appended there (many at once on the connection's pipeline). Members whose
     /// session is gone are dropped from the room's set.

@@ -17,7 +17,7 @@
 //! holding the state lock while a handler runs.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
@@ -51,6 +51,9 @@ pub(super) struct Session {
     /// Cluster mode: when (ms since the hub was made) Redis last said the session exists; 0:
     /// never (see `mirror.rs`).
     pub(super) verified: AtomicU64,
+    /// Cluster mode: whether `State::rooms` is the session's rooms as Redis has them (set while
+    /// the inbox is held: read when it was granted, kept by the handler's own joins and leaves).
+    pub(super) rooms_current: AtomicBool,
 }
 
 pub(super) struct State {
@@ -279,10 +282,9 @@ pub struct Inbox<'a> {
     ticket: Option<Ticket>,
 }
 
-/// A granted ticket of a session's inbox in Redis, and the task renewing its lease.
+/// A granted ticket of a session's inbox in Redis (the node's ticket task renews its lease).
 struct Ticket {
     number: u64,
-    renewal: tokio::task::JoinHandle<()>,
 }
 
 /// One session, already found: what a handler's context holds, so that answering the session
@@ -310,16 +312,16 @@ impl SessionHandle {
         let ticket = match &self.cluster {
             None => None,
             Some(cluster) => {
-                let (number, received) = cluster.enter(&self.session.sid).await?;
-                self.session.received.fetch_max(received, Ordering::AcqRel);
-                let (cluster, sid) = (cluster.clone(), self.session.sid.clone());
-                let renewal = tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(super::cluster::INBOX_LEASE / 3).await;
-                        let _ = cluster.renew(&sid, number).await;
-                    }
-                });
-                Some(Ticket { number, renewal })
+                let granted = cluster.enter(&self.session.sid).await?;
+                self.session.received.fetch_max(granted.received, Ordering::AcqRel);
+                // The rooms as the grant found them, for the handler (the default app asks on
+                // every message): kept current by its own joins and leaves until the release.
+                let mut state = lock(&self.session.state);
+                state.rooms = granted.rooms.into_iter().map(Arc::from).collect();
+                self.session.room_count.store(state.rooms.len(), Ordering::Relaxed);
+                drop(state);
+                self.session.rooms_current.store(true, Ordering::Release);
+                Some(Ticket { number: granted.ticket })
             }
         };
         Ok(Inbox { handle: self, _guard: guard, ticket })
@@ -329,7 +331,9 @@ impl SessionHandle {
     /// reached).
     pub async fn rooms(&self) -> Vec<String> {
         if let Some(cluster) = &self.cluster {
-            return cluster.rooms(&self.session.sid).await.unwrap_or_default();
+            if !self.session.rooms_current.load(Ordering::Acquire) {
+                return cluster.rooms(&self.session.sid).await.unwrap_or_default();
+            }
         }
         if self.session.room_count.load(Ordering::Relaxed) == 0 {
             return Vec::new();
@@ -369,7 +373,7 @@ impl<'a> Inbox<'a> {
 impl Drop for Inbox<'_> {
     fn drop(&mut self) {
         if let (Some(ticket), Some(cluster)) = (self.ticket.take(), &self.handle.cluster) {
-            ticket.renewal.abort();
+            self.handle.session.rooms_current.store(false, Ordering::Release);
             let (cluster, session) = (cluster.clone(), self.handle.session.clone());
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {

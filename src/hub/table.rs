@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tokio::time::Instant;
@@ -100,6 +100,7 @@ impl Hub {
             room_count: AtomicUsize::new(0),
             unsaved: AtomicU64::new(0),
             verified: AtomicU64::new(0),
+            rooms_current: AtomicBool::new(false),
             state: Mutex::new(State {
                 ring: Ring::new(),
                 delivered: 0,

@@ -80,6 +80,24 @@ struct Inner {
     /// Whether the node's subscription is up: while it is down, events from other nodes cannot
     /// reach this node's transports, so none are served.
     reachable: AtomicBool,
+    /// The inbox tickets this node holds, whose leases its ticket task renews.
+    tickets: std::sync::Mutex<std::collections::HashSet<(Sid, u64)>>,
+}
+
+/// An inbox ticket whose turn came: the ticket, the highest client `seq` handled, and the
+/// session's rooms as they were then.
+pub(super) struct Granted {
+    pub(super) ticket: u64,
+    pub(super) received: u64,
+    pub(super) rooms: Vec<String>,
+}
+
+impl Granted {
+    /// From a script's answer after its first fields: `recv`, then the rooms.
+    fn from_reply(ticket: u64, rest: &[Value]) -> Granted {
+        let received = rest.first().map_or(0, |v| u64::try_from(int(v)).unwrap_or(0));
+        Granted { ticket, received, rooms: rest.iter().skip(1).map(text).collect() }
+    }
 }
 
 /// The command connection: multiplexed (commands of all tasks are pipelined on it) and
@@ -190,7 +208,8 @@ impl Cluster {
         let node = new_node_id();
         tracing::info!(%node, clustered, servers = urls.len(), "cluster mode: connected to Redis");
         Ok(Cluster {
-            inner: Arc::new(Inner { node: RwLock::new(node), conn, subscribe_to: clients, scripts: scripts::Scripts::new(), reachable: AtomicBool::new(false) }),
+            inner: Arc::new(Inner { node: RwLock::new(node), conn, subscribe_to: clients, scripts: scripts::Scripts::new(), reachable: AtomicBool::new(false),
+                                 tickets: std::sync::Mutex::default() }),
         })
     }
 
@@ -354,9 +373,15 @@ impl Cluster {
         }
     }
 
-    /// Takes a ticket of the session's inbox and waits for its turn. Returns the ticket and the
-    /// highest client `seq` handled.
-    pub(super) async fn enter(&self, sid: &Sid) -> Result<(u64, u64), HubError> {
+    /// Takes a ticket of the session's inbox and waits for its turn. Until it is released, the
+    /// node's ticket task renews its lease.
+    pub(super) async fn enter(&self, sid: &Sid) -> Result<Granted, HubError> {
+        let granted = self.take_ticket(sid).await?;
+        self.inner.tickets.lock().unwrap_or_else(PoisonError::into_inner).insert((sid.clone(), granted.ticket));
+        Ok(granted)
+    }
+
+    async fn take_ticket(&self, sid: &Sid) -> Result<Granted, HubError> {
         let mut invocation = self.inner.scripts.enter.prepare_invoke();
         keys(&mut invocation, sid);
         invocation.arg(millis(INBOX_LEASE));
@@ -366,7 +391,7 @@ impl Cluster {
             _ => return Err(HubError::NoSession),
         };
         if reply.get(1).map(int) == Some(1) {
-            return Ok((ticket, reply.get(2).map_or(0, |v| u64::try_from(int(v)).unwrap_or(0))));
+            return Ok(Granted::from_reply(ticket, &reply[2..]));
         }
         // Another node is handling an event of this session: wait for the ticket's turn,
         // renewing it, with a short backoff (the wait is as long as one handler).
@@ -379,17 +404,26 @@ impl Cluster {
             invocation.arg(ticket).arg(millis(INBOX_LEASE));
             let reply = array(self.run("inbox", &invocation).await?);
             match reply.first().map(int) {
-                Some(1) => return Ok((ticket, reply.get(1).map_or(0, |v| u64::try_from(int(v)).unwrap_or(0)))),
+                Some(1) => return Ok(Granted::from_reply(ticket, &reply[1..])),
                 Some(0) => continue,
                 Some(-1) => return Err(HubError::NoSession),
                 // Skipped as dead (this node stalled past the lease): take a new ticket.
-                _ => return Box::pin(self.enter(sid)).await,
+                _ => return Box::pin(self.take_ticket(sid)).await,
             }
         }
     }
 
+    /// Extends the leases of every inbox ticket this node holds (the node's ticket task, a few
+    /// times per lease).
+    pub(super) async fn renew_tickets(&self) {
+        let held: Vec<(Sid, u64)> = self.inner.tickets.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect();
+        for (sid, ticket) in held {
+            let _ = self.renew(&sid, ticket).await;
+        }
+    }
+
     /// Extends the lease of a granted inbox ticket.
-    pub(super) async fn renew(&self, sid: &Sid, ticket: u64) -> Result<(), HubError> {
+    async fn renew(&self, sid: &Sid, ticket: u64) -> Result<(), HubError> {
         let mut invocation = self.inner.scripts.renew.prepare_invoke();
         keys(&mut invocation, sid);
         invocation.arg(ticket).arg(millis(INBOX_LEASE));
@@ -398,6 +432,7 @@ impl Cluster {
 
     /// Releases an inbox ticket, recording `mark` as the highest client `seq` handled.
     pub(super) async fn release(&self, sid: &Sid, ticket: u64, mark: u64) -> Result<(), HubError> {
+        self.inner.tickets.lock().unwrap_or_else(PoisonError::into_inner).remove(&(sid.clone(), ticket));
         let mut invocation = self.inner.scripts.release.prepare_invoke();
         keys(&mut invocation, sid);
         invocation.arg(ticket).arg(mark);

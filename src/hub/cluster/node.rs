@@ -24,7 +24,7 @@ use super::{array, int, millis, text, Cluster, NODE_LEASE};
 /// The node's background work; ends at shutdown, after detaching what the node holds.
 pub(in crate::hub) async fn run(hub: Weak<HubInner>, cluster: Cluster, shutdown: CancellationToken) {
     let work = async {
-        tokio::join!(listen(hub.clone(), cluster.clone()), heartbeat(cluster.clone()), expire(hub.clone(), cluster.clone()));
+        tokio::join!(listen(hub.clone(), cluster.clone()), heartbeat(cluster.clone()), expire(hub.clone(), cluster.clone()), tickets(cluster.clone()));
     };
     tokio::select! {
         () = work => {}
@@ -100,6 +100,16 @@ async fn listen(hub: Weak<HubInner>, cluster: Cluster) {
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Renews the leases of the inbox tickets the node holds (a handler that runs long, an
+/// application slow to answer), three times per lease.
+async fn tickets(cluster: Cluster) {
+    let mut tick = tokio::time::interval(super::INBOX_LEASE / 3);
+    loop {
+        tick.tick().await;
+        cluster.renew_tickets().await;
     }
 }
 

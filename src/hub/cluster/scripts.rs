@@ -163,7 +163,8 @@ return out
             // the order they took tickets, whichever nodes they arrived at. A ticket is served
             // when `srv` reaches it; one whose holder (or waiter) stopped renewing its lease is
             // skipped, so a node that died holding the lock holds it up for one lease at most.
-            // ARGV: lease (ms). Returns {-1} no session, else {ticket, granted 0/1, recv}.
+            // ARGV: lease (ms). Returns {-1} no session, else {ticket, granted 0/1, recv}, and
+            // when granted the session's rooms after those (what its handler asks first).
             enter: script(&format!(
                 r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {{-1}} end
@@ -171,15 +172,26 @@ local t = redis.call('HINCRBY', KEYS[1], 'tk', 1)
 local now = now_ms()
 local lease = tonumber(ARGV[1])
 {TRY}
-return {{t, try(t, now, lease), tonumber(redis.call('HGET', KEYS[1], 'recv') or '0')}}
+local out = {{t, try(t, now, lease), tonumber(redis.call('HGET', KEYS[1], 'recv') or '0')}}
+if out[2] == 1 then
+  local rooms = redis.call('SMEMBERS', KEYS[3])
+  for i = 1, #rooms do out[#out + 1] = rooms[i] end
+end
+return out
 "
             )),
-            // ARGV: ticket, lease. Returns {granted 0/1 (-1: no session), recv}.
+            // ARGV: ticket, lease. Returns {granted 0/1 (-1: no session), recv}, and when
+            // granted the session's rooms.
             try_inbox: script(&format!(
                 r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {{-1, 0}} end
 {TRY}
-return {{try(tonumber(ARGV[1]), now_ms(), tonumber(ARGV[2])), tonumber(redis.call('HGET', KEYS[1], 'recv') or '0')}}
+local out = {{try(tonumber(ARGV[1]), now_ms(), tonumber(ARGV[2])), tonumber(redis.call('HGET', KEYS[1], 'recv') or '0')}}
+if out[1] == 1 then
+  local rooms = redis.call('SMEMBERS', KEYS[3])
+  for i = 1, #rooms do out[#out + 1] = rooms[i] end
+end
+return out
 "
             )),
             // ARGV: ticket, lease. Extends the lease of a granted ticket.
