@@ -16,7 +16,9 @@
 //! The node(s) and Redis share the servers' core: what a round trip costs Redis is counted
 //! against the same one core the in-memory node has to itself.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -129,6 +131,8 @@ struct Side {
     loadgen_cpu: f64,
     /// Redis's commands over the measured window (empty without Redis).
     stats: CommandStats,
+    /// The node(s)' Redis requests over the measured window, from their `/metrics`.
+    requests: NodeRequests,
 }
 
 impl Side {
@@ -137,33 +141,120 @@ impl Side {
     }
 }
 
-/// Runs one closed loop at `to`, reading the CPU of `nodes`, of `redis` and of the load generator,
-/// and Redis's command counts, at the edges of the measured window.
-async fn measure(args: &Args, transport: Transport, to: Endpoints, nodes: &[u32], redis: Option<&Redis>) -> Side {
+/// Runs one closed loop at `to`, reading the CPU of `nodes`, of `redis` and of the load
+/// generator, Redis's command counts and the nodes' Redis requests, at the edges of the
+/// measured window.
+async fn measure(args: &Args, transport: Transport, to: Endpoints, nodes: &[&Server], redis: Option<&Redis>) -> Side {
     let warmup = Duration::from_secs_f64(args.warmup);
     let seconds = Duration::from_secs_f64(args.seconds);
-    type Start = (Option<CommandStats>, Vec<CpuWindow>, Option<CpuWindow>, CpuWindow);
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    type Start = (Option<(CommandStats, NodeRequests)>, Vec<CpuWindow>, Option<CpuWindow>, CpuWindow);
     let mut start: Option<Start> = None;
-    let mut window = (0.0, 0.0, 0.0, CommandStats::default());
+    let mut window = (0.0, 0.0, 0.0, CommandStats::default(), NodeRequests::default());
     let result = closed_loop(transport, to, args.sessions, true, warmup, seconds, Duration::ZERO, |begin| {
         if begin {
-            let stats = redis.and_then(|r| r.commandstats().ok());
-            let windows = nodes.iter().map(|&pid| CpuWindow::start(pid)).collect();
-            start = Some((stats, windows, redis.map(|r| CpuWindow::start(r.pid())), CpuWindow::start(std::process::id())));
-        } else if let Some((stats, windows, redis_window, me)) = &start {
+            let counts = redis.and_then(|r| r.commandstats().ok()).map(|stats| (stats, NodeRequests::scrape(&addrs)));
+            let windows = nodes.iter().map(|n| CpuWindow::start(n.pid())).collect();
+            start = Some((counts, windows, redis.map(|r| CpuWindow::start(r.pid())), CpuWindow::start(std::process::id())));
+        } else if let Some((counts, windows, redis_window, me)) = &start {
             let node: f64 = windows.iter().map(CpuWindow::share).sum();
             let red = redis_window.as_ref().map_or(0.0, CpuWindow::share);
             let me = me.share();
-            let delta = match (redis, stats) {
-                (Some(r), Some(before)) => r.commandstats().map(|after| after.since(before)).unwrap_or_default(),
-                _ => CommandStats::default(),
+            let (stats, requests) = match (redis, counts) {
+                (Some(r), Some((stats, requests))) => (
+                    r.commandstats().map(|after| after.since(stats)).unwrap_or_default(),
+                    NodeRequests::scrape(&addrs).since(requests),
+                ),
+                _ => Default::default(),
             };
-            window = (node, red, me, delta);
+            window = (node, red, me, stats, requests);
         }
     })
     .await;
-    let (node_cpu, redis_cpu, loadgen_cpu, stats) = window;
-    Side { result, node_cpu, redis_cpu, loadgen_cpu, stats }
+    let (node_cpu, redis_cpu, loadgen_cpu, stats, requests) = window;
+    Side { result, node_cpu, redis_cpu, loadgen_cpu, stats, requests }
+}
+
+/// What nodes report of their Redis requests on `/metrics`: per op, the requests and the
+/// seconds they waited for the answers (`switchyard_redis_command_seconds`), and the failed
+/// ones (`switchyard_redis_errors_total`).
+#[derive(Debug, Clone, Default)]
+struct NodeRequests {
+    ops: BTreeMap<String, (f64, f64)>,
+    errors: f64,
+}
+
+impl NodeRequests {
+    /// Reads and adds up the `/metrics` of every node in `addrs` (blocking, like
+    /// [`Redis::command`]: called at the edges of a measured window). A node that does not
+    /// answer adds nothing.
+    fn scrape(addrs: &[SocketAddr]) -> NodeRequests {
+        let mut all = NodeRequests::default();
+        for addr in addrs {
+            if let Ok(text) = http_get(*addr, "/metrics") {
+                all.add(&NodeRequests::parse(&text));
+            }
+        }
+        all
+    }
+
+    fn parse(text: &str) -> NodeRequests {
+        let mut out = NodeRequests::default();
+        for line in text.lines() {
+            let Some((name, value)) = line.rsplit_once(' ') else { continue };
+            let Ok(value) = value.parse::<f64>() else { continue };
+            let op = || name.split_once("op=\"").and_then(|(_, rest)| rest.split_once('"')).map(|(op, _)| op.to_owned());
+            if name.starts_with("switchyard_redis_command_seconds_count{") {
+                out.ops.entry(op().unwrap_or_default()).or_default().0 += value;
+            } else if name.starts_with("switchyard_redis_command_seconds_sum{") {
+                out.ops.entry(op().unwrap_or_default()).or_default().1 += value;
+            } else if name.starts_with("switchyard_redis_errors_total") {
+                out.errors += value;
+            }
+        }
+        out
+    }
+
+    fn since(&self, before: &NodeRequests) -> NodeRequests {
+        let mut out = NodeRequests { ops: BTreeMap::new(), errors: self.errors - before.errors };
+        for (op, &(count, sum)) in &self.ops {
+            let (c0, s0) = before.ops.get(op).copied().unwrap_or_default();
+            if count > c0 {
+                out.ops.insert(op.clone(), (count - c0, sum - s0));
+            }
+        }
+        out
+    }
+
+    fn add(&mut self, other: &NodeRequests) {
+        for (op, &(count, sum)) in &other.ops {
+            let entry = self.ops.entry(op.clone()).or_default();
+            entry.0 += count;
+            entry.1 += sum;
+        }
+        self.errors += other.errors;
+    }
+
+    fn total(&self) -> f64 {
+        self.ops.values().map(|v| v.0).sum()
+    }
+}
+
+/// `GET path` over HTTP/1.0 (the server closes the connection after the answer), blocking;
+/// returns the body.
+fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer)?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").context("an HTTP answer without a head")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path} answered {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_owned())
 }
 
 /// One comparison: the in-memory node against a cluster setup, round by round.
@@ -187,6 +278,7 @@ struct Merged {
     redis_cpu_s: f64,
     loadgen_cpu_s: f64,
     stats: CommandStats,
+    requests: NodeRequests,
 }
 
 impl Merged {
@@ -199,6 +291,7 @@ impl Merged {
             redis_cpu_s: 0.0,
             loadgen_cpu_s: 0.0,
             stats: CommandStats::default(),
+            requests: NodeRequests::default(),
         };
         for side in sides {
             m.latencies.add(&side.result.latencies).expect("histograms with the same bounds add");
@@ -208,6 +301,7 @@ impl Merged {
             m.redis_cpu_s += side.redis_cpu * side.result.seconds;
             m.loadgen_cpu_s += side.loadgen_cpu * side.result.seconds;
             m.stats.add(&side.stats);
+            m.requests.add(&side.requests);
         }
         m
     }
@@ -229,6 +323,11 @@ impl Merged {
     fn per_rt(&self, count: u64) -> f64 {
         ratio(count as f64, self.round_trips() as f64)
     }
+
+    /// A count (of the nodes' metrics) per round trip.
+    fn per_rt_f(&self, count: f64) -> f64 {
+        ratio(count, self.round_trips() as f64)
+    }
 }
 
 async fn rtt(args: &Args) -> anyhow::Result<String> {
@@ -239,8 +338,8 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
     let mut b = start_node(Some(&redis), pin, "cluster-rtt-node-b").await?;
     let rounds = args.alternations.max(1);
     let mut pairings = vec![
-        (Pairing { transport: Transport::Ws, setup: "--redis", target: 0.5, memory: vec![], cluster: vec![], memory_first: vec![] }, Endpoints::single(a.addr), vec![a.pid()]),
-        (Pairing { transport: Transport::Sse, setup: "--redis", target: 0.5, memory: vec![], cluster: vec![], memory_first: vec![] }, Endpoints::single(a.addr), vec![a.pid()]),
+        (Pairing { transport: Transport::Ws, setup: "--redis", target: 0.5, memory: vec![], cluster: vec![], memory_first: vec![] }, Endpoints::single(a.addr), vec![&a]),
+        (Pairing { transport: Transport::Sse, setup: "--redis", target: 0.5, memory: vec![], cluster: vec![], memory_first: vec![] }, Endpoints::single(a.addr), vec![&a]),
         (
             Pairing {
                 transport: Transport::Sse,
@@ -251,10 +350,10 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
                 memory_first: vec![],
             },
             Endpoints { stream: a.addr, post: b.addr },
-            vec![a.pid(), b.pid()],
+            vec![&a, &b],
         ),
     ];
-    for (pairing, to, pids) in &mut pairings {
+    for (pairing, to, nodes) in &mut pairings {
         for round in 0..rounds {
             let memory_first = round % 2 == 0;
             pairing.memory_first.push(memory_first);
@@ -266,9 +365,9 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
                     round + 1
                 );
                 if memory_turn {
-                    pairing.memory.push(measure(args, pairing.transport, Endpoints::single(memory.addr), &[memory.pid()], None).await);
+                    pairing.memory.push(measure(args, pairing.transport, Endpoints::single(memory.addr), &[&memory], None).await);
                 } else {
-                    pairing.cluster.push(measure(args, pairing.transport, *to, pids, Some(&redis)).await);
+                    pairing.cluster.push(measure(args, pairing.transport, *to, nodes, Some(&redis)).await);
                 }
             }
         }
@@ -365,6 +464,27 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
     row(&mut out, "cluster node(s) CPU, µs", &|_, c| format!("{:.1}", c.per_rt_us(c.node_cpu_s)));
     row(&mut out, "Redis CPU, µs", &|_, c| format!("{:.1}", c.per_rt_us(c.redis_cpu_s)));
     row(&mut out, "load generator CPU (cluster rounds), µs", &|_, c| format!("{:.1}", c.per_rt_us(c.loadgen_cpu_s)));
+    row(&mut out, "Redis requests from the node(s) (their `/metrics`)", &|_, c| format!("{:.2}", c.per_rt_f(c.requests.total())));
+    // Ops and commands under 0.01 per round trip everywhere are the nodes' background work
+    // (heartbeat, expiry) and session opening and closing: shown together as one row.
+    let frequent = |per_rt: &dyn Fn(&Merged) -> f64| merged.iter().any(|(_, c)| per_rt(c) >= 0.01);
+    let mut ops: Vec<String> = merged.iter().flat_map(|(_, c)| c.requests.ops.keys().cloned()).collect();
+    ops.sort();
+    ops.dedup();
+    let (ops, rare_ops): (Vec<String>, Vec<String>) =
+        ops.into_iter().partition(|op| frequent(&|c: &Merged| c.per_rt_f(c.requests.ops.get(op).map_or(0.0, |v| v.0))));
+    for op in &ops {
+        row(&mut out, &format!("- `{op}` requests (mean wait for the answer)"), &|_, c| match c.requests.ops.get(op) {
+            Some(&(count, seconds)) => format!("{:.2} ({:.0} µs)", c.per_rt_f(count), ratio(seconds * 1e6, count)),
+            None => "0".into(),
+        });
+    }
+    if !rare_ops.is_empty() {
+        row(&mut out, &format!("- others ({})", rare_ops.join(", ")), &|_, c| {
+            format!("{:.3}", c.per_rt_f(rare_ops.iter().filter_map(|op| c.requests.ops.get(op)).map(|v| v.0).sum()))
+        });
+    }
+    row(&mut out, "Redis errors (the nodes' `switchyard_redis_errors_total`, all windows)", &|_, c| format!("{:.0}", c.requests.errors));
     row(&mut out, "scripts run (EVALSHA + EVAL)", &|_, c| format!("{:.2}", c.per_rt(c.stats.calls("evalsha") + c.stats.calls("eval"))));
     row(&mut out, "Redis time in scripts (commandstats), µs", &|_, c| format!("{:.1}", c.per_rt(c.stats.usec("evalsha") + c.stats.usec("eval"))));
     row(&mut out, "commands (all, inside scripts too)", &|_, c| format!("{:.2}", c.per_rt(c.stats.total_calls())));
@@ -378,8 +498,16 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
         }
     }
     names.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
-    for (name, _) in &names {
-        row(&mut out, &format!("`{}`", name.to_uppercase()), &|_, c| format!("{:.2}", c.per_rt(c.stats.calls(name))));
+    let (names, rare): (Vec<String>, Vec<String>) =
+        names.into_iter().map(|(name, _)| name).partition(|name| frequent(&|c: &Merged| c.per_rt(c.stats.calls(name))));
+    for name in &names {
+        row(&mut out, &format!("- `{}`", name.to_uppercase()), &|_, c| format!("{:.2}", c.per_rt(c.stats.calls(name))));
+    }
+    if !rare.is_empty() {
+        let listed: Vec<String> = rare.iter().map(|n| format!("`{}`", n.to_uppercase())).collect();
+        row(&mut out, &format!("- others ({})", listed.join(", ")), &|_, c| {
+            format!("{:.3}", c.per_rt(rare.iter().map(|n| c.stats.calls(n)).sum()))
+        });
     }
 
     writeln!(out)?;
@@ -393,6 +521,9 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
 /// CPU spent by the nodes, Redis and the load generator during one fan-out round, in seconds.
 struct RoundCpu {
     answer: String,
+    /// The nodes' Redis requests during the round, all ops together, and those that failed.
+    requests: f64,
+    errors: f64,
     nodes: f64,
     redis: f64,
     loadgen: f64,
@@ -426,10 +557,14 @@ async fn fanout(args: &Args) -> anyhow::Result<String> {
     for round in 0..args.rounds {
         eprintln!("    round {}/{} ...", round + 1, args.rounds);
         let node_cpu = |nodes: &[Server]| nodes.iter().map(|n| procs::cpu_seconds(n.pid())).sum::<f64>();
+        let requests_before = NodeRequests::scrape(&addrs);
         let before = (node_cpu(&nodes), procs::cpu_seconds(redis.pid()), procs::cpu_seconds(std::process::id()));
         let answer = fanout_round(&client, &trigger, body, &mut rx, &mut row).await?;
+        let requests = NodeRequests::scrape(&addrs).since(&requests_before);
         cpu.push(RoundCpu {
             answer,
+            requests: requests.total(),
+            errors: requests.errors,
             nodes: node_cpu(&nodes) - before.0,
             redis: procs::cpu_seconds(redis.pid()) - before.1,
             loadgen: procs::cpu_seconds(std::process::id()) - before.2,
@@ -479,16 +614,18 @@ async fn fanout(args: &Args) -> anyhow::Result<String> {
     let (line, memory_median) = fanout_line("in memory, 1 node", &reference, args.fanout, None, "reference");
     writeln!(out, "{line}")?;
     writeln!(out, "\n`--redis` / in memory, median time to last: {:.2}.\n", ratio(cluster_median.as_secs_f64(), memory_median.as_secs_f64()))?;
-    writeln!(out, "Per round of the cluster: the publish API's answer, and the CPU time each party spent from the request until the last session had the event.\n")?;
-    writeln!(out, "| round | answer | received | time to last | nodes CPU | Redis CPU | loadgen CPU |")?;
-    writeln!(out, "|---:|---|---:|---:|---:|---:|---:|")?;
+    writeln!(out, "Per round of the cluster: the publish API's answer, the nodes' Redis requests (their `/metrics`), and the CPU time each party spent from the request until the last session had the event (in clock ticks of 10 ms).\n")?;
+    writeln!(out, "| round | answer | received | time to last | nodes' Redis requests | Redis errors | nodes CPU | Redis CPU | loadgen CPU |")?;
+    writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|")?;
     for (i, ((got, last), cpu)) in row.rounds.iter().zip(&cpu).enumerate() {
         writeln!(
             out,
-            "| {} | `{}` | {got} | {:.1} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
+            "| {} | `{}` | {got} | {:.1} ms | {:.0} | {:.0} | {:.0} ms | {:.0} ms | {:.0} ms |",
             i + 1,
             cpu.answer.trim(),
             last.as_secs_f64() * 1e3,
+            cpu.requests,
+            cpu.errors,
             cpu.nodes * 1e3,
             cpu.redis * 1e3,
             cpu.loadgen * 1e3
