@@ -289,6 +289,8 @@ impl Redis {
         let logs = target_dir().join("bench-logs");
         std::fs::create_dir_all(&logs)?;
         let log = logs.join(format!("{tag}.log"));
+        // Redis appends to its log file: start each run's afresh.
+        std::fs::File::create(&log)?;
         let mut argv: Vec<String> = vec![exe.to_string()];
         let port = port.to_string();
         let dir = logs.to_string_lossy().into_owned();
