@@ -403,8 +403,8 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
         }
     }
 
-    writeln!(out, "\n| comparison | rt/s ratio (median of rounds) | rounds' ratios | target | p50 ratio | p99 ratio | errors | |")?;
-    writeln!(out, "|---|---:|---|---:|---:|---:|---:|---|")?;
+    writeln!(out, "\n| comparison | rt/s ratio (median of rounds) | rounds' ratios | target | p50 ratio | p99 ratio | errors | | CPU per round trip, in memory / cluster |")?;
+    writeln!(out, "|---|---:|---|---:|---:|---:|---:|---|---:|")?;
     for pairing in &pairings {
         let mut per_round: Vec<f64> = pairing.memory.iter().zip(&pairing.cluster).map(|(m, c)| ratio(c.rate(), m.rate())).collect();
         per_round.sort_by(f64::total_cmp);
@@ -414,16 +414,18 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
         let listed: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
         writeln!(
             out,
-            "| {} {} / in memory | {median:.2} | {} | >= {} | {:.2} | {:.2} | {errors} | {} |",
+            "| {} {} / in memory | {median:.2} | {} | >= {} | {:.2} | {:.2} | {errors} | {} | {:.2} |",
             pairing.transport.label(),
             pairing.setup,
             listed.join(", "),
             pairing.target,
             ratio(q(&clu.latencies, 0.5) as f64, q(&mem.latencies, 0.5) as f64),
             ratio(q(&clu.latencies, 0.99) as f64, q(&mem.latencies, 0.99) as f64),
-            met(median >= pairing.target && errors == 0)
+            met(median >= pairing.target && errors == 0),
+            ratio(mem.per_rt_us(mem.node_cpu_s), clu.per_rt_us(clu.node_cpu_s + clu.redis_cpu_s))
         )?;
     }
+    writeln!(out, "\nThe last column divides the in-memory node's CPU time per round trip by the cluster's (node(s) and Redis together): the rate ratio to expect where the servers' core is the limit. Unlike the rates, it hardly moves when other processes take the cores for a while.")?;
 
     writeln!(out, "\nCPU per round (share of one core over the measured window):\n")?;
     writeln!(out, "| comparison | round | first | in memory rt/s | server CPU | loadgen CPU | cluster rt/s | node CPU | Redis CPU | loadgen CPU | ratio |")?;
