@@ -118,6 +118,23 @@ pub async fn sse_open(client: &reqwest::Client, addr: SocketAddr) -> anyhow::Res
     Ok((sid, events))
 }
 
+/// Where a closed loop's sessions go: the stream (the WebSocket, the SSE stream, the long polls)
+/// and the POSTs that carry client events. The same address for both on one server; two nodes
+/// of a cluster for a session whose stream and sends land on different nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints {
+    pub stream: SocketAddr,
+    /// Where SSE and long-polling POSTs go (a WebSocket sends on its own socket).
+    pub post: SocketAddr,
+}
+
+impl Endpoints {
+    /// Everything to one server.
+    pub fn single(addr: SocketAddr) -> Endpoints {
+        Endpoints { stream: addr, post: addr }
+    }
+}
+
 /// One client session in a closed loop.
 #[allow(clippy::large_enum_variant, reason = "held in place for a whole run; boxing the WebSocket would add a hop to every measured round trip")]
 pub enum Session {
@@ -127,12 +144,13 @@ pub enum Session {
 }
 
 impl Session {
-    pub async fn open(transport: Transport, addr: SocketAddr, client: &reqwest::Client, hello: bool) -> anyhow::Result<Session> {
+    pub async fn open(transport: Transport, to: Endpoints, client: &reqwest::Client, hello: bool) -> anyhow::Result<Session> {
+        let (addr, post) = (to.stream, to.post);
         match transport {
             Transport::Ws => Ok(Session::Ws(ws_open(addr, None, hello).await?)),
             Transport::Sse => {
                 let (sid, events) = sse_open(client, addr).await?;
-                Ok(Session::Sse { client: client.clone(), post_url: format!("http://{addr}/sse?sid={sid}"), events })
+                Ok(Session::Sse { client: client.clone(), post_url: format!("http://{post}/sse?sid={sid}"), events })
             }
             Transport::Poll => {
                 let answer: Vec<Value> = client.get(format!("http://{addr}/poll")).send().await?.json().await?;
@@ -141,7 +159,7 @@ impl Session {
                 let cursor = hello["id"].as_str().unwrap_or("").to_owned();
                 Ok(Session::Poll {
                     client: client.clone(),
-                    post_url: format!("http://{addr}/poll?sid={sid}"),
+                    post_url: format!("http://{post}/poll?sid={sid}"),
                     poll_url: format!("http://{addr}/poll?sid={sid}&last_event_id="),
                     cursor,
                 })
@@ -223,13 +241,14 @@ impl LoopResult {
     }
 }
 
-/// Opens `sessions` sessions, then runs each in a closed loop (send, wait for the reply, pause,
-/// repeat) for `warmup` plus `seconds`; round trips that start after the warm-up and end before
-/// the deadline are recorded. `on_window` is called when the measured window starts and ends.
+/// Opens `sessions` sessions (streams at `to.stream`, POSTs to `to.post`), then runs each in a
+/// closed loop (send, wait for the reply, pause, repeat) for `warmup` plus `seconds`; round trips
+/// that start after the warm-up and end before the deadline are recorded. `on_window` is called
+/// when the measured window starts and ends.
 #[allow(clippy::too_many_arguments, reason = "the eight knobs of a closed-loop run, each set by some scenario")]
 pub async fn closed_loop(
     transport: Transport,
-    addr: SocketAddr,
+    to: Endpoints,
     sessions: usize,
     hello: bool,
     warmup: Duration,
@@ -239,7 +258,7 @@ pub async fn closed_loop(
 ) -> LoopResult {
     let client = http_client(None);
     let opened = futures_util::future::join_all(
-        (0..sessions).map(|_| async { timeout(OPEN_TIMEOUT, Session::open(transport, addr, &client, hello)).await }),
+        (0..sessions).map(|_| async { timeout(OPEN_TIMEOUT, Session::open(transport, to, &client, hello)).await }),
     )
     .await;
     let mut errors = 0;
@@ -365,25 +384,28 @@ async fn open_held(
     }
 }
 
-/// Opens `count` more sessions into `held`, `concurrency` at a time. Returns failures.
+/// Opens `count` more sessions into `held`, `concurrency` at a time, the opens going round robin
+/// over `addrs` (the nodes of a cluster; one address for one server). Returns failures.
 #[allow(clippy::too_many_arguments)]
 pub async fn open_many(
     held: &mut Held,
     transports: impl Fn(usize) -> Transport,
     count: usize,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     local: Option<IpAddr>,
     client: &reqwest::Client,
     concurrency: usize,
     hello: bool,
     fanout_tx: Option<mpsc::UnboundedSender<Instant>>,
 ) -> usize {
+    assert!(!addrs.is_empty(), "open_many needs an address to open sessions at");
     let base = held.len();
     let mut failures = 0;
     let mut first_error: Option<String> = None;
     let mut opening = futures_util::stream::iter(0..count)
         .map(|i| {
             let transport = transports(base + i);
+            let addr = addrs[(base + i) % addrs.len()];
             let fanout_tx = fanout_tx.clone();
             async move { timeout(OPEN_TIMEOUT, open_held(transport, addr, local, client, hello, fanout_tx)).await }
         })
@@ -436,7 +458,7 @@ pub fn hold_main(args: &[String]) -> anyhow::Result<()> {
                     let more = target.saturating_sub(held.len());
                     let alternate = |i: usize| if i.is_multiple_of(2) { Transport::Ws } else { Transport::Sse };
                     let tx = Some(received_tx.clone());
-                    failed += open_many(&mut held, alternate, more, addr, Some(local), &client, concurrency, true, tx).await;
+                    failed += open_many(&mut held, alternate, more, &[addr], Some(local), &client, concurrency, true, tx).await;
                     stdout.write_all(format!("held {} failed {failed}\n", held.len()).as_bytes()).await?;
                     stdout.flush().await?;
                 }
@@ -479,7 +501,7 @@ pub fn drive_main(args: &[String]) -> anyhow::Result<()> {
         let client = http_client(None);
         let mut open = Vec::new();
         for _ in 0..sessions {
-            open.push(timeout(OPEN_TIMEOUT, Session::open(transport, addr, &client, hello)).await??);
+            open.push(timeout(OPEN_TIMEOUT, Session::open(transport, Endpoints::single(addr), &client, hello)).await??);
         }
         let started = Instant::now();
         let per = total.div_ceil(sessions.max(1));

@@ -5,6 +5,7 @@
 //! cargo bench --bench gateway                         # every scenario at its default size
 //! cargo bench --bench gateway -- rtt --sessions 50 --seconds 10
 //! cargo bench --bench gateway -- idle --idle 2000     # a smaller run
+//! cargo bench --bench gateway -- cluster              # cluster mode on its own redis-servers
 //! ```
 //!
 //! The load generator (this process, on one tokio thread) runs on core 0; every server is a
@@ -15,13 +16,15 @@
 //! (`POST /api/emit` to all). The baselines are this same binary re-executed with
 //! `__serve KIND ADDR` (see `servers.rs`); `scale` spreads its clients over
 //! child processes (`__hold`) with their own 127.0.0.x source addresses, because one process may
-//! hold at most 20,000 files and one source address has ~28,000 ephemeral ports.
+//! hold at most 20,000 files and one source address has ~28,000 ephemeral ports. `cluster`
+//! starts its own `redis-server`s, pinned like the servers (see `cluster.rs`).
 //!
 //! The tables are printed at the end and written to `target/bench-report.md`. Server and load
 //! generator CPU shares are in the tables on purpose: a ratio near 1 with the server below ~90 %
 //! of its core means the load generator, not the server, set the pace.
 
 mod client;
+mod cluster;
 mod procs;
 mod servers;
 
@@ -38,7 +41,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout, Instant};
 
-use client::{closed_loop, histogram, open_many, Held, LoopResult, Transport};
+use client::{closed_loop, histogram, open_many, Endpoints, Held, LoopResult, Transport};
 use procs::{CpuWindow, Kind, Server};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -56,6 +59,11 @@ enum Scenario {
     /// RSS per buffered event per session: SSE sessions that read and sessions that never read,
     /// after B broadcasts to all, before and after their buffers are full.
     History,
+    /// Cluster mode (`--redis`) against the same binary in memory, on redis-servers it starts
+    /// itself: round trips (one node; stream and POSTs on two nodes), Redis commands and CPU
+    /// per round trip, fan-out over several nodes, idle memory on the node and in Redis. Not
+    /// part of the default set (it needs `redis-server`; about 2 minutes).
+    Cluster,
 }
 
 /// switchyard's load generator and baselines (issue 5).
@@ -144,6 +152,19 @@ struct Args {
     /// idle, fanout, scale: seconds to wait after opening before reading RSS.
     #[arg(long, default_value_t = 1.0)]
     settle: f64,
+    /// cluster: the parts to run, in this order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "rtt,fanout,idle")]
+    cluster_parts: Vec<cluster::Part>,
+    /// cluster: `--redis` nodes the fan-out's sessions are spread over (`--fanout` sessions,
+    /// `--rounds` publishes).
+    #[arg(long, default_value_t = 3)]
+    cluster_nodes: usize,
+    /// cluster: idle sessions to open and hold, per transport and setup.
+    #[arg(long, default_value_t = 5_000)]
+    cluster_idle: usize,
+    /// cluster: the `redis-server` to run.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: String,
     /// Run this switchyard binary instead of the one cargo built (e.g. a scratch build).
     #[arg(long)]
     switchyard_bin: Option<String>,
@@ -198,6 +219,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Stuck => stuck(&args).await,
             Scenario::Compare => compare(&args).await,
             Scenario::History => history(&args).await,
+            Scenario::Cluster => cluster::cluster(&args).await,
         };
         match section {
             Ok(text) => {
@@ -258,7 +280,7 @@ async fn measure_loop(
     let hello = !(server.kind == Kind::WsBaseline);
     let mut windows: Option<(CpuWindow, CpuWindow)> = None;
     let mut shares = (0.0, 0.0);
-    let result = closed_loop(transport, server.addr, sessions, hello, warmup, seconds, pause, |start| {
+    let result = closed_loop(transport, Endpoints::single(server.addr), sessions, hello, warmup, seconds, pause, |start| {
         if start {
             windows = Some((CpuWindow::start(server.pid()), CpuWindow::start(std::process::id())));
         } else if let Some((srv, me)) = &windows {
@@ -428,7 +450,7 @@ async fn idle(args: &Args) -> anyhow::Result<String> {
             let overflows = procs::listen_overflows();
             let hello = kind != Kind::WsBaseline;
             let failed =
-                open_many(&mut held, |_| transport, args.idle, server.addr, None, &client, args.open_concurrency, hello, None).await;
+                open_many(&mut held, |_| transport, args.idle, &[server.addr], None, &client, args.open_concurrency, hello, None).await;
             let took = opened_at.elapsed();
             let overflows = procs::listen_overflows().saturating_sub(overflows);
             sleep(settle).await;
@@ -483,7 +505,7 @@ async fn fanout(args: &Args) -> anyhow::Result<String> {
         let client = client::http_client(None);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut held = Held::default();
-        open_many(&mut held, |_| Transport::Sse, args.fanout, server.addr, None, &client, args.open_concurrency, true, Some(tx))
+        open_many(&mut held, |_| Transport::Sse, args.fanout, &[server.addr], None, &client, args.open_concurrency, true, Some(tx))
             .await;
         // The baseline's broadcast route, or switchyard's publish API (loopback needs no key).
         let (trigger, body) = match (kind, room) {
@@ -519,31 +541,7 @@ async fn fanout(args: &Args) -> anyhow::Result<String> {
         sleep(Duration::from_secs_f64(args.settle)).await;
         let mut row = FanoutRow { kind, room, held: held.len(), rounds: Vec::new(), latencies: histogram() };
         for _ in 0..args.rounds {
-            while rx.try_recv().is_ok() {}
-            let sent = Instant::now();
-            let response = client
-                .post(&trigger)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone())
-                .send()
-                .await?
-                .error_for_status()?;
-            response.bytes().await?;
-            let deadline = sent + Duration::from_secs(10);
-            let mut got = 0;
-            let mut last = Duration::ZERO;
-            while got < held.len() {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(at)) => {
-                        got += 1;
-                        let latency = at.saturating_duration_since(sent);
-                        last = last.max(latency);
-                        let _ = row.latencies.record(latency.as_micros().max(1) as u64);
-                    }
-                    _ => break,
-                }
-            }
-            row.rounds.push((got, last));
+            fanout_round(&client, &trigger, &body, &mut rx, &mut row).await?;
             sleep(Duration::from_millis(300)).await;
         }
         rows.push(row);
@@ -559,26 +557,10 @@ async fn fanout(args: &Args) -> anyhow::Result<String> {
     let mut medians = Vec::new();
     for row in &rows {
         let label = if row.room { format!("{} (room)", row.kind.label()) } else { row.kind.label().to_string() };
-        let mut lasts: Vec<Duration> = row.rounds.iter().map(|r| r.1).collect();
-        lasts.sort();
-        let median = lasts.get(lasts.len() / 2).copied().unwrap_or_default();
-        let worst = lasts.last().copied().unwrap_or_default();
-        let received: usize = row.rounds.iter().map(|r| r.0).sum();
-        let expected = row.held * row.rounds.len();
+        let target = (row.kind != Kind::SseBaseline).then_some(Duration::from_millis(200));
+        let (line, median) = fanout_line(&label, row, args.fanout, target, "baseline");
+        writeln!(out, "{line}")?;
         medians.push(median);
-        let is_sy = row.kind != Kind::SseBaseline;
-        writeln!(
-            out,
-            "| {} | {} | {received} / {expected} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} |",
-            label,
-            row.held,
-            median.as_secs_f64() * 1e3,
-            worst.as_secs_f64() * 1e3,
-            q(&row.latencies, 0.5) as f64 / 1e3,
-            q(&row.latencies, 0.99) as f64 / 1e3,
-            if is_sy { "<= 200 ms" } else { "-" },
-            if is_sy { met(median <= Duration::from_millis(200) && received == expected && row.held == args.fanout) } else { "baseline" }
-        )?;
     }
     if let [base, sy, sy_room] = medians[..] {
         writeln!(
@@ -589,6 +571,71 @@ async fn fanout(args: &Args) -> anyhow::Result<String> {
         )?;
     }
     Ok(out)
+}
+
+/// One fan-out round: sends `body` to `trigger` (the publish API, or the baseline's broadcast
+/// route), then waits (up to 10 s) until each of `row.held` sessions has reported the event on
+/// `rx`; records the round (sessions reached, time to the last) and every latency in `row`.
+/// Returns the trigger's answer.
+async fn fanout_round(
+    client: &reqwest::Client,
+    trigger: &str,
+    body: &str,
+    rx: &mut mpsc::UnboundedReceiver<Instant>,
+    row: &mut FanoutRow,
+) -> anyhow::Result<String> {
+    while rx.try_recv().is_ok() {}
+    let sent = Instant::now();
+    let response = client
+        .post(trigger)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_owned())
+        .send()
+        .await?
+        .error_for_status()?;
+    let answer = String::from_utf8_lossy(&response.bytes().await?).into_owned();
+    let deadline = sent + Duration::from_secs(10);
+    let mut got = 0;
+    let mut last = Duration::ZERO;
+    while got < row.held {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(at)) => {
+                got += 1;
+                let latency = at.saturating_duration_since(sent);
+                last = last.max(latency);
+                let _ = row.latencies.record(latency.as_micros().max(1) as u64);
+            }
+            _ => break,
+        }
+    }
+    row.rounds.push((got, last));
+    Ok(answer)
+}
+
+/// A fan-out table row (server or setup, sessions, received, median and worst time to the last
+/// session, p50, p99, target, verdict) and the median time to the last. Without a target the
+/// verdict column says `untargeted`.
+fn fanout_line(label: &str, row: &FanoutRow, wanted: usize, target: Option<Duration>, untargeted: &str) -> (String, Duration) {
+    let mut lasts: Vec<Duration> = row.rounds.iter().map(|r| r.1).collect();
+    lasts.sort();
+    let median = lasts.get(lasts.len() / 2).copied().unwrap_or_default();
+    let worst = lasts.last().copied().unwrap_or_default();
+    let received: usize = row.rounds.iter().map(|r| r.0).sum();
+    let expected = row.held * row.rounds.len();
+    let line = format!(
+        "| {label} | {} | {received} / {expected} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} |",
+        row.held,
+        median.as_secs_f64() * 1e3,
+        worst.as_secs_f64() * 1e3,
+        q(&row.latencies, 0.5) as f64 / 1e3,
+        q(&row.latencies, 0.99) as f64 / 1e3,
+        target.map_or("-".into(), |t| format!("<= {} ms", t.as_millis())),
+        match target {
+            Some(t) => met(median <= t && received == expected && row.held == wanted),
+            None => untargeted,
+        }
+    );
+    (line, median)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1201,7 +1248,7 @@ async fn history(args: &Args) -> anyhow::Result<String> {
         let mut stalled = Vec::new();
         if group == "SSE reading" {
             let failed =
-                open_many(&mut held, |_| Transport::Sse, sessions, server.addr, None, &client, args.open_concurrency, true, Some(tx)).await;
+                open_many(&mut held, |_| Transport::Sse, sessions, &[server.addr], None, &client, args.open_concurrency, true, Some(tx)).await;
             if failed > 0 {
                 bail!("{failed} reading sessions failed to open");
             }

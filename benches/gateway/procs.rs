@@ -269,3 +269,209 @@ pub fn tcp_mem_kib() -> u64 {
     // Pages of the kernel's accounting, 4 KiB on the machines this runs on.
     pages * 4
 }
+
+/// A `redis-server` of the run (cluster mode's store): its own process on a free loopback port,
+/// pinned like the servers, with nothing written to disk (`--save "" --appendonly no`); killed
+/// when dropped. Asked about itself with plain RESP requests over TCP ([`Redis::command`]).
+pub struct Redis {
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    pid: u32,
+    child: Child,
+}
+
+impl Redis {
+    /// Starts `exe` (a `redis-server`) on a free loopback port, pinned to [`SERVER_CORE`] unless
+    /// `pin` is false, and waits until it answers `PING`.
+    pub async fn start(exe: &str, pin: bool, tag: &str) -> anyhow::Result<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let logs = target_dir().join("bench-logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!("{tag}.log"));
+        // Redis appends to its log file: start each run's afresh.
+        std::fs::File::create(&log)?;
+        let mut argv: Vec<String> = vec![exe.to_string()];
+        let port = port.to_string();
+        let dir = logs.to_string_lossy().into_owned();
+        let logfile = log.to_string_lossy().into_owned();
+        for (flag, value) in [
+            ("--port", port.as_str()),
+            ("--bind", "127.0.0.1"),
+            ("--save", ""),
+            ("--appendonly", "no"),
+            ("--daemonize", "no"),
+            ("--dir", dir.as_str()),
+            ("--logfile", logfile.as_str()),
+        ] {
+            argv.push(flag.into());
+            argv.push(value.into());
+        }
+        if pin {
+            let mut pinned = vec!["taskset".to_string(), "-c".into(), SERVER_CORE.to_string()];
+            pinned.append(&mut argv);
+            argv = pinned;
+        }
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {argv:?}"))?;
+        let pid = child.id().context("child has no pid")?;
+        let mut redis = Redis { addr, log, pid, child };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if matches!(redis.command(&["PING"]), Ok(ref pong) if pong == "PONG") {
+                return Ok(redis);
+            }
+            if let Some(status) = redis.child.try_wait()? {
+                bail!("redis-server exited before answering ({status}); see {}", redis.log.display());
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server did not answer on {addr} within 15 s; see {}", redis.log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The URL switchyard's `--redis` takes.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends one command as a RESP array of bulk strings on a new connection and returns the
+    /// reply: a simple or bulk string as it is, an integer in decimal, an error as `Err`.
+    /// Blocking, and quick on loopback: it is called at the edges of measured windows, where
+    /// an await is not available.
+    pub fn command(&self, args: &[&str]) -> anyhow::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let mut tcp = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+        tcp.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+        }
+        tcp.write_all(&request)?;
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if let Some(parsed) = parse_reply(&reply) {
+                return parsed;
+            }
+            let n = tcp.read(&mut buf)?;
+            if n == 0 {
+                bail!("Redis closed the connection mid-reply");
+            }
+            reply.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// `INFO SECTION` as `name -> value` (comment and blank lines left out).
+    pub fn info(&self, section: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        let text = self.command(&["INFO", section])?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.trim().split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect())
+    }
+
+    /// `used_memory` of `INFO memory`: what Redis's allocator has handed out, in bytes.
+    pub fn used_memory(&self) -> anyhow::Result<u64> {
+        let info = self.info("memory")?;
+        info.get("used_memory").context("INFO memory without used_memory")?.parse().context("used_memory")
+    }
+
+    /// `INFO commandstats`: per command, calls and microseconds so far (commands run inside
+    /// scripts are counted too, under their own names).
+    pub fn commandstats(&self) -> anyhow::Result<CommandStats> {
+        let mut stats = CommandStats::default();
+        for (key, value) in self.info("commandstats")? {
+            let Some(name) = key.strip_prefix("cmdstat_") else { continue };
+            let field = |f: &str| {
+                value.split(',').find_map(|kv| kv.strip_prefix(f).and_then(|v| v.strip_prefix('='))).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            };
+            stats.0.insert(name.to_owned(), (field("calls"), field("usec")));
+        }
+        Ok(stats)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Parses one RESP reply (simple string, error, integer, bulk string); `None` while incomplete.
+fn parse_reply(buf: &[u8]) -> Option<anyhow::Result<String>> {
+    let end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = String::from_utf8_lossy(&buf[1..end]).into_owned();
+    match buf.first()? {
+        b'+' | b':' => Some(Ok(line)),
+        b'-' => Some(Err(anyhow::anyhow!("Redis answered an error: {line}"))),
+        b'$' => {
+            let Ok(len) = line.parse::<i64>() else { return Some(Err(anyhow::anyhow!("bad bulk length {line:?}"))) };
+            let Ok(len) = usize::try_from(len) else { return Some(Ok(String::new())) };
+            let body = buf.get(end + 2..end + 2 + len)?;
+            Some(Ok(String::from_utf8_lossy(body).into_owned()))
+        }
+        other => Some(Err(anyhow::anyhow!("unexpected RESP reply type {:?}", char::from(*other)))),
+    }
+}
+
+/// Calls and microseconds per command name, from `INFO commandstats`.
+#[derive(Debug, Clone, Default)]
+pub struct CommandStats(pub std::collections::BTreeMap<String, (u64, u64)>);
+
+impl CommandStats {
+    /// What happened between `before` and `self`, leaving out `INFO` (the bench's own).
+    pub fn since(&self, before: &CommandStats) -> CommandStats {
+        let mut delta = CommandStats::default();
+        for (name, &(calls, usec)) in &self.0 {
+            if name == "info" {
+                continue;
+            }
+            let (c0, u0) = before.0.get(name).copied().unwrap_or((0, 0));
+            if calls > c0 {
+                delta.0.insert(name.clone(), (calls - c0, usec.saturating_sub(u0)));
+            }
+        }
+        delta
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &CommandStats) {
+        for (name, &(calls, usec)) in &other.0 {
+            let entry = self.0.entry(name.clone()).or_default();
+            entry.0 += calls;
+            entry.1 += usec;
+        }
+    }
+
+    pub fn calls(&self, name: &str) -> u64 {
+        self.0.get(name).map_or(0, |c| c.0)
+    }
+
+    pub fn usec(&self, name: &str) -> u64 {
+        self.0.get(name).map_or(0, |c| c.1)
+    }
+
+    pub fn total_calls(&self) -> u64 {
+        self.0.values().map(|c| c.0).sum()
+    }
+}
