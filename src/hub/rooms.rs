@@ -97,7 +97,7 @@ impl Hub {
     pub async fn join(&self, sid: &Sid, room: &str) -> Result<bool, HubError> {
         check_room_name(room)?;
         if let Some(cluster) = &self.inner.cluster {
-            let joined = cluster.join(sid, room).await?;
+            let joined = Box::pin(cluster.join(sid, room)).await?;
             self.mirror_rooms(sid, |rooms| {
                 rooms.insert(Arc::from(room));
             });
@@ -121,7 +121,7 @@ impl Hub {
     /// Takes a session out of a room. Returns `false` if it was not a member.
     pub async fn leave(&self, sid: &Sid, room: &str) -> Result<bool, HubError> {
         if let Some(cluster) = &self.inner.cluster {
-            let left = cluster.leave(sid, room).await?;
+            let left = Box::pin(cluster.leave(sid, room)).await?;
             self.mirror_rooms(sid, |rooms| {
                 rooms.remove(room);
             });
@@ -143,7 +143,7 @@ impl Hub {
     /// The sids of a room's members, in no particular order (empty for an unknown room).
     pub async fn members(&self, room: &str) -> Vec<Sid> {
         if let Some(cluster) = &self.inner.cluster {
-            return cluster.members(room).await.unwrap_or_default();
+            return Box::pin(cluster.members(room)).await.unwrap_or_default();
         }
         let table = self.room_shard(room).read().unwrap_or_else(PoisonError::into_inner);
         table.get(room).map(|members| members.keys().cloned().collect()).unwrap_or_default()
@@ -189,7 +189,9 @@ impl Hub {
         match target {
             Target::Sid(sid) if Some(sid) == except => Ok(0),
             Target::Sid(sid) => self.emit(sid, name, data).await.map(|_| 1),
-            _ if self.inner.cluster.is_some() => self.publish_clustered(target, except, Body::shared(name, data.to_string())).await,
+            // Boxed, like every cluster path under a handler: a handler's future holds the
+            // futures it awaits, and the in-memory path should not carry this one's size.
+            _ if self.inner.cluster.is_some() => Box::pin(self.publish_clustered(target, except, Body::shared(name, data.to_string()))).await,
             Target::Room(room) => {
                 let members: Vec<Arc<Session>> = {
                     let table = self.room_shard(room).read().unwrap_or_else(PoisonError::into_inner);

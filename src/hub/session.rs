@@ -120,7 +120,7 @@ impl Hub {
     pub async fn set_subject(&self, sid: &Sid, subject: Arc<str>) -> Result<(), HubError> {
         let session = self.local(sid).await?;
         if let Some(cluster) = &self.inner.cluster {
-            cluster.set_subject(sid, &subject).await?;
+            Box::pin(cluster.set_subject(sid, &subject)).await?;
         }
         lock(&session.state).subject = Some(subject);
         Ok(())
@@ -137,7 +137,7 @@ impl Hub {
     /// of it, known to exist in Redis (see `mirror.rs`).
     pub(super) async fn local(&self, sid: &Sid) -> Result<Arc<Session>, HubError> {
         match &self.inner.cluster {
-            Some(cluster) => self.cluster_session(cluster, sid).await,
+            Some(cluster) => Box::pin(self.cluster_session(cluster, sid)).await,
             None => self.find(sid).ok_or(HubError::NoSession),
         }
     }
@@ -146,7 +146,7 @@ impl Hub {
     /// cluster's view, the same on every node; `None` also when Redis cannot be reached.
     pub async fn info(&self, sid: &Sid) -> Option<SessionInfo> {
         if let Some(cluster) = &self.inner.cluster {
-            let info = cluster.info(sid).await.ok()??;
+            let info = Box::pin(cluster.info(sid)).await.ok()??;
             return Some(SessionInfo {
                 transport: info.transport,
                 last_seq: info.last_seq,
@@ -201,7 +201,7 @@ impl Hub {
         if let Some(cluster) = &self.inner.cluster {
             validate_event_name(name)?;
             let local = self.find(sid);
-            let seq = self.cluster_append(cluster, sid, local.as_ref(), Body::shared(name, data)).await?;
+            let seq = Box::pin(self.cluster_append(cluster, sid, local.as_ref(), Body::shared(name, data))).await?;
             return Ok(Cursor::event(sid.clone(), seq));
         }
         let session = self.find(sid).ok_or(HubError::NoSession)?;
@@ -228,7 +228,9 @@ impl Hub {
     #[inline]
     async fn append_to(&self, session: &Arc<Session>, body: Arc<Body>) -> Result<u64, HubError> {
         match &self.inner.cluster {
-            Some(cluster) => self.cluster_append(cluster, &session.sid, Some(session), body).await,
+            // Boxed: the in-memory path's future stays as small as it was before cluster mode
+            // (a future holds every future it awaits; moving it costs its size).
+            Some(cluster) => Box::pin(self.cluster_append(cluster, &session.sid, Some(session), body)).await,
             None => self.append(session, body).ok_or(HubError::NoSession),
         }
     }
@@ -312,7 +314,7 @@ impl SessionHandle {
         let ticket = match &self.cluster {
             None => None,
             Some(cluster) => {
-                let granted = cluster.enter(&self.session.sid).await?;
+                let granted = Box::pin(cluster.enter(&self.session.sid)).await?;
                 self.session.received.fetch_max(granted.received, Ordering::AcqRel);
                 // The rooms as the grant found them, for the handler (the default app asks on
                 // every message): kept current by its own joins and leaves until the release.
@@ -332,7 +334,7 @@ impl SessionHandle {
     pub async fn rooms(&self) -> Vec<String> {
         if let Some(cluster) = &self.cluster {
             if !self.session.rooms_current.load(Ordering::Acquire) {
-                return cluster.rooms(&self.session.sid).await.unwrap_or_default();
+                return Box::pin(cluster.rooms(&self.session.sid)).await.unwrap_or_default();
             }
         }
         if self.session.room_count.load(Ordering::Relaxed) == 0 {

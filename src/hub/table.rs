@@ -159,7 +159,7 @@ impl Hub {
     /// In cluster mode it is removed from Redis too.
     pub async fn remove(&self, sid: &Sid) -> bool {
         if let Some(cluster) = &self.inner.cluster {
-            let _ = cluster.remove(sid).await;
+            let _ = Box::pin(cluster.remove(sid)).await;
         }
         self.remove_local(sid)
     }
