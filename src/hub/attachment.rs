@@ -274,15 +274,7 @@ impl Hub {
     /// asked for. `Err`: the request cannot be honoured and why.
     #[allow(clippy::type_complexity)]
     fn resolve(&self, sid: Option<&str>, cursor: Option<&str>) -> Result<Option<(Arc<Session>, Option<u64>)>, GapReason> {
-        let cursor = match cursor {
-            None => None,
-            Some(raw) => Some(raw.parse::<Cursor>().map_err(|_| GapReason::BadCursor)?),
-        };
-        let sid = match (sid, &cursor) {
-            (Some(raw), _) => raw.parse::<Sid>().map_err(|_| GapReason::InvalidSid)?,
-            (None, Some(cursor)) => cursor.sid.clone(),
-            (None, None) => return Ok(None),
-        };
+        let Some((sid, cursor)) = parse_request(sid, cursor)? else { return Ok(None) };
         let session = self.find(&sid).ok_or(GapReason::Expired)?;
         let Some(cursor) = cursor else {
             return Ok(Some((session, None)));
@@ -293,6 +285,21 @@ impl Hub {
         }
         Ok(Some((session, Some(cursor.seq))))
     }
+}
+
+/// The session and cursor an attach asks for, as the client sent them, parsed: `Ok(None)` asks
+/// for a new session (neither given); a cursor alone names its session.
+pub(super) fn parse_request(sid: Option<&str>, cursor: Option<&str>) -> Result<Option<(Sid, Option<Cursor>)>, GapReason> {
+    let cursor = match cursor {
+        None => None,
+        Some(raw) => Some(raw.parse::<Cursor>().map_err(|_| GapReason::BadCursor)?),
+    };
+    let sid = match (sid, &cursor) {
+        (Some(raw), _) => raw.parse::<Sid>().map_err(|_| GapReason::InvalidSid)?,
+        (None, Some(cursor)) => cursor.sid.clone(),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some((sid, cursor)))
 }
 
 /// A transport's hold on a session: the stream of what to write to the client.

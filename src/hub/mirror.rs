@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::protocol::{Cursor, Sid};
+use crate::protocol::Sid;
 
-use super::attachment::{evict, AttachRequest, Attachment, CloseReason, GapReason};
+use super::attachment::{evict, parse_request, AttachRequest, Attachment, CloseReason, GapReason};
 use super::cluster::{Attached, Cluster};
 use super::event::Body;
 use super::session::{lock, Session, State};
@@ -355,21 +355,13 @@ fn end_sync(state: &mut State) {
     }
 }
 
-/// The session and cursor an attach asks for, parsed: `Ok(None)` asks for a new session.
+/// The session and cursor an attach asks for: [`parse_request`], and a cursor of another
+/// session than the sid given is one that cannot be placed.
 fn parse(sid: Option<&str>, cursor: Option<&str>) -> Result<Option<(Sid, Option<u64>)>, GapReason> {
-    let cursor = match cursor {
-        None => None,
-        Some(raw) => Some(raw.parse::<Cursor>().map_err(|_| GapReason::BadCursor)?),
-    };
-    let sid = match (sid, &cursor) {
-        (Some(raw), _) => raw.parse::<Sid>().map_err(|_| GapReason::InvalidSid)?,
-        (None, Some(cursor)) => cursor.sid.clone(),
-        (None, None) => return Ok(None),
-    };
-    match cursor {
-        Some(cursor) if cursor.sid != sid => Err(GapReason::BadCursor),
-        Some(cursor) => Ok(Some((sid, Some(cursor.seq)))),
-        None => Ok(Some((sid, None))),
+    match parse_request(sid, cursor)? {
+        None => Ok(None),
+        Some((sid, Some(cursor))) if cursor.sid != sid => Err(GapReason::BadCursor),
+        Some((sid, cursor)) => Ok(Some((sid, cursor.map(|c| c.seq)))),
     }
 }
 

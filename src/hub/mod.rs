@@ -25,9 +25,12 @@
 //!   `Mutex`, held for a few pointer copies and never across an `.await` or a socket write.
 //!   The one walk over every session, the expiry task's once-a-second sweep, goes a shard at a
 //!   time and lets other tasks run in between, so no round trip waits for the whole table.
-//! * **A seam for many nodes.** The interface speaks only in sids, cursors, [`Envelope`](crate::protocol::Envelope)-like
-//!   values and async calls, so a Redis-backed hub (pub/sub for wake-ups, streams for the ring)
-//!   can provide the same methods without touching transports or app code.
+//! * **One interface, two homes for the truth.** The interface speaks only in sids, cursors,
+//!   [`Envelope`](crate::protocol::Envelope)-like values and async calls. Built with a
+//!   [`Cluster`] ([`Hub::clustered`], `--redis`), the hub keeps sessions in Redis and its table
+//!   becomes this node's mirror of the sessions it serves, so any node serves any request of any
+//!   session; transports, the app, upstream forwarding and the publish API do not know which
+//!   runs (see `cluster/mod.rs`).
 //!
 //! Where each part lives:
 //!
@@ -42,6 +45,8 @@
 //! | `expiry.rs` | the grace period, slow readers, shutdown, and the task that runs them |
 //! | `event.rs` | [`Event`], [`Rendered`], and the rules every emit follows |
 //! | `counters.rs` | the metrics recorded on every attach and detach |
+//! | `mirror.rs` | cluster mode, the hub's side: the table as this node's mirror of the sessions it serves |
+//! | `cluster/` | cluster mode, the Redis side: the connection and one method per session operation (`mod.rs`), the Lua scripts and key layout (`scripts.rs`), the node's subscription, heartbeat, cluster-wide expiry and shutdown (`node.rs`) |
 //!
 //! The hub imports nothing of the crate but [`protocol`](crate::protocol): it sits at the bottom,
 //! under the transports, the app, upstream forwarding and the gateway, which all reach sessions
