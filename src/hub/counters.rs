@@ -1,5 +1,5 @@
 //! The hub's own metrics: transports attached and open, sessions created and resumed, transports
-//! closed. The hub records them with the `metrics` crate's macros like every other part of the
+//! closed, and the transport changes clients report. The hub records them with the `metrics` crate's macros like every other part of the
 //! gateway; whatever recorder the process installed receives them.
 //!
 //! Every attach (each long-poll is one) and every detach touches these, so their handles are
@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 use metrics::{Counter, Gauge};
 
+use super::history::TransportChange;
 use super::Transport;
 
 /// Handles of the metrics touched on every attach and detach.
@@ -56,4 +57,10 @@ pub(super) fn transport_closed(transport: Transport, detached: bool) {
     if detached {
         m.detached_closed.increment(1);
     }
+}
+
+/// Counts a transport change a client reported on attaching `to` (rare: by name, not a handle).
+pub(super) fn transport_changed(change: TransportChange, to: Transport) {
+    let (from, reason) = (change.from.as_str(), change.reason.as_str());
+    metrics::counter!("switchyard_transport_changes_total", "from" => from, "to" => to.as_str(), "reason" => reason).increment(1);
 }

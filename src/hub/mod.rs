@@ -41,6 +41,7 @@
 //! | `rooms.rs` | rooms and broadcasts ([`Target`]) |
 //! | `expiry.rs` | the grace period, slow readers, shutdown, and the task that runs them |
 //! | `event.rs` | [`Event`], [`Rendered`], and the rules every emit follows |
+//! | `history.rs` | the transport changes clients report, and each session's recent attaches and detaches ([`Hub::history`]) |
 //! | `counters.rs` | the metrics recorded on every attach and detach |
 //!
 //! The hub imports nothing of the crate but [`protocol`](crate::protocol): it sits at the bottom,
@@ -53,6 +54,7 @@ mod cluster;
 mod counters;
 mod event;
 mod expiry;
+mod history;
 mod mirror;
 mod ring;
 mod rooms;
@@ -72,6 +74,7 @@ pub use attachment::{AttachRequest, Attachment, CloseReason, GapReason};
 pub use cluster::Cluster;
 pub use event::{render_data, validate_event_name, Event, Rendered};
 pub use expiry::Expired;
+pub use history::{ChangeReason, HistoryEntry, HistoryKind, SessionHistory, TransportChange};
 pub use rooms::{check_room_name, Target, MAX_ROOM_NAME};
 pub use session::{Inbox, SessionHandle};
 
@@ -145,6 +148,11 @@ impl Transport {
             Transport::Sse => 1,
             Transport::Polling => 2,
         }
+    }
+
+    /// The transport named `name` on the wire (`"websocket"`, `"sse"`, `"polling"`).
+    pub fn from_name(name: &str) -> Option<Transport> {
+        Transport::ALL.into_iter().find(|t| t.as_str() == name)
     }
 
     /// The transport's name on the wire (the hello's `transport`) and in metrics labels.
