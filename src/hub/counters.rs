@@ -1,5 +1,6 @@
 //! The hub's own metrics: transports attached and open, sessions created and resumed, transports
-//! closed, and the transport changes clients report. The hub records them with the `metrics` crate's macros like every other part of the
+//! closed, the transport changes clients report, and the sessions by transport the expiry task
+//! counts. The hub records them with the `metrics` crate's macros like every other part of the
 //! gateway; whatever recorder the process installed receives them.
 //!
 //! Every attach (each long-poll is one) and every detach touches these, so their handles are
@@ -63,4 +64,18 @@ pub(super) fn transport_closed(transport: Transport, detached: bool) {
 pub(super) fn transport_changed(change: TransportChange, to: Transport) {
     let (from, reason) = (change.from.as_str(), change.reason.as_str());
     metrics::counter!("switchyard_transport_changes_total", "from" => from, "to" => to.as_str(), "reason" => reason).increment(1);
+}
+
+/// Sets `switchyard_sessions_by_transport` from the expiry task's count: by transport, then the
+/// sessions between transports (`none`).
+pub(super) fn sessions_by_transport(tally: [usize; 4]) {
+    static GAUGES: OnceLock<[Gauge; 4]> = OnceLock::new();
+    let gauges = GAUGES.get_or_init(|| {
+        let name = "switchyard_sessions_by_transport";
+        let [ws, sse, polling] = Transport::ALL.map(|t| metrics::gauge!(name, "transport" => t.as_str()));
+        [ws, sse, polling, metrics::gauge!(name, "transport" => "none")]
+    });
+    for (gauge, n) in gauges.iter().zip(tally) {
+        gauge.set(n as f64);
+    }
 }

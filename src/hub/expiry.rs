@@ -22,9 +22,16 @@ use tokio::time::Instant;
 use crate::protocol::Sid;
 
 use super::attachment::{evict, CloseReason};
+use super::counters;
 use super::session::lock;
 use super::table::Shard;
-use super::Hub;
+use super::{Hub, Transport};
+
+/// How long a long-polling session may be between two polls and still count as on polling in
+/// `switchyard_sessions_by_transport`: a polling client holds no request for a moment after
+/// each answer (at least 100 ms in the browser client), and a little longer after a failed
+/// poll, while its session is as live as one held by a stream.
+const POLL_GAP: Duration = Duration::from_secs(5);
 
 /// A session the expiry task removed, as [`Hub::watch_expired`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +54,10 @@ impl Hub {
     /// Removes every session whose grace period has run out, and detaches readers stalled past
     /// the slow-client timeout. Returns how many sessions were removed.
     pub fn expire(&self, now: Instant) -> usize {
-        let removed = self.inner.shards.iter().map(|shard| self.expire_shard(shard, now)).sum();
+        let mut tally = [0; 4];
+        let removed = self.inner.shards.iter().map(|shard| self.expire_shard(shard, now, &mut tally)).sum();
         metrics::counter!("switchyard_sessions_expired_total").increment(removed as u64);
+        counters::sessions_by_transport(tally);
         removed
     }
 
@@ -57,17 +66,24 @@ impl Hub {
     /// worker thread for time in proportion to the session count (about 1 ms per 19,000
     /// sessions here, once a second: every round trip in flight meanwhile waited that long);
     /// a shard at a time, a round trip waits at most one shard's share of it.
+    ///
+    /// The sweep also counts the sessions it keeps by the transport they are on, for
+    /// `switchyard_sessions_by_transport` (see [`POLL_GAP`]): a walk it makes anyway.
     async fn sweep(&self, now: Instant) -> usize {
         let mut removed = 0;
+        let mut tally = [0; 4];
         for shard in &self.inner.shards {
-            removed += self.expire_shard(shard, now);
+            removed += self.expire_shard(shard, now, &mut tally);
             tokio::task::yield_now().await;
         }
         metrics::counter!("switchyard_sessions_expired_total").increment(removed as u64);
+        counters::sessions_by_transport(tally);
         removed
     }
 
-    fn expire_shard(&self, shard: &Shard, now: Instant) -> usize {
+    /// Expires one shard's sessions past their grace; adds those it keeps to `tally`, by the
+    /// index of their transport, the fourth place for those between transports.
+    fn expire_shard(&self, shard: &Shard, now: Instant, tally: &mut [usize; 4]) -> usize {
         let grace = self.inner.config.grace;
         let slow = self.inner.config.slow_client_timeout;
         let tick = self.age_tick(now);
@@ -105,6 +121,15 @@ impl Hub {
                 state.ring.clear();
                 gone.push((session.sid.clone(), std::mem::take(&mut state.rooms)));
                 tracing::debug!(sid = session.sid.short(), "session expired");
+            } else {
+                let on = match (&state.attached, state.last_transport) {
+                    (Some(_), Some(transport)) => Some(transport),
+                    (None, Some(Transport::Polling)) if state.detached_at.is_some_and(|t| now.duration_since(t) < POLL_GAP) => {
+                        Some(Transport::Polling)
+                    }
+                    _ => None,
+                };
+                tally[on.map_or(3, Transport::index)] += 1;
             }
             !expired
         });
