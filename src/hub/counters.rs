@@ -66,16 +66,18 @@ pub(super) fn transport_changed(change: TransportChange, to: Transport) {
     metrics::counter!("switchyard_transport_changes_total", "from" => from, "to" => to.as_str(), "reason" => reason).increment(1);
 }
 
-/// Sets `switchyard_sessions_by_transport` from the expiry task's count: by transport, then the
-/// sessions between transports (`none`).
-pub(super) fn sessions_by_transport(tally: [usize; 4]) {
+/// Moves `switchyard_sessions_by_transport` from a hub's last count to its new one (each by
+/// transport, then the sessions between transports, `none`).
+pub(super) fn sessions_by_transport(last: [usize; 4], now: [usize; 4]) {
     static GAUGES: OnceLock<[Gauge; 4]> = OnceLock::new();
     let gauges = GAUGES.get_or_init(|| {
         let name = "switchyard_sessions_by_transport";
         let [ws, sse, polling] = Transport::ALL.map(|t| metrics::gauge!(name, "transport" => t.as_str()));
         [ws, sse, polling, metrics::gauge!(name, "transport" => "none")]
     });
-    for (gauge, n) in gauges.iter().zip(tally) {
-        gauge.set(n as f64);
+    for ((gauge, last), now) in gauges.iter().zip(last).zip(now) {
+        if now != last {
+            gauge.increment(now as f64 - last as f64);
+        }
     }
 }

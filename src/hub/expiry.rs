@@ -57,7 +57,7 @@ impl Hub {
         let mut tally = [0; 4];
         let removed = self.inner.shards.iter().map(|shard| self.expire_shard(shard, now, &mut tally)).sum();
         metrics::counter!("switchyard_sessions_expired_total").increment(removed as u64);
-        counters::sessions_by_transport(tally);
+        self.count_by_transport(tally);
         removed
     }
 
@@ -77,7 +77,7 @@ impl Hub {
             tokio::task::yield_now().await;
         }
         metrics::counter!("switchyard_sessions_expired_total").increment(removed as u64);
-        counters::sessions_by_transport(tally);
+        self.count_by_transport(tally);
         removed
     }
 
@@ -140,6 +140,16 @@ impl Hub {
             self.forget(gone, self.inner.cluster.is_none());
         }
         removed
+    }
+
+    /// Publishes the expiry task's count of sessions by transport. The gauge is shared by every
+    /// hub of the process (the recorder is global), so each hub adds the difference from its
+    /// last count, and takes its count back when it is dropped: the gauge is the sum over the
+    /// process's hubs, as `switchyard_transports_open` is.
+    fn count_by_transport(&self, tally: [usize; 4]) {
+        let mut last = self.inner.by_transport.lock().unwrap_or_else(PoisonError::into_inner);
+        counters::sessions_by_transport(*last, tally);
+        *last = tally;
     }
 
     /// Starts the hub's background task on the runtime, unowned: [`Hub::expiry_task`], spawned.

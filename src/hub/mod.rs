@@ -278,6 +278,16 @@ struct Inner {
     /// Cluster mode: Redis holds the sessions, and the table is this node's mirror of those it
     /// serves (see `cluster/mod.rs` and `mirror.rs`). `None`: the table is the truth.
     cluster: Option<Cluster>,
+    /// This hub's share of `switchyard_sessions_by_transport`, as the expiry task last counted
+    /// it; taken back out of the gauge when the hub goes.
+    by_transport: Mutex<[usize; 4]>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let last = *self.by_transport.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        counters::sessions_by_transport(last, [0; 4]);
+    }
 }
 
 impl Hub {
@@ -317,6 +327,7 @@ impl Hub {
                 expired_txs: Mutex::new(Vec::new()),
                 epoch: tokio::time::Instant::now(),
                 cluster,
+                by_transport: Mutex::new([0; 4]),
             }),
         }
     }
