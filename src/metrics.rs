@@ -58,7 +58,7 @@ fn describe() {
     describe_counter!("switchyard_resumes_total", "Attaches that resumed an existing session, by transport");
     describe_counter!(
         "switchyard_transport_changes_total",
-        "Attaches whose client reported coming from another transport, by from, to and the reason it gave"
+        "Transport changes clients reported on attaching, by from, to and reason (an SSE stream's once it held its session 5 s)"
     );
     describe_counter!("switchyard_detaches_total", "Transports detached, by reason");
     describe_counter!("switchyard_sessions_created_total", "Sessions created");

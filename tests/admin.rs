@@ -250,11 +250,18 @@ fn figures_of_metrics(samples: &[Sample]) -> BTreeMap<String, f64> {
 /// The figures of a tick equal those of `/metrics` read between it and the next tick, when
 /// nothing moved in between (the two ticks agree); asked again until they do.
 async fn assert_tick_matches_metrics(server: &TestServer, stream: &mut SseClient) -> Value {
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let mut last = None;
     for _ in 0..15 {
-        let first = tick(stream).await;
+        let scraped_at = now();
         let samples = metrics(server).await;
-        let second = tick(stream).await;
+        // The ticks on either side of the scrape (those read before are older ones, queued).
+        let mut first = tick(stream).await;
+        let mut second = tick(stream).await;
+        while second["t"].as_u64().unwrap() <= scraped_at {
+            first = second;
+            second = tick(stream).await;
+        }
         let (shown, scraped) = (figures_of_tick(&first), figures_of_metrics(&samples));
         if shown == figures_of_tick(&second) {
             assert_eq!(shown, scraped, "the page's figures are the /metrics figures");
@@ -277,11 +284,16 @@ async fn reported_transport_changes_are_counted_shown_and_kept_in_the_sessions_h
         value(samples, "switchyard_transport_changes_total", &[("from", from), ("to", to), ("reason", reason)])
     };
 
-    // A client that fell from WebSocket to SSE, one that came back up to WebSocket with a
-    // probe, one whose SSE stream was held back (then polled), one with a reason this server
-    // does not know, and one naming no transport (not counted).
+    // A client that fell from WebSocket to SSE, one whose SSE attempt was abandoned at once
+    // (as behind a proxy that holds streams back), one that came back up to WebSocket with a
+    // probe, one that polled after its stream was held back, one with a reason this server
+    // does not know, and two naming no change (not counted).
+    let started = tokio::time::Instant::now();
     let mut sse = server.sse("/sse?from=websocket&reason=ws_blocked").await;
     let sse_sid: Sid = sse.hello().await.parse().unwrap();
+    let mut abandoned = server.sse("/sse?from=websocket&reason=ws_blocked").await;
+    let abandoned_sid: Sid = abandoned.hello().await.parse().unwrap();
+    drop(abandoned);
     let mut ws = server.ws("/ws?from=sse&reason=probe").await;
     let ws_sid: Sid = ws.hello().await.parse().unwrap();
     let (status, events) = server.poll("?from=websocket&reason=sse_held_back").await;
@@ -292,6 +304,14 @@ async fn reported_transport_changes_are_counted_shown_and_kept_in_the_sessions_h
     let _ = server.poll("?from=carrier-pigeon&reason=ws_blocked").await;
     let _ = server.poll("?from=polling&reason=probe").await;
 
+    // The stream that stayed counts once it has held its session for 5 s; the abandoned one
+    // never does.
+    wait_until("the SSE change counted", || {
+        let (server, before) = (&server, &before);
+        async move { changes(&metrics(server).await, "websocket", "sse", "ws_blocked") > changes(before, "websocket", "sse", "ws_blocked") }
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(5), "counted only after 5 s");
     let after = metrics(&server).await;
     for (from, to, reason) in
         [("websocket", "sse", "ws_blocked"), ("sse", "websocket", "probe"), ("websocket", "polling", "sse_held_back"), ("sse", "polling", "other")]
@@ -313,7 +333,7 @@ async fn reported_transport_changes_are_counted_shown_and_kept_in_the_sessions_h
     assert!(shown["minute"]["upgrades"].as_f64().unwrap() >= 1.0, "{shown}");
     // No sid of a session in what the page is sent.
     let text = shown.to_string();
-    for sid in [&sse_sid, &ws_sid, &poll_sid, &odd_sid] {
+    for sid in [&sse_sid, &abandoned_sid, &ws_sid, &poll_sid, &odd_sid] {
         assert!(!text.contains(sid.as_str()) && !text.contains(sid.short()), "{sid} in a tick");
     }
 

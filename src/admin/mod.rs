@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /admin` | the page: one HTML document with its script, its style and uPlot inlined, so it works offline and wherever the router is nested |
 //! | `GET /admin/stream` | what the page shows, as Server-Sent Events: `history` (the chart points of the last 15 minutes) once, then a `tick` every second |
-//! | `GET /admin/sessions/{sid}` | one session: transport, buffer, cursors, rooms and its recent attaches and detaches |
+//! | `GET /admin/sessions/{sid}` | one session: its transport (`transport`, the one holding it; `on`, counting a long-poller between polls as on polling), buffer, cursors, rooms and its recent attaches and detaches |
 //!
 //! Why it is shaped so:
 //!
@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiAccess};
 use crate::error::Error;
-use crate::hub::{Hub, Transport};
+use crate::hub::{HistoryKind, Hub, Transport, POLL_GAP};
 use crate::protocol::{Cursor, Sid};
 use crate::tasks::Tasks;
 
@@ -177,6 +177,14 @@ async fn lookup(State(admin): State<Admin>, Path(sid): Path<String>) -> Response
     if info.is_none() && history.is_none() {
         return not_found();
     }
+    // The transport it is on, as the page counts sessions: a long-polling session between two
+    // polls holds no transport, and is still on polling.
+    let detached_for = info.as_ref().and_then(|i| i.detached_for);
+    let last = history.as_ref().and_then(|h| h.entries.last());
+    let on = info.as_ref().and_then(|i| i.transport).or_else(|| {
+        last.filter(|m| m.kind == HistoryKind::Detached && m.transport == Transport::Polling && detached_for.is_some_and(|d| d < POLL_GAP))
+            .map(|m| m.transport)
+    });
     let moments: Vec<Value> = history
         .as_ref()
         .map(|h| {
@@ -199,8 +207,9 @@ async fn lookup(State(admin): State<Admin>, Path(sid): Path<String>) -> Response
         "short": sid.short(),
         "node": admin.hub.cluster().map(|c| c.node().to_string()),
         "transport": info.as_ref().and_then(|i| i.transport).map(Transport::as_str),
+        "on": on.map(Transport::as_str),
         "attached_since": info.as_ref().and_then(|i| i.attached_since).map(|t| humantime::format_rfc3339_millis(t).to_string()),
-        "detached_for_ms": info.as_ref().and_then(|i| i.detached_for).map(|d| d.as_millis() as u64),
+        "detached_for_ms": detached_for.map(|d| d.as_millis() as u64),
         "buffered": info.as_ref().map(|i| i.buffered),
         "last_cursor": info.as_ref().map(|i| Cursor::event(sid.clone(), i.last_seq).to_string()),
         "delivered_cursor": history.as_ref().map(|h| Cursor::event(sid.clone(), h.delivered).to_string()),

@@ -155,7 +155,18 @@ pub(super) struct Attached {
     /// after at least `slow_client_timeout` without reading while behind, at most two ticks
     /// (each at most a second) later than that.
     pub(super) behind_since: Option<Instant>,
+    /// An SSE attach's reported transport change, counted only once the stream has held the
+    /// session for [`CONFIRM_SSE`] (the expiry task looks): see there. Boxed, as it is rare.
+    pub(super) unconfirmed: Option<Box<(TransportChange, Instant)>>,
 }
+
+/// How long an SSE stream that reported a transport change must hold its session before the
+/// change is counted. A proxy that holds streams back delivers nothing of the stream, the
+/// `session` hello included; the client gives up on it after `sseTimeout` (4 s by default) and
+/// polls, reporting that as the change it really made. Counted at once, that abandoned attempt
+/// would show as a fallback to SSE as well. WebSocket and poll attaches are counted at once: a
+/// socket upgraded end to end, or a complete poll answer, reaches the client.
+pub(super) const CONFIRM_SSE: Duration = Duration::from_secs(5);
 
 impl Hub {
     /// Attaches a transport to a session.
@@ -231,7 +242,9 @@ impl Hub {
         let continuation = transport == Transport::Polling
             && state.last_transport == Some(Transport::Polling)
             && start.is_some();
-        let attached = Attached { id, gen, wake: wake.clone(), read_upto: position, behind_since: None };
+        let change = request.change.filter(|_| !continuation);
+        let unconfirmed = change.filter(|_| transport == Transport::Sse).map(|change| Box::new((change, Instant::now())));
+        let attached = Attached { id, gen, wake: wake.clone(), read_upto: position, behind_since: None, unconfirmed };
         if let Some(old) = state.attached.replace(attached) {
             metrics::counter!("switchyard_detaches_total", "reason" => "superseded").increment(1);
             old.wake.notify();
@@ -239,7 +252,6 @@ impl Hub {
         state.last_transport = Some(transport);
         state.detached_at = None;
         state.attached_since = Some(SystemTime::now());
-        let change = request.change.filter(|_| !continuation);
         if continuation {
             state.history.continue_poll();
         } else {
@@ -274,7 +286,7 @@ impl Hub {
         tracing::debug!(sid = session.sid.short(), transport = transport.as_str(), position, ?gap, "attached");
         let fresh = !found;
         counters::transport_attached(transport, fresh, !continuation);
-        if let Some(change) = change {
+        if let Some(change) = change.filter(|_| transport != Transport::Sse) {
             counters::transport_changed(change, transport);
         }
         if let Some(reason) = gap {

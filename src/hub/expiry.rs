@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::protocol::Sid;
 
-use super::attachment::{evict, CloseReason};
+use super::attachment::{evict, CloseReason, CONFIRM_SSE};
 use super::counters;
 use super::session::lock;
 use super::table::Shard;
@@ -31,7 +31,7 @@ use super::{Hub, Transport};
 /// `switchyard_sessions_by_transport`: a polling client holds no request for a moment after
 /// each answer (at least 100 ms in the browser client), and a little longer after a failed
 /// poll, while its session is as live as one held by a stream.
-const POLL_GAP: Duration = Duration::from_secs(5);
+pub const POLL_GAP: Duration = Duration::from_secs(5);
 
 /// A session the expiry task removed, as [`Hub::watch_expired`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +97,11 @@ impl Hub {
                 if state.attached.as_ref().is_some_and(|a| a.read_upto < dropped) {
                     evict(&mut state, CloseReason::SlowConsumer, &session.sid);
                 }
+            }
+            // An SSE stream that held its session long enough: its reported change counts.
+            if let Some(attached) = state.attached.as_mut().filter(|a| a.unconfirmed.as_ref().is_some_and(|u| now.duration_since(u.1) >= CONFIRM_SSE)) {
+                let (change, _) = *attached.unconfirmed.take().expect("just looked");
+                counters::transport_changed(change, Transport::Sse);
             }
             let last_seq = state.ring.last_seq();
             let stalled = match &mut state.attached {

@@ -5,7 +5,10 @@
 //! upgrade back up) may say so on its attach request (`from=websocket&reason=ws_blocked`, see
 //! docs/protocol.md, section 2). The hub counts it in `switchyard_transport_changes_total`
 //! by `from`, `to` and `reason`, a bounded set: a reason the hub does not know counts as
-//! `other`, so a client cannot grow the number of series.
+//! `other`, so a client cannot grow the number of series. A WebSocket or poll attach counts at
+//! once; an SSE attach once its stream has held the session for a few seconds (see
+//! `attachment.rs`, `CONFIRM_SSE`), since a proxy that holds streams back makes the client
+//! abandon it for polling.
 //!
 //! Each session keeps its last [`LEN`] moments (created, resumed, detached, a gap) in its own
 //! state, packed into one `u64` each, so the history costs a few stores under the lock an attach

@@ -73,7 +73,7 @@ use tokio_util::sync::CancellationToken;
 pub use attachment::{AttachRequest, Attachment, CloseReason, GapReason};
 pub use cluster::Cluster;
 pub use event::{render_data, validate_event_name, Event, Rendered};
-pub use expiry::Expired;
+pub use expiry::{Expired, POLL_GAP};
 pub use history::{ChangeReason, HistoryEntry, HistoryKind, SessionHistory, TransportChange};
 pub use rooms::{check_room_name, Target, MAX_ROOM_NAME};
 pub use session::{Inbox, SessionHandle};

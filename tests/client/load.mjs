@@ -20,7 +20,7 @@ for (const group of groups) {
   }
 }
 await waitFor(`${clients.length} clients connected`, () => clients.every((c) => c.socket.connected), 60000);
-const summary = clients.map((c) => ({ group: c.group, transport: c.socket.transport, changes: c.changes }));
+const summary = clients.map((c) => ({ group: c.group, sid: c.socket.id, transport: c.socket.transport, changes: c.changes }));
 process.stdout.write(`READY ${JSON.stringify(summary)}\n`);
 // Held until the test stops the process.
 setInterval(() => {}, 1 << 30);

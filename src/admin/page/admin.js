@@ -303,7 +303,9 @@
   function showSession(result, s) {
     var rows = [
       ['session', el('code', { text: s.sid })],
-      ['transport', s.transport ? chip(s.transport) : el('span', { class: 'muted', text: 'none: between transports' + (s.detached_for_ms != null ? ' for ' + duration(s.detached_for_ms) : '') })],
+      ['transport', s.transport ? chip(s.transport)
+        : s.on ? el('span', {}, [chip(s.on), el('span', { class: 'muted', text: ' between two polls' })])
+        : el('span', { class: 'muted', text: 'none: between transports' + (s.detached_for_ms != null ? ' for ' + duration(s.detached_for_ms) : '') })],
       ['attached since', s.attached_since ? new Date(s.attached_since).toLocaleString('en-GB') : '–'],
       ['buffer', s.buffered == null ? '–' : int(s.buffered) + ' events kept'],
       ['last event', s.last_cursor ? el('code', { text: s.last_cursor }) : '–'],
@@ -311,21 +313,24 @@
       ['rooms', s.rooms.length ? s.rooms.join(', ') : 'none'],
     ];
     if (s.node) rows.push(['seen from', 'cluster node ' + s.node]);
-    var dl = el('dl');
+    var facts = el('dl');
     rows.forEach(function (r) {
-      dl.appendChild(el('dt', { text: r[0] }));
-      dl.appendChild(el('dd', {}, [r[1]]));
+      facts.appendChild(el('dt', { text: r[0] }));
+      facts.appendChild(el('dd', {}, [r[1]]));
     });
-    result.appendChild(dl);
     var timeline = el('ol', { class: 'timeline', id: 'lookup-history' });
-    s.history.slice().reverse().forEach(function (m) {
+    var moments = s.history.slice();
+    var last = moments[moments.length - 1];
+    // Between two polls: the detach of the last poll is not news (the next one folds it away).
+    if (!s.transport && s.on === 'polling' && last && last.what === 'detached' && last.transport === 'polling') moments.pop();
+    moments.reverse().forEach(function (m) {
       var what = m.what + (m.what === 'detached' ? ' from ' : ' over ') + (NAMES[m.transport] || m.transport);
       if (m.from) what += ', coming from ' + (NAMES[m.from] || m.from);
       if (m.detail) what += ' (' + m.detail + ')';
       timeline.appendChild(el('li', { class: m.what }, [el('span', { class: 'ago', text: duration(m.ago_ms) + ' ago' }), what]));
     });
     if (!s.history.length) timeline.appendChild(el('li', { class: 'muted', text: 'nothing recorded on this node' }));
-    result.appendChild(timeline);
+    result.appendChild(el('div', { class: 'found' }, [facts, el('div', {}, [el('h3', { text: 'latest first' }), timeline])]));
   }
 
   document.getElementById('lookup-form').addEventListener('submit', function (e) {
@@ -378,19 +383,19 @@
 
   // Transports stacked (WebSocket at the bottom), under the session count: the gap between
   // the top band and the dashed line is the sessions between transports.
-  chart('chart-sessions', 290, ['sessions', 'websocket', 'sse', 'polling'], [
+  chart('chart-sessions', 262, ['sessions', 'websocket', 'sse', 'polling'], [
     line('all sessions', color('total'), { dash: [6, 4], width: 1.5 }),
     line('WebSocket', color('websocket'), { fill: color('websocket') + '55' }),
     line('SSE', color('sse')),
     line('polling', color('polling')),
   ], { from: 1, bands: [{ series: [3, 2], fill: color('sse') + '55' }, { series: [4, 3], fill: color('polling') + '55' }] });
-  chart('chart-minute', 190, ['attaches_per_min', 'resumes_per_min', 'fallbacks_per_min', 'upgrades_per_min'], [
+  chart('chart-minute', 168, ['attaches_per_min', 'resumes_per_min', 'fallbacks_per_min', 'upgrades_per_min'], [
     line('attaches (right axis)', color('attach'), { scale: 'r', width: 1.5 }),
     line('resumes', color('sse')),
     line('fallbacks', color('down')),
     line('upgrades', color('up')),
   ]);
-  chart('chart-events', 190, ['in_per_s', 'out_per_s'], [
+  chart('chart-events', 168, ['in_per_s', 'out_per_s'], [
     line('in', color('websocket'), { fill: fill(color('websocket')) }),
     line('out', color('attach'), { fill: fill(color('attach')) }),
   ]);
