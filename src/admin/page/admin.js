@@ -330,7 +330,8 @@
       timeline.appendChild(el('li', { class: m.what }, [el('span', { class: 'ago', text: duration(m.ago_ms) + ' ago' }), what]));
     });
     if (!s.history.length) timeline.appendChild(el('li', { class: 'muted', text: 'nothing recorded on this node' }));
-    result.appendChild(el('div', { class: 'found' }, [facts, el('div', {}, [el('h3', { text: 'latest first' }), timeline])]));
+    var asOf = 'as of ' + new Date().toLocaleTimeString('en-GB') + ', latest first';
+    result.appendChild(el('div', { class: 'found' }, [facts, el('div', {}, [el('h3', { text: asOf }), timeline])]));
   }
 
   document.getElementById('lookup-form').addEventListener('submit', function (e) {
@@ -383,19 +384,19 @@
 
   // Transports stacked (WebSocket at the bottom), under the session count: the gap between
   // the top band and the dashed line is the sessions between transports.
-  chart('chart-sessions', 262, ['sessions', 'websocket', 'sse', 'polling'], [
+  chart('chart-sessions', 250, ['sessions', 'websocket', 'sse', 'polling'], [
     line('all sessions', color('total'), { dash: [6, 4], width: 1.5 }),
     line('WebSocket', color('websocket'), { fill: color('websocket') + '55' }),
     line('SSE', color('sse')),
     line('polling', color('polling')),
   ], { from: 1, bands: [{ series: [3, 2], fill: color('sse') + '55' }, { series: [4, 3], fill: color('polling') + '55' }] });
-  chart('chart-minute', 168, ['attaches_per_min', 'resumes_per_min', 'fallbacks_per_min', 'upgrades_per_min'], [
+  chart('chart-minute', 160, ['attaches_per_min', 'resumes_per_min', 'fallbacks_per_min', 'upgrades_per_min'], [
     line('attaches (right axis)', color('attach'), { scale: 'r', width: 1.5 }),
     line('resumes', color('sse')),
     line('fallbacks', color('down')),
     line('upgrades', color('up')),
   ]);
-  chart('chart-events', 168, ['in_per_s', 'out_per_s'], [
+  chart('chart-events', 160, ['in_per_s', 'out_per_s'], [
     line('in', color('websocket'), { fill: fill(color('websocket')) }),
     line('out', color('attach'), { fill: fill(color('attach')) }),
   ]);
