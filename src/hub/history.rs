@@ -163,7 +163,7 @@ pub struct HistoryEntry {
 pub struct SessionHistory {
     /// The number of the last event handed to any of its transports.
     pub delivered: u64,
-    /// Its most recent moments, oldest first: at most [`LEN`].
+    /// Its most recent moments, oldest first: at most eight.
     pub entries: Vec<HistoryEntry>,
 }
 
