@@ -92,25 +92,35 @@ pub fn router(hub: Hub, access: ApiAccess) -> Router {
 }
 
 async fn authorize(State(access): State<ApiAccess>, request: Request, next: Next) -> Response {
-    match &access {
-        ApiAccess::Loopback => next.run(request).await,
-        ApiAccess::Disabled => Error::ApiDisabled.into_response(),
-        ApiAccess::Key(key) => {
-            let offered = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if constant_time_eq(offered.as_bytes(), key.as_bytes()) {
-                next.run(request).await
-            } else {
-                let mut response = Error::Unauthorized.into_response();
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"switchyard\""));
-                response
-            }
+    match access.check(bearer(request.headers())) {
+        Ok(()) => next.run(request).await,
+        Err(Error::Unauthorized) => {
+            let mut response = Error::Unauthorized.into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"switchyard\""));
+            response
+        }
+        Err(refused) => refused.into_response(),
+    }
+}
+
+impl ApiAccess {
+    /// Whether a request that offered `key` (`None`: it offered none) may pass: with a key
+    /// configured, only the same key ([`Error::Unauthorized`] otherwise); without one, anyone on
+    /// a loopback bind, and no one elsewhere ([`Error::ApiDisabled`]). The operator page
+    /// (`admin`) is guarded by the same check.
+    pub fn check(&self, offered: Option<&str>) -> Result<(), Error> {
+        match self {
+            ApiAccess::Loopback => Ok(()),
+            ApiAccess::Disabled => Err(Error::ApiDisabled),
+            ApiAccess::Key(key) if constant_time_eq(offered.unwrap_or("").as_bytes(), key.as_bytes()) => Ok(()),
+            ApiAccess::Key(_) => Err(Error::Unauthorized),
         }
     }
+}
+
+/// The key of an `Authorization: Bearer KEY` header, if the request has one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
 }
 
 /// Compares without an early exit, so the time taken says nothing about how much matched.

@@ -320,8 +320,9 @@ pub struct UpstreamArgs {
     #[arg(long = "upstream-max-per-session", env = "SWITCHYARD_UPSTREAM_MAX_PER_SESSION", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_per_session: u32,
 
-    /// Bearer key of the publish API (`/api/...`). Without one the API is served only when
-    /// bound to a loopback address. Prefer the environment variable: flags show in `ps`.
+    /// Key of the publish API (`/api/...`) and the operator page (`/admin`). Without one they
+    /// are served only when bound to a loopback address. Prefer the environment variable: flags
+    /// show in `ps`.
     #[arg(long = "api-key", env = "SWITCHYARD_API_KEY", value_name = "KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 }

@@ -16,10 +16,12 @@
 //! * [`app`]: the default app (the seed's `message` -> `response`).
 //! * [`upstream`]: forwarding events to an application over HTTP, and its lifecycle hooks.
 //! * [`api`]: the publish API (`/api/...`): the application pushes to sessions and rooms.
+//! * [`admin`]: the operator page (`/admin`): the gateway's live figures, guarded like the API.
 //! * [`config`]: every knob, assembled from the settings each module above owns.
 //! * [`gateway`]: the library's front door: register handlers, get an axum `Router`.
 //! * [`server`]: the binary's router and `run(listener, shutdown)`.
 
+pub mod admin;
 pub mod admission;
 pub mod api;
 pub mod app;

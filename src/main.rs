@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 use clap::Parser;
 use switchyard::config::Cli;
+use switchyard::admin;
 use switchyard::api::{self, ApiAccess};
 use switchyard::hub::Cluster;
 use switchyard::upstream::Upstream;
@@ -44,9 +45,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let access = ApiAccess::new(cli.upstream.api_key.as_deref(), cli.bind);
     if access == ApiAccess::Disabled {
-        tracing::warn!("publish API disabled: no --api-key and not bound to loopback");
+        tracing::warn!("publish API and operator page (/admin) disabled: no --api-key and not bound to loopback");
     }
-    let router = server::app(&gateway, &cli.static_dir).nest("/api", api::router(gateway.hub().clone(), access));
+    let router = server::app(&gateway, &cli.static_dir)
+        .nest("/api", api::router(gateway.hub().clone(), access.clone()))
+        .nest("/admin", admin::router(gateway.hub().clone(), access, gateway.tasks()));
     let listener = server::bind(cli.bind).with_context(|| format!("binding {}", cli.bind))?;
     tracing::info!(addr = %listener.local_addr()?, "switchyard listening; demo page at http://{}/", listener.local_addr()?);
     server::run(listener, router, gateway, shutdown_signal()).await.context("serving")?;

@@ -10,6 +10,9 @@
 //!
 //! Labels are bounded sets (transport, reason, status, kind): never a sid or an event name, so
 //! the number of series stays fixed however many sessions come and go.
+//!
+//! The operator page (`admin`) reads the same registry through [`samples`]: the text `/metrics`
+//! renders, parsed back, so what the page shows is what Prometheus scrapes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -47,8 +50,16 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge};
     describe_gauge!("switchyard_sessions", "Live sessions (attached or within their grace period)");
     describe_gauge!("switchyard_transports_open", "Open transports, by transport");
+    describe_gauge!(
+        "switchyard_sessions_by_transport",
+        "Live sessions by the transport they are on (polling between polls too), or none; counted once a second"
+    );
     describe_counter!("switchyard_attaches_total", "Transports attached, by transport");
     describe_counter!("switchyard_resumes_total", "Attaches that resumed an existing session, by transport");
+    describe_counter!(
+        "switchyard_transport_changes_total",
+        "Transport changes clients reported on attaching, by from, to and reason (an SSE stream's once it held its session 5 s)"
+    );
     describe_counter!("switchyard_detaches_total", "Transports detached, by reason");
     describe_counter!("switchyard_sessions_created_total", "Sessions created");
     describe_counter!("switchyard_sessions_expired_total", "Sessions removed after their grace period");
@@ -166,4 +177,110 @@ pub fn render(sessions: usize) -> Option<String> {
     sync();
     metrics::gauge!("switchyard_sessions").set(sessions as f64);
     Some(handle.render())
+}
+
+/// One line of the registry as `/metrics` renders it: a metric's name, its labels, its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The metric's name (`switchyard_attaches_total`).
+    pub name: String,
+    /// Its labels, in the order rendered (`[("transport", "sse")]`).
+    pub labels: Vec<(String, String)>,
+    /// Its value.
+    pub value: f64,
+}
+
+impl Sample {
+    /// The value of the label `key`, if the sample has it.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The registry exactly as [`render`] renders it for `/metrics`, read back into samples; `None`
+/// where `render` is.
+pub fn samples(sessions: usize) -> Option<Vec<Sample>> {
+    render(sessions).map(|text| parse(&text))
+}
+
+/// Reads the Prometheus text format (as [`render`] writes it) into samples; comment lines and
+/// lines that do not parse are skipped.
+pub fn parse(text: &str) -> Vec<Sample> {
+    text.lines().filter(|line| !line.is_empty() && !line.starts_with('#')).filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<Sample> {
+    // The value is the last field (no timestamps are written); label values may hold spaces.
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        value => value.parse().ok()?,
+    };
+    let (name, labels) = match series.split_once('{') {
+        None => (series, Vec::new()),
+        Some((name, labels)) => (name, parse_labels(labels.strip_suffix('}')?)?),
+    };
+    Some(Sample { name: name.to_owned(), labels, value })
+}
+
+/// `key="value",key="value"`, the values with `\\`, `\"` and `\n` escaped.
+fn parse_labels(mut text: &str) -> Option<Vec<(String, String)>> {
+    let mut labels = Vec::new();
+    while !text.is_empty() {
+        let (key, rest) = text.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                (at, '"') => break at,
+                (_, c) => value.push(c),
+            }
+        };
+        labels.push((key.to_owned(), value));
+        let rest = &rest[end + 1..];
+        text = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    Some(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prometheus_text_reads_back_into_samples() {
+        let text = "# HELP switchyard_sessions Live sessions\n\
+                    # TYPE switchyard_sessions gauge\n\
+                    switchyard_sessions 30\n\
+                    switchyard_detaches_total{reason=\"slow consumer\"} 2\n\
+                    switchyard_transport_changes_total{from=\"websocket\",to=\"sse\",reason=\"ws_blocked\"} 10\n\
+                    odd{q=\"a \\\"quoted\\\" \\\\ word\\n\"} 1.5\n\
+                    switchyard_redis_command_seconds_bucket{op=\"emit\",le=\"+Inf\"} 4\n\
+                    \n\
+                    not a sample\n";
+        let samples = parse(text);
+        let expected = [
+            ("switchyard_sessions", vec![], 30.0),
+            ("switchyard_detaches_total", vec![("reason", "slow consumer")], 2.0),
+            ("switchyard_transport_changes_total", vec![("from", "websocket"), ("to", "sse"), ("reason", "ws_blocked")], 10.0),
+            ("odd", vec![("q", "a \"quoted\" \\ word\n")], 1.5),
+            ("switchyard_redis_command_seconds_bucket", vec![("op", "emit"), ("le", "+Inf")], 4.0),
+        ];
+        let expected: Vec<Sample> = expected
+            .into_iter()
+            .map(|(name, labels, value)| Sample {
+                name: name.to_owned(),
+                labels: labels.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+                value,
+            })
+            .collect();
+        assert_eq!(samples, expected);
+        assert_eq!(samples[2].label("reason"), Some("ws_blocked"));
+        assert_eq!(samples[2].label("nope"), None);
+    }
 }

@@ -125,11 +125,27 @@ declare namespace switchyard {
     resumed: boolean;
   }
 
+  /** Why the client changed transport, as its attach request told the server
+   *  (docs/protocol.md, section 2). */
+  type TransportChangeCode =
+    | 'ws_blocked'
+    | 'ws_timeout'
+    | 'ws_remembered'
+    | 'sse_held_back'
+    | 'sse_failed'
+    | 'polling_failed'
+    | 'probe'
+    | 'reconnect'
+    | 'other';
+
   /** The transport in use changed. */
   interface TransportEvent {
     from: TransportName | null;
     to: TransportName;
+    /** In words, e.g. `websocket blocked: closed 1006 before open`. */
     reason: string;
+    /** The same as a code, when the client came from another transport (`null` otherwise). */
+    code: TransportChangeCode | null;
   }
 
   /** Every transport failed. */

@@ -20,7 +20,7 @@
  *   connect {sid, transport, resumed}    every time a transport takes the session after none had it
  *   disconnect {reason, willReconnect}   the session lost its transport
  *   reconnect {attempts, sid, resumed}   after a drop, a transport took the session again
- *   transport {from, to, reason}         the active transport changed (fallback, upgrade, first one)
+ *   transport {from, to, reason, code}   the active transport changed (fallback, upgrade, first one)
  *   connect_error {reasons, message, attempts, retryIn}   every transport failed; next try in retryIn ms
  *   reconnect_failed {attempts}          reconnectionAttempts ran out: the client stopped trying
  * Server events are passed on by name, including `session`, `error` and `gap` (the session was
@@ -1183,6 +1183,7 @@
     var self = this;
     var cycle = ++this._cycle;
     var order = this.options.transports.slice();
+    var best = order[0];
     var reasons = [];
     var failed = [];
     if (order[0] === 'websocket' && order.length > 1 && this._wsRemembered()) {
@@ -1199,7 +1200,16 @@
         return;
       }
       var name = order[i++];
-      var tr = new TRANSPORTS[name](self, self._hooks(), self._resume());
+      // An attach that changes transport says from which and why (docs/protocol.md, section 2):
+      // the server counts it for the operator page.
+      var resume = self._resume();
+      var change = self._change(name, best, reasons);
+      if (change) {
+        resume.from = change.from;
+        resume.reason = change.code;
+      }
+      var tr = new TRANSPORTS[name](self, self._hooks(), resume);
+      tr.change = change;
       tr.cycle = cycle;
       tr.reasons = reasons;
       tr.firstTried = order[0];
@@ -1254,6 +1264,31 @@
     return reason.indexOf('websocket blocked') === 0;
   }
 
+  /** The code a transport's failure reports on the next attach (the texts are the transports'). */
+  function failureCode(reason) {
+    if (reason.indexOf('websocket blocked: no session event') === 0) return 'ws_timeout';
+    if (reason.indexOf('websocket blocked') === 0) return 'ws_blocked';
+    if (reason.indexOf('websocket skipped') === 0) return 'ws_remembered';
+    if (reason.indexOf('sse held back') === 0) return 'sse_held_back';
+    if (reason.indexOf('sse failed') === 0) return 'sse_failed';
+    if (reason.indexOf('polling failed') === 0) return 'polling_failed';
+    return 'other';
+  }
+
+  var LADDER = ['websocket', 'sse', 'polling'];
+
+  /** The transport change an attach of `name` in a round reports, `{from, code}`, or null:
+   *  from the transport last held (or, before any, the best one, when it was not this one);
+   *  down the ladder, for the round's last failure; back up (after a drop), only when it is the
+   *  round's first attempt, as `reconnect`: a later one, after better rungs failed again, is
+   *  a guess the next rung down often undoes (an SSE stream a proxy holds back). */
+  Socket.prototype._change = function (name, best, reasons) {
+    var from = this.transport || (best !== name ? best : null);
+    if (!from || from === name) return null;
+    if (LADDER.indexOf(name) < LADDER.indexOf(from)) return reasons.length ? null : { from: from, code: 'reconnect' };
+    return { from: from, code: reasons.length ? failureCode(reasons[reasons.length - 1]) : 'other' };
+  };
+
   /** Lifecycle-ish trace for debugging: only to onAny listeners, as `_probe` etc. */
   Socket.prototype._dispatchTrace = function (what, data) {
     var any = this._any.slice();
@@ -1272,7 +1307,7 @@
       this._acceptSession(env, sid);
       this._rememberWs(false);
       this._debug('upgraded to ' + tr.name);
-      this._setTransport(tr.name, 'upgrade: ' + tr.name + ' works again');
+      this._setTransport(tr.name, 'upgrade: ' + tr.name + ' works again', null, 'probe');
       this._settleProbe();
       this._flush();
       return;
@@ -1297,7 +1332,7 @@
     var resumed = !!(env.data && env.data.resumed);
     var reason = tr.reasons.length ? tr.reasons.join('; ') : wasConnected ? 'reconnected' : 'connected';
     this._debug('connected over ' + tr.name + (resumed ? ' (resumed)' : ''), reason);
-    this._setTransport(tr.name, reason, tr.firstTried);
+    this._setTransport(tr.name, reason, tr.firstTried, tr.change ? tr.change.code : null);
     this._dispatch('connect', { sid: this.id, transport: tr.name, resumed: resumed }, null);
     if (wasConnected) this._dispatch('reconnect', { attempts: tries, sid: this.id, resumed: resumed }, null);
     this._flush();
@@ -1363,11 +1398,12 @@
     );
   };
 
-  Socket.prototype._setTransport = function (name, reason, attempted) {
+  Socket.prototype._setTransport = function (name, reason, attempted, code) {
     var from = this.transport;
     if (from === name) return;
     this.transport = name;
-    this._dispatch('transport', { from: from || (attempted !== name ? attempted : null) || null, to: name, reason: reason }, null);
+    var data = { from: from || (attempted !== name ? attempted : null) || null, to: name, reason: reason, code: code || null };
+    this._dispatch('transport', data, null);
   };
 
   /** One server event from the current transport: hellos adopted, heartbeats swallowed,
@@ -1503,7 +1539,10 @@
   Socket.prototype._runProbe = function () {
     var self = this;
     if (!this.connected || !this._current || this._probe) return;
-    var tr = new WsTransport(this, this._hooks(), this._resume());
+    var resume = this._resume();
+    resume.from = this._current.name;
+    resume.reason = 'probe';
+    var tr = new WsTransport(this, this._hooks(), resume);
     this._probe = tr;
     this._debug('probing websocket');
     tr.open().then(

@@ -655,6 +655,37 @@ async fn runs_on_a_redis_cluster() {
     the_newest_transport_wins_across_nodes(&cluster).await;
 }
 
+/// The operator page in cluster mode (issue 18): each node shows its own numbers, says which
+/// node it is (the id `/healthz` gives), and lists no rooms (they live in Redis).
+#[tokio::test]
+async fn each_nodes_operator_page_shows_that_nodes_numbers_and_names_it() {
+    let cluster = Cluster::start(&[]).await;
+    let mut sse = cluster.sse(0, "/sse").await;
+    let sid = sse.hello().await;
+    let mut ws = cluster.ws(1, "/ws").await;
+    ws.hello().await;
+    cluster.api(0, "POST", "/rooms/lobby/members", Some(json!({ "sid": sid }))).await;
+    for (node, on) in [(0, "sse"), (1, "websocket")] {
+        let (_, health) = cluster.healthz(node).await;
+        let response = within("GET /admin/stream", cluster.http.get(cluster.url(node, "/admin/stream")).send()).await.unwrap();
+        assert_eq!(response.status(), 200, "loopback nodes serve the page without a key");
+        let mut stream = SseClient::from_response(response);
+        let tick = within("a tick counting this node's session", async {
+            loop {
+                let event = stream.next().await;
+                if event.event == "tick" && event.data["on"][on] == json!(1) {
+                    return event.data;
+                }
+            }
+        })
+        .await;
+        assert_eq!(tick["node"], health["node"], "node {node}: {tick}");
+        assert_eq!(tick["rooms"], Value::Null, "rooms are Redis's, not listed: {tick}");
+        let other = if on == "sse" { "websocket" } else { "sse" };
+        assert_eq!(tick["on"][other], json!(0), "node {node} counts only what it serves: {tick}");
+    }
+}
+
 /// `rediss://`: the nodes reach Redis over TLS, trusting the test CA given with `--redis-ca`,
 /// and serve as on plain Redis; without the CA, the server's certificate is refused.
 #[tokio::test]

@@ -39,16 +39,18 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("app", &["protocol", "hub", "handler"]),
     ("upstream", &["protocol", "tasks", "hub", "handler"]),
     ("api", &["protocol", "hub", "error"]),
+    // The operator page: the hub and the registry `/metrics` renders, guarded like the API.
+    ("admin", &["protocol", "tasks", "hub", "metrics", "error", "api"]),
     // The settings, assembled from the types of the modules that own them.
     ("config", &["protocol", "admission", "hub", "transport", "upstream"]),
     // The top.
     (
         "gateway",
-        &["protocol", "tasks", "auth", "admission", "hub", "metrics", "handler", "error", "transport", "app", "upstream", "api", "config"],
+        &["protocol", "tasks", "auth", "admission", "hub", "metrics", "handler", "error", "transport", "app", "upstream", "api", "admin", "config"],
     ),
     (
         "server",
-        &["protocol", "tasks", "auth", "admission", "hub", "metrics", "handler", "error", "transport", "app", "upstream", "api", "config", "gateway"],
+        &["protocol", "tasks", "auth", "admission", "hub", "metrics", "handler", "error", "transport", "app", "upstream", "api", "admin", "config", "gateway"],
     ),
 ];
 

@@ -35,9 +35,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Node packages of the client tests (tests/client: the `ws` WebSocket client, and `typescript`
-# for the check of static/switchyard.d.ts in tests/docs.rs), from the lock file.
-if [ ! -d tests/client/node_modules/ws ] || [ ! -d tests/client/node_modules/typescript ]; then
+# Node packages of the client tests (tests/client: the `ws` WebSocket client, `typescript` for
+# the check of static/switchyard.d.ts in tests/docs.rs, and `uplot`, whose copy in
+# static/vendor/ tests/admin.rs compares), from the lock file.
+if [ ! -d tests/client/node_modules/ws ] || [ ! -d tests/client/node_modules/typescript ] || [ ! -d tests/client/node_modules/uplot ]; then
   npm ci --prefix tests/client --no-audit --no-fund
 fi
 

@@ -64,6 +64,9 @@ enum Scenario {
     /// per round trip, fan-out over several nodes, idle memory on the node and in Redis. Not
     /// part of the default set (it needs `redis-server`; about 2 minutes).
     Cluster,
+    /// The operator page's cost (issue 18): the server's CPU while it holds idle sessions, with
+    /// no page open, then with one and with ten pages' streams (`/admin/stream`) open.
+    Admin,
 }
 
 /// switchyard's load generator and baselines (issue 5).
@@ -140,6 +143,12 @@ struct Args {
     /// history: broadcasts to all sent in total at each step (comma-separated, increasing).
     #[arg(long, value_delimiter = ',', default_value = "512,1024,2048")]
     history_steps: Vec<usize>,
+    /// admin: idle sessions held (half WebSocket, half SSE) while the page's cost is measured.
+    #[arg(long, default_value_t = 10_000)]
+    admin_sessions: usize,
+    /// admin: measured seconds of server CPU for each number of pages open.
+    #[arg(long, default_value_t = 30.0)]
+    admin_seconds: f64,
     /// history, and scale's broadcasts: each broadcast's data, in bytes of JSON.
     #[arg(long, default_value_t = 512)]
     history_payload: usize,
@@ -204,7 +213,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut scenarios = args.scenarios.clone();
     if scenarios.is_empty() {
-        scenarios = vec![Scenario::Rtt, Scenario::Idle, Scenario::Fanout, Scenario::Scale, Scenario::Stuck, Scenario::History];
+        scenarios = vec![Scenario::Rtt, Scenario::Idle, Scenario::Fanout, Scenario::Scale, Scenario::Stuck, Scenario::History, Scenario::Admin];
     }
     let load_before = loadavg();
     let started = Instant::now();
@@ -220,6 +229,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Compare => compare(&args).await,
             Scenario::History => history(&args).await,
             Scenario::Cluster => cluster::cluster(&args).await,
+            Scenario::Admin => admin(&args).await,
         };
         match section {
             Ok(text) => {
@@ -479,6 +489,83 @@ async fn idle(args: &Args) -> anyhow::Result<String> {
             sleep(Duration::from_millis(500)).await;
         }
     }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// admin
+
+/// The operator page's cost: switchyard holding `--admin-sessions` idle sessions, its CPU over
+/// `--admin-seconds` with no page open (the expiry sweep and the page's sampling task, which
+/// runs whether or not anyone watches), then with 1 and 10 pages' streams read. Issue 18's
+/// target: the page costs less than 1 % of a core with 10,000 sessions held.
+async fn admin(args: &Args) -> anyhow::Result<String> {
+    let window = Duration::from_secs_f64(args.admin_seconds);
+    let mut server = Server::start(Kind::Switchyard, !args.no_pin, "admin").await?;
+    let client = client::http_client(None);
+    let mut held = Held::default();
+    eprintln!("  holding {} sessions ...", args.admin_sessions);
+    let transports = |i: usize| if i.is_multiple_of(2) { Transport::Ws } else { Transport::Sse };
+    let failed = open_many(&mut held, transports, args.admin_sessions, server.addr, None, &client, args.open_concurrency, true, None).await;
+    // The opening burst's work (and the first sweeps of a full table) out of the way.
+    sleep(Duration::from_secs_f64(args.settle) + Duration::from_secs(2)).await;
+    let mut rows = Vec::new();
+    for pages in [0usize, 1, 10] {
+        let (bytes_tx, mut bytes_rx) = mpsc::unbounded_channel::<usize>();
+        let mut readers = Vec::new();
+        for _ in 0..pages {
+            let (client, url, bytes_tx) = (client.clone(), format!("http://{}/admin/stream", server.addr), bytes_tx.clone());
+            readers.push(tokio::spawn(async move {
+                let Ok(response) = client.get(url).send().await else { return };
+                let mut body = response.bytes_stream();
+                while let Some(Ok(chunk)) = body.next().await {
+                    let _ = bytes_tx.send(chunk.len());
+                }
+            }));
+        }
+        drop(bytes_tx);
+        // Every page has its history and a first tick before the window starts.
+        sleep(Duration::from_secs(2)).await;
+        while bytes_rx.try_recv().is_ok() {}
+        eprintln!("  {pages} page(s) open: measuring {} s ...", window.as_secs_f64());
+        let cpu = CpuWindow::start(server.pid());
+        sleep(window).await;
+        let share = cpu.share();
+        let mut bytes = 0;
+        while let Ok(n) = bytes_rx.try_recv() {
+            bytes += n;
+        }
+        for reader in readers {
+            reader.abort();
+        }
+        rows.push((pages, share, bytes as f64 / window.as_secs_f64()));
+        sleep(Duration::from_millis(500)).await;
+    }
+    let alive = server.alive();
+    let none = rows[0].1;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "### admin: the operator page's cost, {} idle sessions held (half WebSocket, half SSE; {failed} failed to open), server CPU over {:.0} s each
+",
+        held.len(),
+        window.as_secs_f64()
+    )?;
+    writeln!(out, "| pages open | server CPU | more than with none | stream bytes/s (all pages) | target | |")?;
+    writeln!(out, "|---:|---:|---:|---:|---:|---|")?;
+    for (pages, share, rate) in &rows {
+        let more = share - none;
+        let verdict = if *pages == 0 { "baseline".to_owned() } else { met(more < 0.01 && alive).to_owned() };
+        writeln!(
+            out,
+            "| {pages} | {:.3} % | {:+.3} % | {rate:.0} | {} | {verdict} |",
+            share * 100.0,
+            more * 100.0,
+            if *pages == 0 { "-" } else { "< 1 %" }
+        )?;
+    }
+    writeln!(out, "
+With no page open the figure includes the expiry task's sweep of every session and the page's sampling task (once a second each).")?;
     Ok(out)
 }
 

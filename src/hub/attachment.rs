@@ -31,6 +31,7 @@ use crate::protocol::{Cursor, Sid};
 
 use super::counters;
 use super::event::{Body, Event};
+use super::history::{Detail, HistoryKind, TransportChange};
 use super::session::{lock, Session, SessionHandle, State};
 use super::{Hub, HubError, Transport};
 
@@ -52,19 +53,29 @@ pub struct AttachRequest<'a> {
     /// told in the hello as `heartbeat` in milliseconds so a client knows when to give up on
     /// it; `None` leaves it out (a WebSocket whose client did not ask for heartbeats).
     pub heartbeat: Option<Duration>,
+    /// The transport change the client reports with this attach (`from`, `reason`), if any:
+    /// counted and kept in the session's history, and nothing else.
+    pub change: Option<TransportChange>,
 }
 
 impl<'a> AttachRequest<'a> {
     /// A request to attach `transport` to the session `sid` from `cursor` (either may be
     /// missing), with no `heartbeat` told.
     pub fn new(transport: Transport, sid: Option<&'a str>, cursor: Option<&'a str>) -> AttachRequest<'a> {
-        AttachRequest { transport, sid, cursor, heartbeat: None }
+        AttachRequest { transport, sid, cursor, heartbeat: None, change: None }
     }
 
     /// The same request, telling the client `heartbeat` as the transport's longest silence.
     #[must_use]
     pub fn heartbeat(self, heartbeat: Option<Duration>) -> AttachRequest<'a> {
         AttachRequest { heartbeat, ..self }
+    }
+
+    /// The same request, reporting that the client came to this transport from another one
+    /// (see [`TransportChange::parse`]).
+    #[must_use]
+    pub fn change(self, change: Option<TransportChange>) -> AttachRequest<'a> {
+        AttachRequest { change, ..self }
     }
 }
 
@@ -84,7 +95,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// A short fixed name, for logs and metrics labels.
+    /// A short fixed name, for logs, metrics labels and the operator page.
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::Superseded => "superseded",
@@ -144,7 +155,18 @@ pub(super) struct Attached {
     /// after at least `slow_client_timeout` without reading while behind, at most two ticks
     /// (each at most a second) later than that.
     pub(super) behind_since: Option<Instant>,
+    /// An SSE attach's reported transport change, counted only once the stream has held the
+    /// session for [`CONFIRM_SSE`] (the expiry task looks): see there. Boxed, as it is rare.
+    pub(super) unconfirmed: Option<Box<(TransportChange, Instant)>>,
 }
+
+/// How long an SSE stream that reported a transport change must hold its session before the
+/// change is counted. A proxy that holds streams back delivers nothing of the stream, the
+/// `session` hello included; the client gives up on it after `sseTimeout` (4 s by default) and
+/// polls, reporting that as the change it really made. Counted at once, that abandoned attempt
+/// would show as a fallback to SSE as well. WebSocket and poll attaches are counted at once: a
+/// socket upgraded end to end, or a complete poll answer, reaches the client.
+pub(super) const CONFIRM_SSE: Duration = Duration::from_secs(5);
 
 impl Hub {
     /// Attaches a transport to a session.
@@ -220,7 +242,9 @@ impl Hub {
         let continuation = transport == Transport::Polling
             && state.last_transport == Some(Transport::Polling)
             && start.is_some();
-        let attached = Attached { id, gen, wake: wake.clone(), read_upto: position, behind_since: None };
+        let change = request.change.filter(|_| !continuation);
+        let unconfirmed = change.filter(|_| transport == Transport::Sse).map(|change| Box::new((change, Instant::now())));
+        let attached = Attached { id, gen, wake: wake.clone(), read_upto: position, behind_since: None, unconfirmed };
         if let Some(old) = state.attached.replace(attached) {
             metrics::counter!("switchyard_detaches_total", "reason" => "superseded").increment(1);
             old.wake.notify();
@@ -228,6 +252,17 @@ impl Hub {
         state.last_transport = Some(transport);
         state.detached_at = None;
         state.attached_since = Some(SystemTime::now());
+        if continuation {
+            state.history.continue_poll();
+        } else {
+            let kind = if found { HistoryKind::Resumed } else { HistoryKind::Created };
+            let detail = match (gap, change) {
+                (Some(reason), _) => Detail::Gap(reason),
+                (None, Some(change)) => Detail::Change(change.reason),
+                (None, None) => Detail::None,
+            };
+            state.history.push(kind, transport, change.map(|c| c.from), detail);
+        }
         drop(state);
 
         let mut notices = Notices::new();
@@ -251,6 +286,9 @@ impl Hub {
         tracing::debug!(sid = session.sid.short(), transport = transport.as_str(), position, ?gap, "attached");
         let fresh = !found;
         counters::transport_attached(transport, fresh, !continuation);
+        if let Some(change) = change.filter(|_| transport != Transport::Sse) {
+            counters::transport_changed(change, transport);
+        }
         if let Some(reason) = gap {
             metrics::counter!("switchyard_gaps_total", "reason" => reason.as_str()).increment(1);
         }
@@ -446,6 +484,7 @@ impl Attachment {
             if self.position + 1 < first {
                 let lost = first - 1 - self.position;
                 metrics::counter!("switchyard_gaps_total", "reason" => "overflow").increment(1);
+                state.history.push(HistoryKind::Gap, self.transport, None, Detail::Overflow);
                 self.position = first - 1;
                 self.notices.push(Event::notice(
                     self.position,
@@ -512,6 +551,8 @@ impl Drop for Attachment {
             }
         }
         if holds {
+            let why = if self.hub.inner.closing.load(Ordering::Relaxed) { Detail::Close(CloseReason::Shutdown) } else { Detail::Closed };
+            state.history.push(HistoryKind::Detached, self.transport, None, why);
             state.attached = None;
             state.detached_at = Some(Instant::now());
             tracing::debug!(sid = self.session.sid.short(), transport = self.transport.as_str(), "detached");
@@ -524,6 +565,9 @@ pub(super) fn evict(state: &mut State, reason: CloseReason, sid: &Sid) {
     if let Some(attached) = state.attached.take() {
         tracing::info!(sid = sid.short(), reason = reason.as_str(), "detaching transport");
         metrics::counter!("switchyard_detaches_total", "reason" => reason.as_str()).increment(1);
+        if let Some(transport) = state.last_transport {
+            state.history.push(HistoryKind::Detached, transport, None, Detail::Close(reason));
+        }
         state.evicted = Some((attached.id, reason));
         state.detached_at = Some(Instant::now());
         attached.wake.notify();

@@ -1,5 +1,6 @@
 //! The hub's own metrics: transports attached and open, sessions created and resumed, transports
-//! closed. The hub records them with the `metrics` crate's macros like every other part of the
+//! closed, the transport changes clients report, and the sessions by transport the expiry task
+//! counts. The hub records them with the `metrics` crate's macros like every other part of the
 //! gateway; whatever recorder the process installed receives them.
 //!
 //! Every attach (each long-poll is one) and every detach touches these, so their handles are
@@ -10,6 +11,7 @@ use std::sync::OnceLock;
 
 use metrics::{Counter, Gauge};
 
+use super::history::TransportChange;
 use super::Transport;
 
 /// Handles of the metrics touched on every attach and detach.
@@ -55,5 +57,27 @@ pub(super) fn transport_closed(transport: Transport, detached: bool) {
     m.open[transport.index()].decrement(1);
     if detached {
         m.detached_closed.increment(1);
+    }
+}
+
+/// Counts a transport change a client reported on attaching `to` (rare: by name, not a handle).
+pub(super) fn transport_changed(change: TransportChange, to: Transport) {
+    let (from, reason) = (change.from.as_str(), change.reason.as_str());
+    metrics::counter!("switchyard_transport_changes_total", "from" => from, "to" => to.as_str(), "reason" => reason).increment(1);
+}
+
+/// Moves `switchyard_sessions_by_transport` from a hub's last count to its new one (each by
+/// transport, then the sessions between transports, `none`).
+pub(super) fn sessions_by_transport(last: [usize; 4], now: [usize; 4]) {
+    static GAUGES: OnceLock<[Gauge; 4]> = OnceLock::new();
+    let gauges = GAUGES.get_or_init(|| {
+        let name = "switchyard_sessions_by_transport";
+        let [ws, sse, polling] = Transport::ALL.map(|t| metrics::gauge!(name, "transport" => t.as_str()));
+        [ws, sse, polling, metrics::gauge!(name, "transport" => "none")]
+    });
+    for ((gauge, last), now) in gauges.iter().zip(last).zip(now) {
+        if now != last {
+            gauge.increment(now as f64 - last as f64);
+        }
     }
 }

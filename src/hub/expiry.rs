@@ -21,10 +21,17 @@ use tokio::time::Instant;
 
 use crate::protocol::Sid;
 
-use super::attachment::{evict, CloseReason};
+use super::attachment::{evict, CloseReason, CONFIRM_SSE};
+use super::counters;
 use super::session::lock;
 use super::table::Shard;
-use super::Hub;
+use super::{Hub, Transport};
+
+/// How long a long-polling session may be between two polls and still count as on polling in
+/// `switchyard_sessions_by_transport`: a polling client holds no request for a moment after
+/// each answer (at least 100 ms in the browser client), and a little longer after a failed
+/// poll, while its session is as live as one held by a stream.
+pub const POLL_GAP: Duration = Duration::from_secs(5);
 
 /// A session the expiry task removed, as [`Hub::watch_expired`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +54,10 @@ impl Hub {
     /// Removes every session whose grace period has run out, and detaches readers stalled past
     /// the slow-client timeout. Returns how many sessions were removed.
     pub fn expire(&self, now: Instant) -> usize {
-        let removed = self.inner.shards.iter().map(|shard| self.expire_shard(shard, now)).sum();
+        let mut tally = [0; 4];
+        let removed = self.inner.shards.iter().map(|shard| self.expire_shard(shard, now, &mut tally)).sum();
         metrics::counter!("switchyard_sessions_expired_total").increment(removed as u64);
+        self.count_by_transport(tally);
         removed
     }
 
@@ -57,17 +66,24 @@ impl Hub {
     /// worker thread for time in proportion to the session count (about 1 ms per 19,000
     /// sessions here, once a second: every round trip in flight meanwhile waited that long);
     /// a shard at a time, a round trip waits at most one shard's share of it.
+    ///
+    /// The sweep also counts the sessions it keeps by the transport they are on, for
+    /// `switchyard_sessions_by_transport` (see [`POLL_GAP`]): a walk it makes anyway.
     async fn sweep(&self, now: Instant) -> usize {
         let mut removed = 0;
+        let mut tally = [0; 4];
         for shard in &self.inner.shards {
-            removed += self.expire_shard(shard, now);
+            removed += self.expire_shard(shard, now, &mut tally);
             tokio::task::yield_now().await;
         }
         metrics::counter!("switchyard_sessions_expired_total").increment(removed as u64);
+        self.count_by_transport(tally);
         removed
     }
 
-    fn expire_shard(&self, shard: &Shard, now: Instant) -> usize {
+    /// Expires one shard's sessions past their grace; adds those it keeps to `tally`, by the
+    /// index of their transport, the fourth place for those between transports.
+    fn expire_shard(&self, shard: &Shard, now: Instant, tally: &mut [usize; 4]) -> usize {
         let grace = self.inner.config.grace;
         let slow = self.inner.config.slow_client_timeout;
         let tick = self.age_tick(now);
@@ -81,6 +97,11 @@ impl Hub {
                 if state.attached.as_ref().is_some_and(|a| a.read_upto < dropped) {
                     evict(&mut state, CloseReason::SlowConsumer, &session.sid);
                 }
+            }
+            // An SSE stream that held its session long enough: its reported change counts.
+            if let Some(attached) = state.attached.as_mut().filter(|a| a.unconfirmed.as_ref().is_some_and(|u| now.duration_since(u.1) >= CONFIRM_SSE)) {
+                let (change, _) = *attached.unconfirmed.take().expect("just looked");
+                counters::transport_changed(change, Transport::Sse);
             }
             let last_seq = state.ring.last_seq();
             let stalled = match &mut state.attached {
@@ -105,6 +126,15 @@ impl Hub {
                 state.ring.clear();
                 gone.push((session.sid.clone(), std::mem::take(&mut state.rooms)));
                 tracing::debug!(sid = session.sid.short(), "session expired");
+            } else {
+                let on = match (&state.attached, state.last_transport) {
+                    (Some(_), Some(transport)) => Some(transport),
+                    (None, Some(Transport::Polling)) if state.detached_at.is_some_and(|t| now.duration_since(t) < POLL_GAP) => {
+                        Some(Transport::Polling)
+                    }
+                    _ => None,
+                };
+                tally[on.map_or(3, Transport::index)] += 1;
             }
             !expired
         });
@@ -115,6 +145,16 @@ impl Hub {
             self.forget(gone, self.inner.cluster.is_none());
         }
         removed
+    }
+
+    /// Publishes the expiry task's count of sessions by transport. The gauge is shared by every
+    /// hub of the process (the recorder is global), so each hub adds the difference from its
+    /// last count, and takes its count back when it is dropped: the gauge is the sum over the
+    /// process's hubs, as `switchyard_transports_open` is.
+    fn count_by_transport(&self, tally: [usize; 4]) {
+        let mut last = self.inner.by_transport.lock().unwrap_or_else(PoisonError::into_inner);
+        counters::sessions_by_transport(*last, tally);
+        *last = tally;
     }
 
     /// Starts the hub's background task on the runtime, unowned: [`Hub::expiry_task`], spawned.

@@ -44,6 +44,7 @@
 //! | `rooms.rs` | rooms and broadcasts ([`Target`]) |
 //! | `expiry.rs` | the grace period, slow readers, shutdown, and the task that runs them |
 //! | `event.rs` | [`Event`], [`Rendered`], and the rules every emit follows |
+//! | `history.rs` | the transport changes clients report, and each session's recent attaches and detaches ([`Hub::history`]) |
 //! | `counters.rs` | the metrics recorded on every attach and detach |
 //! | `mirror.rs` | cluster mode, the hub's side: the table as this node's mirror of the sessions it serves |
 //! | `cluster/` | cluster mode, the Redis side: the connection and one method per session operation (`mod.rs`), the Lua scripts and key layout (`scripts.rs`), the node's subscription, heartbeat, cluster-wide expiry and shutdown (`node.rs`) |
@@ -58,6 +59,7 @@ mod cluster;
 mod counters;
 mod event;
 mod expiry;
+mod history;
 mod mirror;
 mod ring;
 mod rooms;
@@ -76,7 +78,8 @@ use tokio_util::sync::CancellationToken;
 pub use attachment::{AttachRequest, Attachment, CloseReason, GapReason};
 pub use cluster::Cluster;
 pub use event::{render_data, validate_event_name, Event, Rendered};
-pub use expiry::Expired;
+pub use expiry::{Expired, POLL_GAP};
+pub use history::{ChangeReason, HistoryEntry, HistoryKind, SessionHistory, TransportChange};
 pub use rooms::{check_room_name, Target, MAX_ROOM_NAME};
 pub use session::{Inbox, SessionHandle};
 
@@ -150,6 +153,11 @@ impl Transport {
             Transport::Sse => 1,
             Transport::Polling => 2,
         }
+    }
+
+    /// The transport named `name` on the wire (`"websocket"`, `"sse"`, `"polling"`).
+    pub fn from_name(name: &str) -> Option<Transport> {
+        Transport::ALL.into_iter().find(|t| t.as_str() == name)
     }
 
     /// The transport's name on the wire (the hello's `transport`) and in metrics labels.
@@ -275,6 +283,16 @@ struct Inner {
     /// Cluster mode: Redis holds the sessions, and the table is this node's mirror of those it
     /// serves (see `cluster/mod.rs` and `mirror.rs`). `None`: the table is the truth.
     cluster: Option<Cluster>,
+    /// This hub's share of `switchyard_sessions_by_transport`, as the expiry task last counted
+    /// it; taken back out of the gauge when the hub goes.
+    by_transport: Mutex<[usize; 4]>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let last = *self.by_transport.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        counters::sessions_by_transport(last, [0; 4]);
+    }
 }
 
 impl Hub {
@@ -314,6 +332,7 @@ impl Hub {
                 expired_txs: Mutex::new(Vec::new()),
                 epoch: tokio::time::Instant::now(),
                 cluster,
+                by_transport: Mutex::new([0; 4]),
             }),
         }
     }

@@ -12,7 +12,8 @@
 //! transport writes in its own task. So a broadcast costs O(members) and one slow reader slows
 //! no one else. Membership belongs to the session, not to a transport, so it survives switches.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -147,6 +148,33 @@ impl Hub {
         }
         let table = self.room_shard(room).read().unwrap_or_else(PoisonError::into_inner);
         table.get(room).map(|members| members.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// How many rooms have members, and the `top` largest with their member counts, largest
+    /// first (ties by name): for the operator page. The room table is read a shard at a time.
+    /// `None` in cluster mode, where rooms live in Redis and this node keeps none.
+    pub async fn busiest_rooms(&self, top: usize) -> Option<(usize, Vec<(String, usize)>)> {
+        if self.inner.cluster.is_some() {
+            return None;
+        }
+        // The smallest of the largest so far on top, to be pushed out first.
+        let mut largest: BinaryHeap<Reverse<(usize, Reverse<Arc<str>>)>> = BinaryHeap::with_capacity(top + 1);
+        let mut count = 0;
+        for shard in &self.inner.rooms {
+            let table = shard.read().unwrap_or_else(PoisonError::into_inner);
+            count += table.len();
+            for (room, members) in table.iter() {
+                let entry = Reverse((members.len(), Reverse(room.clone())));
+                if largest.len() < top {
+                    largest.push(entry);
+                } else if largest.peek().is_some_and(|smallest| entry < *smallest) {
+                    largest.pop();
+                    largest.push(entry);
+                }
+            }
+        }
+        let rooms = largest.into_sorted_vec().into_iter().map(|Reverse((n, Reverse(room)))| (room.to_string(), n)).collect();
+        Some((count, rooms))
     }
 
     /// Emits an event to every member of a room. Returns how many sessions it was appended to.
@@ -367,5 +395,23 @@ mod tests {
         assert!(hub.members("r").await.is_empty());
         assert!(expired.try_recv().is_err(), "a removal is not an expiry");
         assert_eq!(hub.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_busiest_rooms_come_largest_first_and_ties_by_name() {
+        let hub = hub();
+        assert_eq!(hub.busiest_rooms(3).await, Some((0, vec![])));
+        let mut held = Vec::new();
+        for (room, members) in [("quiet", 1), ("b-tie", 2), ("a-tie", 2), ("lobby", 5), ("solo", 1)] {
+            for _ in 0..members {
+                let (sid, attachment) = session(&hub).await;
+                hub.join(&sid, room).await.unwrap();
+                held.push(attachment);
+            }
+        }
+        let top = |rooms: &[(&str, usize)]| rooms.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect::<Vec<_>>();
+        assert_eq!(hub.busiest_rooms(3).await, Some((5, top(&[("lobby", 5), ("a-tie", 2), ("b-tie", 2)]))));
+        assert_eq!(hub.busiest_rooms(10).await.unwrap().1.len(), 5);
+        assert_eq!(hub.busiest_rooms(0).await, Some((5, vec![])));
     }
 }

@@ -28,6 +28,7 @@ use crate::protocol::{Cursor, Sid};
 
 use super::attachment::{evict, Attached, CloseReason};
 use super::event::{validate_event_name, Body, Rendered};
+use super::history::{History, SessionHistory};
 use super::ring::Ring;
 use super::cluster::Cluster;
 use super::{Hub, HubError, SessionInfo, Transport};
@@ -91,6 +92,8 @@ pub(super) struct State {
     /// from Redis (see `mirror.rs`).
     pub(super) syncing: u32,
     pub(super) early: Option<Vec<(u64, Arc<Body>)>>,
+    /// The session's last few attaches and detaches ([`Hub::history`]).
+    pub(super) history: History,
 }
 
 impl Hub {
@@ -171,6 +174,16 @@ impl Hub {
         })
     }
 
+    /// The session's last few attaches and detaches, and how far its transports got, for the
+    /// operator page. In cluster mode, what this node saw of it (`None` if it never served it).
+    pub async fn history(&self, sid: &Sid) -> Option<SessionHistory> {
+        let session = self.find(sid)?;
+        let state = lock(&session.state);
+        if state.removed {
+            return None;
+        }
+        Some(SessionHistory { delivered: state.delivered, entries: state.history.entries() })
+    }
 
     /// Appends an event to a session's ring and wakes its transport. Returns the event's cursor.
     ///

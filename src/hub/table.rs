@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::protocol::Sid;
 
 use super::expiry::Expired;
+use super::history::History;
 use super::ring::Ring;
 use super::session::{lock, Session, SessionHandle, State};
 use super::{Hub, HubError};
@@ -117,6 +118,7 @@ impl Hub {
                 subject: None,
                 syncing: 0,
                 early: None,
+                history: History::default(),
             }),
         });
         let previous = self.shard(&sid).write().unwrap_or_else(PoisonError::into_inner).insert(sid, session.clone());

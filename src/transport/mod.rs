@@ -41,7 +41,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, ClientAddr};
 use crate::error::Error;
-use crate::hub::{AttachRequest, Attachment, Event, Hub, HubError, SessionHandle};
+use crate::hub::{AttachRequest, Attachment, Event, Hub, HubError, SessionHandle, Transport, TransportChange};
 use crate::protocol::encode::Outgoing;
 use crate::protocol::{Envelopes, Limits, Sid};
 
@@ -217,12 +217,22 @@ pub struct AttachQuery {
     /// `heartbeat=1` (or `true`) on a WebSocket: send a `heartbeat` frame at every ping, for
     /// clients that cannot see protocol pings (browsers). Any other value is off.
     pub heartbeat: Option<String>,
+    /// The transport the client comes from, when it changed transport to attach with this one
+    /// (`websocket`, `sse`, `polling`); with `reason`, counted and kept in the session's history.
+    pub from: Option<String>,
+    /// Why it changed (`ws_blocked`, `sse_held_back`, `probe`, ...; see [`ChangeReason`](crate::hub::ChangeReason)).
+    pub reason: Option<String>,
 }
 
 impl AttachQuery {
     /// Whether the client asked for application-level heartbeats.
     pub fn wants_heartbeat(&self) -> bool {
         matches!(self.heartbeat.as_deref(), Some("1" | "true"))
+    }
+
+    /// The transport change the client reports on attaching `to`, if any.
+    pub fn change(&self, to: Transport) -> Option<TransportChange> {
+        TransportChange::parse(self.from.as_deref(), self.reason.as_deref(), to)
     }
 }
 

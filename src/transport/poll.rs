@@ -30,7 +30,8 @@ pub async fn poll<H: Handler>(
     let Query(query) = query?;
     // A poll answers within the poll timeout: the hello tells it as `heartbeat`.
     let request = AttachRequest::new(Transport::Polling, query.sid.as_deref(), query.last_event_id.as_deref())
-        .heartbeat(Some(gateway.config().poll_timeout));
+        .heartbeat(Some(gateway.config().poll_timeout))
+        .change(query.change(Transport::Polling));
     let mut attachment = gateway.attach(request, client).await?;
     gateway.admit(&attachment, &headers, uri.query()).await?;
     let mut frames = Vec::new();

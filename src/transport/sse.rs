@@ -37,6 +37,7 @@ pub async fn stream<H: Handler>(
     uri: Uri,
 ) -> Result<Response, Error> {
     let Query(query) = query?;
+    let change = query.change(Transport::Sse);
     // A browser's own reconnect carries the newest cursor in the header; the URL may still hold
     // the one the page started from.
     let cursor = headers
@@ -47,7 +48,8 @@ pub async fn stream<H: Handler>(
         .or(query.last_event_id);
     // The keep-alive is the longest the stream stays silent: the hello tells it as `heartbeat`.
     let request = AttachRequest::new(Transport::Sse, query.sid.as_deref(), cursor.as_deref())
-        .heartbeat(Some(gateway.config().keepalive));
+        .heartbeat(Some(gateway.config().keepalive))
+        .change(change);
     let attachment = gateway.attach(request, client).await?;
     gateway.admit(&attachment, &headers, uri.query()).await?;
     let body = Body::from_stream(frames(attachment, gateway.config().keepalive));

@@ -55,7 +55,8 @@ pub async fn upgrade<H: Handler>(
     // Attach before upgrading, so that a full server (503) or an address over its new-session
     // limit (429) is answered rather than accepted and closed.
     let request = AttachRequest::new(Transport::WebSocket, query.sid.as_deref(), query.last_event_id.as_deref())
-        .heartbeat(heartbeat.then_some(gateway.config().ws_ping));
+        .heartbeat(heartbeat.then_some(gateway.config().ws_ping))
+        .change(query.change(Transport::WebSocket));
     let attachment = gateway.attach(request, client).await?;
     gateway.admit(&attachment, &headers, uri.query()).await?;
     // Read buffer (see READ_BUFFER). Write buffer: frames collect until the flush after each

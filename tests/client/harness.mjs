@@ -10,6 +10,7 @@
 // (`online`, `offline`, `pagehide`, ...) and a `document` with `visibilityState`, so a scenario
 // can play them; and WebSocket comes from the `ws` package, which, like a browser, hides
 // protocol pings from the page.
+import { setMaxListeners } from 'node:events';
 import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
@@ -22,6 +23,9 @@ class FakeDocument extends EventTarget {
   visibilityState = 'visible';
 }
 globalThis.document = new FakeDocument();
+// Every socket listens to the page (`online`, `visibilitychange`, ...); a scenario may hold
+// many sockets on one page (load.mjs).
+setMaxListeners(1000, pageEvents, globalThis.document);
 
 /** Fires a page event (`online`, `pagehide`, ...) as a browser would. */
 export function pageEvent(name) {

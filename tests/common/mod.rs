@@ -11,7 +11,8 @@ use std::time::Duration;
 use eventsource_stream::Eventsource;
 use futures_util::{SinkExt, Stream, StreamExt};
 use serde_json::Value;
-use switchyard::{app, server, Config, Gateway, Sid, Transport};
+use switchyard::api::{self, ApiAccess};
+use switchyard::{admin, app, server, Config, Gateway, Sid, Transport};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -65,7 +66,17 @@ impl TestServer {
     /// Serves `config`, with one change: the per-address limit on new sessions is off unless
     /// the test set a limit of its own (any other than the default), since every test client
     /// comes from one loopback address and some open hundreds of sessions.
-    pub async fn with_config(mut config: Config) -> TestServer {
+    pub async fn with_config(config: Config) -> TestServer {
+        TestServer::serve(config, None).await
+    }
+
+    /// [`TestServer::with_config`], with the operator page under `/admin` and the publish API
+    /// under `/api`, both guarded by `access`, as the binary serves them.
+    pub async fn with_admin(config: Config, access: ApiAccess) -> TestServer {
+        TestServer::serve(config, Some(access)).await
+    }
+
+    async fn serve(mut config: Config, admin: Option<ApiAccess>) -> TestServer {
         if config.max_new_sessions_per_ip == Config::default().max_new_sessions_per_ip {
             config.max_new_sessions_per_ip = 0;
         }
@@ -79,7 +90,12 @@ impl TestServer {
             })
             .build();
         let static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
-        let router = server::app(&gateway, &static_dir);
+        let mut router = server::app(&gateway, &static_dir);
+        if let Some(access) = admin {
+            router = router
+                .nest("/api", api::router(gateway.hub().clone(), access.clone()))
+                .nest("/admin", admin::router(gateway.hub().clone(), access, gateway.tasks()));
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let served = gateway.clone();

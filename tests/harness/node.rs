@@ -5,6 +5,9 @@
 //! Steps: `relay:cut`, `relay:refuse`, `relay:pass`, `relay:cut-on-send`, `relay:stall`,
 //! `relay:unstall` (on the relay given, see `relay.rs`), `sessions` (answers the hub's live
 //! session count).
+//!
+//! [`Background`] runs a script beside the test instead (the load of many clients the
+//! operator page's test watches), until the test drops it.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -100,4 +103,54 @@ pub async fn run(script: &str, env: &[(&str, String)], gateway: &Gateway, relay:
 fn act(relay: Option<&Relay>, script: &str, f: impl FnOnce(&Relay)) -> String {
     f(relay.unwrap_or_else(|| panic!("{script} asked for a relay step but runs without a relay")));
     "done".to_owned()
+}
+
+/// A Node script left running beside a test (`tests/client/load.mjs`): killed when dropped.
+pub struct Background {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    script: String,
+}
+
+impl Background {
+    /// Starts `tests/client/<script>` with `env`; its stderr goes to the test's.
+    pub fn start(script: &str, env: &[(&str, String)]) -> Background {
+        check_installed();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client");
+        let mut child = Command::new("node")
+            .arg(dir.join(script))
+            .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting node for {script}: {err} (tests/run-all.sh installs nodejs)"));
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Background { child, lines, script: script.to_owned() }
+    }
+
+    /// Reads the script's output until a line starting with `prefix`, for at most `limit`;
+    /// returns the rest of that line.
+    pub async fn line(&mut self, prefix: &str, limit: Duration) -> String {
+        let script = self.script.clone();
+        let wait = async {
+            loop {
+                match self.lines.next_line().await {
+                    Ok(Some(line)) => match line.strip_prefix(prefix) {
+                        Some(rest) => return rest.to_owned(),
+                        None => eprintln!("[{script}] {line}"),
+                    },
+                    Ok(None) | Err(_) => panic!("{script} ended before printing {prefix:?}"),
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| panic!("{script}: no {prefix:?} line within {limit:?}"))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
 }

@@ -17,7 +17,7 @@ socket.on('connect', ({ sid, transport, resumed }) => {
 });
 socket.on('disconnect', ({ reason, willReconnect }) => console.log(reason, willReconnect));
 socket.on('reconnect', ({ attempts, sid, resumed }) => console.log(attempts + 1, sid, resumed));
-socket.on('transport', ({ from, to, reason }) => console.log(from ?? 'none', to, reason));
+socket.on('transport', ({ from, to, reason, code }) => console.log(from ?? 'none', to, reason, code === 'ws_blocked'));
 socket.on('connect_error', ({ reasons, message, attempts, retryIn }) => {
   console.log(reasons.join('; '), message, attempts, retryIn === null ? 'giving up' : retryIn * 2);
 });
