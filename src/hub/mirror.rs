@@ -169,8 +169,16 @@ impl Hub {
                 if let Some(after) = behind {
                     self.spawn_catch_up(session.clone(), after);
                 }
-                let attachment = self.attach_to(session, request, true, cursor.map(|_| held.start), None, held.gen);
-                return Ok(attachment.expect("a session attached in Redis is not removed locally meanwhile"));
+                let attachment = self.attach_to(session.clone(), request, true, cursor.map(|_| held.start), None, held.gen);
+                let attachment = attachment.expect("a session attached in Redis is not removed locally meanwhile");
+                // Another node may have taken the session over while this attach was answered:
+                // its takeover message found no attachment to end, so this one ends now.
+                let mut state = lock(&session.state);
+                if state.taken_over > held.gen && state.attached.as_ref().is_some_and(|a| a.gen == held.gen) {
+                    evict(&mut state, CloseReason::Superseded, &sid);
+                }
+                drop(state);
+                return Ok(attachment);
             }
         };
         self.attach_fresh(cluster, request, gap, gate).await
@@ -248,6 +256,7 @@ impl Hub {
             }
             "s" => {
                 let mut state = lock(&session.state);
+                state.taken_over = state.taken_over.max(number);
                 if state.attached.as_ref().is_some_and(|a| a.gen < number) {
                     evict(&mut state, CloseReason::Superseded, &sid);
                 }

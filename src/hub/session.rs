@@ -92,6 +92,10 @@ pub(super) struct State {
     /// from Redis (see `mirror.rs`).
     pub(super) syncing: u32,
     pub(super) early: Option<Vec<(u64, Arc<Body>)>>,
+    /// Cluster mode: the latest attachment generation another node took the session over with,
+    /// as this node heard; an attach of this node with an older generation, answered after
+    /// the takeover was heard, ends at once as superseded.
+    pub(super) taken_over: u64,
     /// The session's last few attaches and detaches ([`Hub::history`]).
     pub(super) history: History,
 }

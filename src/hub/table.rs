@@ -118,6 +118,7 @@ impl Hub {
                 subject: None,
                 syncing: 0,
                 early: None,
+                taken_over: 0,
                 history: History::default(),
             }),
         });
