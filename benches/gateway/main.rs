@@ -506,7 +506,7 @@ async fn admin(args: &Args) -> anyhow::Result<String> {
     let mut held = Held::default();
     eprintln!("  holding {} sessions ...", args.admin_sessions);
     let transports = |i: usize| if i.is_multiple_of(2) { Transport::Ws } else { Transport::Sse };
-    let failed = open_many(&mut held, transports, args.admin_sessions, server.addr, None, &client, args.open_concurrency, true, None).await;
+    let failed = open_many(&mut held, transports, args.admin_sessions, &[server.addr], None, &client, args.open_concurrency, true, None).await;
     // The opening burst's work (and the first sweeps of a full table) out of the way.
     sleep(Duration::from_secs_f64(args.settle) + Duration::from_secs(2)).await;
     let mut rows = Vec::new();
