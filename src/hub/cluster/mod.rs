@@ -576,7 +576,7 @@ impl Cluster {
     /// left, of live nodes and of gone ones alike (the reader tells them apart by the reports'
     /// timestamps, and forgets gone ones with [`Cluster::forget_admin`]).
     pub async fn admin_reports(&self) -> Result<Vec<(String, String)>, HubError> {
-        let reply = self.cmd("admin", &redis::cmd("HGETALL").arg(ADMIN_KEY)).await?;
+        let reply = self.cmd("admin", redis::cmd("HGETALL").arg(ADMIN_KEY)).await?;
         Ok(match reply {
             Value::Map(pairs) => pairs.iter().map(|(k, v)| (text(k), text(v))).collect(),
             other => array(other).chunks_exact(2).map(|pair| (text(&pair[0]), text(&pair[1]))).collect(),
