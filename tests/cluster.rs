@@ -653,15 +653,29 @@ async fn runs_on_a_redis_cluster() {
     sessions_are_known_to_every_node(&cluster).await;
     resume_anywhere_from_any_cursor_replays_exactly_what_was_missed(&cluster).await;
     the_newest_transport_wins_across_nodes(&cluster).await;
+    // The operator page's reports are one key: every node hears from every node there too.
+    for node in 0..NODES {
+        let url = cluster.url(node, "/admin/cluster");
+        wait_until(&format!("node {node}'s operator page to list three nodes"), || async {
+            let view: Value = cluster.http.get(&url).send().await.unwrap().json().await.unwrap();
+            view["cluster"]["nodes"].as_array().is_some_and(|nodes| nodes.len() == NODES)
+        })
+        .await;
+    }
 }
 
 /// The operator page in cluster mode (issue 18): each node shows its own numbers, says which
 /// node it is (the id `/healthz` gives), and lists no rooms (they live in Redis); and every
 /// node's page lists all three nodes, with their addresses, and totals that are the sums of
-/// each node's own `/metrics`, within a second or two.
+/// each node's own `/metrics`, within a second or two; a gone node's old report is left out,
+/// and deleted.
 #[tokio::test]
 async fn each_nodes_operator_page_shows_that_nodes_numbers_and_names_it() {
-    let cluster = Cluster::start(&[]).await;
+    let mut cluster = Cluster::start(&[]).await;
+    // The report of a node gone long ago: left out of every page, and deleted.
+    let port = cluster.redis().port;
+    let stale = json!({"node": "0000dead0000dead", "addr": "127.0.0.1:9", "t": 1000, "sessions": 7}).to_string();
+    assert_eq!(command(port, &["HSET", "sy:admin", "0000dead0000dead", &stale]).await, Ok("1".to_owned()));
     let mut sse = cluster.sse(0, "/sse").await;
     let sid = sse.hello().await;
     let mut ws = cluster.ws(1, "/ws").await;
@@ -747,6 +761,12 @@ async fn each_nodes_operator_page_shows_that_nodes_numbers_and_names_it() {
         }
     }
     drop((sse2, ws));
+
+    wait_until("the gone node's report to be deleted", || async {
+        command(port, &["HEXISTS", "sy:admin", "0000dead0000dead"]).await == Ok("0".to_owned())
+    })
+    .await;
+    assert_eq!(command(port, &["HLEN", "sy:admin"]).await, Ok("3".to_owned()), "one report per live node");
 
     // `/admin/` is the page too.
     let response = within("GET /admin/", cluster.http.get(cluster.url(0, "/admin/")).send()).await.unwrap();
