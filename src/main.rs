@@ -47,10 +47,10 @@ async fn main() -> anyhow::Result<()> {
     if access == ApiAccess::Disabled {
         tracing::warn!("publish API and operator page (/admin) disabled: no --api-key and not bound to loopback");
     }
+    let listener = server::bind(cli.bind).with_context(|| format!("binding {}", cli.bind))?;
     let router = server::app(&gateway, &cli.static_dir)
         .nest("/api", api::router(gateway.hub().clone(), access.clone()))
-        .nest("/admin", admin::router(gateway.hub().clone(), access, gateway.tasks()));
-    let listener = server::bind(cli.bind).with_context(|| format!("binding {}", cli.bind))?;
+        .nest_service("/admin", admin::router_at(gateway.hub().clone(), access, gateway.tasks(), listener.local_addr()?));
     tracing::info!(addr = %listener.local_addr()?, "switchyard listening; demo page at http://{}/", listener.local_addr()?);
     server::run(listener, router, gateway, shutdown_signal()).await.context("serving")?;
     tracing::info!("stopped");

@@ -139,8 +139,15 @@ async fn the_binary_on_a_non_loopback_bind_wants_the_key() {
     assert_eq!(get(format!("{base}/admin/stream"), Some("anything")).await, 403);
     assert_eq!(get(format!("{base}/healthz"), None).await, 200, "the gateway itself serves");
 
+    assert_eq!(get(format!("{base}/admin/"), None).await, 403, "with its trailing slash too");
+    assert_eq!(get(format!("{base}/admin/cluster"), None).await, 403);
+
     let (_keyed, base) = start(Some("change-me"));
     assert_eq!(get(format!("{base}/admin"), None).await, 401);
+    assert_eq!(get(format!("{base}/admin/"), None).await, 401);
+    assert_eq!(get(format!("{base}/admin/cluster"), Some("wrong")).await, 401);
+    assert_eq!(get(format!("{base}/admin/"), Some("change-me")).await, 200, "/admin/ is the page too");
+    assert_eq!(get(format!("{base}/admin/cluster"), Some("change-me")).await, 200);
     assert_eq!(get(format!("{base}/admin"), Some("wrong")).await, 401);
     assert_eq!(get(format!("{base}/admin"), Some("change-me")).await, 200);
     assert_eq!(get(format!("{base}/admin/stream"), Some("change-me")).await, 200);
@@ -160,11 +167,14 @@ async fn the_stream_sends_the_history_then_a_tick_a_second_and_opens_no_session(
     assert_eq!(fields, switchyard::admin::POINT_FIELDS);
     assert!(history.data["points"].is_array());
 
+    let single: Value = within("GET /admin/cluster", server.http.get(server.url("/admin/cluster")).send()).await.unwrap().json().await.unwrap();
+    assert_eq!((&single["node"], &single["cluster"]), (&Value::Null, &Value::Null), "one node: no cluster view: {single}");
     let mut times = Vec::new();
     for _ in 0..4 {
         let tick = tick(&mut stream).await;
         assert_eq!(tick["point"].as_array().unwrap().len(), fields.len(), "{tick}");
         assert_eq!(tick["node"], Value::Null, "not in cluster mode");
+        assert!(tick.get("cluster").is_none(), "not in cluster mode: {tick}");
         times.push(tick["t"].as_u64().unwrap());
     }
     // The latest tick at once, then one a second (the first two may be closer).

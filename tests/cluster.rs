@@ -653,13 +653,29 @@ async fn runs_on_a_redis_cluster() {
     sessions_are_known_to_every_node(&cluster).await;
     resume_anywhere_from_any_cursor_replays_exactly_what_was_missed(&cluster).await;
     the_newest_transport_wins_across_nodes(&cluster).await;
+    // The operator page's reports are one key: every node hears from every node there too.
+    for node in 0..NODES {
+        let url = cluster.url(node, "/admin/cluster");
+        wait_until(&format!("node {node}'s operator page to list three nodes"), || async {
+            let view: Value = cluster.http.get(&url).send().await.unwrap().json().await.unwrap();
+            view["cluster"]["nodes"].as_array().is_some_and(|nodes| nodes.len() == NODES)
+        })
+        .await;
+    }
 }
 
 /// The operator page in cluster mode (issue 18): each node shows its own numbers, says which
-/// node it is (the id `/healthz` gives), and lists no rooms (they live in Redis).
+/// node it is (the id `/healthz` gives), and lists no rooms (they live in Redis); and every
+/// node's page lists all three nodes, with their addresses, and totals that are the sums of
+/// each node's own `/metrics`, within a second or two; a gone node's old report is left out,
+/// and deleted.
 #[tokio::test]
 async fn each_nodes_operator_page_shows_that_nodes_numbers_and_names_it() {
-    let cluster = Cluster::start(&[]).await;
+    let mut cluster = Cluster::start(&[]).await;
+    // The report of a node gone long ago: left out of every page, and deleted.
+    let port = cluster.redis().port;
+    let stale = json!({"node": "0000dead0000dead", "addr": "127.0.0.1:9", "t": 1000, "sessions": 7}).to_string();
+    assert_eq!(command(port, &["HSET", "sy:admin", "0000dead0000dead", &stale]).await, Ok("1".to_owned()));
     let mut sse = cluster.sse(0, "/sse").await;
     let sid = sse.hello().await;
     let mut ws = cluster.ws(1, "/ws").await;
@@ -684,6 +700,78 @@ async fn each_nodes_operator_page_shows_that_nodes_numbers_and_names_it() {
         let other = if on == "sse" { "websocket" } else { "sse" };
         assert_eq!(tick["on"][other], json!(0), "node {node} counts only what it serves: {tick}");
     }
+
+    // A client on the third node too, and traffic through every node.
+    let mut sse2 = cluster.sse(2, "/sse").await;
+    sse2.hello().await;
+    cluster.emit(1, &sid, "news", json!(1)).await;
+    cluster.emit(2, &sid, "news", json!(2)).await;
+    assert!(is_event(&sse.next().await, "news", &json!(1)));
+    assert!(is_event(&sse.next().await, "news", &json!(2)));
+    let mut ids = Vec::new();
+    for node in 0..NODES {
+        ids.push(cluster.healthz(node).await.1["node"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+
+    // Every node's view of the cluster agrees with what the nodes' own `/metrics` say.
+    let transports = ["websocket", "sse", "polling"];
+    let figures = [("totals", "out", "switchyard_events_out_total"), ("totals", "in", "switchyard_events_in_total"), ("totals", "bytes", "switchyard_bytes_out_total")];
+    for viewer in 0..NODES {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut expected = std::collections::BTreeMap::<String, f64>::new();
+            for node in 0..NODES {
+                let text = within("GET /metrics", cluster.http.get(cluster.url(node, "/metrics")).send()).await.unwrap().text().await.unwrap();
+                let samples = switchyard::metrics::parse(&text);
+                let total = |name: &str, label: Option<(&str, &str)>| -> f64 {
+                    samples.iter().filter(|s| s.name == name && label.is_none_or(|(k, v)| s.label(k) == Some(v))).map(|s| s.value).sum()
+                };
+                let mut bump = |slot: String, value: f64| *expected.entry(slot).or_insert(0.0) += value;
+                for transport in transports {
+                    bump(format!("on.{transport}"), total("switchyard_sessions_by_transport", Some(("transport", transport))));
+                }
+                for (group, key, name) in figures {
+                    bump(format!("{group}.{key}"), total(name, None));
+                }
+            }
+            let response = within("GET /admin/cluster", cluster.http.get(cluster.url(viewer, "/admin/cluster")).send()).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let view: Value = response.json().await.unwrap();
+            let nodes = view["cluster"]["nodes"].as_array().cloned().unwrap_or_default();
+            let mut seen: Vec<String> = nodes.iter().filter_map(|n| n["node"].as_str().map(str::to_owned)).collect();
+            seen.sort();
+            let addresses_right = nodes.iter().all(|n| {
+                let i = ids.iter().position(|id| n["node"] == json!(id));
+                i.is_some() && (0..NODES).any(|node| n["addr"] == json!(cluster.addr(node)))
+            });
+            let totals = &view["cluster"]["totals"];
+            let got = |slot: &str| {
+                let (group, key) = slot.split_once('.').unwrap();
+                totals[group][key].as_f64().unwrap_or(0.0)
+            };
+            let sums_right = expected.iter().all(|(slot, want)| got(slot) == *want);
+            if seen == ids && addresses_right && sums_right && got("on.websocket") >= 1.0 && got("on.sse") >= 2.0 {
+                assert_eq!(view["node"], cluster.healthz(viewer).await.1["node"], "node {viewer} names itself");
+                break;
+            }
+            let last = format!("nodes {seen:?} (want {ids:?}), expected {expected:?}, view {view}");
+            assert!(Instant::now() < deadline, "node {viewer}'s view of the cluster never matched the nodes' /metrics: {last}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    drop((sse2, ws));
+
+    wait_until("the gone node's report to be deleted", || async {
+        command(port, &["HEXISTS", "sy:admin", "0000dead0000dead"]).await == Ok("0".to_owned())
+    })
+    .await;
+    assert_eq!(command(port, &["HLEN", "sy:admin"]).await, Ok("3".to_owned()), "one report per live node");
+
+    // `/admin/` is the page too.
+    let response = within("GET /admin/", cluster.http.get(cluster.url(0, "/admin/")).send()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("id=\"cluster\""));
 }
 
 /// `rediss://`: the nodes reach Redis over TLS, trusting the test CA given with `--redis-ca`,

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GET /admin` | the page: one HTML document with its script, its style and uPlot inlined, so it works offline and wherever the router is nested |
 //! | `GET /admin/stream` | what the page shows, as Server-Sent Events: `history` (the chart points of the last 15 minutes) once, then a `tick` every second |
+//! | `GET /admin/cluster` | cluster mode: every live node's report (id, address, age, its figures) and their sums, as the latest tick has them (`{"cluster": null}` on a single node) |
 //! | `GET /admin/sessions/{sid}` | one session: its transport (`transport`, the one holding it; `on`, counting a long-poller between polls as on polling), buffer, cursors, rooms and its recent attaches and detaches |
 //!
 //! Why it is shaped so:
@@ -22,13 +23,20 @@
 //!   set headers); without a key, only on a loopback bind; otherwise `403`.
 //! * **No sid leaks.** Nothing the page is sent names a session but the one looked up; rooms
 //!   are shown with member counts, never members.
-//! * **This node's numbers.** In cluster mode each node serves its own page with its own
-//!   counters (and says which node it is); rooms live in Redis there and are not listed.
-//!   Adding the nodes up is left to Prometheus for now.
+//! * **Each node's numbers, and the cluster's.** In cluster mode each node serves its own page
+//!   with its own counters and charts (and says which node it is). Its sampler also writes its
+//!   figures once a second into one Redis hash, `sy:admin`, by node id (one key, so the same on
+//!   a Redis Cluster), with its address and the time, and reads every node's back: the page
+//!   lists the nodes heard from in the last few seconds and shows their sums ("all nodes").
+//!   Reports older than a minute are deleted by whichever node reads them, so the hash holds
+//!   only about the live nodes. The ages are told by the nodes' clocks, which are taken to agree
+//!   within a second or so (NTP). Rooms live in Redis there with no index of them (listing them
+//!   would take a `SCAN` of every Redis server), so they are not listed.
 
 mod sampler;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::{Path, Request, State};
@@ -68,7 +76,8 @@ struct Admin {
     shutdown: CancellationToken,
 }
 
-/// The page's routes, to nest under `/admin`: they show the gateway of `hub` (a gateway's,
+/// The page's routes, to nest under `/admin` (with `nest_service`, so that `/admin/` is the
+/// page too): they show the gateway of `hub` (a gateway's,
 /// `gateway.hub().clone()`) to the callers `access` lets in. Starts the sampling task on
 /// `tasks` (the gateway's, `gateway.tasks()`), which ends with the gateway.
 ///
@@ -81,17 +90,29 @@ struct Admin {
 /// # async fn main() {
 /// let gateway = Gateway::builder(Config::default()).build();
 /// let access = ApiAccess::new(std::env::var("MY_API_KEY").ok().as_deref(), "127.0.0.1:3000".parse().unwrap());
-/// let app = gateway.router().nest("/admin", admin::router(gateway.hub().clone(), access, gateway.tasks()));
+/// // `nest_service`, not `nest`: then `/admin/` answers as `/admin` does.
+/// let app = gateway.router().nest_service("/admin", admin::router(gateway.hub().clone(), access, gateway.tasks()));
 /// # drop(app);
 /// # }
 /// ```
 pub fn router(hub: Hub, access: ApiAccess, tasks: &Tasks) -> Router {
-    let sampler = sampler::Sampler::new(hub.clone());
+    build(hub, access, tasks, None)
+}
+
+/// [`router`], for a gateway serving at `addr`: in cluster mode, the address this node's report
+/// gives the other nodes' pages (the binary's is the address it is bound to).
+pub fn router_at(hub: Hub, access: ApiAccess, tasks: &Tasks, addr: SocketAddr) -> Router {
+    build(hub, access, tasks, Some(addr.to_string()))
+}
+
+fn build(hub: Hub, access: ApiAccess, tasks: &Tasks, addr: Option<String>) -> Router {
+    let sampler = sampler::Sampler::new(hub.clone(), addr);
     tasks.spawn(sampler.clone().run());
     let state = Admin { hub, sampler, shutdown: tasks.shutdown_token().clone() };
     Router::new()
         .route("/", get(page))
         .route("/stream", get(stream))
+        .route("/cluster", get(cluster))
         .route("/sessions/{sid}", get(lookup))
         .layer(middleware::from_fn_with_state(access, guard))
         .with_state(state)
@@ -166,6 +187,14 @@ async fn stream(State(admin): State<Admin>) -> Response {
     let mut response = private(Sse::new(events).into_response());
     response.headers_mut().insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
     response
+}
+
+/// `GET /admin/cluster`: the cluster part of the latest tick, with this node's id.
+async fn cluster(State(admin): State<Admin>) -> Response {
+    let tick = admin.sampler.subscribe().borrow().clone();
+    let tick: Value = tick.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
+    let node = admin.hub.cluster().map(|c| c.node().to_string());
+    private(Json(json!({ "node": node, "t": tick["t"], "cluster": tick["cluster"] })).into_response())
 }
 
 /// `GET /admin/sessions/{sid}`. A session nobody knows is a `404` of this page's own (not the

@@ -25,6 +25,21 @@ pub const HISTORY: usize = 15 * 60;
 /// How many rooms the page lists.
 const TOP_ROOMS: usize = 12;
 
+/// Cluster mode: a node's report older than this is left out of the page (its node is gone, or
+/// cut off from Redis).
+pub const REPORT_FRESH: Duration = Duration::from_secs(5);
+
+/// Cluster mode: a report older than this is deleted by the node that reads it, so the hash of
+/// reports does not grow with the ids of gone nodes. Longer than [`REPORT_FRESH`], so that a
+/// node's clock running a little behind the others' does not get its reports deleted.
+const REPORT_FORGET: Duration = Duration::from_secs(60);
+
+/// Cluster mode: the longest the sampler waits on Redis for the reports in a tick.
+const REPORT_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// What of a tick goes into a node's report, and is summed into the cluster's totals.
+const REPORTED: [&str; 9] = ["sessions", "on", "rate", "minute", "totals", "gaps", "errors", "post", "detaches"];
+
 /// What each chart point holds, in order (the page reads them by these names).
 pub const POINT_FIELDS: [&str; 12] = [
     "t",
@@ -46,6 +61,8 @@ type Point = [f64; POINT_FIELDS.len()];
 /// The sampling task's output, shared with every page's stream.
 pub struct Sampler {
     hub: Hub,
+    /// The address this node serves on, named in its cluster report.
+    addr: Option<String>,
     /// The chart points of the last [`HISTORY`] seconds and the totals of the last minute.
     /// Written by the sampling task once a second; read by a page's stream when it opens.
     recent: Mutex<Recent>,
@@ -155,8 +172,8 @@ fn with_minute(now: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> V
 }
 
 impl Sampler {
-    pub fn new(hub: Hub) -> Arc<Sampler> {
-        Arc::new(Sampler { hub, recent: Mutex::new(Recent::default()), tick_tx: watch::Sender::new(None), started: Instant::now() })
+    pub fn new(hub: Hub, addr: Option<String>) -> Arc<Sampler> {
+        Arc::new(Sampler { hub, addr, recent: Mutex::new(Recent::default()), tick_tx: watch::Sender::new(None), started: Instant::now() })
     }
 
     /// Samples once a second, forever (the gateway's task: it ends with the gateway).
@@ -203,13 +220,16 @@ impl Sampler {
         let on_ = |name: &str| on.get(name).copied().unwrap_or(0.0).max(0.0);
         let (ws, sse, polling, none) = (on_("websocket"), on_("sse"), on_("polling"), on_("none"));
 
-        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        let previous = recent.totals.back().cloned().unwrap_or_default();
-        recent.totals.push_back(totals.clone());
-        while recent.totals.len() > 61 {
-            recent.totals.pop_front();
-        }
-        let minute = recent.totals.front().cloned().unwrap_or_default();
+        // The lock is held in a block of its own: not across the cluster report's awaits.
+        let (previous, minute) = {
+            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            let previous = recent.totals.back().cloned().unwrap_or_default();
+            recent.totals.push_back(totals.clone());
+            while recent.totals.len() > 61 {
+                recent.totals.pop_front();
+            }
+            (previous, recent.totals.front().cloned().unwrap_or_default())
+        };
         let seconds = previous.at.map_or(1.0, |at| now.saturating_duration_since(at).as_secs_f64().max(0.001));
         let rate = |now: f64, then: f64| if previous.at.is_some() { ((now - then) / seconds).max(0.0) } else { 0.0 };
         let (in_rate, out_rate, bytes_rate) = (
@@ -234,11 +254,13 @@ impl Sampler {
             per_minute(down, down_before),
             per_minute(up, up_before),
         ];
-        recent.points.push_back(point);
-        while recent.points.len() > HISTORY {
-            recent.points.pop_front();
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            recent.points.push_back(point);
+            while recent.points.len() > HISTORY {
+                recent.points.pop_front();
+            }
         }
-        drop(recent);
 
         let mut changes: Vec<Value> = totals
             .changes
@@ -274,6 +296,144 @@ impl Sampler {
             "point": point,
         });
         tidy(&mut tick);
+        if self.hub.cluster().is_some() {
+            let view = self.cluster_view(&tick, wall).await;
+            tick["cluster"] = view;
+        }
         self.tick_tx.send_replace(Some(tick.to_string().into()));
+    }
+}
+
+impl Sampler {
+    /// Cluster mode: publishes this node's report (the figures of `tick` in [`REPORTED`], its
+    /// node id, address and time) to Redis, reads every node's, forgets those of gone nodes,
+    /// and returns the view the page shows: `{"nodes": [...], "totals": {...}}`, the totals
+    /// being the sums over the nodes that reported in the last [`REPORT_FRESH`]; or
+    /// `{"error": ...}` when Redis does not answer in time.
+    async fn cluster_view(&self, tick: &Value, wall: u64) -> Value {
+        let Some(cluster) = self.hub.cluster() else { return Value::Null };
+        let mut report = Map::new();
+        report.insert("node".into(), json!(&*cluster.node()));
+        report.insert("addr".into(), json!(self.addr));
+        report.insert("t".into(), json!(wall));
+        for key in REPORTED {
+            report.insert(key.into(), tick.get(key).cloned().unwrap_or(Value::Null));
+        }
+        let report = Value::Object(report);
+        let exchange = async {
+            cluster.publish_admin(&report.to_string()).await?;
+            cluster.admin_reports().await
+        };
+        let reports = match tokio::time::timeout(REPORT_TIMEOUT, exchange).await {
+            Ok(Ok(reports)) => reports,
+            Ok(Err(_)) | Err(_) => return json!({ "error": "Redis did not answer: the other nodes' reports are not known" }),
+        };
+        let (nodes, gone) = gather(reports, wall);
+        if !gone.is_empty() {
+            let _ = tokio::time::timeout(REPORT_TIMEOUT, cluster.forget_admin(&gone)).await;
+        }
+        let mut totals = Value::Null;
+        for node in &nodes {
+            for key in REPORTED {
+                if let Some(value) = node.get(key) {
+                    add(&mut totals, key, value);
+                }
+            }
+        }
+        json!({ "nodes": nodes, "totals": totals, "fresh_ms": REPORT_FRESH.as_millis() as u64 })
+    }
+}
+
+/// The fresh reports among `reports` (with their age, `age_ms`), sorted by node id, and the
+/// ids whose reports are old enough to forget (or unreadable).
+fn gather(reports: Vec<(String, String)>, wall: u64) -> (Vec<Value>, Vec<String>) {
+    let mut nodes = Vec::new();
+    let mut gone = Vec::new();
+    for (id, text) in reports {
+        let Ok(mut report) = serde_json::from_str::<Value>(&text) else {
+            gone.push(id);
+            continue;
+        };
+        let age = wall.saturating_sub(report["t"].as_u64().unwrap_or(0));
+        if age > REPORT_FORGET.as_millis() as u64 {
+            gone.push(id);
+        } else if age <= REPORT_FRESH.as_millis() as u64 {
+            report["age_ms"] = json!(age);
+            nodes.push(report);
+        }
+    }
+    nodes.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+    (nodes, gone)
+}
+
+/// Adds `value` into `into[key]`: numbers are summed, objects key by key, arrays (a figure's
+/// `[total, last minute]`) item by item.
+fn add(into: &mut Value, key: &str, value: &Value) {
+    if !into.is_object() {
+        *into = Value::Object(Map::new());
+    }
+    let slot = into.as_object_mut().map(|map| map.entry(key.to_owned()).or_insert(Value::Null));
+    if let Some(slot) = slot {
+        sum_into(slot, value);
+    }
+}
+
+fn sum_into(slot: &mut Value, value: &Value) {
+    match (slot.take(), value) {
+        (Value::Null, v) => *slot = v.clone(),
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
+            *slot = json!(a + b);
+            tidy(slot);
+        }
+        (Value::Object(mut a), Value::Object(b)) => {
+            for (k, v) in b {
+                sum_into(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+            *slot = Value::Object(a);
+        }
+        (Value::Array(mut a), Value::Array(b)) => {
+            for (i, v) in b.iter().enumerate() {
+                match a.get_mut(i) {
+                    Some(item) => sum_into(item, v),
+                    None => a.push(v.clone()),
+                }
+            }
+            *slot = Value::Array(a);
+        }
+        (kept, _) => *slot = kept,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_add_up_key_by_key() {
+        let mut totals = Value::Null;
+        for report in [
+            json!({"sessions": 2, "on": {"websocket": 1, "sse": 1}, "gaps": {"lag": [3, 1]}, "rate": {"in": 0.5}}),
+            json!({"sessions": 3, "on": {"websocket": 2, "polling": 1}, "gaps": {"lag": [1, 0], "expired": [2, 2]}, "rate": {"in": 1.25}}),
+        ] {
+            for key in ["sessions", "on", "gaps", "rate"] {
+                add(&mut totals, key, &report[key]);
+            }
+        }
+        assert_eq!(
+            totals,
+            json!({"sessions": 5, "on": {"websocket": 3, "sse": 1, "polling": 1}, "gaps": {"lag": [4, 1], "expired": [2, 2]}, "rate": {"in": 1.75}})
+        );
+    }
+
+    #[test]
+    fn stale_reports_are_left_out_and_old_ones_forgotten() {
+        let now = 1_000_000;
+        let at = |age: u64, node: &str| (node.to_owned(), json!({"node": node, "t": now - age}).to_string());
+        let (nodes, gone) = gather(vec![at(100, "b"), at(10_000, "c"), at(120_000, "d"), ("e".to_owned(), "not json".to_owned()), at(0, "a")], now);
+        let ids: Vec<&str> = nodes.iter().filter_map(|n| n["node"].as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(nodes[1]["age_ms"], json!(100));
+        assert_eq!(gone, ["d", "e"]);
     }
 }

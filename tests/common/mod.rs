@@ -94,7 +94,7 @@ impl TestServer {
         if let Some(access) = admin {
             router = router
                 .nest("/api", api::router(gateway.hub().clone(), access.clone()))
-                .nest("/admin", admin::router(gateway.hub().clone(), access, gateway.tasks()));
+                .nest_service("/admin", admin::router(gateway.hub().clone(), access, gateway.tasks()));
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

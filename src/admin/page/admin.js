@@ -28,7 +28,10 @@
     return css.getPropertyValue('--' + name).trim();
   }
 
-  var state = (window.__admin = { tick: null, fields: [], points: [], ticks: 0, lastTickAt: 0 });
+  var state = (window.__admin = { tick: null, fields: [], points: [], ticks: 0, lastTickAt: 0, view: location.hash === '#all' ? 'all' : 'node' });
+  // What a node's cluster report carries (src/admin/sampler.rs, `REPORTED`): in the "all nodes"
+  // view, these figures are the cluster's sums; the charts and the changes stay this node's.
+  var REPORTED = ['sessions', 'on', 'rate', 'minute', 'totals', 'gaps', 'errors', 'post', 'detaches'];
 
   // ----- formatting -------------------------------------------------------------------------
 
@@ -173,16 +176,32 @@
 
   // ----- the tick ---------------------------------------------------------------------------
 
-  function render(t) {
+  /** The tick as the chosen view shows it: this node's, or with the cluster's sums. */
+  function viewed(t) {
+    var all = state.view === 'all' && t.cluster && t.cluster.totals;
+    document.body.dataset.view = all ? 'all' : 'node';
+    if (!all) return t;
+    var v = {};
+    for (var k in t) v[k] = t[k];
+    REPORTED.forEach(function (key) { if (t.cluster.totals[key] != null) v[key] = t.cluster.totals[key]; });
+    return v;
+  }
+
+  function render(tick) {
+    var t = viewed(tick);
+    var all = document.body.dataset.view === 'all';
     var scope = document.getElementById('scope');
     scope.innerHTML = '';
     if (t.node) {
       scope.appendChild(document.createTextNode('cluster node '));
-      scope.appendChild(el('b', { text: t.node }));
-      scope.appendChild(document.createTextNode(" · this node's numbers"));
+      scope.appendChild(el('b', { text: t.node.slice(0, 8) }));
+      scope.title = t.node;
+      var count = tick.cluster && tick.cluster.nodes ? tick.cluster.nodes.length : 0;
+      scope.appendChild(document.createTextNode(all ? ' · sums of ' + count + ' nodes' : " · this node's numbers"));
     } else {
       scope.appendChild(el('b', { text: 'single node' }));
     }
+    renderCluster(tick);
     var when = new Date(t.t);
     document.getElementById('updated').textContent =
       'updated ' + when.toLocaleTimeString('en-GB') + ' · up ' + duration(t.uptime * 1000);
@@ -204,13 +223,72 @@
     ['attaches', 'resumes', 'created', 'expired', 'in', 'out', 'bytes', 'fallbacks', 'upgrades'].forEach(function (k) { show('totals.' + k, t.totals[k]); });
     var quiet = !t.minute.fallbacks;
     document.querySelector('.tile.fallbacks').toggleAttribute('data-quiet', quiet);
-    renderChanges(t.changes || []);
+    renderChanges(tick.changes || []);
     renderCounts('gaps', t.gaps, 'no gaps');
     renderCounts('errors', t.errors, 'no errors');
     renderCounts('post', t.post, 'no POSTs yet');
     renderCounts('detaches', t.detaches, 'none yet');
-    renderRooms(t.rooms);
+    renderRooms(tick.rooms);
   }
+
+  function renderCluster(t) {
+    var clustered = t.cluster != null;
+    document.getElementById('cluster').hidden = !clustered;
+    document.getElementById('rooms-panel').hidden = clustered;
+    document.getElementById('view').hidden = !clustered;
+    if (!clustered) return;
+    var nodes = t.cluster.nodes || [];
+    document.getElementById('view-count').textContent = nodes.length ? '(' + nodes.length + ')' : '';
+    document.getElementById('cluster-count').textContent = String(nodes.length);
+    var body = document.getElementById('cluster-nodes');
+    var foot = document.getElementById('cluster-totals');
+    body.innerHTML = '';
+    foot.innerHTML = '';
+    if (t.cluster.error) {
+      body.appendChild(el('tr', { class: 'empty' }, [el('td', { colspan: '8', class: 'error-text', text: t.cluster.error })]));
+      return;
+    }
+    var row = function (attrs, first, second, r, age, old) {
+      var on = r.on || {};
+      var rt = r.rate || {};
+      var cell = function (cls, value, text) {
+        return el('td', { class: 'n ' + cls + (value ? '' : ' zero'), 'data-value': String(value || 0), text: text });
+      };
+      return el('tr', attrs, [
+        el('td', {}, [first]),
+        el('td', { class: 'addr', title: second, text: second }),
+        cell('ws', on.websocket, int(on.websocket || 0)),
+        cell('sse', on.sse, int(on.sse || 0)),
+        cell('polling', on.polling, int(on.polling || 0)),
+        cell('events', (rt.in || 0) + (rt.out || 0), rate(rt.in || 0) + ' · ' + rate(rt.out || 0)),
+        cell('fallbacks', (r.minute || {}).fallbacks, int((r.minute || {}).fallbacks || 0)),
+        el('td', { class: 'n age' + (old ? ' old' : ''), text: age }),
+      ]);
+    };
+    nodes.forEach(function (n) {
+      var self = n.node === t.node;
+      body.appendChild(row({ class: self ? 'self' : '', 'data-node': n.node }, el('code', { title: n.node, text: n.node.slice(0, 8) }),
+        n.addr || '–', n, duration(n.age_ms || 0), (n.age_ms || 0) > 2500));
+    });
+    if (t.cluster.totals) {
+      foot.appendChild(row({ 'data-node': 'all' }, el('span', { text: 'all ' + nodes.length }), int(t.cluster.totals.sessions || 0) + ' sessions', t.cluster.totals, '', false));
+    }
+  }
+
+  function setView(view) {
+    state.view = view;
+    window.history.replaceState(null, '', view === 'all' ? '#all' : location.pathname + location.search);
+    var buttons = document.querySelectorAll('#view button');
+    for (var i = 0; i < buttons.length; i++) buttons[i].setAttribute('aria-pressed', String(buttons[i].dataset.view === view));
+    if (state.tick) render(state.tick);
+  }
+  (function () {
+    var buttons = document.querySelectorAll('#view button');
+    for (var i = 0; i < buttons.length; i++) {
+      buttons[i].addEventListener('click', function (e) { setView(e.currentTarget.dataset.view); });
+    }
+    if (state.view === 'all') setView('all');
+  })();
 
   function renderChanges(changes) {
     var body = document.getElementById('changes');

@@ -30,7 +30,8 @@
 //!
 //! Keys are hash-tagged by sid (see `scripts.rs`), so the same code runs on one Redis and on a
 //! Redis Cluster; the few global keys (`sy:sessions`, `sy:expiry`, room member sets,
-//! `sy:alive:NODE`) are only ever used by single-key commands.
+//! `sy:alive:NODE`, the operator page's reports `sy:admin`) are only ever used by single-key
+//! commands.
 
 mod node;
 mod scripts;
@@ -562,6 +563,42 @@ impl Cluster {
         removed.and(unindexed).map(drop)
     }
 }
+
+impl Cluster {
+    /// Publishes this node's operator-page report (`report`, the admin module's JSON) under
+    /// this node's id in the one hash of reports, `sy:admin` (a single key: the same on a Redis
+    /// Cluster). Each node's sampler calls this once a second.
+    pub async fn publish_admin(&self, report: &str) -> Result<(), HubError> {
+        self.cmd("admin", redis::cmd("HSET").arg(ADMIN_KEY).arg(&*self.node()).arg(report)).await.map(drop)
+    }
+
+    /// Every node's operator-page report, as `(node id, report)`: what [`Cluster::publish_admin`]
+    /// left, of live nodes and of gone ones alike (the reader tells them apart by the reports'
+    /// timestamps, and forgets gone ones with [`Cluster::forget_admin`]).
+    pub async fn admin_reports(&self) -> Result<Vec<(String, String)>, HubError> {
+        let reply = self.cmd("admin", redis::cmd("HGETALL").arg(ADMIN_KEY)).await?;
+        Ok(match reply {
+            Value::Map(pairs) => pairs.iter().map(|(k, v)| (text(k), text(v))).collect(),
+            other => array(other).chunks_exact(2).map(|pair| (text(&pair[0]), text(&pair[1]))).collect(),
+        })
+    }
+
+    /// Drops the reports of nodes that are gone, so the hash does not grow with dead node ids.
+    pub async fn forget_admin(&self, nodes: &[String]) -> Result<(), HubError> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(ADMIN_KEY);
+        for node in nodes {
+            cmd.arg(node.as_str());
+        }
+        self.cmd("admin", &cmd).await.map(drop)
+    }
+}
+
+/// The hash of the nodes' operator-page reports, by node id.
+const ADMIN_KEY: &str = "sy:admin";
 
 fn new_node_id() -> Arc<str> {
     Arc::from(format!("{:016x}", rand::random::<u64>()))
