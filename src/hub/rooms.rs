@@ -152,10 +152,11 @@ impl Hub {
 
     /// How many rooms have members, and the `top` largest with their member counts, largest
     /// first (ties by name): for the operator page. The room table is read a shard at a time.
-    /// `None` in cluster mode, where rooms live in Redis and this node keeps none.
+    /// In cluster mode, the cluster's rooms as Redis has them (up to a thousand looked at);
+    /// `None` when Redis cannot be reached.
     pub async fn busiest_rooms(&self, top: usize) -> Option<(usize, Vec<(String, usize)>)> {
-        if self.inner.cluster.is_some() {
-            return None;
+        if let Some(cluster) = &self.inner.cluster {
+            return Box::pin(cluster.busiest_rooms(top)).await.ok();
         }
         // The smallest of the largest so far on top, to be pushed out first.
         let mut largest: BinaryHeap<Reverse<(usize, Reverse<Arc<str>>)>> = BinaryHeap::with_capacity(top + 1);

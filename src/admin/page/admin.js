@@ -228,7 +228,7 @@
     renderCounts('errors', t.errors, 'no errors');
     renderCounts('post', t.post, 'no POSTs yet');
     renderCounts('detaches', t.detaches, 'none yet');
-    renderRooms(tick.rooms);
+    renderRooms(tick.rooms, tick.cluster != null);
   }
 
   function renderCluster(t) {
@@ -328,15 +328,19 @@
     });
   }
 
-  function renderRooms(rooms) {
-    var list = document.getElementById('rooms');
+  // In cluster mode the rooms are the cluster's (from Redis), listed in the cluster panel, the
+  // five largest; otherwise this node's, in their own panel.
+  function renderRooms(rooms, clustered) {
+    var list = document.getElementById(clustered ? 'cluster-rooms' : 'rooms');
+    var key = clustered ? 'cluster-rooms.count' : 'rooms.count';
     list.innerHTML = '';
     if (!rooms) {
-      show('rooms.count', 0);
-      list.appendChild(el('li', { class: 'empty', text: 'rooms live in Redis in cluster mode: not listed here yet' }));
+      show(key, 0);
+      list.appendChild(el('li', { class: 'empty', text: 'Redis did not answer in time' }));
       return;
     }
-    show('rooms.count', rooms.count);
+    show(key, rooms.count);
+    if (clustered) rooms = { count: rooms.count, top: rooms.top.slice(0, 5) };
     if (!rooms.top.length) {
       list.appendChild(el('li', { class: 'empty', text: 'no rooms' }));
       return;

@@ -59,6 +59,10 @@ pub(super) const INBOX_LEASE: Duration = Duration::from_millis(1500);
 /// dead, and the sessions it held get their grace period.
 const NODE_LEASE: Duration = Duration::from_secs(5);
 
+/// The most room names the operator page's room list looks at in cluster mode (a `SCARD` each,
+/// once a second per node with the page's sampler).
+const ROOMS_LISTED: usize = 1000;
+
 /// How long a Redis command may take before the node treats Redis as unreachable for it.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -449,6 +453,10 @@ impl Cluster {
             -1 => Err(HubError::NoSession),
             added => {
                 self.cmd("rooms", redis::cmd("SADD").arg(room_key(room)).arg(sid.as_str())).await?;
+                // The index of room names, for the operator page: added to on every join, pruned
+                // by its reader of rooms found empty (a room pruned in a race with a join comes
+                // back with the next join).
+                self.cmd("rooms", redis::cmd("SADD").arg("sy:rooms").arg(room)).await?;
                 Ok(added == 1)
             }
         }
@@ -480,6 +488,47 @@ impl Cluster {
     pub(super) async fn members(&self, room: &str) -> Result<Vec<Sid>, HubError> {
         let reply = self.cmd("rooms", redis::cmd("SMEMBERS").arg(room_key(room))).await?;
         Ok(array(reply).iter().filter_map(|v| text(v).parse().ok()).collect())
+    }
+
+    /// How many rooms have members, and the `top` largest with their member counts, largest
+    /// first: from the index `sy:rooms`, at most [`ROOMS_LISTED`] of its names looked at (one
+    /// `SCARD` each). Names of rooms found empty leave the index.
+    pub(super) async fn busiest_rooms(&self, top: usize) -> Result<(usize, Vec<(String, usize)>), HubError> {
+        use futures_util::StreamExt;
+        let mut names = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let reply = array(self.cmd("rooms", redis::cmd("SSCAN").arg("sy:rooms").arg(cursor).arg("COUNT").arg(500)).await?);
+            cursor = reply.first().map_or(0, |v| text(v).parse().unwrap_or(0));
+            if let Some(batch) = reply.get(1) {
+                names.extend(array(batch.clone()).iter().map(text));
+            }
+            if cursor == 0 || names.len() >= ROOMS_LISTED {
+                break;
+            }
+        }
+        names.truncate(ROOMS_LISTED);
+        let counted: Vec<(String, usize)> = futures_util::stream::iter(names)
+            .map(|room| async move {
+                let n = self.cmd("rooms", redis::cmd("SCARD").arg(room_key(&room))).await.map_or(0, |v| usize::try_from(int(&v)).unwrap_or(0));
+                (room, n)
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        let (mut rooms, empty): (Vec<_>, Vec<_>) = counted.into_iter().partition(|(_, n)| *n > 0);
+        if !empty.is_empty() {
+            let mut prune = redis::cmd("SREM");
+            prune.arg("sy:rooms");
+            for (room, _) in &empty {
+                prune.arg(room);
+            }
+            let _ = self.cmd("rooms", &prune).await;
+        }
+        let count = rooms.len();
+        rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        rooms.truncate(top);
+        Ok((count, rooms))
     }
 
     /// Drops sids that name no session any more from a room's member set.
