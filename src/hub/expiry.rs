@@ -208,13 +208,11 @@ impl Hub {
     /// attachments made from now on do the same at once.
     pub fn close_all(&self) {
         self.inner.closing.store(true, Ordering::Release);
-        for shard in &self.inner.shards {
-            for session in shard.read().unwrap_or_else(PoisonError::into_inner).values() {
-                if let Some(attached) = &lock(&session.state).attached {
-                    attached.wake.notify();
-                }
+        self.each_session(|_, state| {
+            if let Some(attached) = &state.attached {
+                attached.wake.notify();
             }
-        }
+        });
     }
 }
 

@@ -64,7 +64,7 @@ impl Hub {
                 !state.removed && state.attached.is_some()
             };
             let checked = session.verified.load(Ordering::Relaxed);
-            if held || (checked > 0 && self.stamp().saturating_sub(checked) < millis(VERIFIED_FOR)) {
+            if held || (checked > 0 && self.stamp().saturating_sub(checked) < super::cluster::millis(VERIFIED_FOR)) {
                 return Ok(session);
             }
         }
@@ -314,15 +314,12 @@ impl Hub {
     /// events emitted on other nodes could no longer reach it.
     pub(super) fn redis_lost(&self) {
         let mut count = 0;
-        for shard in &self.inner.shards {
-            for session in shard.read().unwrap_or_else(std::sync::PoisonError::into_inner).values() {
-                let mut state = lock(&session.state);
-                if state.attached.is_some() {
-                    evict(&mut state, CloseReason::Unavailable, &session.sid);
-                    count += 1;
-                }
+        self.each_session(|sid, state| {
+            if state.attached.is_some() {
+                evict(state, CloseReason::Unavailable, sid);
+                count += 1;
             }
-        }
+        });
         tracing::warn!(transports = count, "Redis unreachable: every transport told to resume");
     }
 
@@ -337,14 +334,11 @@ impl Hub {
     /// The sessions this node holds: sid, attachment generation, highest event handed out.
     pub(super) fn held(&self) -> Vec<(Sid, u64, u64)> {
         let mut held = Vec::new();
-        for shard in &self.inner.shards {
-            for session in shard.read().unwrap_or_else(std::sync::PoisonError::into_inner).values() {
-                let state = lock(&session.state);
-                if let Some(attached) = &state.attached {
-                    held.push((session.sid.clone(), attached.gen, state.delivered));
-                }
+        self.each_session(|sid, state| {
+            if let Some(attached) = &state.attached {
+                held.push((sid.clone(), attached.gen, state.delivered));
             }
-        }
+        });
         held
     }
 
@@ -374,6 +368,3 @@ fn parse(sid: Option<&str>, cursor: Option<&str>) -> Result<Option<(Sid, Option<
     }
 }
 
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}

@@ -298,12 +298,9 @@ impl Hub {
 pub struct Inbox<'a> {
     handle: &'a SessionHandle,
     _guard: tokio::sync::MutexGuard<'a, ()>,
-    ticket: Option<Ticket>,
-}
-
-/// A granted ticket of a session's inbox in Redis (the node's ticket task renews its lease).
-struct Ticket {
-    number: u64,
+    /// Cluster mode: the session's granted ticket in Redis (the node's ticket task renews its
+    /// lease).
+    ticket: Option<u64>,
 }
 
 /// One session, already found: what a handler's context holds, so that answering the session
@@ -340,7 +337,7 @@ impl SessionHandle {
                 self.session.room_count.store(state.rooms.len(), Ordering::Relaxed);
                 drop(state);
                 self.session.rooms_current.store(true, Ordering::Release);
-                Some(Ticket { number: granted.ticket })
+                Some(granted.ticket)
             }
         };
         Ok(Inbox { handle: self, _guard: guard, ticket })
@@ -397,7 +394,7 @@ impl Drop for Inbox<'_> {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
                     let mark = session.unsaved.swap(0, Ordering::AcqRel);
-                    let _ = cluster.release(&session.sid, ticket.number, mark).await;
+                    let _ = cluster.release(&session.sid, ticket, mark).await;
                 });
             }
         }

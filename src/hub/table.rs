@@ -131,6 +131,16 @@ impl Hub {
         Ok(session)
     }
 
+    /// Runs `visit` on every session's state, a shard at a time, each under its session lock
+    /// (shutdown, Redis lost, the sessions a node holds).
+    pub(super) fn each_session(&self, mut visit: impl FnMut(&Sid, &mut State)) {
+        for shard in &self.inner.shards {
+            for session in shard.read().unwrap_or_else(PoisonError::into_inner).values() {
+                visit(&session.sid, &mut lock(&session.state));
+            }
+        }
+    }
+
     /// Number of live sessions (attached or in their grace period). In cluster mode: the
     /// sessions this node mirrors (holds, or sent into lately), not the cluster's count.
     pub fn len(&self) -> usize {

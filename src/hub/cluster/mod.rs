@@ -53,7 +53,7 @@ pub(super) use node::run;
 
 /// The longest a client event waits for a node that died holding its session's inbox, and the
 /// lease a waiting or handling node renews while it is alive.
-pub(super) const INBOX_LEASE: Duration = Duration::from_millis(1500);
+const INBOX_LEASE: Duration = Duration::from_millis(1500);
 
 /// How long a node's liveness key lives without renewal: a node silent this long is taken for
 /// dead, and the sessions it held get their grace period.
@@ -667,7 +667,8 @@ fn room_key(room: &str) -> String {
     format!("sy:room:{{{room}}}")
 }
 
-fn millis(duration: Duration) -> u64 {
+/// A duration in whole milliseconds, as Redis takes them.
+pub(super) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 

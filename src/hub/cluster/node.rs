@@ -31,8 +31,9 @@ pub(in crate::hub) async fn run(hub: Weak<HubInner>, cluster: Cluster, shutdown:
         () = shutdown.cancelled() => {}
     }
     if let Some(inner) = hub.upgrade() {
+        // The hub's own shutdown (`close_all`, beside this in the expiry task) tells every
+        // attachment to say goodbye; here they are detached in Redis.
         let hub = Hub { inner };
-        hub.close_all();
         let held = hub.held();
         let count = held.len();
         let detach = futures_util::stream::iter(held)
@@ -154,12 +155,13 @@ async fn expire(hub: Weak<HubInner>, cluster: Cluster) {
             if claimed != Ok(1) {
                 continue;
             }
-            settle(&hub, &cluster, &sid).await;
+            settle(&hub, &cluster, &sid, now).await;
         }
     }
 }
 
-async fn settle(hub: &Hub, cluster: &Cluster, sid: &Sid) {
+/// `now` is Redis's clock as of this tick.
+async fn settle(hub: &Hub, cluster: &Cluster, sid: &Sid, now: u64) {
     let grace = hub.inner.config.grace;
     let mut invocation = cluster.inner.scripts.check.prepare_invoke();
     super::keys(&mut invocation, sid);
@@ -182,7 +184,6 @@ async fn settle(hub: &Hub, cluster: &Cluster, sid: &Sid) {
         "attached" => {
             let owner = reply.get(1).map(text).unwrap_or_default();
             let alive = cluster.cmd("expiry", redis::cmd("EXISTS").arg(format!("sy:alive:{owner}"))).await.map(|v| int(&v) == 1);
-            let Ok(now) = cluster.redis_now_ms().await else { return };
             if alive.unwrap_or(true) {
                 // Held by a live node: look again a grace period later, keeping the keys alive.
                 let mut touch = cluster.inner.scripts.touch.prepare_invoke();
