@@ -139,8 +139,8 @@ async fn guard(State(access): State<ApiAccess>, request: Request, next: Next) ->
 fn basic_password(headers: &HeaderMap) -> Option<String> {
     let encoded = headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Basic ")?;
     let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
-    let (_user, password) = String::from_utf8(decoded).ok()?.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned()))?;
-    Some(password)
+    let credentials = String::from_utf8(decoded).ok()?;
+    credentials.split_once(':').map(|(_user, password)| password.to_owned())
 }
 
 /// Headers of everything this module answers: never cached, never framed, no referrer.
