@@ -23,7 +23,7 @@ pub struct TestCa {
     pub key_pem: String,
     /// DER of the server certificate, to compare with what a handshake presented.
     pub cert_der: CertificateDer<'static>,
-    /// Base64 SHA-256 of the server key's SubjectPublicKeyInfo (Chromium's
+    /// Base64 SHA-256 of the server key's `SubjectPublicKeyInfo` (Chromium's
     /// `--ignore-certificate-errors-spki-list`).
     pub spki_sha256: String,
 }
