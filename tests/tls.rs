@@ -131,7 +131,7 @@ async fn one_http2_connection_carries_twenty_sessions_at_once() {
         }
     });
     let statuses = futures_util::future::join_all(posts).await;
-    assert!(statuses.iter().all(|s| s.is_success()), "{statuses:?}");
+    assert!(statuses.iter().all(hyper::StatusCode::is_success), "{statuses:?}");
     for (i, stream) in streams.iter_mut().enumerate() {
         let reply = next_event(stream).await;
         assert_eq!((reply.event.as_str(), &reply.data), ("echo", &json!(i)), "session {i} gets its own reply");
