@@ -2,10 +2,14 @@
 //! WebSocket over both (RFC 8441 over HTTP/2), and the plain listener's guards on it: header
 //! timeout, origin checks, limits, drain.
 //!
+//! Also nginx terminating TLS with HTTP/2 in front of the plain gateway, as README.md
+//! describes it.
+//!
 //! Certificates come from a CA the test makes (`common::tls::TestCa`); every client trusts that
 //! CA and nothing else.
 
 mod common;
+mod harness;
 
 use std::time::Duration;
 
@@ -277,4 +281,31 @@ async fn shutdown_drains_http2_streams_and_websockets_then_returns() {
     let (code, _) = ws.expect_close().await;
     assert_eq!(u16::from(code), 1001);
     within("run_tls to return once drained", served).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn behind_nginx_with_http2_a_session_works_over_both_protocols() {
+    let ca = TestCa::new();
+    let server = TestServer::start().await;
+    let certs = harness::TempDir::new("nginx-certs");
+    let (cert, key) = ca.write(certs.path());
+    let nginx = harness::proxies::Proxy::nginx_tls("nginx-http2.conf", server.addr, &cert, &key).await;
+    let front: std::net::SocketAddr = format!("127.0.0.1:{}", nginx.port).parse().unwrap();
+    let http = ca.reqwest(true, front);
+    let response = within("SSE through nginx", http.get(format!("https://{front}/sse")).send()).await.unwrap();
+    assert_eq!((response.status().as_u16(), response.version()), (200, reqwest::Version::HTTP_2));
+    let mut sse = SseClient::from_response(response);
+    let sid = sse.hello().await;
+    let posted = within("POST through nginx", http.post(format!("https://{front}/sse?sid={sid}")).json(&json!({"event": "echo", "data": 1})).send())
+        .await
+        .unwrap();
+    assert_eq!((posted.status().as_u16(), posted.version()), (202, reqwest::Version::HTTP_2));
+    assert_eq!(sse.next().await.data, json!(1));
+    // nginx has no WebSocket over HTTP/2: the WebSocket takes an HTTP/1.1 connection of its own.
+    let tls = ca.connect(front, &[b"http/1.1"]).await;
+    let (socket, _) = within("WebSocket through nginx", tokio_tungstenite::client_async(format!("wss://{front}/ws"), tls)).await.unwrap();
+    let mut ws = WsClient { socket };
+    ws.hello().await;
+    ws.send(r#"{"event":"echo","data":2}"#).await;
+    assert_eq!(ws.next().await.data, json!(2));
 }
