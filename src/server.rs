@@ -122,7 +122,7 @@ async fn serve(
 ) -> io::Result<()> {
     let serving = Serving::new(router, &gateway);
     let connections = TaskTracker::new();
-    let mut reserve = Reserve::take();
+    let mut reserve = Reserve::take(https.is_none());
     tokio::pin!(shutdown);
     while let Some((tcp, peer)) = accept(&listener, shutdown.as_mut(), &serving.token, &mut reserve).await {
         // Two tasks of their own types: a plain connection's task keeps its own (small) size.
@@ -266,6 +266,9 @@ fn is_out_of_descriptors(err: &io::Error) -> bool {
 /// One file descriptor held back for answering when all others are in use.
 struct Reserve {
     file: Option<std::fs::File>,
+    /// Whether the refused connection gets a plain-text `503` (the plain listener); over TLS it
+    /// is closed at once, since a client in the middle of a handshake reads no plain text.
+    answer: bool,
     /// Refusals since the last log line, and when that line was written: one line a second
     /// says what is happening without flooding the log at the worst moment.
     refused: u64,
@@ -273,11 +276,12 @@ struct Reserve {
 }
 
 impl Reserve {
-    fn take() -> Reserve {
-        Reserve { file: std::fs::File::open("/dev/null").ok(), refused: 0, logged: None }
+    fn take(answer: bool) -> Reserve {
+        Reserve { file: std::fs::File::open("/dev/null").ok(), answer, refused: 0, logged: None }
     }
 
-    /// Accepts one waiting connection with the reserved descriptor, answers 503 and closes it.
+    /// Accepts one waiting connection with the reserved descriptor, answers 503 (on the plain
+    /// listener) and closes it.
     async fn refuse_one(&mut self, listener: &TcpListener) {
         self.refused += 1;
         if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
@@ -289,7 +293,8 @@ impl Reserve {
             self.logged = Some(tokio::time::Instant::now());
         }
         if self.file.take().is_some() {
-            if let Ok(Ok((mut tcp, _))) = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await {
+            let accepted = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+            if let (Ok(Ok((mut tcp, _))), true) = (accepted, self.answer) {
                 // Read the request head first: an HTTP client takes an answer that comes before
                 // its request as a protocol error rather than as the 503 it is.
                 let _ = tokio::time::timeout(Duration::from_millis(200), read_head(&mut tcp)).await;

@@ -132,6 +132,47 @@ async fn sighup_swaps_the_certificate_for_new_connections_and_live_sessions_go_o
     }
 }
 
+#[tokio::test]
+async fn out_of_file_descriptors_the_https_listener_refuses_and_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = Dir::new("tls-fds");
+    let ca = TestCa::new();
+    let (cert, key) = ca.write(&dir.0);
+    let (binary, addr) = start_binary(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()], Some(64));
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(ca.client_config(&[b"http/1.1"])));
+    // Far more streams than 64 descriptors allow. One refused is closed before or during its
+    // handshake (a client in a TLS handshake reads no plain-text 503).
+    let mut held = Vec::new();
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..100 {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let Ok(Ok(mut tls)) = tokio::time::timeout(common::WAIT, connector.connect(name, tcp)).await else {
+            refused += 1;
+            continue;
+        };
+        let _ = tls.write_all(b"GET /sse HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+        let mut head = [0u8; 512];
+        let n = within("a status line or the end", tls.read(&mut head)).await.unwrap_or(0);
+        if head[..n].starts_with(b"HTTP/1.1 200") {
+            ok += 1;
+            held.push(tls);
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(ok > 20 && refused > 0, "{ok} held, {refused} refused");
+    drop(held);
+    let http = ca.reqwest(true, addr);
+    wait_until("a new HTTPS request after the descriptors came back", || async {
+        http.get(format!("https://{addr}/healthz")).send().await.is_ok_and(|response| response.status() == 200)
+    })
+    .await;
+    let mut binary = binary;
+    assert!(binary.0.try_wait().unwrap().is_none(), "the server is still running");
+}
+
 /// Accepts exactly the certificate whose SHA-256 is `fingerprint` (colon-separated hex).
 #[derive(Debug)]
 struct Pinned {
