@@ -1,5 +1,6 @@
 //! HTTP/2 abuse on the HTTPS listener: more concurrent streams than allowed, a rapid-reset
-//! burst, oversized header blocks and a CONTINUATION flood. Each gets a clear refusal (a
+//! burst, a flood of malformed requests the server must reset, oversized header blocks and a
+//! CONTINUATION flood. Each gets a clear refusal (a
 //! `REFUSED_STREAM` reset, a `GOAWAY` with its reason, a `431`), and the server keeps serving
 //! other clients meanwhile.
 //!
@@ -15,7 +16,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use common::tls::TestCa;
 use common::{within, TestServer};
-use switchyard::server::{H2_MAX_HEADER_LIST, H2_MAX_PENDING_RESETS};
+use switchyard::server::{H2_MAX_HEADER_LIST, H2_MAX_LOCAL_RESETS, H2_MAX_PENDING_RESETS};
 use switchyard::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -207,6 +208,29 @@ async fn a_rapid_reset_burst_closes_the_connection_with_enhance_your_calm() {
     let frames = raw.until(|f| f.kind == GOAWAY).await;
     let goaway = frames.iter().find(|f| f.kind == GOAWAY).unwrap_or_else(|| panic!("no GOAWAY; frames: {frames:?}"));
     assert_eq!(error_code(goaway), ENHANCE_YOUR_CALM, "{goaway:?}");
+    others_are_served(&server).await;
+}
+
+#[tokio::test]
+async fn a_client_that_makes_the_server_reset_stream_after_stream_is_cut_off() {
+    let ca = TestCa::new();
+    let server = TestServer::https(Config::default(), &ca).await;
+    let mut raw = Raw::connect(&ca, &server).await;
+    // Malformed requests (no :path), each of which the server must reset: more than it resets
+    // for one client before closing the connection.
+    let burst = 2 * H2_MAX_LOCAL_RESETS as u32;
+    let mut out = BytesMut::new();
+    for i in 0..burst {
+        let mut block = vec![0x82, 0x87];
+        literal(&mut block, 1, b"localhost");
+        frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &block);
+    }
+    let _ = tokio::time::timeout(common::WAIT, raw.tls.write_all(&out)).await;
+    let frames = raw.until(|f| f.kind == GOAWAY).await;
+    let resets = frames.iter().filter(|f| f.kind == RST_STREAM).count();
+    let goaway = frames.iter().find(|f| f.kind == GOAWAY).unwrap_or_else(|| panic!("no GOAWAY after {resets} resets"));
+    assert_eq!(error_code(goaway), ENHANCE_YOUR_CALM, "{:?}", String::from_utf8_lossy(&goaway.payload[8..]));
+    assert!(resets <= H2_MAX_LOCAL_RESETS, "{resets} resets before the GOAWAY");
     others_are_served(&server).await;
 }
 
