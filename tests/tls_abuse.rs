@@ -1,6 +1,6 @@
 //! HTTP/2 abuse on the HTTPS listener: more concurrent streams than allowed, a rapid-reset
 //! burst, a flood of malformed requests the server must reset, oversized header blocks and a
-//! CONTINUATION flood. Each gets a clear refusal (a
+//! CONTINUATION flood. Repeated rapid-reset bursts leave the server's memory flat. Each gets a clear refusal (a
 //! `REFUSED_STREAM` reset, a `GOAWAY` with its reason, a `431`), and the server keeps serving
 //! other clients meanwhile.
 //!
@@ -92,7 +92,11 @@ struct Raw {
 
 impl Raw {
     async fn connect(ca: &TestCa, server: &TestServer) -> Raw {
-        let tls = ca.connect(server.addr, &[b"h2"]).await;
+        Raw::connect_to(ca, server.addr).await
+    }
+
+    async fn connect_to(ca: &TestCa, addr: std::net::SocketAddr) -> Raw {
+        let tls = ca.connect(addr, &[b"h2"]).await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         let mut raw = Raw { tls, read: BytesMut::new() };
         let mut out = BytesMut::from(PREFACE);
@@ -209,6 +213,56 @@ async fn a_rapid_reset_burst_closes_the_connection_with_enhance_your_calm() {
     let goaway = frames.iter().find(|f| f.kind == GOAWAY).unwrap_or_else(|| panic!("no GOAWAY; frames: {frames:?}"));
     assert_eq!(error_code(goaway), ENHANCE_YOUR_CALM, "{goaway:?}");
     others_are_served(&server).await;
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc/PID/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// One rapid-reset burst on a fresh connection, until the server's GOAWAY.
+async fn rapid_reset_burst(ca: &TestCa, addr: std::net::SocketAddr) {
+    let mut raw = Raw::connect_to(ca, addr).await;
+    let mut out = BytesMut::new();
+    for i in 0..20 * H2_MAX_PENDING_RESETS as u32 {
+        frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &get("/sse"));
+        frame(&mut out, RST_STREAM, 0, 2 * i + 1, &CANCEL.to_be_bytes());
+    }
+    let _ = tokio::time::timeout(common::WAIT, raw.tls.write_all(&out)).await;
+    let frames = raw.until(|f| f.kind == GOAWAY).await;
+    assert!(frames.iter().any(|f| f.kind == GOAWAY && error_code(f) == ENHANCE_YOUR_CALM), "{frames:?}");
+}
+
+#[tokio::test]
+async fn repeated_rapid_reset_bursts_leave_the_servers_memory_flat() {
+    // The binary, so that its resident memory is the server's alone.
+    let ca = TestCa::new();
+    let dir = std::env::temp_dir().join(format!("switchyard-abuse-{}-{}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = ca.write(&dir);
+    let (binary, addr) = common::start_binary(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()], None);
+    let _ = std::fs::remove_dir_all(&dir);
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let pid = binary.0.id();
+    // Two bursts first, so that the allocator and the runtime have grown to their working size.
+    for _ in 0..2 {
+        rapid_reset_burst(&ca, addr).await;
+    }
+    let before = rss_kib(pid);
+    // Each burst opens and cancels 640 streams of GET /sse (a session each, had they lived).
+    for _ in 0..20 {
+        rapid_reset_burst(&ca, addr).await;
+    }
+    let after = rss_kib(pid);
+    println!("server RSS {before} KiB before 20 rapid-reset bursts, {after} KiB after");
+    assert!(after < before + 4 * 1024, "RSS grew from {before} KiB to {after} KiB over 20 bursts");
+    let http = ca.reqwest(true, addr);
+    let health = within("health after the bursts", http.get(format!("https://{addr}/healthz")).send()).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let body: serde_json::Value = health.json().await.unwrap();
+    println!("sessions left by the bursts (in their grace period): {}", body["sessions"]);
 }
 
 #[tokio::test]
