@@ -73,6 +73,10 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Longest a client may take to send a request's headers (slowloris guard).
     pub header_timeout: Duration,
+    /// Most streams (requests) one HTTP/2 connection may have open at once: every SSE stream,
+    /// poll and WebSocket of all of a browser's tabs of the site. A client that opens more has
+    /// them refused (`REFUSED_STREAM`). HTTPS only: plain HTTP is HTTP/1.1.
+    pub http2_max_streams: u32,
     /// On shutdown, longest to wait for connections to finish before returning.
     pub drain: Duration,
     /// With a secret, opening a session takes an HS256 JWT signed with it (see `auth`).
@@ -102,6 +106,7 @@ impl Default for Config {
             send_burst: 400,
             allowed_origins: Vec::new(),
             header_timeout: Duration::from_secs(10),
+            http2_max_streams: 256,
             drain: Duration::from_secs(10),
             auth_secret: None,
             max_new_sessions_per_ip: 120,
@@ -210,6 +215,24 @@ pub struct Cli {
     #[arg(long, env = "SWITCHYARD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
 
+    /// Most streams one HTTP/2 connection may have open at once (HTTPS only); more are refused.
+    #[arg(long, env = "SWITCHYARD_HTTP2_MAX_STREAMS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http2_max_streams: u32,
+
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) with this certificate chain (PEM, leaf first, then the
+    /// intermediates); needs --tls-key. SIGHUP reads both files again.
+    #[arg(long, env = "SWITCHYARD_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SWITCHYARD_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve HTTPS with a certificate made up at start-up for localhost (development only:
+    /// browsers warn; its fingerprint is logged).
+    #[arg(long, env = "SWITCHYARD_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
+    pub tls_self_signed: bool,
+
     /// On SIGINT/SIGTERM, longest to wait for clients to leave before exiting.
     #[arg(long, env = "SWITCHYARD_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
@@ -269,6 +292,7 @@ impl Cli {
             send_burst: self.send_burst,
             allowed_origins: self.allowed_origins.clone(),
             header_timeout: self.header_timeout,
+            http2_max_streams: self.http2_max_streams,
             drain: self.drain,
             auth_secret: self.auth_secret.clone(),
             max_new_sessions_per_ip: self.max_new_sessions_per_ip,

@@ -61,6 +61,10 @@ fn describe() {
         "Transport changes clients reported on attaching, by from, to and reason (an SSE stream's once it held its session 5 s)"
     );
     describe_counter!("switchyard_detaches_total", "Transports detached, by reason");
+    describe_counter!(
+        "switchyard_websocket_handshakes_total",
+        "WebSocket handshakes accepted, by the HTTP version they came over: 1.1 (Upgrade) or 2 (extended CONNECT, RFC 8441)"
+    );
     describe_counter!("switchyard_sessions_created_total", "Sessions created");
     describe_counter!("switchyard_sessions_expired_total", "Sessions removed after their grace period");
     describe_counter!("switchyard_gaps_total", "Gap notices sent, by reason");
@@ -75,6 +79,13 @@ fn describe() {
         "switchyard_upstream_requests_total",
         "Requests to the application (--upstream), by outcome: ok, unavailable, timeout, status, malformed, busy"
     );
+}
+
+/// A WebSocket handshake accepted over HTTP `version` (1.1's `Upgrade` or HTTP/2's extended
+/// `CONNECT`): how many clients' WebSockets share their HTTP/2 connection.
+pub fn websocket_handshake(version: axum::http::Version) {
+    let http = if version == axum::http::Version::HTTP_2 { "2" } else { "1.1" };
+    metrics::counter!("switchyard_websocket_handshakes_total", "http" => http).increment(1);
 }
 
 /// Handles of the metrics touched for every event, registered once: the `counter!` macro builds

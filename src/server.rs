@@ -15,6 +15,11 @@
 //! * a **drain** on shutdown that covers upgraded WebSockets as well as HTTP connections;
 //! * **lean SSE connections**: a connection whose first request opens an event stream is
 //!   served by `server/event_stream.rs` without hyper's two 8 KiB connection buffers.
+//!
+//! [`run_tls`] is the same loop with a TLS handshake in front of each connection and HTTP/2
+//! beside HTTP/1.1 (`server/https.rs`); its certificates come from `server/tls.rs`. The limits,
+//! descriptor reserve, origin checks, metrics and drain are this module's and the router's, so
+//! they hold on both listeners alike.
 
 use std::future::Future;
 use std::io;
@@ -38,6 +43,10 @@ use tower_http::services::ServeDir;
 use crate::gateway::Gateway;
 
 mod event_stream;
+mod https;
+pub mod tls;
+
+pub use https::{H2_MAX_HEADER_LIST, H2_MAX_LOCAL_RESETS, H2_MAX_PENDING_RESETS};
 
 /// Pending connections the kernel may queue before `accept`. `TcpListener::bind` asks for 128,
 /// and a burst of clients (a reconnect storm after a restart, the benchmark opening sessions 256
@@ -88,12 +97,39 @@ pub async fn run(
     gateway: Gateway,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve(listener, router, gateway, None, shutdown).await
+}
+
+/// [`run`] over TLS: each connection's handshake with `tls` (see [`tls::Certificates`]), then
+/// HTTP/2 or HTTP/1.1 as the client chose in ALPN. Everything else is as in [`run`].
+pub async fn run_tls(
+    listener: TcpListener,
+    router: Router,
+    gateway: Gateway,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let https = std::sync::Arc::new(https::Https::new(tls, &gateway));
+    serve(listener, router, gateway, Some(https), shutdown).await
+}
+
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    gateway: Gateway,
+    https: Option<std::sync::Arc<https::Https>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let serving = Serving::new(router, &gateway);
     let connections = TaskTracker::new();
-    let mut reserve = Reserve::take();
+    let mut reserve = Reserve::take(https.is_none());
     tokio::pin!(shutdown);
     while let Some((tcp, peer)) = accept(&listener, shutdown.as_mut(), &serving.token, &mut reserve).await {
-        connections.spawn(serving.clone().connection(tcp, peer));
+        // Two tasks of their own types: a plain connection's task keeps its own (small) size.
+        match &https {
+            None => connections.spawn(serving.clone().connection(tcp, peer)),
+            Some(https) => connections.spawn(https.clone().connection(tcp, peer, serving.router.clone(), serving.token.clone())),
+        };
     }
     drop(listener);
     drain(&gateway, connections).await;
@@ -230,6 +266,9 @@ fn is_out_of_descriptors(err: &io::Error) -> bool {
 /// One file descriptor held back for answering when all others are in use.
 struct Reserve {
     file: Option<std::fs::File>,
+    /// Whether the refused connection gets a plain-text `503` (the plain listener); over TLS it
+    /// is closed at once, since a client in the middle of a handshake reads no plain text.
+    answer: bool,
     /// Refusals since the last log line, and when that line was written: one line a second
     /// says what is happening without flooding the log at the worst moment.
     refused: u64,
@@ -237,11 +276,12 @@ struct Reserve {
 }
 
 impl Reserve {
-    fn take() -> Reserve {
-        Reserve { file: std::fs::File::open("/dev/null").ok(), refused: 0, logged: None }
+    fn take(answer: bool) -> Reserve {
+        Reserve { file: std::fs::File::open("/dev/null").ok(), answer, refused: 0, logged: None }
     }
 
-    /// Accepts one waiting connection with the reserved descriptor, answers 503 and closes it.
+    /// Accepts one waiting connection with the reserved descriptor, answers 503 (on the plain
+    /// listener) and closes it.
     async fn refuse_one(&mut self, listener: &TcpListener) {
         self.refused += 1;
         if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
@@ -253,7 +293,8 @@ impl Reserve {
             self.logged = Some(tokio::time::Instant::now());
         }
         if self.file.take().is_some() {
-            if let Ok(Ok((mut tcp, _))) = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await {
+            let accepted = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+            if let (Ok(Ok((mut tcp, _))), true) = (accepted, self.answer) {
                 // Read the request head first: an HTTP client takes an answer that comes before
                 // its request as a protocol error rather than as the 503 it is.
                 let _ = tokio::time::timeout(Duration::from_millis(200), read_head(&mut tcp)).await;

@@ -31,7 +31,7 @@ async fn the_example_backend_behind_the_binary_runs_the_chat() {
     // The clients of `common` hang off a `TestServer`; its `gateway` is an idle stand-in here
     // (the binary, another process, is what serves).
     let idle = switchyard::Gateway::builder(Default::default()).build();
-    let server = TestServer { addr: addr.parse().unwrap(), gateway: idle, http: reqwest::Client::new() };
+    let server = TestServer { addr: addr.parse().unwrap(), gateway: idle, http: reqwest::Client::new(), scheme: "http" };
 
     let mut ws = server.ws("/ws").await;
     let ws_sid = ws.hello().await;

@@ -23,7 +23,7 @@ async fn serve(config: Config, access: ApiAccess) -> TestServer {
     let addr = listener.local_addr().unwrap();
     let served = gateway.clone();
     tokio::spawn(async move { server::run(listener, router, served, std::future::pending()).await.unwrap() });
-    TestServer { addr, gateway, http: reqwest::Client::new() }
+    TestServer { addr, gateway, http: reqwest::Client::new(), scheme: "http" }
 }
 
 async fn keyed(config: Config) -> TestServer {

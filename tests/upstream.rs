@@ -137,7 +137,7 @@ async fn gateway(config: Config, upstream: UpstreamConfig) -> (TestServer, Upstr
     let addr = listener.local_addr().unwrap();
     let served = gateway.clone();
     tokio::spawn(async move { server::run(listener, router, served, std::future::pending()).await.unwrap() });
-    (TestServer { addr, gateway, http: reqwest::Client::new() }, upstream)
+    (TestServer { addr, gateway, http: reqwest::Client::new(), scheme: "http" }, upstream)
 }
 
 /// Waits (bounded) until `check` holds, polling: for effects seen only by the backend.

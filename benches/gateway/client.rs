@@ -54,6 +54,76 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 type Ws = WebSocketStream<TcpStream>;
+type WsTls = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// The TLS client configuration of the `tls` scenario (trusting the certificate it made), set
+/// once before any session with [`Endpoints::tls`] opens.
+static TLS: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+
+/// Sets the TLS client configuration ([`TLS`]); its ALPN is set per use.
+pub fn set_tls(config: rustls::ClientConfig) {
+    let _ = TLS.set(std::sync::Arc::new(config));
+}
+
+/// [`TLS`] offering `alpn`.
+pub fn tls_config(alpn: &[&[u8]]) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut config = (**TLS.get().expect("client::set_tls was called")).clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    std::sync::Arc::new(config)
+}
+
+/// A TLS connection to `addr` offering `alpn`.
+pub async fn tls_connect(addr: SocketAddr, alpn: &[&[u8]]) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await.context("connecting")?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a valid name");
+    tokio_rustls::TlsConnector::from(tls_config(alpn)).connect(name, tcp).await.context("TLS handshake")
+}
+
+/// An HTTPS client speaking HTTP/2: every stream and POST of a run on one connection.
+pub fn tls_http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .use_preconfigured_tls((*tls_config(&[b"h2"])).clone())
+        .build()
+        .expect("an HTTPS client with these settings builds")
+}
+
+/// Opens a WebSocket over TLS (HTTP/1.1) to `addr` and waits for the `session` event.
+pub async fn ws_open_tls(addr: SocketAddr) -> anyhow::Result<WsTls> {
+    let tls = tls_connect(addr, &[b"http/1.1"]).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(format!("wss://{addr}/ws"), tls, Some(ws_config()))
+        .await
+        .context("WebSocket handshake")?;
+    wait_hello(&mut ws).await?;
+    Ok(ws)
+}
+
+async fn wait_hello<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> anyhow::Result<()> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.contains(r#""event":"session""#) => return Ok(()),
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => bail!("reading the session event: {err}"),
+            None => bail!("socket closed before the session event"),
+        }
+    }
+}
+
+/// One `message` over a WebSocket and its `response`.
+async fn ws_round_trip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> anyhow::Result<()> {
+    ws.send(Message::text(MESSAGE)).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.contains(r#""event":"response""#) => return Ok(()),
+            Some(Ok(Message::Close(frame))) => bail!("closed: {frame:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => return Err(err.into()),
+            None => bail!("socket closed"),
+        }
+    }
+}
 type SseStream = Pin<Box<dyn Stream<Item = Result<SseEvent, EventStreamError<reqwest::Error>>> + Send>>;
 
 /// An HTTP client for a load-generator process: no proxy, no pool limit, connections from
@@ -89,21 +159,19 @@ pub async fn ws_open(addr: SocketAddr, local: Option<IpAddr>, hello: bool) -> an
         .await
         .context("WebSocket handshake")?;
     if hello {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(text))) if text.contains(r#""event":"session""#) => break,
-                Some(Ok(_)) => continue,
-                Some(Err(err)) => bail!("reading the session event: {err}"),
-                None => bail!("socket closed before the session event"),
-            }
-        }
+        wait_hello(&mut ws).await?;
     }
     Ok(ws)
 }
 
 /// Opens an SSE stream (`GET /sse`) and reads its first event, `session`; returns the sid.
 pub async fn sse_open(client: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<(String, SseStream)> {
-    let response = client.get(format!("http://{addr}/sse")).send().await?;
+    sse_open_at(client, &format!("http://{addr}/sse")).await
+}
+
+/// [`sse_open`] at `url`.
+pub async fn sse_open_at(client: &reqwest::Client, url: &str) -> anyhow::Result<(String, SseStream)> {
+    let response = client.get(url).send().await?;
     let status = response.status();
     if !status.is_success() {
         bail!("GET /sse answered {status}");
@@ -126,12 +194,27 @@ pub struct Endpoints {
     pub stream: SocketAddr,
     /// Where SSE and long-polling POSTs go (a WebSocket sends on its own socket).
     pub post: SocketAddr,
+    /// HTTPS (the server has `--tls-cert`): WebSockets over TLS, HTTP over HTTP/2.
+    pub tls: bool,
 }
 
 impl Endpoints {
     /// Everything to one server.
     pub fn single(addr: SocketAddr) -> Endpoints {
-        Endpoints { stream: addr, post: addr }
+        Endpoints { stream: addr, post: addr, tls: false }
+    }
+
+    /// Everything to one HTTPS server.
+    pub fn tls(addr: SocketAddr) -> Endpoints {
+        Endpoints { stream: addr, post: addr, tls: true }
+    }
+
+    fn scheme(self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 }
 
@@ -139,18 +222,20 @@ impl Endpoints {
 #[allow(clippy::large_enum_variant, reason = "held in place for a whole run; boxing the WebSocket would add a hop to every measured round trip")]
 pub enum Session {
     Ws(Ws),
+    WsTls(WsTls),
     Sse { client: reqwest::Client, post_url: String, events: SseStream },
     Poll { client: reqwest::Client, post_url: String, poll_url: String, cursor: String },
 }
 
 impl Session {
     pub async fn open(transport: Transport, to: Endpoints, client: &reqwest::Client, hello: bool) -> anyhow::Result<Session> {
-        let (addr, post) = (to.stream, to.post);
+        let (addr, post, scheme) = (to.stream, to.post, to.scheme());
         match transport {
+            Transport::Ws if to.tls => Ok(Session::WsTls(ws_open_tls(addr).await?)),
             Transport::Ws => Ok(Session::Ws(ws_open(addr, None, hello).await?)),
             Transport::Sse => {
-                let (sid, events) = sse_open(client, addr).await?;
-                Ok(Session::Sse { client: client.clone(), post_url: format!("http://{post}/sse?sid={sid}"), events })
+                let (sid, events) = sse_open_at(client, &format!("{scheme}://{addr}/sse")).await?;
+                Ok(Session::Sse { client: client.clone(), post_url: format!("{scheme}://{post}/sse?sid={sid}"), events })
             }
             Transport::Poll => {
                 let answer: Vec<Value> = client.get(format!("http://{addr}/poll")).send().await?.json().await?;
@@ -170,18 +255,8 @@ impl Session {
     /// Sends one `message` and waits for its `response` (and, over HTTP, the POST's 202).
     pub async fn round_trip(&mut self) -> anyhow::Result<()> {
         match self {
-            Session::Ws(ws) => {
-                ws.send(Message::text(MESSAGE)).await?;
-                loop {
-                    match ws.next().await {
-                        Some(Ok(Message::Text(text))) if text.contains(r#""event":"response""#) => return Ok(()),
-                        Some(Ok(Message::Close(frame))) => bail!("closed: {frame:?}"),
-                        Some(Ok(_)) => continue,
-                        Some(Err(err)) => return Err(err.into()),
-                        None => bail!("socket closed"),
-                    }
-                }
-            }
+            Session::Ws(ws) => ws_round_trip(ws).await,
+            Session::WsTls(ws) => ws_round_trip(ws).await,
             Session::Sse { client, post_url, events } => {
                 let post = send_message(client, post_url);
                 let reply = async {
@@ -256,7 +331,7 @@ pub async fn closed_loop(
     pause: Duration,
     mut on_window: impl FnMut(bool),
 ) -> LoopResult {
-    let client = http_client(None);
+    let client = if to.tls { tls_http_client() } else { http_client(None) };
     let opened = futures_util::future::join_all(
         (0..sessions).map(|_| async { timeout(OPEN_TIMEOUT, Session::open(transport, to, &client, hello)).await }),
     )

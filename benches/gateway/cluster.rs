@@ -349,7 +349,7 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
                 cluster: vec![],
                 memory_first: vec![],
             },
-            Endpoints { stream: a.addr, post: b.addr },
+            Endpoints { stream: a.addr, post: b.addr, tls: false },
             vec![&a, &b],
         ),
     ];

@@ -27,6 +27,7 @@ mod client;
 mod cluster;
 mod procs;
 mod servers;
+mod tls;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -67,6 +68,11 @@ enum Scenario {
     /// The operator page's cost (issue 18): the server's CPU while it holds idle sessions, with
     /// no page open, then with one and with ten pages' streams (`/admin/stream`) open.
     Admin,
+    /// HTTPS (issue 16) against plain HTTP, same binary, same run: WebSocket round trips over
+    /// TLS, SSE+POST over HTTP/2 (one connection) against HTTP/1.1, and idle memory per TLS
+    /// WebSocket and per SSE stream on HTTP/2 (a connection each, and 50 streams per
+    /// connection). Not part of the default set.
+    Tls,
 }
 
 /// switchyard's load generator and baselines (issue 5).
@@ -149,6 +155,13 @@ struct Args {
     /// admin: measured seconds of server CPU for each number of pages open.
     #[arg(long, default_value_t = 30.0)]
     admin_seconds: f64,
+    /// tls: idle sessions held per layout (TLS WebSocket, SSE over HTTP/2, and their plain
+    /// counterparts).
+    #[arg(long, default_value_t = 2_000)]
+    tls_idle: usize,
+    /// tls: SSE streams per HTTP/2 connection in the shared-connection layout.
+    #[arg(long, default_value_t = 50)]
+    tls_streams_per_connection: usize,
     /// history, and scale's broadcasts: each broadcast's data, in bytes of JSON.
     #[arg(long, default_value_t = 512)]
     history_payload: usize,
@@ -230,6 +243,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::History => history(&args).await,
             Scenario::Cluster => cluster::cluster(&args).await,
             Scenario::Admin => admin(&args).await,
+            Scenario::Tls => tls::tls(&args).await,
         };
         match section {
             Ok(text) => {

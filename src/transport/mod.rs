@@ -198,7 +198,8 @@ pub(crate) async fn report_error(hub: &Hub, sid: &Sid, error: impl std::fmt::Dis
 pub fn router<H: Handler>(endpoint: Endpoint<H>, beside: Router) -> Router {
     let policy = origin::OriginPolicy::new(&endpoint.config().allowed_origins);
     Router::new()
-        .route("/ws", get(ws::upgrade::<H>))
+        // CONNECT: a WebSocket over HTTP/2 (RFC 8441) is an extended CONNECT, not a GET.
+        .route("/ws", get(ws::upgrade::<H>).connect(ws::upgrade::<H>))
         .route("/sse", get(sse::stream::<H>).post(post::send::<H>))
         .route("/poll", get(poll::poll::<H>).post(post::send::<H>))
         .with_state(endpoint)

@@ -99,7 +99,11 @@ pub async fn guard(policy: axum::extract::State<OriginPolicy>, request: Request,
     let Some(origin) = request.headers().get(header::ORIGIN).map(|v| v.to_str().ok()) else {
         return next.run(request).await;
     };
-    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    // HTTP/2 names the host in the `:authority` pseudo-header (the URI's authority), not `Host`.
+    let host = match request.headers().get(header::HOST) {
+        Some(host) => host.to_str().ok(),
+        None => request.uri().authority().map(axum::http::uri::Authority::as_str),
+    };
     match origin.map_or(Verdict::Refused, |o| policy.judge(o, host)) {
         Verdict::SameOrigin => next.run(request).await,
         Verdict::CrossOrigin => {

@@ -1,4 +1,6 @@
-//! `GET /ws`: the session over one WebSocket, both directions.
+//! `GET /ws`: the session over one WebSocket, both directions. Over HTTP/2 the same route
+//! takes the extended `CONNECT` of RFC 8441 (`:protocol websocket`), so that a browser's
+//! WebSocket shares the connection of the page's other requests.
 //!
 //! One task per socket runs [`serve_socket`]: it writes what the attachment yields, reads client
 //! frames (one envelope, or a JSON array of envelopes, per text frame) and hands them to the
@@ -21,7 +23,7 @@ use std::time::Duration;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::{HeaderMap, Uri, Version};
 use axum::response::Response;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
@@ -47,6 +49,7 @@ pub async fn upgrade<H: Handler>(
     client: ClientAddr,
     headers: HeaderMap,
     uri: Uri,
+    version: Version,
     query: Result<Query<AttachQuery>, QueryRejection>,
 ) -> Result<Response, Error> {
     let Query(query) = query?;
@@ -62,6 +65,7 @@ pub async fn upgrade<H: Handler>(
     // Read buffer (see READ_BUFFER). Write buffer: frames collect until the flush after each
     // batch; 8 KiB is several events.
     let ws = ws.read_buffer_size(READ_BUFFER).write_buffer_size(8 * 1024);
+    metrics::websocket_handshake(version);
     Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket: WebSocket| {
         gateway.track_socket(serve_socket(gateway.clone(), attachment, socket, heartbeat))
     }))

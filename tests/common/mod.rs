@@ -3,6 +3,8 @@
 //! Every wait is bounded by [`WAIT`] and says what it waited for when it fails.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
@@ -55,7 +57,11 @@ pub struct Received {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub gateway: Gateway,
+    /// A client for this server: over HTTPS (HTTP/2 preferred, trusting the test CA) for a
+    /// server started with [`TestServer::https`].
     pub http: reqwest::Client,
+    /// `http` or `https`.
+    pub scheme: &'static str,
 }
 
 impl TestServer {
@@ -67,16 +73,21 @@ impl TestServer {
     /// the test set a limit of its own (any other than the default), since every test client
     /// comes from one loopback address and some open hundreds of sessions.
     pub async fn with_config(config: Config) -> TestServer {
-        TestServer::serve(config, None).await
+        TestServer::serve(config, None, None).await
+    }
+
+    /// [`TestServer::with_config`] over HTTPS (`server::run_tls`) with `ca`'s certificate.
+    pub async fn https(config: Config, ca: &tls::TestCa) -> TestServer {
+        TestServer::serve(config, None, Some(ca)).await
     }
 
     /// [`TestServer::with_config`], with the operator page under `/admin` and the publish API
     /// under `/api`, both guarded by `access`, as the binary serves them.
     pub async fn with_admin(config: Config, access: ApiAccess) -> TestServer {
-        TestServer::serve(config, Some(access)).await
+        TestServer::serve(config, Some(access), None).await
     }
 
-    async fn serve(mut config: Config, admin: Option<ApiAccess>) -> TestServer {
+    async fn serve(mut config: Config, admin: Option<ApiAccess>, ca: Option<&tls::TestCa>) -> TestServer {
         if config.max_new_sessions_per_ip == Config::default().max_new_sessions_per_ip {
             config.max_new_sessions_per_ip = 0;
         }
@@ -99,18 +110,26 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let served = gateway.clone();
+        let Some(ca) = ca else {
+            tokio::spawn(async move {
+                server::run(listener, router, served, std::future::pending()).await.unwrap();
+            });
+            return TestServer { addr, gateway, http: reqwest::Client::new(), scheme: "http" };
+        };
+        let tls = ca.server_config();
         tokio::spawn(async move {
-            server::run(listener, router, served, std::future::pending()).await.unwrap();
+            server::run_tls(listener, router, served, tls, std::future::pending()).await.unwrap();
         });
-        TestServer { addr, gateway, http: reqwest::Client::new() }
+        TestServer { addr, gateway, http: ca.reqwest(true, addr), scheme: "https" }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{}", self.addr, path)
+        let scheme = if self.scheme == "https" { "wss" } else { "ws" };
+        format!("{scheme}://{}{}", self.addr, path)
     }
 
     pub async fn sse(&self, path: &str) -> SseClient {
@@ -268,12 +287,13 @@ pub fn hello_sid(event: Received, transport: &str) -> String {
     event.data["sid"].as_str().expect("sid in hello").to_owned()
 }
 
-/// A WebSocket client (tokio-tungstenite).
-pub struct WsClient {
-    pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// A WebSocket client (tokio-tungstenite), over plain TCP unless a test hands it another
+/// stream (TLS, an HTTP/2 stream).
+pub struct WsClient<S = MaybeTlsStream<TcpStream>> {
+    pub socket: WebSocketStream<S>,
 }
 
-impl WsClient {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsClient<S> {
     pub async fn send(&mut self, text: &str) {
         within("WebSocket send", self.socket.send(Message::text(text))).await.unwrap();
     }
@@ -310,8 +330,9 @@ pub fn seq(id: &str) -> u64 {
     id.rsplit_once('.').unwrap().1.trim_end_matches('~').parse().unwrap()
 }
 
-/// The real `switchyard` binary, killed (by its pid) when the test ends, however it ends.
-pub struct Binary(pub std::process::Child);
+/// The real `switchyard` binary, killed (by its pid) when the test ends, however it ends; with
+/// the lines of its log so far.
+pub struct Binary(pub std::process::Child, pub std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 
 impl Drop for Binary {
     fn drop(&mut self) {
@@ -349,6 +370,8 @@ pub fn start_logged(mut command: std::process::Command) -> (Binary, String) {
         .expect("start the switchyard binary");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = log.clone();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -358,8 +381,9 @@ pub fn start_logged(mut command: std::process::Command) -> (Binary, String) {
                 }
             }
             eprintln!("[switchyard] {line}");
+            lines.lock().unwrap().push(line);
         }
     });
     let addr = rx.recv_timeout(WAIT).expect("the binary logs its listening address");
-    (Binary(child), addr)
+    (Binary(child, log), addr)
 }

@@ -35,6 +35,12 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium; `proxy` is `host:port` of an HTTP proxy,
     /// which is then used for loopback addresses too.
     pub async fn start(proxy: Option<&str>) -> Browser {
+        Browser::start_with(proxy, &[]).await
+    }
+
+    /// [`Browser::start`] with more Chromium flags (`--ignore-certificate-errors-spki-list=…`
+    /// to trust one test certificate, say).
+    pub async fn start_with(proxy: Option<&str>, extra: &[String]) -> Browser {
         let port = free_port();
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
@@ -58,6 +64,7 @@ impl Browser {
             "--disable-sync".to_owned(),
             format!("--user-data-dir={}", profile.path().display()),
         ];
+        args.extend_from_slice(extra);
         if let Some(proxy) = proxy {
             args.push(format!("--proxy-server=http://{proxy}"));
             // Without this Chromium silently skips the proxy for 127.0.0.1.

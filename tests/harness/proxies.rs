@@ -57,6 +57,17 @@ impl Proxy {
         Proxy::nginx_from(conf, &[("UPSTREAM", upstream.to_string())]).await
     }
 
+    /// nginx terminating TLS (with HTTP/2) in front of `upstream`, from the template `conf`
+    /// (`nginx-http2.conf`), with the certificate and key files given.
+    pub async fn nginx_tls(conf: &str, upstream: SocketAddr, cert: &std::path::Path, key: &std::path::Path) -> Proxy {
+        let values = [
+            ("UPSTREAM", upstream.to_string()),
+            ("CERT", cert.display().to_string()),
+            ("KEY", key.display().to_string()),
+        ];
+        Proxy::nginx_from(conf, &values).await
+    }
+
     /// nginx as a plain round-robin load balancer over `upstreams`
     /// (`tests/proxies/nginx-cluster.conf`): no affinity of any kind, a node that refuses
     /// connections skipped for the next, and an `X-Upstream` header naming the node that

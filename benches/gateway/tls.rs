@@ -1,0 +1,275 @@
+//! The `tls` scenario (issue 16): switchyard over HTTPS against the same binary over plain HTTP,
+//! in one run. Round trips: WebSocket over TLS against plain WebSocket, and SSE+POST over
+//! HTTP/2 (every session's stream and POSTs multiplexed on one connection) against SSE+POST over
+//! plain HTTP/1.1 (a connection per stream, pooled connections for the POSTs). Idle memory: a
+//! TLS WebSocket per session, an HTTP/2 connection per SSE session, and 50 SSE streams per
+//! HTTP/2 connection, each beside the plain transport's figure.
+//!
+//! The certificate is made here (a CA and a server certificate for `localhost`, rcgen) and
+//! written under `target/bench-tls/`; the server reads it through `SWITCHYARD_TLS_CERT` and
+//! `SWITCHYARD_TLS_KEY`, the clients trust that CA alone.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use http_body_util::{BodyDataStream, Empty};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::time::{sleep, timeout};
+
+use crate::client::{self, closed_loop, Endpoints, LoopResult, Transport, OPEN_TIMEOUT};
+use crate::procs::{self, Kind, Server};
+use crate::{met, q, ratio, Args};
+
+/// Writes a CA and a server certificate it signed under `target/bench-tls/`; returns the
+/// certificate and key paths and a client configuration trusting the CA.
+fn certificates() -> anyhow::Result<(String, String, rustls::ClientConfig)> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?.signed_by(&key, &ca, &ca_key)?;
+    let dir = procs::target_dir().join("bench-tls");
+    std::fs::create_dir_all(&dir)?;
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone())?;
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok((cert_path.display().to_string(), key_path.display().to_string(), config))
+}
+
+async fn start_tls(args: &Args, tag: &str, cert: &str, key: &str) -> anyhow::Result<Server> {
+    Server::start_env(Kind::Switchyard, None, !args.no_pin, tag, &[("SWITCHYARD_TLS_CERT", cert), ("SWITCHYARD_TLS_KEY", key)]).await
+}
+
+pub async fn tls(args: &Args) -> anyhow::Result<String> {
+    let (cert, key, config) = certificates()?;
+    client::set_tls(config);
+    let mut out = String::new();
+    rtt(args, &cert, &key, &mut out).await?;
+    idle(args, &cert, &key, &mut out).await?;
+    Ok(out)
+}
+
+/// Round trips over TLS against plain, in alternating rounds (plain first, then TLS first), the
+/// ratio the median of the rounds'.
+async fn rtt(args: &Args, cert: &str, key: &str, out: &mut String) -> anyhow::Result<()> {
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let plain = Server::start(Kind::Switchyard, !args.no_pin, "tls-rtt-plain").await?;
+    let tls = start_tls(args, "tls-rtt-tls", cert, key).await?;
+    writeln!(
+        out,
+        "### tls: round trips, {} sessions in closed loops, {} alternating rounds of {:.1} s (median ratio)\n",
+        args.sessions, args.alternations, args.seconds
+    )?;
+    writeln!(out, "| transport | plain (HTTP/1.1) rt/s | p99 | TLS rt/s | p99 | errors | TLS / plain | target | |")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|")?;
+    for (transport, label) in [(Transport::Ws, "WebSocket (TLS: HTTP/1.1 upgrade)"), (Transport::Sse, "SSE+POST (TLS: HTTP/2, one connection)")] {
+        let mut ratios = Vec::new();
+        let (mut plain_all, mut tls_all) = (Vec::<LoopResult>::new(), Vec::<LoopResult>::new());
+        let mut errors = 0;
+        for round in 0..args.alternations {
+            eprintln!("  {} round {} ...", transport.label(), round + 1);
+            let run = |to: Endpoints| closed_loop(transport, to, args.sessions, true, warmup, seconds, Duration::ZERO, |_| {});
+            let (p, t) = if round % 2 == 0 {
+                let p = run(Endpoints::single(plain.addr)).await;
+                (p, run(Endpoints::tls(tls.addr)).await)
+            } else {
+                let t = run(Endpoints::tls(tls.addr)).await;
+                (run(Endpoints::single(plain.addr)).await, t)
+            };
+            errors += p.errors + t.errors;
+            ratios.push(ratio(t.rate(), p.rate()));
+            plain_all.push(p);
+            tls_all.push(t);
+        }
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        let sum = |all: &[LoopResult]| {
+            let mut h = client::histogram();
+            let mut rate = 0.0;
+            for r in all {
+                h.add(&r.latencies).expect("same bounds");
+                rate += r.rate();
+            }
+            (rate / all.len().max(1) as f64, h)
+        };
+        let ((p_rate, p_h), (t_rate, t_h)) = (sum(&plain_all), sum(&tls_all));
+        writeln!(
+            out,
+            "| {label} | {p_rate:.0} | {} µs | {t_rate:.0} | {} µs | {errors} | {median:.2} | >= 0.8 | {} |",
+            q(&p_h, 0.99),
+            q(&t_h, 0.99),
+            met(median >= 0.8 && errors == 0)
+        )?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+/// One idle layout's server RSS growth.
+struct IdleRow {
+    label: &'static str,
+    held: usize,
+    connections: usize,
+    per_kib: f64,
+    target: Option<f64>,
+}
+
+/// What holds the idle sessions open: reader tasks (aborted on drop) and connection handles.
+type Holding = Vec<Box<dyn std::any::Any + Send>>;
+
+async fn idle(args: &Args, cert: &str, key: &str, out: &mut String) -> anyhow::Result<()> {
+    let n = args.tls_idle;
+    let per_conn = args.tls_streams_per_connection.max(1);
+    let settle = Duration::from_secs_f64(args.settle);
+    let mut rows = Vec::new();
+    for layout in 0..5 {
+        let tls = layout != 0 && layout != 3;
+        let server = if tls { start_tls(args, &format!("tls-idle-{layout}"), cert, key).await? } else {
+            Server::start(Kind::Switchyard, !args.no_pin, &format!("tls-idle-{layout}")).await?
+        };
+        sleep(Duration::from_millis(300)).await;
+        let before = server.rss_kib();
+        let (label, target, connections, holding) = match layout {
+            0 => ("WebSocket, plain", None, n, hold_ws(server.addr, n, false, args.open_concurrency).await?),
+            1 => ("WebSocket, TLS, a connection each", Some(16.0), n, hold_ws(server.addr, n, true, args.open_concurrency).await?),
+            2 => ("SSE, HTTP/2, a connection each", None, n, hold_sse_h2(server.addr, n, 1, args.open_concurrency).await?),
+            3 => ("SSE, plain HTTP/1.1, a connection each", None, n, hold_sse_plain(server.addr, n, args.open_concurrency).await?),
+            _ => (
+                "SSE, HTTP/2, 50 streams per connection",
+                Some(12.0),
+                n.div_ceil(per_conn),
+                hold_sse_h2(server.addr, n, per_conn, args.open_concurrency).await?,
+            ),
+        };
+        sleep(settle).await;
+        let after = server.rss_kib();
+        let per_kib = after.saturating_sub(before) as f64 / n.max(1) as f64;
+        eprintln!("  {label}: {per_kib:.2} KiB/session");
+        rows.push(IdleRow { label, held: n, connections, per_kib, target });
+        drop(holding);
+        drop(server);
+        sleep(Duration::from_millis(500)).await;
+    }
+    writeln!(out, "### tls: idle memory, server RSS growth per session ({n} sessions held)\n")?;
+    writeln!(out, "| layout | sessions | connections | KiB/session | target | |")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---|")?;
+    for row in rows {
+        let (target, verdict) = match row.target {
+            Some(t) => (format!("<= {t}"), met(row.per_kib <= t)),
+            None => ("-".to_owned(), "for comparison"),
+        };
+        writeln!(out, "| {} | {} | {} | {:.2} | {target} | {verdict} |", row.label, row.held, row.connections, row.per_kib)?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `n` WebSocket sessions (over TLS or not), `concurrency` opening at a time, each read by a
+/// task (pings answered).
+async fn hold_ws(addr: SocketAddr, n: usize, tls: bool, concurrency: usize) -> anyhow::Result<Holding> {
+    let opened: Vec<_> = futures_util::stream::iter(0..n)
+        .map(|_| async move {
+            timeout(OPEN_TIMEOUT, async move {
+                let task: Box<dyn std::any::Any + Send> = if tls {
+                    let mut ws = client::ws_open_tls(addr).await?;
+                    Box::new(Aborting(tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} })))
+                } else {
+                    let mut ws = client::ws_open(addr, None, true).await?;
+                    Box::new(Aborting(tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} })))
+                };
+                Ok::<_, anyhow::Error>(task)
+            })
+            .await
+            .map_err(|_| anyhow!("not open within {OPEN_TIMEOUT:?}"))?
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    opened.into_iter().collect()
+}
+
+/// `n` SSE sessions over plain HTTP/1.1, a connection each, each read by a task.
+async fn hold_sse_plain(addr: SocketAddr, n: usize, concurrency: usize) -> anyhow::Result<Holding> {
+    let client = client::http_client(None);
+    let client = &client;
+    let opened: Vec<_> = futures_util::stream::iter(0..n)
+        .map(|_| async move {
+            let (_, mut events) = timeout(OPEN_TIMEOUT, client::sse_open(client, addr)).await.map_err(|_| anyhow!("not open in time"))??;
+            let task: Box<dyn std::any::Any + Send> = Box::new(Aborting(tokio::spawn(async move { while let Some(Ok(_)) = events.next().await {} })));
+            Ok::<_, anyhow::Error>(task)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    opened.into_iter().collect()
+}
+
+/// `n` SSE sessions over HTTP/2, `per_conn` streams on each connection, each stream read by a
+/// task until its `session` event and on.
+async fn hold_sse_h2(addr: SocketAddr, n: usize, per_conn: usize, concurrency: usize) -> anyhow::Result<Holding> {
+    let connections = n.div_ceil(per_conn);
+    let opened: Vec<_> = futures_util::stream::iter(0..connections)
+        .map(|c| async move {
+            let streams = per_conn.min(n - c * per_conn);
+            timeout(OPEN_TIMEOUT * 3, h2_streams(addr, streams)).await.map_err(|_| anyhow!("connection {c} not open in time"))?
+        })
+        .buffer_unordered((concurrency / per_conn).max(1))
+        .collect()
+        .await;
+    let mut held = Vec::new();
+    for tasks in opened {
+        held.extend(tasks?);
+    }
+    Ok(held)
+}
+
+/// One HTTP/2 connection with `streams` SSE sessions on it, each past its `session` event.
+async fn h2_streams(addr: SocketAddr, streams: usize) -> anyhow::Result<Vec<Box<dyn std::any::Any + Send>>> {
+    let tls = client::tls_connect(addr, &[b"h2"]).await?;
+    let (send, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.context("HTTP/2 handshake")?;
+    let mut held: Vec<Box<dyn std::any::Any + Send>> = vec![Box::new(Aborting(tokio::spawn(async move {
+        let _ = connection.await;
+    })))];
+    let opening = (0..streams).map(|_| {
+        let mut send = send.clone();
+        async move {
+            let request = hyper::Request::get(format!("https://{addr}/sse")).body(Empty::<bytes::Bytes>::new())?;
+            let response = send.send_request(request).await?;
+            let mut events = BodyDataStream::new(response.into_body()).eventsource();
+            match events.next().await {
+                Some(Ok(event)) if event.event == "session" => {}
+                other => anyhow::bail!("no session event: {other:?}"),
+            }
+            Ok::<Box<dyn std::any::Any + Send>, anyhow::Error>(Box::new(Aborting(tokio::spawn(async move {
+                while let Some(Ok(_)) = events.next().await {}
+            }))))
+        }
+    });
+    for task in futures_util::future::join_all(opening).await {
+        held.push(task?);
+    }
+    held.push(Box::new(send));
+    Ok(held)
+}
+
+/// A task aborted when this is dropped.
+struct Aborting(tokio::task::JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
