@@ -18,6 +18,7 @@
 //! child processes (`__hold`) with their own 127.0.0.x source addresses, because one process may
 //! hold at most 20,000 files and one source address has ~28,000 ephemeral ports. `cluster`
 //! starts its own `redis-server`s, pinned like the servers (see `cluster.rs`).
+//! `scale --scale-tls` holds the same population over HTTPS (see `tls.rs`).
 //!
 //! The tables are printed at the end and written to `target/bench-report.md`. Server and load
 //! generator CPU shares are in the tables on purpose: a ratio near 1 with the server below ~90 %

@@ -5,6 +5,11 @@
 //! TLS WebSocket per session, an HTTP/2 connection per SSE session, and 50 SSE streams per
 //! HTTP/2 connection, each beside the plain transport's figure.
 //!
+//! The holders here (a TLS WebSocket per session, SSE streams on HTTP/2 connections) also hold
+//! the population of `scale --scale-tls`, in its `__hold` children (`client::hold_main`): each
+//! opens a bounded number at a time (the handshake burst), each within a timeout, and counts
+//! what failed rather than stopping.
+//!
 //! The certificate is made here (a CA and a server certificate for `localhost`, rcgen) and
 //! written under `target/bench-tls/`; the server reads it through `SWITCHYARD_TLS_CERT` and
 //! `SWITCHYARD_TLS_KEY`, the clients trust that CA alone.
