@@ -518,7 +518,7 @@ pub async fn open_many(
 /// sessions have read, all together), and ends on `quit` or end of input, closing every session.
 /// With a CA (`scale --scale-tls`) the sessions are HTTPS ones trusting that CA: each step's
 /// new sessions half WebSockets over TLS, half SSE streams on HTTP/2 connections,
-/// STREAMS_PER_CONNECTION to a connection (see `tls.rs`); broadcasts are not counted then.
+/// `STREAMS_PER_CONNECTION` to a connection (see `tls.rs`); broadcasts are not counted then.
 pub fn hold_main(args: &[String]) -> anyhow::Result<()> {
     let (addr, local, concurrency, tls) = match args {
         [addr, local, concurrency] => (addr, local, concurrency, None),
