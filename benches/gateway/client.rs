@@ -72,9 +72,13 @@ pub fn tls_config(alpn: &[&[u8]]) -> std::sync::Arc<rustls::ClientConfig> {
     std::sync::Arc::new(config)
 }
 
-/// A TLS connection to `addr` offering `alpn`.
-pub async fn tls_connect(addr: SocketAddr, alpn: &[&[u8]]) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await.context("connecting")?;
+/// A TLS connection to `addr` offering `alpn`, from `local` (a 127.0.0.x address) when given.
+pub async fn tls_connect(addr: SocketAddr, local: Option<IpAddr>, alpn: &[&[u8]]) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(ip) = local {
+        socket.bind((ip, 0).into()).with_context(|| format!("binding {ip}"))?;
+    }
+    let tcp = socket.connect(addr).await.context("connecting")?;
     tcp.set_nodelay(true)?;
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("a valid name");
     tokio_rustls::TlsConnector::from(tls_config(alpn)).connect(name, tcp).await.context("TLS handshake")
@@ -90,9 +94,10 @@ pub fn tls_http_client() -> reqwest::Client {
         .expect("an HTTPS client with these settings builds")
 }
 
-/// Opens a WebSocket over TLS (HTTP/1.1) to `addr` and waits for the `session` event.
-pub async fn ws_open_tls(addr: SocketAddr) -> anyhow::Result<WsTls> {
-    let tls = tls_connect(addr, &[b"http/1.1"]).await?;
+/// Opens a WebSocket over TLS (HTTP/1.1) to `addr`, from `local` when given, and waits for the
+/// `session` event.
+pub async fn ws_open_tls(addr: SocketAddr, local: Option<IpAddr>) -> anyhow::Result<WsTls> {
+    let tls = tls_connect(addr, local, &[b"http/1.1"]).await?;
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(format!("wss://{addr}/ws"), tls, Some(ws_config()))
         .await
         .context("WebSocket handshake")?;
@@ -231,7 +236,7 @@ impl Session {
     pub async fn open(transport: Transport, to: Endpoints, client: &reqwest::Client, hello: bool) -> anyhow::Result<Session> {
         let (addr, post, scheme) = (to.stream, to.post, to.scheme());
         match transport {
-            Transport::Ws if to.tls => Ok(Session::WsTls(ws_open_tls(addr).await?)),
+            Transport::Ws if to.tls => Ok(Session::WsTls(ws_open_tls(addr, None).await?)),
             Transport::Ws => Ok(Session::Ws(ws_open(addr, None, hello).await?)),
             Transport::Sse => {
                 let (sid, events) = sse_open_at(client, &format!("{scheme}://{addr}/sse")).await?;
@@ -507,20 +512,31 @@ pub async fn open_many(
     failures
 }
 
-/// `__hold ADDR LOCAL_IP CONCURRENCY`: a load-generator child for `scale`. Reads commands on
-/// stdin: `open N` (hold N sessions in all, alternating WebSocket and SSE; answers
-/// `held H failed F`), `count` (answers `received R`, the broadcasts its sessions have read, all
-/// together), and ends on `quit` or end of input, closing every session.
+/// `__hold ADDR LOCAL_IP CONCURRENCY [CA_DER STREAMS_PER_CONNECTION]`: a load-generator child
+/// for `scale`. Reads commands on stdin: `open N` (hold N sessions in all, alternating WebSocket
+/// and SSE; answers `held H failed F`), `count` (answers `received R`, the broadcasts its
+/// sessions have read, all together), and ends on `quit` or end of input, closing every session.
+/// With a CA (`scale --scale-tls`) the sessions are HTTPS ones trusting that CA: each step's
+/// new sessions half WebSockets over TLS, half SSE streams on HTTP/2 connections,
+/// `STREAMS_PER_CONNECTION` to a connection (see `tls.rs`); broadcasts are not counted then.
 pub fn hold_main(args: &[String]) -> anyhow::Result<()> {
-    let [addr, local, concurrency] = args else { bail!("usage: __hold ADDR LOCAL_IP CONCURRENCY") };
+    let (addr, local, concurrency, tls) = match args {
+        [addr, local, concurrency] => (addr, local, concurrency, None),
+        [addr, local, concurrency, ca, per_conn] => (addr, local, concurrency, Some((ca, per_conn.parse::<usize>()?))),
+        _ => bail!("usage: __hold ADDR LOCAL_IP CONCURRENCY [CA_DER STREAMS_PER_CONNECTION]"),
+    };
     let addr: SocketAddr = addr.parse()?;
     let local: IpAddr = local.parse()?;
     let concurrency: usize = concurrency.parse()?;
+    if let Some((ca, _)) = tls {
+        set_tls(crate::tls::client_config(ca)?);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let client = http_client(Some(local));
         let mut held = Held::default();
+        let mut held_tls = crate::tls::Opened::default();
         let mut failed = 0;
         let (received_tx, mut received_rx) = mpsc::unbounded_channel();
         let mut received = 0usize;
@@ -530,11 +546,28 @@ pub fn hold_main(args: &[String]) -> anyhow::Result<()> {
             let mut words = line.split_whitespace();
             match (words.next(), words.next().and_then(|n| n.parse::<usize>().ok())) {
                 (Some("open"), Some(target)) => {
-                    let more = target.saturating_sub(held.len());
-                    let alternate = |i: usize| if i.is_multiple_of(2) { Transport::Ws } else { Transport::Sse };
-                    let tx = Some(received_tx.clone());
-                    failed += open_many(&mut held, alternate, more, &[addr], Some(local), &client, concurrency, true, tx).await;
-                    stdout.write_all(format!("held {} failed {failed}\n", held.len()).as_bytes()).await?;
+                    if let Some((_, per_conn)) = tls {
+                        let more = target.saturating_sub(held_tls.sessions);
+                        let ws = more.div_ceil(2);
+                        for opened in [
+                            crate::tls::hold_ws(addr, Some(local), ws, true, concurrency).await,
+                            crate::tls::hold_sse_h2(addr, Some(local), more - ws, per_conn, concurrency).await,
+                        ] {
+                            if let Some(err) = &opened.first_error {
+                                eprintln!("  {} sessions failed to open; first: {err}", opened.failed);
+                            }
+                            held_tls.sessions += opened.sessions;
+                            held_tls.failed += opened.failed;
+                            held_tls.holding.extend(opened.holding);
+                        }
+                        stdout.write_all(format!("held {} failed {}\n", held_tls.sessions, held_tls.failed).as_bytes()).await?;
+                    } else {
+                        let more = target.saturating_sub(held.len());
+                        let alternate = |i: usize| if i.is_multiple_of(2) { Transport::Ws } else { Transport::Sse };
+                        let tx = Some(received_tx.clone());
+                        failed += open_many(&mut held, alternate, more, &[addr], Some(local), &client, concurrency, true, tx).await;
+                        stdout.write_all(format!("held {} failed {failed}\n", held.len()).as_bytes()).await?;
+                    }
                     stdout.flush().await?;
                 }
                 (Some("count"), _) => {
@@ -549,6 +582,7 @@ pub fn hold_main(args: &[String]) -> anyhow::Result<()> {
             }
         }
         drop(held);
+        drop(held_tls);
         Ok(())
     })
 }

@@ -18,6 +18,7 @@
 //! child processes (`__hold`) with their own 127.0.0.x source addresses, because one process may
 //! hold at most 20,000 files and one source address has ~28,000 ephemeral ports. `cluster`
 //! starts its own `redis-server`s, pinned like the servers (see `cluster.rs`).
+//! `scale --scale-tls` holds the same population over HTTPS (see `tls.rs`).
 //!
 //! The tables are printed at the end and written to `target/bench-report.md`. Server and load
 //! generator CPU shares are in the tables on purpose: a ratio near 1 with the server below ~90 %
@@ -125,6 +126,11 @@ struct Args {
     /// (then RSS and rtt again, with every session's buffer holding them); 0 for none.
     #[arg(long, default_value_t = 0)]
     scale_broadcasts: usize,
+    /// scale: serve HTTPS (a certificate the bench makes, as `tls` does) and hold the sessions
+    /// over it: half WebSockets over TLS, half SSE streams multiplexed on HTTP/2 connections
+    /// (`--tls-streams-per-connection` to a connection); the rtt load's WebSockets over TLS too.
+    #[arg(long)]
+    scale_tls: bool,
     /// scale: extra connections tried once the population is held, to run into the file limit.
     #[arg(long, default_value_t = 1_500)]
     overflow: usize,
@@ -294,6 +300,7 @@ struct RttRow {
 /// Runs one closed loop against `server`, with the CPU shares of the measured window.
 async fn measure_loop(
     server: &Server,
+    to: Endpoints,
     transport: Transport,
     sessions: usize,
     warmup: Duration,
@@ -304,7 +311,7 @@ async fn measure_loop(
     let hello = !(server.kind == Kind::WsBaseline);
     let mut windows: Option<(CpuWindow, CpuWindow)> = None;
     let mut shares = (0.0, 0.0);
-    let result = closed_loop(transport, Endpoints::single(server.addr), sessions, hello, warmup, seconds, pause, |start| {
+    let result = closed_loop(transport, to, sessions, hello, warmup, seconds, pause, |start| {
         if start {
             windows = Some((CpuWindow::start(server.pid()), CpuWindow::start(std::process::id())));
         } else if let Some((srv, me)) = &windows {
@@ -360,7 +367,7 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
             let order = if round % 2 == 0 { [baseline, &switchyard] } else { [&switchyard, baseline] };
             for server in order {
                 eprintln!("  {} against {} (round {}/{rounds}) ...", transport.label(), server.kind.label(), round + 1);
-                let row = measure_loop(server, transport, args.sessions, warmup, seconds, Duration::ZERO).await;
+                let row = measure_loop(server, Endpoints::single(server.addr), transport, args.sessions, warmup, seconds, Duration::ZERO).await;
                 if server.kind == Kind::Switchyard { sy_rounds.push(row) } else { base_rounds.push(row) }
             }
         }
@@ -750,9 +757,16 @@ struct Holder {
 }
 
 impl Holder {
-    fn spawn(addr: std::net::SocketAddr, local: IpAddr, concurrency: usize) -> anyhow::Result<Holder> {
+    /// A child holding sessions at `addr` from `local`; with `tls` (the CA's path and the SSE
+    /// streams per HTTP/2 connection), HTTPS ones.
+    fn spawn(addr: std::net::SocketAddr, local: IpAddr, concurrency: usize, tls: Option<(&str, usize)>) -> anyhow::Result<Holder> {
+        let mut argv = vec![addr.to_string(), local.to_string(), concurrency.to_string()];
+        if let Some((ca, per_conn)) = tls {
+            argv.extend([ca.to_owned(), per_conn.to_string()]);
+        }
         let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .args(["__hold", &addr.to_string(), &local.to_string(), &concurrency.to_string()])
+            .arg("__hold")
+            .args(&argv)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -797,12 +811,26 @@ impl Holder {
 }
 
 async fn scale(args: &Args) -> anyhow::Result<String> {
+    if args.scale_tls && args.scale_broadcasts > 0 {
+        bail!("--scale-broadcasts is not counted over TLS (--scale-tls); run them apart");
+    }
     let buffer = args.history_buffer.to_string();
-    let env = [("SWITCHYARD_BUFFER", buffer.as_str())];
-    let mut server = Server::start_env(Kind::Switchyard, None, !args.no_pin, "scale-switchyard", &env).await?;
+    let mut env = vec![("SWITCHYARD_BUFFER", buffer.as_str())];
+    let (cert, key, ca) = if args.scale_tls { tls::certificates()? } else { Default::default() };
+    if args.scale_tls {
+        client::set_tls(tls::client_config(&ca)?);
+        env.extend(tls::tls_env(&cert, &key));
+    }
+    let tag = if args.scale_tls { "scale-switchyard-tls" } else { "scale-switchyard" };
+    let mut server = Server::start_env(Kind::Switchyard, None, !args.no_pin, tag, &env).await?;
+    let to = if args.scale_tls { Endpoints::tls(server.addr) } else { Endpoints::single(server.addr) };
+    let per_conn = args.tls_streams_per_connection.max(1);
     let procs = args.scale_procs.max(1);
     let mut holders = (0..procs)
-        .map(|k| Holder::spawn(server.addr, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + k as u8)), args.open_concurrency))
+        .map(|k| {
+            let local = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + k as u8));
+            Holder::spawn(server.addr, local, args.open_concurrency, args.scale_tls.then_some((ca.as_str(), per_conn)))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let pause = Duration::from_millis(args.scale_pause_ms);
     let measured = Duration::from_secs_f64(args.scale_seconds);
@@ -810,15 +838,24 @@ async fn scale(args: &Args) -> anyhow::Result<String> {
     sleep(Duration::from_millis(300)).await;
     let rss0 = server.rss_kib();
     let mut out = String::new();
-    writeln!(
-        out,
-        "### scale: up to {} sessions (half WebSocket, half SSE) from {procs} load-generator processes, with {} WebSocket sessions doing round trips ({} ms apart)\n",
-        args.scale, args.scale_rtt, args.scale_pause_ms
-    )?;
+    if args.scale_tls {
+        writeln!(
+            out,
+            "### scale over HTTPS: up to {} sessions (half WebSockets over TLS, half SSE streams on HTTP/2 connections, {per_conn} to a connection) from {procs} load-generator processes, with {} WebSocket sessions over TLS doing round trips ({} ms apart)\n",
+            args.scale, args.scale_rtt, args.scale_pause_ms
+        )?;
+    } else {
+        writeln!(
+            out,
+            "### scale: up to {} sessions (half WebSocket, half SSE) from {procs} load-generator processes, with {} WebSocket sessions doing round trips ({} ms apart)\n",
+            args.scale, args.scale_rtt, args.scale_pause_ms
+        )?;
+    }
     writeln!(out, "| population | held | failed | time to open step | RSS | KiB/session | rtt/s | p50 µs | p99 µs | p99.9 µs | p99 / p99 at 0 | errors |")?;
     writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     let mut p99_at_zero = None;
     let mut summary = (0usize, 0.0f64, f64::NAN);
+    let mut descriptors = 0;
     for percent in [0usize, 25, 50, 100] {
         let target = args.scale * percent / 100;
         let step_started = Instant::now();
@@ -838,7 +875,7 @@ async fn scale(args: &Args) -> anyhow::Result<String> {
         eprintln!("  population {percent} %: {held} held, {failed} failed; measuring rtt ...");
         sleep(settle).await;
         let rss = server.rss_kib();
-        let row = measure_loop(&server, Transport::Ws, args.scale_rtt, Duration::from_millis(500), measured, pause).await;
+        let row = measure_loop(&server, to, Transport::Ws, args.scale_rtt, Duration::from_millis(500), measured, pause).await;
         let p99 = q(&row.result.latencies, 0.99);
         let base = *p99_at_zero.get_or_insert(p99);
         let per = if held > 0 { rss.saturating_sub(rss0) as f64 / held as f64 } else { f64::NAN };
@@ -856,6 +893,7 @@ async fn scale(args: &Args) -> anyhow::Result<String> {
         )?;
         if percent == 100 {
             summary = (held, per, ratio(p99 as f64, base as f64));
+            descriptors = procs::open_files(server.pid());
         }
         if !server.alive() {
             writeln!(out, "\nThe server process DIED at this population; see {}", server.log.display())?;
@@ -865,7 +903,7 @@ async fn scale(args: &Args) -> anyhow::Result<String> {
     let (held, per, p99_ratio) = summary;
     writeln!(
         out,
-        "\nTargets: {} sessions held: {}; RSS/session {:.2} KiB (no higher than idle; see the idle table); p99 at full population {:.2} x p99 at 0 (<= 2): {}.",
+        "\nTargets: {} sessions held: {}; RSS/session {:.2} KiB (no higher than idle; see the idle table); p99 at full population {:.2} x p99 at 0 (<= 2): {}. The server's open descriptors at full population: {descriptors}.",
         held,
         met(held >= 19_000),
         per,
@@ -891,15 +929,27 @@ async fn scale(args: &Args) -> anyhow::Result<String> {
             let started = Instant::now();
             // An accepted stream is kept open until every probe is done, so that each one the
             // server takes holds its descriptor, as a real client would.
-            let mut kept = None;
-            let outcome = match timeout(Duration::from_secs(5), client.get(&url).send()).await {
-                Ok(Ok(response)) => {
-                    let status = format!("HTTP {}", response.status().as_u16());
-                    kept = Some(response);
-                    status
+            let mut kept: Option<Box<dyn std::any::Any>> = None;
+            let outcome = if args.scale_tls {
+                // Over TLS a refused connection is closed, not answered (see `server/https.rs`).
+                match timeout(Duration::from_secs(5), client::ws_open_tls(server.addr, None)).await {
+                    Ok(Ok(ws)) => {
+                        kept = Some(Box::new(ws));
+                        "TLS WebSocket opened".to_string()
+                    }
+                    Ok(Err(err)) => format!("TLS WebSocket failed ({})", io_kind(err.as_ref())),
+                    Err(_) => "no answer within 5 s".to_string(),
                 }
-                Ok(Err(err)) => format!("{} ({})", if err.is_connect() { "connect error" } else { "connection error" }, io_kind(&err)),
-                Err(_) => "no answer within 5 s".to_string(),
+            } else {
+                match timeout(Duration::from_secs(5), client.get(&url).send()).await {
+                    Ok(Ok(response)) => {
+                        let status = format!("HTTP {}", response.status().as_u16());
+                        kept = Some(Box::new(response));
+                        status
+                    }
+                    Ok(Err(err)) => format!("{} ({})", if err.is_connect() { "connect error" } else { "connection error" }, io_kind(&err)),
+                    Err(_) => "no answer within 5 s".to_string(),
+                }
             };
             (outcome, started.elapsed(), kept)
         }
@@ -917,9 +967,13 @@ async fn scale(args: &Args) -> anyhow::Result<String> {
     drop(client);
     sleep(Duration::from_secs(1)).await;
     let recovered_at = Instant::now();
-    let recovered = timeout(Duration::from_secs(10), client::ws_open(server.addr, None, true)).await;
+    let recovered = if args.scale_tls {
+        timeout(Duration::from_secs(10), client::ws_open_tls(server.addr, None)).await.map(|r| r.map(drop))
+    } else {
+        timeout(Duration::from_secs(10), client::ws_open(server.addr, None, true)).await.map(|r| r.map(drop))
+    };
     let recovery = match recovered {
-        Ok(Ok(_)) => format!("a new WebSocket session opened {:.0} ms after the probes closed", recovered_at.elapsed().as_secs_f64() * 1e3),
+        Ok(Ok(())) => format!("a new WebSocket session opened {:.0} ms after the probes closed", recovered_at.elapsed().as_secs_f64() * 1e3),
         Ok(Err(err)) => format!("a new WebSocket session FAILED after the probes closed: {err:#}"),
         Err(_) => "a new WebSocket session did NOT open within 10 s after the probes closed".into(),
     };
@@ -932,7 +986,8 @@ async fn scale(args: &Args) -> anyhow::Result<String> {
             l.contains("open files") || l.contains("file descriptor") || l.contains("emfile") || l.contains(" 503")
         })
         .collect();
-    writeln!(out, "\nPast the limit ({} more SSE requests with {} held): ", args.overflow, held)?;
+    let probe = if args.scale_tls { "TLS WebSockets" } else { "SSE requests" };
+    writeln!(out, "\nPast the limit ({} more {probe} with {} held): ", args.overflow, held)?;
     for (outcome, (count, slowest)) in &outcomes {
         writeln!(out, "- {outcome}: {count} (slowest {:.1} s)", slowest.as_secs_f64())?;
     }
@@ -943,12 +998,18 @@ async fn scale(args: &Args) -> anyhow::Result<String> {
         limit_lines.len(),
         limit_lines.first().map_or(String::new(), |l| format!(", first: `{}`", l.trim()))
     )?;
-    let refused_503 = outcomes.get("HTTP 503").map_or(0, |o| o.0);
-    writeln!(
-        out,
-        "- a clear log line and a 503 at the limit: {}",
-        met(refused_503 > 0 && !limit_lines.is_empty() && server.alive())
-    )?;
+    if args.scale_tls {
+        // Refused TLS connections are closed; short of the limit, none is refused.
+        let refused: usize = outcomes.iter().filter(|(o, _)| o.starts_with("TLS WebSocket failed")).map(|(_, c)| c.0).sum();
+        writeln!(out, "- refused connections closed: {refused}; a clear log line for them: {}", met(refused == 0 || !limit_lines.is_empty()))?;
+    } else {
+        let refused_503 = outcomes.get("HTTP 503").map_or(0, |o| o.0);
+        writeln!(
+            out,
+            "- a clear log line and a 503 at the limit: {}",
+            met(refused_503 > 0 && !limit_lines.is_empty() && server.alive())
+        )?;
+    }
     for holder in &mut holders {
         let _ = holder.stdin.write_all(b"quit\n").await;
     }
@@ -993,7 +1054,7 @@ async fn scale_broadcasts(args: &Args, server: &Server, holders: &mut [Holder], 
     let took = started.elapsed();
     sleep(Duration::from_secs_f64(args.settle)).await;
     let rss = server.rss_kib();
-    let row = measure_loop(server, Transport::Ws, args.scale_rtt, Duration::from_millis(500), Duration::from_secs_f64(args.scale_seconds), pause).await;
+    let row = measure_loop(server, Endpoints::single(server.addr), Transport::Ws, args.scale_rtt, Duration::from_millis(500), Duration::from_secs_f64(args.scale_seconds), pause).await;
     let buffered = args.scale_broadcasts.min(args.history_buffer);
     let per_event = rss.saturating_sub(rss_before) as f64 * 1024.0 / (held * buffered).max(1) as f64;
     writeln!(
@@ -1044,7 +1105,7 @@ async fn compare(args: &Args) -> anyhow::Result<String> {
     for transport in [Transport::Ws, Transport::Sse] {
         for server in [&current, &other] {
             eprintln!("  {} against {} ...", transport.label(), server.kind.label());
-            rows.push(measure_loop(server, transport, args.sessions, warmup, seconds, Duration::ZERO).await);
+            rows.push(measure_loop(server, Endpoints::single(server.addr), transport, args.sessions, warmup, seconds, Duration::ZERO).await);
         }
     }
     let mut out = String::new();
@@ -1204,7 +1265,7 @@ async fn stuck(args: &Args) -> anyhow::Result<String> {
             floods = Some(spawn_flood(&client, server.addr, Instant::now() + warmup + seconds + Duration::from_secs(1)));
         }
         eprintln!("  healthy sessions {phase} ...");
-        let row = measure_loop(&server, Transport::Ws, args.stuck_rtt, warmup, seconds, pause).await;
+        let row = measure_loop(&server, Endpoints::single(server.addr), Transport::Ws, args.stuck_rtt, warmup, seconds, pause).await;
         let sent = match floods {
             Some(task) => task.await.unwrap_or(0),
             None => 0,

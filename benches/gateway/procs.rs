@@ -172,6 +172,11 @@ impl Drop for Server {
     }
 }
 
+/// Open file descriptors of a process (entries of `/proc/PID/fd`); 0 if unreadable.
+pub fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
 /// Resident set size from `/proc/PID/status` (`VmRSS`, in KiB); 0 if unreadable.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

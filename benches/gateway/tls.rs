@@ -5,12 +5,17 @@
 //! TLS WebSocket per session, an HTTP/2 connection per SSE session, and 50 SSE streams per
 //! HTTP/2 connection, each beside the plain transport's figure.
 //!
+//! The holders here (a TLS WebSocket per session, SSE streams on HTTP/2 connections) also hold
+//! the population of `scale --scale-tls`, in its `__hold` children (`client::hold_main`): each
+//! opens a bounded number at a time (the handshake burst), each within a timeout, and counts
+//! what failed rather than stopping.
+//!
 //! The certificate is made here (a CA and a server certificate for `localhost`, rcgen) and
 //! written under `target/bench-tls/`; the server reads it through `SWITCHYARD_TLS_CERT` and
 //! `SWITCHYARD_TLS_KEY`, the clients trust that CA alone.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
@@ -26,8 +31,8 @@ use crate::procs::{self, Kind, Server};
 use crate::{met, q, ratio, Args};
 
 /// Writes a CA and a server certificate it signed under `target/bench-tls/`; returns the
-/// certificate and key paths and a client configuration trusting the CA.
-fn certificates() -> anyhow::Result<(String, String, rustls::ClientConfig)> {
+/// certificate and key paths (PEM, for the server) and the CA's (DER, for [`client_config`]).
+pub fn certificates() -> anyhow::Result<(String, String, String)> {
     let ca_key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -36,25 +41,37 @@ fn certificates() -> anyhow::Result<(String, String, rustls::ClientConfig)> {
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?.signed_by(&key, &ca, &ca_key)?;
     let dir = procs::target_dir().join("bench-tls");
     std::fs::create_dir_all(&dir)?;
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (cert_path, key_path, ca_path) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("ca.der"));
     std::fs::write(&cert_path, cert.pem())?;
     std::fs::write(&key_path, key.serialize_pem())?;
+    std::fs::write(&ca_path, ca.der())?;
+    let path = |p: std::path::PathBuf| p.display().to_string();
+    Ok((path(cert_path), path(key_path), path(ca_path)))
+}
+
+/// A client configuration trusting the CA at `ca_der` (written by [`certificates`]) alone: what
+/// this process and the `__hold` children of `scale --scale-tls` connect with.
+pub fn client_config(ca_der: &str) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone())?;
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+    roots.add(rustls::pki_types::CertificateDer::from(std::fs::read(ca_der).with_context(|| format!("reading {ca_der}"))?))?;
+    Ok(rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok((cert_path.display().to_string(), key_path.display().to_string(), config))
+        .with_no_client_auth())
 }
 
 async fn start_tls(args: &Args, tag: &str, cert: &str, key: &str) -> anyhow::Result<Server> {
-    Server::start_env(Kind::Switchyard, None, !args.no_pin, tag, &[("SWITCHYARD_TLS_CERT", cert), ("SWITCHYARD_TLS_KEY", key)]).await
+    Server::start_env(Kind::Switchyard, None, !args.no_pin, tag, &tls_env(cert, key)).await
+}
+
+/// The environment that makes switchyard serve HTTPS with this certificate.
+pub fn tls_env<'a>(cert: &'a str, key: &'a str) -> [(&'static str, &'a str); 2] {
+    [("SWITCHYARD_TLS_CERT", cert), ("SWITCHYARD_TLS_KEY", key)]
 }
 
 pub async fn tls(args: &Args) -> anyhow::Result<String> {
-    let (cert, key, config) = certificates()?;
-    client::set_tls(config);
+    let (cert, key, ca) = certificates()?;
+    client::set_tls(client_config(&ca)?);
     let mut out = String::new();
     rtt(args, &cert, &key, &mut out).await?;
     idle(args, &cert, &key, &mut out).await?;
@@ -127,9 +144,6 @@ struct IdleRow {
     target: Option<f64>,
 }
 
-/// What holds the idle sessions open: reader tasks (aborted on drop) and connection handles.
-type Holding = Vec<Box<dyn std::any::Any + Send>>;
-
 async fn idle(args: &Args, cert: &str, key: &str, out: &mut String) -> anyhow::Result<()> {
     let n = args.tls_idle;
     let per_conn = args.tls_streams_per_connection.max(1);
@@ -143,15 +157,15 @@ async fn idle(args: &Args, cert: &str, key: &str, out: &mut String) -> anyhow::R
         sleep(Duration::from_millis(300)).await;
         let before = server.rss_kib();
         let (label, target, connections, holding) = match layout {
-            0 => ("WebSocket, plain", None, n, hold_ws(server.addr, n, false, args.open_concurrency).await?),
-            1 => ("WebSocket, TLS, a connection each", Some(16.0), n, hold_ws(server.addr, n, true, args.open_concurrency).await?),
-            2 => ("SSE, HTTP/2, a connection each", None, n, hold_sse_h2(server.addr, n, 1, args.open_concurrency).await?),
+            0 => ("WebSocket, plain", None, n, hold_ws(server.addr, None, n, false, args.open_concurrency).await.all()?),
+            1 => ("WebSocket, TLS, a connection each", Some(16.0), n, hold_ws(server.addr, None, n, true, args.open_concurrency).await.all()?),
+            2 => ("SSE, HTTP/2, a connection each", None, n, hold_sse_h2(server.addr, None, n, 1, args.open_concurrency).await.all()?),
             3 => ("SSE, plain HTTP/1.1, a connection each", None, n, hold_sse_plain(server.addr, n, args.open_concurrency).await?),
             _ => (
                 "SSE, HTTP/2, 50 streams per connection",
                 Some(12.0),
                 n.div_ceil(per_conn),
-                hold_sse_h2(server.addr, n, per_conn, args.open_concurrency).await?,
+                hold_sse_h2(server.addr, None, n, per_conn, args.open_concurrency).await.all()?,
             ),
         };
         sleep(settle).await;
@@ -177,28 +191,68 @@ async fn idle(args: &Args, cert: &str, key: &str, out: &mut String) -> anyhow::R
     Ok(())
 }
 
-/// `n` WebSocket sessions (over TLS or not), `concurrency` opening at a time, each read by a
-/// task (pings answered).
-async fn hold_ws(addr: SocketAddr, n: usize, tls: bool, concurrency: usize) -> anyhow::Result<Holding> {
-    let opened: Vec<_> = futures_util::stream::iter(0..n)
+/// What holds idle sessions open: reader tasks (aborted on drop) and connection handles.
+pub type Holding = Vec<Box<dyn std::any::Any + Send>>;
+
+/// Sessions opened by [`hold_ws`] or [`hold_sse_h2`]: what holds them, and the failures.
+#[derive(Default)]
+pub struct Opened {
+    pub holding: Holding,
+    /// Sessions open (an HTTP/2 connection holds several).
+    pub sessions: usize,
+    /// Sessions that failed or timed out opening (all of a connection's when it failed).
+    pub failed: usize,
+    pub first_error: Option<String>,
+}
+
+impl Opened {
+    /// What holds the sessions, or the first failure if any failed (the idle figures need all).
+    pub fn all(self) -> anyhow::Result<Holding> {
+        match self.first_error {
+            Some(err) => Err(anyhow!("{} sessions failed to open; first: {err}", self.failed)),
+            None => Ok(self.holding),
+        }
+    }
+
+    fn add(&mut self, result: anyhow::Result<(usize, Holding)>, sessions: usize) {
+        match result {
+            Ok((open, holding)) => {
+                self.sessions += open;
+                self.holding.extend(holding);
+            }
+            Err(err) => {
+                self.failed += sessions;
+                self.first_error.get_or_insert_with(|| format!("{err:#}"));
+            }
+        }
+    }
+}
+
+/// `n` WebSocket sessions (over TLS or not) from `local` when given, `concurrency` opening at a
+/// time (the handshake burst bounded), each within [`OPEN_TIMEOUT`] and read by a task (pings
+/// answered).
+pub async fn hold_ws(addr: SocketAddr, local: Option<IpAddr>, n: usize, tls: bool, concurrency: usize) -> Opened {
+    let mut opening = futures_util::stream::iter(0..n)
         .map(|_| async move {
             timeout(OPEN_TIMEOUT, async move {
                 let task: Box<dyn std::any::Any + Send> = if tls {
-                    let mut ws = client::ws_open_tls(addr).await?;
+                    let mut ws = client::ws_open_tls(addr, local).await?;
                     Box::new(Aborting(tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} })))
                 } else {
-                    let mut ws = client::ws_open(addr, None, true).await?;
+                    let mut ws = client::ws_open(addr, local, true).await?;
                     Box::new(Aborting(tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} })))
                 };
-                Ok::<_, anyhow::Error>(task)
+                Ok::<_, anyhow::Error>((1, vec![task]))
             })
             .await
             .map_err(|_| anyhow!("not open within {OPEN_TIMEOUT:?}"))?
         })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
-    opened.into_iter().collect()
+        .buffer_unordered(concurrency.max(1));
+    let mut opened = Opened::default();
+    while let Some(result) = opening.next().await {
+        opened.add(result, 1);
+    }
+    opened
 }
 
 /// `n` SSE sessions over plain HTTP/1.1, a connection each, each read by a task.
@@ -217,28 +271,34 @@ async fn hold_sse_plain(addr: SocketAddr, n: usize, concurrency: usize) -> anyho
     opened.into_iter().collect()
 }
 
-/// `n` SSE sessions over HTTP/2, `per_conn` streams on each connection, each stream read by a
-/// task until its `session` event and on.
-async fn hold_sse_h2(addr: SocketAddr, n: usize, per_conn: usize, concurrency: usize) -> anyhow::Result<Holding> {
+/// `n` SSE sessions over HTTP/2 from `local` when given, `per_conn` streams on each
+/// connection, each stream read by a task until its `session` event and on; `concurrency`
+/// sessions opening at a time (at least one connection), each connection within three
+/// [`OPEN_TIMEOUT`]s.
+pub async fn hold_sse_h2(addr: SocketAddr, local: Option<IpAddr>, n: usize, per_conn: usize, concurrency: usize) -> Opened {
+    let per_conn = per_conn.max(1);
     let connections = n.div_ceil(per_conn);
-    let opened: Vec<_> = futures_util::stream::iter(0..connections)
+    let mut opening = futures_util::stream::iter(0..connections)
         .map(|c| async move {
             let streams = per_conn.min(n - c * per_conn);
-            timeout(OPEN_TIMEOUT * 3, h2_streams(addr, streams)).await.map_err(|_| anyhow!("connection {c} not open in time"))?
+            let result = timeout(OPEN_TIMEOUT * 3, h2_streams(addr, local, streams))
+                .await
+                .map_err(|_| anyhow!("connection {c} not open in time"))
+                .and_then(|r| r)
+                .map(|holding| (streams, holding));
+            (result, streams)
         })
-        .buffer_unordered((concurrency / per_conn).max(1))
-        .collect()
-        .await;
-    let mut held = Vec::new();
-    for tasks in opened {
-        held.extend(tasks?);
+        .buffer_unordered((concurrency / per_conn).max(1));
+    let mut opened = Opened::default();
+    while let Some((result, streams)) = opening.next().await {
+        opened.add(result, streams);
     }
-    Ok(held)
+    opened
 }
 
 /// One HTTP/2 connection with `streams` SSE sessions on it, each past its `session` event.
-async fn h2_streams(addr: SocketAddr, streams: usize) -> anyhow::Result<Vec<Box<dyn std::any::Any + Send>>> {
-    let tls = client::tls_connect(addr, &[b"h2"]).await?;
+async fn h2_streams(addr: SocketAddr, local: Option<IpAddr>, streams: usize) -> anyhow::Result<Holding> {
+    let tls = client::tls_connect(addr, local, &[b"h2"]).await?;
     let (send, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.context("HTTP/2 handshake")?;
     let mut held: Vec<Box<dyn std::any::Any + Send>> = vec![Box::new(Aborting(tokio::spawn(async move {
         let _ = connection.await;
