@@ -1,5 +1,6 @@
-//! The load generator's clients: a WebSocket client (tokio-tungstenite over a raw socket), and
-//! SSE+POST and long-polling over the bench's own HTTP/1.1 client and SSE parser (`http.rs`),
+//! The load generator's clients: in closed loops, WebSocket, SSE+POST and long-polling over the
+//! bench's own HTTP/1.1 client, SSE parser and WebSocket frames (`http.rs`, `ws.rs`); the
+//! sessions other scenarios hold open, tokio-tungstenite and the same SSE parser;
 //! each speaking the wire contract (docs/protocol.md) as a browser would.
 //!
 //! Every wait has a timeout, every loop a deadline: a server that stops answering costs a
@@ -9,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::Value;
 use tokio::net::{TcpSocket, TcpStream};
@@ -20,6 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::http::{Conn, SseStream};
+use crate::ws::WsConn;
 
 /// What each round trip sends: the seed's `message` event.
 pub const MESSAGE: &str = r#"{"event":"message","data":"hello"}"#;
@@ -140,7 +142,7 @@ impl Endpoints {
 /// when the session opens (see `http.rs`).
 #[allow(clippy::large_enum_variant, reason = "held in place for a whole run; boxing the WebSocket would add a hop to every measured round trip")]
 pub enum Session {
-    Ws(Ws),
+    Ws(WsConn),
     Sse { post: Conn, post_request: Box<[u8]>, events: SseStream, body: Vec<u8> },
     Poll { post: Conn, post_request: Box<[u8]>, poll: Conn, poll_request: PollRequest, body: Vec<u8> },
 }
@@ -193,7 +195,13 @@ impl Session {
     pub async fn open(transport: Transport, to: Endpoints, hello: bool) -> anyhow::Result<Session> {
         let (addr, post) = (to.stream, to.post);
         match transport {
-            Transport::Ws => Ok(Session::Ws(ws_open(addr, None, hello).await?)),
+            Transport::Ws => {
+                let mut ws = WsConn::open(addr, MESSAGE).await?;
+                if hello {
+                    ws.wait_for(br#""event":"session""#).await?;
+                }
+                Ok(Session::Ws(ws))
+            }
             Transport::Sse => {
                 let (sid, events) = sse_open(addr, None).await?;
                 let post_request = post_request(post, &format!("/sse?sid={sid}"));
@@ -226,16 +234,8 @@ impl Session {
     pub async fn round_trip(&mut self) -> anyhow::Result<()> {
         match self {
             Session::Ws(ws) => {
-                ws.send(Message::text(MESSAGE)).await?;
-                loop {
-                    match ws.next().await {
-                        Some(Ok(Message::Text(text))) if text.contains(r#""event":"response""#) => return Ok(()),
-                        Some(Ok(Message::Close(frame))) => bail!("closed: {frame:?}"),
-                        Some(Ok(_)) => continue,
-                        Some(Err(err)) => return Err(err.into()),
-                        None => bail!("socket closed"),
-                    }
-                }
+                ws.send().await?;
+                ws.wait_for(br#""event":"response""#).await
             }
             Session::Sse { post, post_request, events, body } => {
                 let sent = send_message(post, post_request, body);

@@ -72,12 +72,18 @@ impl Conn {
     }
 
     /// The bytes read and not yet consumed.
-    fn unread(&self) -> &[u8] {
+    pub fn unread(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
 
+    /// Marks the first `n` unread bytes consumed.
+    pub fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.end - self.start);
+        self.start += n;
+    }
+
     /// Reads at least one more byte from the socket behind the unread ones.
-    async fn fill(&mut self) -> anyhow::Result<()> {
+    pub async fn fill(&mut self) -> anyhow::Result<()> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -118,8 +124,9 @@ impl Conn {
                 }
                 let framing = match framing {
                     Some(framing) => framing,
-                    // 204 and 304 have no body; nothing else here is framed by closing.
-                    None if status == 204 || status == 304 => Framing::Length(0),
+                    // 101 (the connection is upgraded), 204 and 304 have no body; nothing else
+                    // here is framed by closing.
+                    None if matches!(status, 101 | 204 | 304) => Framing::Length(0),
                     None => bail!("a {status} response without Content-Length or chunked framing"),
                 };
                 self.start += len;

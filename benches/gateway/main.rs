@@ -28,6 +28,7 @@ mod cluster;
 mod http;
 mod procs;
 mod servers;
+mod ws;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
