@@ -301,6 +301,24 @@ mod tests {
     use crate::protocol::Cursor;
 
     #[test]
+    fn the_attach_query_takes_plain_and_encoded_pairs_and_refuses_a_parameter_twice() {
+        let query = AttachQuery::parse("sid=abc_-1&last_event_id=abc_-1.7&page=x&&heartbeat").unwrap();
+        assert_eq!(query.sid.as_deref(), Some("abc_-1"));
+        assert_eq!(query.last_event_id.as_deref(), Some("abc_-1.7"));
+        assert_eq!(query.heartbeat.as_deref(), Some(""));
+        assert!(query.from.is_none() && query.reason.is_none());
+        let query = AttachQuery::parse("s%69d=a%2Fb&reason=ws+blocked&from=sse").unwrap();
+        assert_eq!(query.sid.as_deref(), Some("a/b"));
+        assert_eq!(query.reason.as_deref(), Some("ws blocked"));
+        assert_eq!(query.from.as_deref(), Some("sse"));
+        assert_eq!(AttachQuery::parse("").unwrap().sid, None);
+        for twice in ["sid=a&sid=b", "sid=a&s%69d=b"] {
+            let err = AttachQuery::parse(twice).unwrap_err();
+            assert!(matches!(&err, Error::BadRequest(m) if m.contains("duplicate field `sid`")), "{twice}: {err:?}");
+        }
+    }
+
+    #[test]
     fn an_event_encodes_as_the_envelope_with_its_cursor() {
         let sid = Sid::random();
         for (name, notice) in [("response", false), ("quote\"and\\slash", false), ("session", true)] {
