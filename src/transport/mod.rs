@@ -33,7 +33,6 @@ use std::time::Duration;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts as RequestParts;
 use axum::http::HeaderMap;
-use axum::middleware;
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
@@ -204,7 +203,7 @@ pub fn router<H: Handler>(endpoint: Endpoint<H>, beside: Router) -> Router {
         .route("/poll", get(poll::poll::<H>).post(post::send::<H>))
         .with_state(endpoint)
         .merge(beside)
-        .layer(middleware::from_fn_with_state(policy, origin::guard))
+        .layer(origin::OriginLayer::new(policy))
 }
 
 /// The query of every attaching request: which session, and where to resume. Parameters not
