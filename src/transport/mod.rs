@@ -210,8 +210,8 @@ pub fn router<H: Handler>(endpoint: Endpoint<H>, beside: Router) -> Router {
 /// named here (a page's own, `token`) are accepted and ignored; one named twice is refused
 /// (`400`).
 ///
-/// Extracted by [`AttachQuery::parse`] rather than axum's `Query`, which runs serde_urlencoded
-/// under serde_path_to_error and percent-decodes every pair into a new string: about 2,400
+/// Extracted by [`AttachQuery::parse`] rather than axum's `Query`, which runs `serde_urlencoded`
+/// under `serde_path_to_error` and percent-decodes every pair into a new string: about 2,400
 /// instructions of every POST's and every poll's round trip for a query that is a sid and a
 /// cursor, neither of which needs decoding.
 #[derive(Debug, Default, Deserialize)]
@@ -232,7 +232,7 @@ pub struct AttachQuery {
 
 impl AttachQuery {
     /// Reads a query string. A pair with nothing to decode (no `%`, no `+`) is taken as it is;
-    /// any other is decoded by serde_urlencoded.
+    /// any other is decoded by `serde_urlencoded`.
     pub fn parse(query: &str) -> Result<AttachQuery, Error> {
         let mut parsed = AttachQuery::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
