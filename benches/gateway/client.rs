@@ -1,6 +1,7 @@
-//! The load generator's clients: a real WebSocket client (tokio-tungstenite), a real SSE parser
-//! (eventsource-stream over reqwest's byte stream) and long-polling over reqwest, each speaking
-//! the wire contract (docs/protocol.md) as a browser would.
+//! The load generator's clients: in closed loops, WebSocket, SSE+POST and long-polling over the
+//! bench's own HTTP/1.1 client, SSE parser and WebSocket frames (`http.rs`, `ws.rs`); the
+//! sessions other scenarios hold open, tokio-tungstenite and the same SSE parser;
+//! each speaking the wire contract (docs/protocol.md) as a browser would.
 //!
 //! Every wait has a timeout, every loop a deadline: a server that stops answering costs a
 //! counted error, never a hung bench.
@@ -13,7 +14,6 @@ use anyhow::{anyhow, bail, Context as _};
 use eventsource_stream::{Event as SseEvent, EventStreamError, Eventsource};
 use futures_util::{SinkExt, Stream, StreamExt};
 use hdrhistogram::Histogram;
-use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -21,6 +21,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+use crate::http::{Conn, SseStream};
+use crate::ws::WsConn;
 
 /// What each round trip sends: the seed's `message` event.
 pub const MESSAGE: &str = r#"{"event":"message","data":"hello"}"#;
@@ -55,10 +58,16 @@ pub fn histogram() -> Histogram<u64> {
 
 type Ws = WebSocketStream<TcpStream>;
 type WsTls = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+/// An SSE stream over HTTPS (HTTP/2, through reqwest), parsed by eventsource-stream.
+type H2Sse = Pin<Box<dyn Stream<Item = Result<SseEvent, EventStreamError<reqwest::Error>>> + Send>>;
 
 /// The TLS client configuration of the `tls` scenario (trusting the certificate it made), set
 /// once before any session with [`Endpoints::tls`] opens.
 static TLS: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+
+/// The HTTPS client of the closed loops over TLS ([`tls_http_client`]), made once: every stream
+/// and POST of a run shares its one HTTP/2 connection.
+static H2_CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
 
 /// Sets the TLS client configuration ([`TLS`]); its ALPN is set per use.
 pub fn set_tls(config: rustls::ClientConfig) {
@@ -116,7 +125,7 @@ async fn wait_hello<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ws:
     }
 }
 
-/// One `message` over a WebSocket and its `response`.
+/// One `message` over a tungstenite WebSocket (the TLS one) and its `response`.
 async fn ws_round_trip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> anyhow::Result<()> {
     ws.send(Message::text(MESSAGE)).await?;
     loop {
@@ -129,7 +138,34 @@ async fn ws_round_trip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         }
     }
 }
-type SseStream = Pin<Box<dyn Stream<Item = Result<SseEvent, EventStreamError<reqwest::Error>>> + Send>>;
+
+/// Opens an SSE stream over HTTPS at `url` with `client` and reads its first event, `session`;
+/// returns the sid.
+async fn h2_sse_open(client: &reqwest::Client, url: &str) -> anyhow::Result<(String, H2Sse)> {
+    let response = client.get(url).send().await?;
+    let status = response.status();
+    if !status.is_success() {
+        bail!("GET /sse answered {status}");
+    }
+    let mut events: H2Sse = Box::pin(response.bytes_stream().eventsource());
+    let first = events.next().await.ok_or_else(|| anyhow!("stream ended before the session event"))??;
+    if first.event != "session" {
+        bail!("first event was {:?}, not session", first.event);
+    }
+    let data: Value = serde_json::from_str(&first.data)?;
+    data["sid"].as_str().map(|sid| (sid.to_owned(), events)).ok_or_else(|| anyhow!("session event without a sid"))
+}
+
+/// One `POST` of [`MESSAGE`] over HTTPS, which must be answered `202`.
+async fn h2_send_message(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let response = client.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(MESSAGE).send().await?;
+    let status = response.status();
+    response.bytes().await?;
+    if status != reqwest::StatusCode::ACCEPTED {
+        bail!("POST answered {status}");
+    }
+    Ok(())
+}
 
 /// An HTTP client for a load-generator process: no proxy, no pool limit, connections from
 /// `local` (a 127.0.0.x address) when given, so one process can hold more connections to one
@@ -169,24 +205,21 @@ pub async fn ws_open(addr: SocketAddr, local: Option<IpAddr>, hello: bool) -> an
     Ok(ws)
 }
 
-/// Opens an SSE stream (`GET /sse`) and reads its first event, `session`; returns the sid.
-pub async fn sse_open(client: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<(String, SseStream)> {
-    sse_open_at(client, &format!("http://{addr}/sse")).await
-}
-
-/// [`sse_open`] at `url`.
-pub async fn sse_open_at(client: &reqwest::Client, url: &str) -> anyhow::Result<(String, SseStream)> {
-    let response = client.get(url).send().await?;
-    let status = response.status();
-    if !status.is_success() {
-        bail!("GET /sse answered {status}");
+/// Opens an SSE stream (`GET /sse`, from `local` when given) and reads its first event,
+/// `session`; returns the sid.
+pub async fn sse_open(addr: SocketAddr, local: Option<IpAddr>) -> anyhow::Result<(String, SseStream)> {
+    let mut conn = Conn::connect(addr, local).await?;
+    conn.send(format!("GET /sse HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n").as_bytes()).await?;
+    let head = conn.read_head().await?;
+    if head.status != 200 {
+        bail!("GET /sse answered {}", head.status);
     }
-    let mut events: SseStream = Box::pin(response.bytes_stream().eventsource());
-    let first = events.next().await.ok_or_else(|| anyhow!("stream ended before the session event"))??;
-    if first.event != "session" {
-        bail!("first event was {:?}, not session", first.event);
+    let mut events = SseStream::new(conn, head.framing);
+    let first = events.next_event().await?;
+    if first.name != "session" {
+        bail!("first event was {:?}, not session", first.name);
     }
-    let data: Value = serde_json::from_str(&first.data)?;
+    let data: Value = serde_json::from_str(first.data)?;
     let sid = data["sid"].as_str().ok_or_else(|| anyhow!("session event without sid"))?.to_owned();
     Ok((sid, events))
 }
@@ -213,45 +246,107 @@ impl Endpoints {
     pub fn tls(addr: SocketAddr) -> Endpoints {
         Endpoints { stream: addr, post: addr, tls: true }
     }
+}
 
-    fn scheme(self) -> &'static str {
-        if self.tls {
-            "https"
-        } else {
-            "http"
-        }
+/// One client session in a closed loop. SSE+POST and long-polling hold two keep-alive
+/// connections each: the stream (or the polls) and the POSTs, each request prepared as bytes
+/// when the session opens (see `http.rs`).
+#[allow(clippy::large_enum_variant, reason = "held in place for a whole run; boxing the WebSocket would add a hop to every measured round trip")]
+pub enum Session {
+    Ws(WsConn),
+    /// A WebSocket over TLS (tungstenite; the bench's own frames speak plain TCP only).
+    WsTls(WsTls),
+    /// SSE+POST over HTTPS: HTTP/2 through reqwest, one connection shared by the run.
+    SseH2 { client: reqwest::Client, post_url: String, events: H2Sse },
+    Sse { post: Conn, post_request: Box<[u8]>, events: SseStream, body: Vec<u8> },
+    Poll { post: Conn, post_request: Box<[u8]>, poll: Conn, poll_request: PollRequest, body: Vec<u8> },
+}
+
+/// `GET /poll?sid=SID&last_event_id=CURSOR`, rewritten in place as the cursor moves: the bytes
+/// before the cursor, and where they end.
+pub struct PollRequest {
+    bytes: Vec<u8>,
+    cursor_at: usize,
+    tail: &'static [u8],
+}
+
+impl PollRequest {
+    fn new(addr: SocketAddr, sid: &str, cursor: &str) -> PollRequest {
+        let mut bytes = format!("GET /poll?sid={sid}&last_event_id=").into_bytes();
+        let cursor_at = bytes.len();
+        let tail: &'static [u8] = Box::leak(format!(" HTTP/1.1\r\nhost: {addr}\r\n\r\n").into_bytes().into_boxed_slice());
+        bytes.extend_from_slice(cursor.as_bytes());
+        bytes.extend_from_slice(tail);
+        PollRequest { bytes, cursor_at, tail }
+    }
+
+    fn set_cursor(&mut self, cursor: &str) {
+        self.bytes.truncate(self.cursor_at);
+        self.bytes.extend_from_slice(cursor.as_bytes());
+        self.bytes.extend_from_slice(self.tail);
     }
 }
 
-/// One client session in a closed loop.
-#[allow(clippy::large_enum_variant, reason = "held in place for a whole run; boxing the WebSocket would add a hop to every measured round trip")]
-pub enum Session {
-    Ws(Ws),
-    WsTls(WsTls),
-    Sse { client: reqwest::Client, post_url: String, events: SseStream },
-    Poll { client: reqwest::Client, post_url: String, poll_url: String, cursor: String },
+/// A `POST` of [`MESSAGE`] to `path`, as bytes.
+fn post_request(addr: SocketAddr, path: &str) -> Box<[u8]> {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{MESSAGE}",
+        MESSAGE.len()
+    )
+    .into_bytes()
+    .into_boxed_slice()
+}
+
+/// The events of one poll answer, as much of them as a round trip needs.
+#[derive(serde::Deserialize)]
+struct Polled<'a> {
+    #[serde(borrow)]
+    event: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    id: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl Session {
-    pub async fn open(transport: Transport, to: Endpoints, client: &reqwest::Client, hello: bool) -> anyhow::Result<Session> {
-        let (addr, post, scheme) = (to.stream, to.post, to.scheme());
+    pub async fn open(transport: Transport, to: Endpoints, hello: bool) -> anyhow::Result<Session> {
+        let (addr, post) = (to.stream, to.post);
         match transport {
             Transport::Ws if to.tls => Ok(Session::WsTls(ws_open_tls(addr, None).await?)),
-            Transport::Ws => Ok(Session::Ws(ws_open(addr, None, hello).await?)),
+            Transport::Sse if to.tls => {
+                let client = H2_CLIENT.get_or_init(tls_http_client).clone();
+                let (sid, events) = h2_sse_open(&client, &format!("https://{addr}/sse")).await?;
+                Ok(Session::SseH2 { client, post_url: format!("https://{post}/sse?sid={sid}"), events })
+            }
+            Transport::Poll if to.tls => bail!("the bench runs long-polling over plain HTTP only"),
+            Transport::Ws => {
+                let mut ws = WsConn::open(addr, MESSAGE).await?;
+                if hello {
+                    ws.wait_for(br#""event":"session""#).await?;
+                }
+                Ok(Session::Ws(ws))
+            }
             Transport::Sse => {
-                let (sid, events) = sse_open_at(client, &format!("{scheme}://{addr}/sse")).await?;
-                Ok(Session::Sse { client: client.clone(), post_url: format!("{scheme}://{post}/sse?sid={sid}"), events })
+                let (sid, events) = sse_open(addr, None).await?;
+                let post_request = post_request(post, &format!("/sse?sid={sid}"));
+                Ok(Session::Sse { post: Conn::connect(post, None).await?, post_request, events, body: Vec::new() })
             }
             Transport::Poll => {
-                let answer: Vec<Value> = client.get(format!("http://{addr}/poll")).send().await?.json().await?;
+                let mut poll = Conn::connect(addr, None).await?;
+                poll.send(format!("GET /poll HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes()).await?;
+                let mut body = Vec::new();
+                let status = poll.read_response(&mut body).await?;
+                if status != 200 {
+                    bail!("GET /poll answered {status}");
+                }
+                let answer: Vec<Value> = serde_json::from_slice(&body)?;
                 let hello = answer.iter().find(|e| e["event"] == "session").ok_or_else(|| anyhow!("first poll without session"))?;
                 let sid = hello["data"]["sid"].as_str().ok_or_else(|| anyhow!("session without sid"))?.to_owned();
-                let cursor = hello["id"].as_str().unwrap_or("").to_owned();
+                let cursor = hello["id"].as_str().unwrap_or("");
                 Ok(Session::Poll {
-                    client: client.clone(),
-                    post_url: format!("http://{post}/poll?sid={sid}"),
-                    poll_url: format!("http://{addr}/poll?sid={sid}&last_event_id="),
-                    cursor,
+                    post: Conn::connect(post, None).await?,
+                    post_request: post_request(post, &format!("/poll?sid={sid}")),
+                    poll,
+                    poll_request: PollRequest::new(addr, &sid, cursor),
+                    body,
                 })
             }
         }
@@ -260,10 +355,13 @@ impl Session {
     /// Sends one `message` and waits for its `response` (and, over HTTP, the POST's 202).
     pub async fn round_trip(&mut self) -> anyhow::Result<()> {
         match self {
-            Session::Ws(ws) => ws_round_trip(ws).await,
+            Session::Ws(ws) => {
+                ws.send().await?;
+                ws.wait_for(br#""event":"response""#).await
+            }
             Session::WsTls(ws) => ws_round_trip(ws).await,
-            Session::Sse { client, post_url, events } => {
-                let post = send_message(client, post_url);
+            Session::SseH2 { client, post_url, events } => {
+                let sent = h2_send_message(client, post_url);
                 let reply = async {
                     loop {
                         match events.next().await {
@@ -274,35 +372,55 @@ impl Session {
                         }
                     }
                 };
-                let (sent, replied) = tokio::join!(post, reply);
+                let (sent, replied) = tokio::join!(sent, reply);
                 sent.and(replied)
             }
-            Session::Poll { client, post_url, poll_url, cursor } => {
-                let post = send_message(client, post_url);
+            Session::Sse { post, post_request, events, body } => {
+                let sent = send_message(post, post_request, body);
                 let reply = async {
                     loop {
-                        let answer: Vec<Value> = client.get(format!("{poll_url}{cursor}")).send().await?.json().await?;
-                        if let Some(id) = answer.last().and_then(|e| e["id"].as_str()) {
-                            *cursor = id.to_owned();
+                        if events.next_event().await?.name == "response" {
+                            return Ok(());
                         }
-                        if answer.iter().any(|e| e["event"] == "response") {
+                    }
+                };
+                let (sent, replied) = tokio::join!(sent, reply);
+                sent.and(replied)
+            }
+            Session::Poll { post, post_request, poll, poll_request, body } => {
+                let sent = async {
+                    let mut answer = Vec::new();
+                    send_message(post, post_request, &mut answer).await
+                };
+                let reply = async {
+                    loop {
+                        poll.send(&poll_request.bytes).await?;
+                        let status = poll.read_response(body).await?;
+                        if status != 200 {
+                            bail!("poll answered {status}");
+                        }
+                        let answer: Vec<Polled<'_>> = serde_json::from_slice(body)?;
+                        if let Some(id) = answer.last().and_then(|e| e.id.as_deref()) {
+                            poll_request.set_cursor(id);
+                        }
+                        if answer.iter().any(|e| e.event == "response") {
                             return Ok::<_, anyhow::Error>(());
                         }
                     }
                 };
-                let (sent, replied) = tokio::join!(post, reply);
+                let (sent, replied) = tokio::join!(sent, reply);
                 sent.and(replied)
             }
         }
     }
 }
 
-async fn send_message(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
-    let response = client.post(url).header(CONTENT_TYPE, "application/json").body(MESSAGE).send().await?;
-    let status = response.status();
-    response.bytes().await?;
-    if status != reqwest::StatusCode::ACCEPTED {
-        bail!("POST answered {status}");
+/// Sends one prepared POST and reads its answer, which must be `202`.
+async fn send_message(post: &mut Conn, request: &[u8], body: &mut Vec<u8>) -> anyhow::Result<()> {
+    post.send(request).await?;
+    let status = post.read_response(body).await?;
+    if status != 202 {
+        bail!("POST answered {status}: {}", String::from_utf8_lossy(body));
     }
     Ok(())
 }
@@ -336,9 +454,8 @@ pub async fn closed_loop(
     pause: Duration,
     mut on_window: impl FnMut(bool),
 ) -> LoopResult {
-    let client = if to.tls { tls_http_client() } else { http_client(None) };
     let opened = futures_util::future::join_all(
-        (0..sessions).map(|_| async { timeout(OPEN_TIMEOUT, Session::open(transport, to, &client, hello)).await }),
+        (0..sessions).map(|_| async { timeout(OPEN_TIMEOUT, Session::open(transport, to, hello)).await }),
     )
     .await;
     let mut errors = 0;
@@ -431,7 +548,6 @@ async fn open_held(
     transport: Transport,
     addr: SocketAddr,
     local: Option<IpAddr>,
-    client: &reqwest::Client,
     hello: bool,
     fanout_tx: Option<mpsc::UnboundedSender<Instant>>,
 ) -> anyhow::Result<(JoinHandle<()>, Option<String>)> {
@@ -449,10 +565,10 @@ async fn open_held(
             }), None))
         }
         Transport::Sse => {
-            let (sid, mut events) = sse_open(client, addr).await?;
+            let (sid, mut events) = sse_open(addr, local).await?;
             Ok((tokio::spawn(async move {
-                    while let Some(Ok(event)) = events.next().await {
-                        if event.event == "fanout" || event.event == "history" {
+                    while let Ok(event) = events.next_event().await {
+                        if event.name == "fanout" || event.name == "history" {
                             if let Some(tx) = &fanout_tx {
                                 let _ = tx.send(Instant::now());
                             }
@@ -473,7 +589,6 @@ pub async fn open_many(
     count: usize,
     addrs: &[SocketAddr],
     local: Option<IpAddr>,
-    client: &reqwest::Client,
     concurrency: usize,
     hello: bool,
     fanout_tx: Option<mpsc::UnboundedSender<Instant>>,
@@ -487,7 +602,7 @@ pub async fn open_many(
             let transport = transports(base + i);
             let addr = addrs[(base + i) % addrs.len()];
             let fanout_tx = fanout_tx.clone();
-            async move { timeout(OPEN_TIMEOUT, open_held(transport, addr, local, client, hello, fanout_tx)).await }
+            async move { timeout(OPEN_TIMEOUT, open_held(transport, addr, local, hello, fanout_tx)).await }
         })
         .buffer_unordered(concurrency.max(1));
     while let Some(result) = opening.next().await {
@@ -534,7 +649,6 @@ pub fn hold_main(args: &[String]) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-        let client = http_client(Some(local));
         let mut held = Held::default();
         let mut held_tls = crate::tls::Opened::default();
         let mut failed = 0;
@@ -565,7 +679,7 @@ pub fn hold_main(args: &[String]) -> anyhow::Result<()> {
                         let more = target.saturating_sub(held.len());
                         let alternate = |i: usize| if i.is_multiple_of(2) { Transport::Ws } else { Transport::Sse };
                         let tx = Some(received_tx.clone());
-                        failed += open_many(&mut held, alternate, more, &[addr], Some(local), &client, concurrency, true, tx).await;
+                        failed += open_many(&mut held, alternate, more, &[addr], Some(local), concurrency, true, tx).await;
                         stdout.write_all(format!("held {} failed {failed}\n", held.len()).as_bytes()).await?;
                     }
                     stdout.flush().await?;
@@ -607,10 +721,9 @@ pub fn drive_main(args: &[String]) -> anyhow::Result<()> {
     let total: usize = total.parse()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let client = http_client(None);
         let mut open = Vec::new();
         for _ in 0..sessions {
-            open.push(timeout(OPEN_TIMEOUT, Session::open(transport, Endpoints::single(addr), &client, hello)).await??);
+            open.push(timeout(OPEN_TIMEOUT, Session::open(transport, Endpoints::single(addr), hello)).await??);
         }
         let started = Instant::now();
         let per = total.div_ceil(sessions.max(1));

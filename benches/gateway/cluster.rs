@@ -549,7 +549,7 @@ async fn fanout(args: &Args) -> anyhow::Result<String> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut held = Held::default();
     let opened_at = Instant::now();
-    let failed = open_many(&mut held, |_| Transport::Sse, args.fanout, &addrs, None, &client, args.open_concurrency, true, Some(tx)).await;
+    let failed = open_many(&mut held, |_| Transport::Sse, args.fanout, &addrs, None, args.open_concurrency, true, Some(tx)).await;
     let took = opened_at.elapsed();
     let in_redis = redis.command(&["SCARD", "sy:sessions"]).unwrap_or_else(|e| format!("? ({e})"));
     sleep(Duration::from_secs_f64(args.settle)).await;
@@ -585,7 +585,7 @@ async fn fanout(args: &Args) -> anyhow::Result<String> {
     let memory = start_node(None, pin, "cluster-fanout-memory").await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut held = Held::default();
-    open_many(&mut held, |_| Transport::Sse, args.fanout, &[memory.addr], None, &client, args.open_concurrency, true, Some(tx)).await;
+    open_many(&mut held, |_| Transport::Sse, args.fanout, &[memory.addr], None, args.open_concurrency, true, Some(tx)).await;
     sleep(Duration::from_secs_f64(args.settle)).await;
     let trigger = format!("http://{}/api/emit", memory.addr);
     let mut reference = FanoutRow { kind: Kind::Switchyard, room: false, held: held.len(), rounds: Vec::new(), latencies: histogram() };
@@ -656,7 +656,6 @@ async fn idle(args: &Args) -> anyhow::Result<String> {
     let pin = !args.no_pin;
     let settle = Duration::from_secs_f64(args.settle);
     let sessions = args.cluster_idle;
-    let client = client::http_client(None);
     let mut rows = Vec::new();
     let mut health = Vec::new();
     for transport in [Transport::Ws, Transport::Sse] {
@@ -672,7 +671,7 @@ async fn idle(args: &Args) -> anyhow::Result<String> {
             let before = (node.rss_kib(), redis.as_ref().map(redis_now).transpose()?);
             let mut held = Held::default();
             let opened_at = Instant::now();
-            let failed = open_many(&mut held, |_| transport, sessions, &[node.addr], None, &client, args.open_concurrency, true, None).await;
+            let failed = open_many(&mut held, |_| transport, sessions, &[node.addr], None, args.open_concurrency, true, None).await;
             let took = opened_at.elapsed();
             sleep(settle).await;
             let after = (node.rss_kib(), redis.as_ref().map(redis_now).transpose()?);

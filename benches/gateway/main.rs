@@ -26,9 +26,11 @@
 
 mod client;
 mod cluster;
+mod http;
 mod procs;
 mod servers;
 mod tls;
+mod ws;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -76,6 +78,24 @@ enum Scenario {
     Tls,
 }
 
+/// A transport `rtt` measures (`--rtt-transports`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RttTransport {
+    Ws,
+    Sse,
+    Poll,
+}
+
+impl RttTransport {
+    fn transport(self) -> Transport {
+        match self {
+            RttTransport::Ws => Transport::Ws,
+            RttTransport::Sse => Transport::Sse,
+            RttTransport::Poll => Transport::Poll,
+        }
+    }
+}
+
 /// switchyard's load generator and baselines (issue 5).
 #[derive(Debug, Parser)]
 #[command(name = "gateway")]
@@ -95,6 +115,9 @@ struct Args {
     /// the median of nine shrugs off the odd round the host slowed in the middle of.
     #[arg(long, default_value_t = 9)]
     alternations: usize,
+    /// rtt: the transports measured, in this order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ws,sse,poll")]
+    rtt_transports: Vec<RttTransport>,
     /// rtt, nodelay: warm-up seconds before measuring.
     #[arg(long, default_value_t = 0.5)]
     warmup: f64,
@@ -360,8 +383,11 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
     let rounds = args.alternations.max(1);
     let mut rows = Vec::new();
     let mut ratios = Vec::new();
-    for transport in [Transport::Ws, Transport::Sse, Transport::Poll] {
+    let mut per_round_rows = Vec::new();
+    let mut loads = Vec::new();
+    for transport in args.rtt_transports.iter().map(|t| t.transport()) {
         let baseline = if transport == Transport::Ws { &ws_base } else { &sse_base };
+        let load_before = loadavg();
         let (mut base_rounds, mut sy_rounds) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             let order = if round % 2 == 0 { [baseline, &switchyard] } else { [&switchyard, baseline] };
@@ -370,6 +396,15 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
                 let row = measure_loop(server, Endpoints::single(server.addr), transport, args.sessions, warmup, seconds, Duration::ZERO).await;
                 if server.kind == Kind::Switchyard { sy_rounds.push(row) } else { base_rounds.push(row) }
             }
+        }
+        loads.push((load_before, loadavg()));
+        for (i, (b, s)) in base_rounds.iter().zip(&sy_rounds).enumerate() {
+            per_round_rows.push(RoundRow {
+                transport,
+                round: i + 1,
+                base: (b.result.rate(), b.server_cpu, b.loadgen_cpu),
+                sy: (s.result.rate(), s.server_cpu, s.loadgen_cpu),
+            });
         }
         let mut per_round: Vec<f64> =
             base_rounds.iter().zip(&sy_rounds).map(|(b, s)| ratio(s.result.rate(), b.result.rate())).collect();
@@ -387,35 +422,56 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
     out.push_str(&rtt_table(&rows));
     writeln!(
         out,
-        "\n| transport | rt/s ratio (median of rounds) | rounds' ratios | target | p99 ratio | target | |\n|---|---:|---|---:|---:|---:|---|"
+        "\n| transport | rt/s ratio (median of rounds) | rounds' ratios | target | p99 ratio | target | | at the baseline's rate: loadgen CPU / server CPU | load average before / after |\n|---|---:|---|---:|---:|---:|---|---:|---|"
     )?;
-    for (pair, per_round) in rows.chunks(2).zip(&ratios) {
+    for ((pair, per_round), (load_before, load_after)) in rows.chunks(2).zip(&ratios).zip(&loads) {
         let [base, sy] = pair else { continue };
         let rate = per_round[per_round.len() / 2];
         let p99 = ratio(q(&sy.result.latencies, 0.99) as f64, q(&base.result.latencies, 0.99) as f64);
-        let (rate_target, p99_target) = match sy.transport {
-            Transport::Ws => (Some(0.9), Some(1.5)),
-            Transport::Sse => (Some(0.8), Some(1.5)),
-            Transport::Poll => (None, None),
-        };
-        let verdict = match (rate_target, p99_target) {
-            (Some(r), Some(p)) => met(rate >= r && p99 <= p),
-            _ => "no target",
-        };
+        let (rate_target, p99_target) = (0.95, 1.2);
         let listed: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
+        let client_share = ratio(base.loadgen_cpu, base.server_cpu);
         writeln!(
             out,
-            "| {} | {:.2} | {} | {} | {:.2} | {} | {} |",
+            "| {} | {:.2} | {} | >= {rate_target} | {:.2} | <= {p99_target} | {} | {:.2} ({}) | {load_before} / {load_after} |",
             sy.transport.label(),
             rate,
             listed.join(", "),
-            rate_target.map_or("-".into(), |r| format!(">= {r}")),
             p99,
-            p99_target.map_or("-".into(), |p| format!("<= {p}")),
-            verdict
+            met(rate >= rate_target && p99 <= p99_target),
+            client_share,
+            if client_share < 1.0 { "client below the server" } else { "client NOT below the server" },
+        )?;
+    }
+    writeln!(
+        out,
+        "\nEach round: round trips/s, server CPU and load-generator CPU (share of one core each, over the measured second), baseline then switchyard.\n\n| transport | round | baseline rt/s | server | loadgen | switchyard rt/s | server | loadgen | ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
+    for row in &per_round_rows {
+        writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.0} % | {:.0} % | {:.0} | {:.0} % | {:.0} % | {:.2} |",
+            row.transport.label(),
+            row.round,
+            row.base.0,
+            row.base.1 * 100.0,
+            row.base.2 * 100.0,
+            row.sy.0,
+            row.sy.1 * 100.0,
+            row.sy.2 * 100.0,
+            ratio(row.sy.0, row.base.0)
         )?;
     }
     Ok(out)
+}
+
+/// One paired round of `rtt`: (round trips/s, server CPU share, load-generator CPU share) of the
+/// baseline and of switchyard.
+struct RoundRow {
+    transport: Transport,
+    round: usize,
+    base: (f64, f64, f64),
+    sy: (f64, f64, f64),
 }
 
 /// One server's rounds as one row: round trips and latencies of all rounds, CPU shares averaged.
@@ -437,13 +493,13 @@ fn merge_rounds(rounds: Vec<RttRow>) -> RttRow {
 
 fn rtt_table(rows: &[RttRow]) -> String {
     let mut out = String::from(
-        "| transport | server | round trips/s | p50 µs | p99 µs | p99.9 µs | errors | server CPU | loadgen CPU |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| transport | server | round trips/s | p50 µs | p99 µs | p99.9 µs | errors | server CPU | loadgen CPU | server CPU µs per round trip | loadgen CPU µs per round trip |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in rows {
         let h = &row.result.latencies;
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {:.0} % | {:.0} % |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {:.0} % | {:.0} % | {:.1} | {:.1} |",
             row.transport.label(),
             row.server.label(),
             row.result.rate(),
@@ -452,7 +508,9 @@ fn rtt_table(rows: &[RttRow]) -> String {
             q(h, 0.999),
             row.result.errors,
             row.server_cpu * 100.0,
-            row.loadgen_cpu * 100.0
+            row.loadgen_cpu * 100.0,
+            ratio(row.server_cpu * 1e6, row.result.rate()),
+            ratio(row.loadgen_cpu * 1e6, row.result.rate())
         );
     }
     out
@@ -475,13 +533,12 @@ async fn idle(args: &Args) -> anyhow::Result<String> {
             let mut server = Server::start(kind, !args.no_pin, &tag).await?;
             sleep(Duration::from_millis(300)).await;
             let before = server.rss_kib();
-            let client = client::http_client(None);
             let mut held = Held::default();
             let opened_at = Instant::now();
             let overflows = procs::listen_overflows();
             let hello = kind != Kind::WsBaseline;
             let failed =
-                open_many(&mut held, |_| transport, args.idle, &[server.addr], None, &client, args.open_concurrency, hello, None).await;
+                open_many(&mut held, |_| transport, args.idle, &[server.addr], None, args.open_concurrency, hello, None).await;
             let took = opened_at.elapsed();
             let overflows = procs::listen_overflows().saturating_sub(overflows);
             sleep(settle).await;
@@ -527,7 +584,7 @@ async fn admin(args: &Args) -> anyhow::Result<String> {
     let mut held = Held::default();
     eprintln!("  holding {} sessions ...", args.admin_sessions);
     let transports = |i: usize| if i.is_multiple_of(2) { Transport::Ws } else { Transport::Sse };
-    let failed = open_many(&mut held, transports, args.admin_sessions, &[server.addr], None, &client, args.open_concurrency, true, None).await;
+    let failed = open_many(&mut held, transports, args.admin_sessions, &[server.addr], None, args.open_concurrency, true, None).await;
     // The opening burst's work (and the first sweeps of a full table) out of the way.
     sleep(Duration::from_secs_f64(args.settle) + Duration::from_secs(2)).await;
     let mut rows = Vec::new();
@@ -613,7 +670,7 @@ async fn fanout(args: &Args) -> anyhow::Result<String> {
         let client = client::http_client(None);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut held = Held::default();
-        open_many(&mut held, |_| Transport::Sse, args.fanout, &[server.addr], None, &client, args.open_concurrency, true, Some(tx))
+        open_many(&mut held, |_| Transport::Sse, args.fanout, &[server.addr], None, args.open_concurrency, true, Some(tx))
             .await;
         // The baseline's broadcast route, or switchyard's publish API (loopback needs no key).
         let (trigger, body) = match (kind, room) {
@@ -1410,7 +1467,7 @@ async fn history(args: &Args) -> anyhow::Result<String> {
         let mut stalled = Vec::new();
         if group == "SSE reading" {
             let failed =
-                open_many(&mut held, |_| Transport::Sse, sessions, &[server.addr], None, &client, args.open_concurrency, true, Some(tx)).await;
+                open_many(&mut held, |_| Transport::Sse, sessions, &[server.addr], None, args.open_concurrency, true, Some(tx)).await;
             if failed > 0 {
                 bail!("{failed} reading sessions failed to open");
             }

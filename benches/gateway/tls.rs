@@ -257,12 +257,10 @@ pub async fn hold_ws(addr: SocketAddr, local: Option<IpAddr>, n: usize, tls: boo
 
 /// `n` SSE sessions over plain HTTP/1.1, a connection each, each read by a task.
 async fn hold_sse_plain(addr: SocketAddr, n: usize, concurrency: usize) -> anyhow::Result<Holding> {
-    let client = client::http_client(None);
-    let client = &client;
     let opened: Vec<_> = futures_util::stream::iter(0..n)
         .map(|_| async move {
-            let (_, mut events) = timeout(OPEN_TIMEOUT, client::sse_open(client, addr)).await.map_err(|_| anyhow!("not open in time"))??;
-            let task: Box<dyn std::any::Any + Send> = Box::new(Aborting(tokio::spawn(async move { while let Some(Ok(_)) = events.next().await {} })));
+            let (_, mut events) = timeout(OPEN_TIMEOUT, client::sse_open(addr, None)).await.map_err(|_| anyhow!("not open in time"))??;
+            let task: Box<dyn std::any::Any + Send> = Box::new(Aborting(tokio::spawn(async move { while events.next_event().await.is_ok() {} })));
             Ok::<_, anyhow::Error>(task)
         })
         .buffer_unordered(concurrency.max(1))

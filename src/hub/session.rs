@@ -105,7 +105,10 @@ impl Hub {
     /// `send_burst` deep), or refuses it with [`HubError::RateLimited`].
     /// In cluster mode the budget is this node's: a client spreading its sends over `n` nodes
     /// gets up to `n` times the rate.
-    pub async fn admit(&self, sid: &Sid) -> Result<(), HubError> {
+    ///
+    /// Returns the session, so that the send it admitted is dispatched without looking the
+    /// session up again.
+    pub async fn admit(&self, sid: &Sid) -> Result<SessionHandle, HubError> {
         let session = self.local(sid).await?;
         let mut state = lock(&session.state);
         if state.removed {
@@ -120,7 +123,8 @@ impl Hub {
             return Err(HubError::RateLimited);
         }
         state.send_tokens -= 1.0;
-        Ok(())
+        drop(state);
+        Ok(self.handle(session))
     }
 
     /// Records who opened the session (the auth subject); handlers see it in their context.

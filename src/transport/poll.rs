@@ -6,9 +6,8 @@
 //! saw; a poll that continues a poll gets no new `session` hello. A poll cut short because
 //! another transport took the session answers `409`, so the client stops polling.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Uri};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::{outgoing, AttachQuery, Endpoint, Handler};
@@ -23,17 +22,19 @@ const MAX_PER_POLL: usize = 256;
 pub async fn poll<H: Handler>(
     State(gateway): State<Endpoint<H>>,
     client: ClientAddr,
-    headers: HeaderMap,
-    uri: Uri,
-    query: Result<Query<AttachQuery>, QueryRejection>,
+    query: Result<AttachQuery, Error>,
+    request: Request,
 ) -> Result<Response, Error> {
-    let Query(query) = query?;
+    let query = query?;
+    // The request itself rather than `HeaderMap` and `Uri` extractors, which clone them: a
+    // poll is a round trip's worth of requests.
+    let (headers, uri) = (request.headers(), request.uri());
     // A poll answers within the poll timeout: the hello tells it as `heartbeat`.
     let request = AttachRequest::new(Transport::Polling, query.sid.as_deref(), query.last_event_id.as_deref())
         .heartbeat(Some(gateway.config().poll_timeout))
         .change(query.change(Transport::Polling));
     let mut attachment = gateway.attach(request, client).await?;
-    gateway.admit(&attachment, &headers, uri.query()).await?;
+    gateway.admit(&attachment, headers, uri.query()).await?;
     let mut frames = Vec::new();
     drain(&mut attachment, &mut frames)?;
     if frames.is_empty() {

@@ -5,8 +5,7 @@
 //! order before the answer (`202`), so a client that waits for each answer keeps its order.
 
 use axum::body::{to_bytes, Body};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -15,27 +14,24 @@ use super::{AttachQuery, Endpoint, Handler};
 use crate::error::Error;
 use crate::protocol::{parse_envelopes_with, reads_as_json, Envelope, Envelopes, Limits, Sid};
 
-pub async fn send<H: Handler>(
-    State(gateway): State<Endpoint<H>>,
-    query: Result<Query<AttachQuery>, QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let response = accept(gateway, query, headers, body).await.into_response();
+pub async fn send<H: Handler>(State(gateway): State<Endpoint<H>>, query: Result<AttachQuery, Error>, request: Request) -> Response {
+    // The request itself rather than a `HeaderMap` extractor, which clones the headers.
+    let (parts, body) = request.into_parts();
+    let response = accept(gateway, query, parts.headers, body).await.into_response();
     crate::metrics::post_response(response.status());
     response
 }
 
 async fn accept<H: Handler>(
     gateway: Endpoint<H>,
-    query: Result<Query<AttachQuery>, QueryRejection>,
+    query: Result<AttachQuery, Error>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Error> {
-    let Query(query) = query?;
+    let query = query?;
     let sid = query.sid.ok_or_else(|| Error::BadRequest("missing query parameter `sid`".into()))?;
     let sid: Sid = sid.parse().map_err(|_| Error::NoSession)?;
-    gateway.hub().admit(&sid).await?;
+    let session = gateway.hub().admit(&sid).await?;
     let limit = gateway.config().max_body;
     let bytes = to_bytes(body, limit).await.map_err(|err| {
         if is_length_limit(&err) {
@@ -47,7 +43,7 @@ async fn accept<H: Handler>(
     let envelopes = parse_body(&headers, &bytes, &gateway.config().limits)?;
     let accepted = envelopes.len();
     crate::metrics::events_in_post(accepted);
-    gateway.dispatch(&sid, envelopes).await?;
+    gateway.dispatch_to(&session, envelopes).await?;
     let body = format!("{{\"accepted\":{accepted}}}");
     Ok((StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -15,8 +15,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
@@ -32,11 +31,11 @@ use crate::protocol::encode;
 pub async fn stream<H: Handler>(
     State(gateway): State<Endpoint<H>>,
     client: ClientAddr,
-    query: Result<Query<AttachQuery>, QueryRejection>,
+    query: Result<AttachQuery, Error>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, Error> {
-    let Query(query) = query?;
+    let query = query?;
     let change = query.change(Transport::Sse);
     // A browser's own reconnect carries the newest cursor in the header; the URL may still hold
     // the one the page started from.

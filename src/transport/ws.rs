@@ -20,9 +20,8 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Uri, Version};
 use axum::response::Response;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -50,9 +49,9 @@ pub async fn upgrade<H: Handler>(
     headers: HeaderMap,
     uri: Uri,
     version: Version,
-    query: Result<Query<AttachQuery>, QueryRejection>,
+    query: Result<AttachQuery, Error>,
 ) -> Result<Response, Error> {
-    let Query(query) = query?;
+    let query = query?;
     let max = gateway.config().max_body;
     let heartbeat = query.wants_heartbeat();
     // Attach before upgrading, so that a full server (503) or an address over its new-session
