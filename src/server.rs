@@ -285,9 +285,10 @@ impl Reserve {
     async fn refuse_one(&mut self, listener: &TcpListener) {
         self.refused += 1;
         if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            let how = if self.answer { "with 503" } else { "by closing them (TLS)" };
             tracing::warn!(
                 refused = self.refused,
-                "out of file descriptors: refusing connections with 503 (raise the open-file limit or lower --max-sessions)"
+                "out of file descriptors: refusing connections {how} (raise the open-file limit or lower --max-sessions)"
             );
             self.refused = 0;
             self.logged = Some(tokio::time::Instant::now());
