@@ -16,6 +16,7 @@
 //!   written `SID.N~`, which sort after event `N` and before event `N + 1`. Resuming from either
 //!   form replays every event after `N`, so a notice's cursor is itself a valid resume point.
 
+mod compact;
 pub mod encode;
 
 use std::fmt;
@@ -231,6 +232,9 @@ pub fn parse_envelopes(text: &str) -> Result<Envelopes, ProtocolError> {
 
 /// Parses a client body: one envelope object or a non-empty array of them, within `limits`.
 pub fn parse_envelopes_with(text: &str, limits: &Limits) -> Result<Envelopes, ProtocolError> {
+    if let Some(envelope) = compact::parse(text, limits) {
+        return Ok(smallvec![envelope]);
+    }
     match parse_well_formed(text, limits) {
         Some(envelopes) => Ok(envelopes),
         None => parse_as_value(text, limits),
