@@ -16,7 +16,7 @@
 
 use serde_json::Value;
 
-use super::{check_event_name, depth, reserved_key, Envelope, Limits, RESERVED_KEY_PREFIX};
+use super::{check_event_name, depth, reserved_key, Envelope, Limits, MAX_EVENT_NAME, RESERVED_KEY_PREFIX};
 
 const PREFIX: &str = r#"{"event":""#;
 const DATA: &str = r#"","data":"#;
@@ -28,11 +28,14 @@ pub(super) fn parse(text: &str, limits: &Limits) -> Option<Envelope> {
     // Byte searches and fixed-position comparisons: `str`'s substring search sets up a
     // two-way matcher per call, which cost more than serde_json's whole reading.
     let rest = text.strip_prefix(PREFIX)?;
-    let end = rest.bytes().position(|b| b == b'"' || b == b'\\')?;
+    let end = memchr::memchr2(b'"', b'\\', rest.as_bytes())?;
     let (event, rest) = rest.split_at(end);
     // A backslash in the name would need JSON's string rules: left to serde_json.
     let body = rest.strip_prefix(DATA)?.strip_suffix('}')?;
-    if check_event_name(event).is_err() {
+    // Printable ASCII is a valid name of up to MAX_EVENT_NAME bytes; anything else is asked of
+    // `check_event_name`, which reads characters.
+    let printable = event.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if !(printable && !event.is_empty() && event.len() <= MAX_EVENT_NAME) && check_event_name(event).is_err() {
         return None;
     }
     let digits = body.len() - body.bytes().rev().take_while(u8::is_ascii_digit).count();
