@@ -2,11 +2,11 @@
 //! `switchyard.js` and the bench write it, `{"event":"NAME","data":DATA}` with an optional
 //! `,"seq":N` before the closing brace, and nothing else (no whitespace, no escapes in the name).
 //!
-//! Why it exists: serde_json's struct reader spends about 1,200 instructions on such a frame
+//! Why it exists: `serde_json`'s struct reader spends about 1,200 instructions on such a frame
 //! (field-name matching, the unknown-field check, a `Value` built through its visitor), a fifth
 //! of a WebSocket round trip's own work. Recognising the fixed frame around `DATA` costs a few
-//! comparisons; `DATA` itself still goes through serde_json, except for a string without escapes
-//! or control characters, which is taken as it is. `DATA` with escapes, or with a key serde_json
+//! comparisons; `DATA` itself still goes through `serde_json`, except for a string without escapes
+//! or control characters, which is taken as it is. `DATA` with escapes, or with a key `serde_json`
 //! reserves, is left to the full reading.
 //!
 //! Why it is safe: a text that starts with the fixed prefix, ends with one of the fixed suffixes,
