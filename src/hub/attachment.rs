@@ -27,7 +27,7 @@ use futures_util::task::AtomicWaker;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::protocol::{Cursor, Sid};
+use crate::protocol::{Cursor, CursorText, Sid};
 
 use super::counters;
 use super::event::{Body, Event};
@@ -312,8 +312,15 @@ impl Hub {
     /// asked for. `Err`: the request cannot be honoured and why.
     #[allow(clippy::type_complexity)]
     fn resolve(&self, sid: Option<&str>, cursor: Option<&str>) -> Result<Option<(Arc<Session>, Option<u64>)>, GapReason> {
-        let Some((sid, cursor)) = parse_request(sid, cursor)? else { return Ok(None) };
-        let session = self.find(&sid).ok_or(GapReason::Expired)?;
+        // As `parse_request`, without a `Sid` made for either: the lookup takes the text.
+        let cursor = cursor.map(|raw| CursorText::parse(raw).map_err(|_| GapReason::BadCursor)).transpose()?;
+        let sid = match (sid, &cursor) {
+            (Some(raw), _) if Sid::is_valid(raw) => raw,
+            (Some(_), _) => return Err(GapReason::InvalidSid),
+            (None, Some(cursor)) => cursor.sid,
+            (None, None) => return Ok(None),
+        };
+        let session = self.find_text(sid).ok_or(GapReason::Expired)?;
         let Some(cursor) = cursor else {
             return Ok(Some((session, None)));
         };

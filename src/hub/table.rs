@@ -71,13 +71,26 @@ pub(super) fn shards() -> Box<[Shard]> {
 impl Hub {
     #[inline]
     fn shard(&self, sid: &Sid) -> &Shard {
+        self.shard_of(sid.as_str())
+    }
+
+    /// The shard of a sid given by its text.
+    #[inline]
+    fn shard_of(&self, sid: &str) -> &Shard {
         let index = (SidHash.hash_one(sid) >> 32) as usize % SHARDS;
         &self.inner.shards[index]
     }
 
     #[inline]
     pub(super) fn find(&self, sid: &Sid) -> Option<Arc<Session>> {
-        self.shard(sid).read().unwrap_or_else(PoisonError::into_inner).get(sid).cloned()
+        self.find_text(sid.as_str())
+    }
+
+    /// [`Hub::find`] by the sid's text, for a caller that holds no `Sid` (a `Sid` hashes and
+    /// compares as its text).
+    #[inline]
+    pub(super) fn find_text(&self, sid: &str) -> Option<Arc<Session>> {
+        self.shard_of(sid).read().unwrap_or_else(PoisonError::into_inner).get(sid).cloned()
     }
 
     /// A new session with a fresh random sid.

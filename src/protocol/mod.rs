@@ -16,6 +16,7 @@
 //!   written `SID.N~`, which sort after event `N` and before event `N + 1`. Resuming from either
 //!   form replays every event after `N`, so a notice's cursor is itself a valid resume point.
 
+mod compact;
 pub mod encode;
 
 use std::fmt;
@@ -63,13 +64,39 @@ impl FromStr for Sid {
 
     /// Accepts exactly the shape [`Sid::random`] produces; anything else cannot name a session.
     fn from_str(s: &str) -> Result<Sid, ProtocolError> {
-        let ok = s.len() == SID_LEN
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if ok {
+        if Sid::is_valid(s) {
             Ok(Sid(s.into()))
         } else {
             Err(ProtocolError::BadSid)
         }
+    }
+}
+
+impl Sid {
+    /// Whether `s` has the shape [`Sid::random`] produces, checked without making a `Sid` (a
+    /// lookup by a sid that is not kept needs no allocation).
+    pub fn is_valid(s: &str) -> bool {
+        s.len() == SID_LEN && s.bytes().all(|b| SID_BYTES[usize::from(b)])
+    }
+}
+
+/// Which bytes a sid may hold (base64url's alphabet), as a table: a load per byte rather than
+/// five range tests, on every request that names a session.
+static SID_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+        b += 1;
+    }
+    table
+};
+
+/// A sid is looked up by its text: hashes and compares exactly as the `str` it holds.
+impl std::borrow::Borrow<str> for Sid {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
@@ -128,8 +155,35 @@ impl FromStr for Cursor {
     type Err = ProtocolError;
 
     fn from_str(s: &str) -> Result<Cursor, ProtocolError> {
-        let (sid, pos) = s.split_once('.').ok_or(ProtocolError::BadCursor)?;
-        let sid: Sid = sid.parse().map_err(|_| ProtocolError::BadCursor)?;
+        let CursorText { sid, seq, notice } = CursorText::parse(s)?;
+        Ok(Cursor { sid: Sid(sid.into()), seq, notice })
+    }
+}
+
+/// A [`Cursor`] read in place: the same checks, with the sid left as the text it was (a poll
+/// resuming its own session looks the session up by it and needs no `Sid` of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorText<'a> {
+    /// The session's id, of the shape [`Sid::is_valid`] checks.
+    pub sid: &'a str,
+    /// The number of the last event at or before the position.
+    pub seq: u64,
+    /// Whether a notice wrote the position (`SID.N~`).
+    pub notice: bool,
+}
+
+impl<'a> CursorText<'a> {
+    /// Reads `SID.N` or `SID.N~`, refusing exactly what [`Cursor`]'s `from_str` refuses.
+    pub fn parse(s: &'a str) -> Result<CursorText<'a>, ProtocolError> {
+        // A sid has a fixed length and no dot, so the dot is at SID_LEN or the text is no cursor:
+        // one comparison rather than a search.
+        if s.as_bytes().get(SID_LEN) != Some(&b'.') {
+            return Err(ProtocolError::BadCursor);
+        }
+        let (sid, pos) = (&s[..SID_LEN], &s[SID_LEN + 1..]);
+        if !Sid::is_valid(sid) {
+            return Err(ProtocolError::BadCursor);
+        }
         let (digits, notice) = match pos.strip_suffix('~') {
             Some(digits) => (digits, true),
             None => (pos, false),
@@ -146,7 +200,7 @@ impl FromStr for Cursor {
         if seq == 0 && !notice {
             return Err(ProtocolError::BadCursor);
         }
-        Ok(Cursor { sid, seq, notice })
+        Ok(CursorText { sid, seq, notice })
     }
 }
 
@@ -231,6 +285,9 @@ pub fn parse_envelopes(text: &str) -> Result<Envelopes, ProtocolError> {
 
 /// Parses a client body: one envelope object or a non-empty array of them, within `limits`.
 pub fn parse_envelopes_with(text: &str, limits: &Limits) -> Result<Envelopes, ProtocolError> {
+    if let Some(envelope) = compact::parse(text, limits) {
+        return Ok(smallvec![envelope]);
+    }
     match parse_well_formed(text, limits) {
         Some(envelopes) => Ok(envelopes),
         None => parse_as_value(text, limits),
@@ -451,12 +508,15 @@ mod tests {
     fn cursors_round_trip_and_reject_non_canonical_forms() {
         let sid = Sid::random();
         for c in [Cursor::event(sid.clone(), 7), Cursor::notice(sid.clone(), 0), Cursor::notice(sid.clone(), 9)] {
-            assert_eq!(c.to_string().parse::<Cursor>().unwrap(), c);
+            let text = c.to_string();
+            assert_eq!(text.parse::<Cursor>().unwrap(), c);
+            assert_eq!(CursorText::parse(&text), Ok(CursorText { sid: sid.as_str(), seq: c.seq, notice: c.notice }));
         }
         for bad in ["", "x", &format!("{sid}."), &format!("{sid}.07"), &format!("{sid}.-1"),
                     &format!("{sid}.0"), &format!("{sid}.1~~"), &format!("{sid}.99999999999999999999999"),
                     "abc.1"] {
             assert!(bad.parse::<Cursor>().is_err(), "{bad:?} should be rejected");
+            assert!(CursorText::parse(bad).is_err(), "{bad:?} should be rejected in place too");
         }
     }
 

