@@ -360,6 +360,18 @@ fn envelope_from_value(value: Value, index: Option<usize>, limits: &Limits) -> R
     Ok(Envelope { event, data, seq })
 }
 
+/// Checks the data of an envelope built from another wire format (a Socket.IO event's
+/// arguments): within the depth limit and free of the reserved key, as a parsed envelope's is.
+pub fn check_data(data: &Value, limits: &Limits) -> Result<(), ProtocolError> {
+    if depth(data) > limits.max_depth {
+        return Err(ProtocolError::Shape(format!("data is nested deeper than {} levels", limits.max_depth)));
+    }
+    if let Some(key) = reserved_key(data) {
+        return Err(ProtocolError::Shape(format!("data holds the object key `{key}`, which is reserved")));
+    }
+    Ok(())
+}
+
 /// `serde_json` gives object keys with this prefix a meaning of their own: with the `raw_value`
 /// feature (axum turns it on), an object whose first key is `$serde_json::private::RawValue` is
 /// read as raw JSON text. Data holding such a key would not read back as the same value once

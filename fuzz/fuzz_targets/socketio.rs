@@ -1,0 +1,43 @@
+//! Fuzzes the Engine.IO and Socket.IO packet parsers, which read every long-polling body and
+//! WebSocket frame a Socket.IO client sends to `/socket.io/`.
+//!
+//! Whatever the input, parsing returns a packet or an error, never panics; an EVENT the parser
+//! accepts is written back by the server's own encoder into a packet that reads as the same
+//! event (the arguments as one data value, as the socket task forwards them).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use switchyard::transport::socketio::packet::{decode_engine, decode_payload, decode_socket, encode_event, EnginePacket, SocketPacket};
+
+fuzz_target!(|bytes: &[u8]| {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return;
+    };
+    for packet in decode_payload(text) {
+        if let Ok(EnginePacket::Message(inner)) = packet {
+            check(inner);
+        }
+    }
+    check(text);
+});
+
+fn check(text: &str) {
+    let Ok(SocketPacket::Event { nsp, name, args, .. }) = decode_socket(text) else {
+        return;
+    };
+    if nsp != "/" || args.len() != 1 {
+        return;
+    }
+    let data = serde_json::to_string(&args[0]).expect("a value serializes");
+    let written = encode_event(&name, &data, Some(7));
+    let Ok(EnginePacket::Message(inner)) = decode_engine(&written) else {
+        panic!("the encoder writes an Engine.IO message: {written:?}");
+    };
+    match decode_socket(inner) {
+        Ok(SocketPacket::Event { name: read, args: read_args, .. }) => {
+            assert_eq!(read, name);
+            assert_eq!(read_args, vec![args[0].clone(), serde_json::Value::String("7".into())]);
+        }
+        other => panic!("{written:?} read back as {other:?}"),
+    }
+}

@@ -1,0 +1,269 @@
+//! The socket task: one per Engine.IO session, from the handshake until the session closes.
+//!
+//! It pings the client and closes the session when a pong does not come in time, reads the
+//! client's Socket.IO packets in order (CONNECT, EVENT, DISCONNECT, binary refusal), and, once
+//! the client has connected to the main namespace, holds the hub attachment and turns what it
+//! yields into Socket.IO events on the session's queue. Holding the attachment here, not in a
+//! transport, is what lets the session change carrier (the upgrade) without detaching.
+//!
+//! Recovery: the CONNECT answer's `pid` is the hub session id, and each event carries its
+//! number as the offset (the last argument). A CONNECT with `{pid, offset}` attaches to that
+//! session from cursor `pid.offset`, so the hub replays what came after it; a session that is
+//! gone gives a fresh one, whose new `pid` tells the client it did not recover.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::engine::{Carrier, CloseCause, EngineSession, Inbound, MAX_QUEUED};
+use super::packet::{self, decode_socket, SocketPacket};
+use super::{Endpoint, Handler, Opening};
+use crate::hub::{AttachRequest, Attachment, CloseReason, Event, Transport};
+use crate::protocol::{check_data, check_event_name, Envelope, Sid};
+
+/// Runs the socket task of `session` until it closes, then removes it from the table (which
+/// detaches its hub session, if it had one: the session lives on for the grace period).
+pub async fn run<H: Handler>(endpoint: Endpoint<H>, session: Arc<EngineSession>, mut inbox_rx: mpsc::Receiver<Inbound>, opening: Opening) {
+    let config = endpoint.config().socketio.clone();
+    let mut task = Socket { endpoint: &endpoint, session: &session, opening: Some(opening), attachment: None, skip_binary: 0 };
+    let mut next_ping = Instant::now() + config.ping_interval;
+    let mut pong_due: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            () = session.closing() => break,
+            inbound = inbox_rx.recv() => match inbound {
+                Some(Inbound::Pong) => {
+                    pong_due = None;
+                    next_ping = Instant::now() + config.ping_interval;
+                }
+                Some(Inbound::Message(text)) => {
+                    if task.on_message(&text).await.is_break() {
+                        break;
+                    }
+                }
+                Some(Inbound::Binary) => task.on_binary(),
+                None => break,
+            },
+            event = next_event(&mut task.attachment, &session) => {
+                if task.on_event(event).is_break() {
+                    break;
+                }
+            }
+            () = tokio::time::sleep_until(next_ping), if pong_due.is_none() => {
+                session.push("2".to_owned());
+                pong_due = Some(Instant::now() + config.ping_timeout);
+            }
+            () = tokio::time::sleep_until(pong_due.unwrap_or(next_ping)), if pong_due.is_some() => {
+                tracing::debug!(engine = %session.id, "no pong in time; closing the Engine.IO session");
+                session.close(CloseCause::PingTimeout);
+                break;
+            }
+        }
+    }
+    endpoint.engines().remove(&session.id);
+}
+
+/// The next event of the hub session, once there is room in the queue; never, before the
+/// client has connected.
+async fn next_event(attachment: &mut Option<Attachment>, session: &EngineSession) -> Result<Event, CloseReason> {
+    let Some(attachment) = attachment else {
+        return std::future::pending().await;
+    };
+    while session.queued() >= MAX_QUEUED {
+        session.drained().await;
+    }
+    attachment.recv().await
+}
+
+/// What the socket task keeps between packets.
+struct Socket<'a, H> {
+    endpoint: &'a Endpoint<H>,
+    session: &'a EngineSession,
+    /// The opening request, until a CONNECT succeeds.
+    opening: Option<Opening>,
+    /// The hub session, once the client has connected to the main namespace.
+    attachment: Option<Attachment>,
+    /// Binary packets still to skip: the attachments of refused binary events.
+    skip_binary: usize,
+}
+
+impl<H: Handler> Socket<'_, H> {
+    fn transport(&self) -> Transport {
+        match self.session.carrier() {
+            Carrier::Polling => Transport::Polling,
+            Carrier::WebSocket => Transport::WebSocket,
+        }
+    }
+
+    /// One Socket.IO packet. A malformed one closes the session, as the protocol asks.
+    async fn on_message(&mut self, text: &str) -> ControlFlow<()> {
+        let packet = match decode_socket(text) {
+            Ok(packet) => packet,
+            Err(err) => {
+                tracing::debug!(engine = %self.session.id, %err, "malformed Socket.IO packet; closing");
+                self.session.close(CloseCause::ProtocolError);
+                return ControlFlow::Break(());
+            }
+        };
+        match packet {
+            SocketPacket::Connect { nsp, auth } => self.connect(&nsp, auth).await,
+            SocketPacket::Disconnect { nsp } if nsp == "/" => self.attachment = None,
+            SocketPacket::Event { nsp, id, name, args } if nsp == "/" => self.event(id, name, args).await,
+            SocketPacket::Binary { nsp, name, attachments } => {
+                self.skip_binary += attachments;
+                if nsp == "/" {
+                    self.refuse_binary(name.as_deref()).await;
+                }
+            }
+            SocketPacket::ConnectError { .. } => {
+                self.session.close(CloseCause::ProtocolError);
+                return ControlFlow::Break(());
+            }
+            // Packets for a namespace the client is not connected to are ignored, as
+            // Socket.IO servers do; so are acks (the server sends no event with an ack id).
+            SocketPacket::Disconnect { .. } | SocketPacket::Event { .. } | SocketPacket::Ack { .. } => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A binary packet: an attachment of a refused binary event, skipped. One nobody announced
+    /// is a protocol error.
+    fn on_binary(&mut self) {
+        if self.skip_binary == 0 {
+            self.session.close(CloseCause::ProtocolError);
+        } else {
+            self.skip_binary -= 1;
+        }
+    }
+
+    async fn refuse_binary(&self, name: Option<&str>) {
+        let Some(attachment) = &self.attachment else { return };
+        let message = "binary attachments are not supported: send JSON (encode binary data as base64 text)";
+        let data = serde_json::json!({ "error": message, "event": name });
+        let _ = self.endpoint.hub().emit(attachment.sid(), "error", &data).await;
+    }
+
+    /// CONNECT: the main namespace attaches to the hub (a new session, or the one `auth.pid`
+    /// names, from `auth.offset`); any other namespace is refused.
+    async fn connect(&mut self, nsp: &str, auth: Option<Value>) {
+        if nsp != "/" {
+            self.session.push(packet::encode_connect_error(nsp, "Invalid namespace"));
+            return;
+        }
+        let Some(opening) = self.opening.as_ref() else {
+            return; // already connected
+        };
+        let auth = auth.unwrap_or(Value::Null);
+        let pid = auth.get("pid").and_then(Value::as_str);
+        let offset = auth.get("offset").and_then(Value::as_str).unwrap_or("0");
+        let cursor = pid.map(|pid| format!("{pid}.{offset}"));
+        let request = AttachRequest::new(self.transport(), pid, cursor.as_deref());
+        let attachment = match self.endpoint.attach(request, opening.client).await {
+            Ok(attachment) => attachment,
+            Err(err) => return self.session.push(packet::encode_connect_error("/", &err.to_string())),
+        };
+        let mut headers = opening.headers.clone();
+        if let Some(bearer) = auth.get("token").and_then(Value::as_str).and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()) {
+            headers.insert(header::AUTHORIZATION, bearer);
+        }
+        if let Err(err) = self.endpoint.admit(&attachment, &headers, opening.query.as_deref()).await {
+            return self.session.push(packet::encode_connect_error("/", &err.to_string()));
+        }
+        self.session.push(packet::encode_connect(Sid::random().as_str(), attachment.sid().as_str()));
+        self.opening = None;
+        self.attachment = Some(attachment);
+    }
+
+    /// EVENT: one envelope to the gateway's handlers. Its data is the single argument, `null`
+    /// for none, or the array of them for several.
+    async fn event(&mut self, _id: Option<u64>, name: String, mut args: Vec<Value>) {
+        let Some(attachment) = &self.attachment else { return };
+        let sid = attachment.sid().clone();
+        let hub = self.endpoint.hub();
+        let polling = self.session.carrier() == Carrier::Polling;
+        // Sends over HTTP are rate limited per request, as POSTs of switchyard's own clients are.
+        if polling {
+            if let Err(err) = hub.admit(&sid).await {
+                return self.endpoint.report_error(&sid, err).await;
+            }
+        }
+        let data = match args.len() {
+            0 => Value::Null,
+            1 => args.pop().expect("one argument"),
+            _ => Value::Array(args),
+        };
+        if let Err(why) = check_event_name(&name) {
+            return self.endpoint.report_error(&sid, format!("event name {why}")).await;
+        }
+        if let Err(err) = check_data(&data, &self.endpoint.config().limits) {
+            return self.endpoint.report_error(&sid, err).await;
+        }
+        if polling {
+            crate::metrics::events_in_post(1);
+        } else {
+            crate::metrics::events_in_websocket(1);
+        }
+        let session = attachment.session();
+        if let Err(err) = self.endpoint.dispatch_to(&session, smallvec::smallvec![Envelope::new(name, data)]).await {
+            tracing::debug!(sid = sid.short(), %err, "Socket.IO event not handled");
+        }
+    }
+
+    /// What the hub session yields: events onto the queue (with whatever else is ready), or
+    /// the end of the attachment.
+    fn on_event(&mut self, event: Result<Event, CloseReason>) -> ControlFlow<()> {
+        let mut event = match event {
+            Ok(event) => event,
+            Err(reason) => return self.on_detached(reason),
+        };
+        loop {
+            self.write(&event);
+            if self.session.queued() >= MAX_QUEUED {
+                return ControlFlow::Continue(());
+            }
+            match self.attachment.as_mut().map(Attachment::try_recv) {
+                Some(Ok(Some(next))) => event = next,
+                Some(Err(reason)) => return self.on_detached(reason),
+                _ => return ControlFlow::Continue(()),
+            }
+        }
+    }
+
+    /// One event as a Socket.IO EVENT. The `session` hello is the transport's business, not
+    /// the client's; other notices (`gap`, `reconnect`) go out without an offset, as they are
+    /// not resume points.
+    fn write(&self, event: &Event) {
+        let packet = if event.notice {
+            if event.name() == "session" {
+                return;
+            }
+            packet::encode_event(event.name(), event.data(), None)
+        } else {
+            packet::encode_event(event.name(), event.data(), Some(event.seq))
+        };
+        crate::metrics::event_out(self.transport(), packet.len());
+        self.session.push(packet);
+    }
+
+    /// The attachment ended. Superseded (another transport holds the session): the client is
+    /// disconnected from the namespace and does not reconnect by itself. Anything else (shutdown,
+    /// a slow consumer, the store lost): the Engine.IO session closes and the client reconnects
+    /// and recovers.
+    fn on_detached(&mut self, reason: CloseReason) -> ControlFlow<()> {
+        self.attachment = None;
+        if reason == CloseReason::Superseded {
+            self.session.push(packet::DISCONNECT.to_owned());
+            return ControlFlow::Continue(());
+        }
+        if self.session.carrier() == Carrier::Polling {
+            self.session.push("1".to_owned());
+        }
+        self.session.close(CloseCause::Server);
+        ControlFlow::Break(())
+    }
+}
