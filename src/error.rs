@@ -174,6 +174,7 @@ impl From<HubError> for Error {
             HubError::EventName(why) => Error::BadRequest(format!("event name {why}")),
             HubError::RoomName(why) => Error::BadRequest(format!("room name {why}")),
             HubError::Unavailable => Error::Unavailable,
+            HubError::AckNumber => Error::BadRequest(err.to_string()),
         }
     }
 }

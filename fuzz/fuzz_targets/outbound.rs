@@ -70,7 +70,7 @@ fn depth(value: &Value) -> usize {
 
 impl Input {
     fn outgoing<'a>(&'a self, data: &'a str) -> Outgoing<'a> {
-        Outgoing { sid: &self.sid, seq: self.seq, notice: self.notice, name: &self.name, data }
+        Outgoing { sid: &self.sid, seq: self.seq, notice: self.notice, name: &self.name, data, ack: None }
     }
 
     fn cursor(&self) -> String {

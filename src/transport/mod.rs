@@ -254,7 +254,7 @@ impl AttachQuery {
 /// emit time.
 #[inline]
 pub(crate) fn outgoing<'a>(event: &'a Event, sid: &'a Sid) -> Outgoing<'a> {
-    Outgoing { sid, seq: event.seq, notice: event.notice, name: event.name(), data: event.data() }
+    Outgoing { sid, seq: event.seq, notice: event.notice, name: event.name(), data: event.data(), ack: event.ack() }
 }
 
 #[cfg(test)]

@@ -88,6 +88,23 @@ impl TestServer {
                 let subject = ctx.subject().map(str::to_owned);
                 ctx.emit("whoami", subject).await.expect("session is live");
             })
+            // Acks: `sum` answers the sum of a list of integers, or fails; `ask` asks the
+            // client `question` (data `{"q", "timeout_ms"}`) in a task of its own, and tells it
+            // what came of it in `told`: `{"answer"}` or `{"error"}`.
+            .on("sum", |_ctx, data| async move {
+                let terms: Vec<i64> = serde_json::from_value(data).map_err(|err| format!("not a list of integers: {err}"))?;
+                Ok::<Value, String>(Value::from(terms.iter().sum::<i64>()))
+            })
+            .on("ask", |ctx, data| async move {
+                let timeout = Duration::from_millis(data["timeout_ms"].as_u64().unwrap_or(5000));
+                tokio::spawn(async move {
+                    let told = match ctx.emit_with_ack("question", &data["q"], timeout).await {
+                        Ok(answer) => serde_json::json!({ "answer": answer }),
+                        Err(err) => serde_json::json!({ "error": err.to_string() }),
+                    };
+                    let _ = ctx.emit("told", told).await;
+                });
+            })
             .build();
         let static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
         let mut router = server::app(&gateway, &static_dir);
@@ -149,6 +166,27 @@ impl TestServer {
         let status = response.status().as_u16();
         let body = response.json::<Value>().await.unwrap_or(Value::Null);
         (status, body)
+    }
+
+    /// One long-poll; returns the status and the envelopes as they came (every field).
+    pub async fn poll_envelopes(&self, query: &str) -> (u16, Vec<Value>) {
+        let response = within("poll answer", self.http.get(self.url(&format!("/poll{query}"))).send()).await.unwrap();
+        let status = response.status().as_u16();
+        match response.json().await.unwrap() {
+            Value::Array(items) => (status, items),
+            _ => (status, Vec::new()),
+        }
+    }
+
+    /// A `GET /sse` read frame by frame, every field kept (see [`SseFrames`]).
+    pub async fn sse_frames(&self, path: &str, last_event_id: Option<&str>) -> SseFrames {
+        let mut request = self.http.get(self.url(path));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = within("SSE response headers", request.send()).await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        SseFrames { body: Box::pin(response.bytes_stream()), buffer: String::new() }
     }
 
     /// One long-poll; returns the status and the events.
@@ -268,6 +306,52 @@ pub fn hello_sid(event: Received, transport: &str) -> String {
     event.data["sid"].as_str().expect("sid in hello").to_owned()
 }
 
+/// An SSE stream read with every field of each event kept, `ack` and `ack-error` included,
+/// which readers following the EventSource spec drop (as they must drop fields they do not
+/// know). Lines are split and fields read as the spec says (`field: value`, one optional space
+/// after the colon, `data` lines joined with LF, comments skipped).
+pub struct SseFrames {
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl SseFrames {
+    /// The next event as the JSON envelope the other transports send: `event`, `id`, `data`
+    /// (`error` for an `ack-error` frame) and `ack` when the frame had one.
+    pub async fn next_envelope(&mut self) -> Value {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let mut envelope = serde_json::Map::new();
+                let (mut data, mut error) = (Vec::new(), false);
+                for line in frame.lines().filter(|line| !line.is_empty() && !line.starts_with(':')) {
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "data" => data.push(value.to_owned()),
+                        "event" | "id" => {
+                            envelope.insert(field.to_owned(), Value::String(value.to_owned()));
+                        }
+                        "ack" | "ack-error" => {
+                            error = field == "ack-error";
+                            envelope.insert("ack".to_owned(), Value::from(value.parse::<u64>().expect("an ack number")));
+                        }
+                        _ => {}
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                let data = serde_json::from_str(&data.join("\n")).expect("SSE data is JSON");
+                envelope.insert(if error { "error" } else { "data" }.to_owned(), data);
+                return Value::Object(envelope);
+            }
+            let chunk = within("an SSE frame", self.body.next()).await.expect("SSE stream ended").expect("SSE read");
+            self.buffer.push_str(std::str::from_utf8(&chunk).expect("SSE is UTF-8"));
+        }
+    }
+}
+
 /// A WebSocket client (tokio-tungstenite).
 pub struct WsClient {
     pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -291,6 +375,18 @@ impl WsClient {
 
     pub async fn hello(&mut self) -> String {
         hello_sid(self.next().await, "websocket")
+    }
+
+    /// The next envelope as it came (every field).
+    pub async fn next_envelope(&mut self) -> Value {
+        loop {
+            let message = within("a WebSocket frame", self.socket.next()).await.expect("socket open").expect("frame");
+            match message {
+                Message::Text(text) => return serde_json::from_str(text.as_str()).expect("JSON frame"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
     }
 
     /// Waits for the server's close frame and returns its code and reason.
