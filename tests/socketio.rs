@@ -458,3 +458,45 @@ async fn a_session_taken_over_by_another_transport_is_disconnected() {
     ws.hello().await;
     assert_eq!(client.next().await, "41", "a server DISCONNECT: the client does not reconnect by itself");
 }
+
+#[tokio::test]
+async fn acks_both_ways_over_polling_and_websocket() {
+    let server = TestServer::start().await;
+    // Polling: the client's request 0 is answered with the handler's value as `430[D]`; a
+    // failing handler's answer is the error form.
+    let (client, _) = Polling::open(&server).await;
+    client.connect(None).await;
+    client.post(r#"420["sum",[1,2,3]]"#).await;
+    assert_eq!(client.next().await, "430[6]");
+    client.post(r#"427["sum","nope"]"#).await;
+    let answer: Vec<Value> = serde_json::from_str(client.next().await.strip_prefix("437").expect("the answer to 7")).unwrap();
+    assert_eq!(answer[0]["error"]["event"], "sum");
+    assert!(answer[0]["error"]["error"].as_str().unwrap().contains("not a list of integers"), "{answer:?}");
+    // A handler that returns nothing answers `null`, after what it emitted.
+    client.post(r#"421["echo","x"]"#).await;
+    assert_eq!(event(&client.next().await)[..2], [json!("echo"), json!("x")]);
+    assert_eq!(client.next().await, "431[null]");
+
+    // The server asks the client (`ask` makes it emit `question` with an ack id); the client's
+    // `43ID[...]` answers it.
+    client.post(r#"42["ask",{"q":"colour?"}]"#).await;
+    let request = client.next().await;
+    let (id, body) = request.strip_prefix("42").unwrap().split_once('[').expect("an ack id before the array");
+    let id: u64 = id.parse().expect("a request carries an ack id");
+    assert_eq!(body, r#""question","colour?"]"#, "no offset on a request");
+    client.post(&format!(r#"43{id}["blue"]"#)).await;
+    assert_eq!(event(&client.next().await)[..2], [json!("told"), json!({"answer": "blue"})]);
+
+    // WebSocket, the same.
+    let mut ws = ws_open(&server, "transport=websocket").await;
+    ws_next(&mut ws).await;
+    ws_send(&mut ws, "40").await;
+    ws_next(&mut ws).await;
+    ws_send(&mut ws, r#"4212["sum",[40,2]]"#).await;
+    assert_eq!(ws_next(&mut ws).await, "4312[42]");
+    ws_send(&mut ws, r#"42["ask",{"q":"size?"}]"#).await;
+    let request = ws_next(&mut ws).await;
+    let id: u64 = request.strip_prefix("42").unwrap().split_once('[').unwrap().0.parse().unwrap();
+    ws_send(&mut ws, &format!(r#"43{id}["large",1]"#)).await;
+    assert_eq!(event(&ws_next(&mut ws).await)[..2], [json!("told"), json!({"answer": ["large", 1]})]);
+}

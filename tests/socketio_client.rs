@@ -80,3 +80,17 @@ async fn socket_io_client_recovers_over_websocket_after_a_cut_with_every_reply_o
 async fn socket_io_client_recovers_over_polling_after_a_cut_with_every_reply_once_in_order() {
     recovery("polling").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_acks_work_both_ways() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::start().await;
+    let out = scenario(&server, None, "acks", &[]).await;
+    for transport in ["websocket", "polling"] {
+        let run = &out[transport];
+        assert_eq!(run["sum"], 6, "{transport}: {out}");
+        assert_eq!(run["failed"]["error"]["event"], "sum", "{transport}: the error form: {out}");
+        assert_eq!(run["seed"], Value::Null, "{transport}: the seed handler answers nothing: {out}");
+        assert_eq!(run["told"], json!({"answer": "answer to colour?"}), "{transport}: {out}");
+    }
+}

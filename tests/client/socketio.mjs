@@ -8,6 +8,9 @@
 //   back the server's bytes while 6..10 are said, then cuts every connection; the client
 //   reconnects, recovers, and hears 11..15. Reports every chat it heard and whether the
 //   connection recovered.
+// * `acks`: over each transport, `emitWithAck` to handlers that answer (`sum`, the seed's
+//   `message`) and one that fails, and the server's request (`ask` -> `question`) answered by
+//   the client's ack callback.
 import { createRequire } from 'node:module';
 import { SERVER, RELAY, switchyard, step, result, waitFor, sleep } from './harness.mjs';
 
@@ -116,6 +119,25 @@ async function recovery() {
   return { chats, connects };
 }
 
-const scenarios = { transports, rooms, recovery };
+async function acks() {
+  const out = {};
+  for (const transport of ['websocket', 'polling']) {
+    const socket = io(SERVER, { transports: [transport], reconnection: false, forceNew: true });
+    await connected(socket);
+    const told = new Promise((resolve) => socket.once('told', resolve));
+    socket.on('question', (q, answer) => answer(`answer to ${q}`));
+    out[transport] = {
+      sum: await socket.timeout(5000).emitWithAck('sum', [1, 2, 3]),
+      failed: await socket.timeout(5000).emitWithAck('sum', 'not numbers'),
+      seed: await socket.timeout(5000).emitWithAck('message', 'hi'),
+    };
+    socket.emit('ask', { q: 'colour?' });
+    out[transport].told = await told;
+    socket.disconnect();
+  }
+  return out;
+}
+
+const scenarios = { transports, rooms, recovery, acks };
 result(await scenarios[process.env.SCENARIO]());
 process.exit(0);

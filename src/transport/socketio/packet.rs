@@ -288,6 +288,19 @@ pub fn encode_event(name: &str, data: &str, offset: Option<u64>) -> String {
     out
 }
 
+/// `42ID["NAME",DATA]`: an event to the main namespace that asks for the client's answer
+/// (`43ID[...]`). It carries no recovery offset, as Socket.IO's own server sends none with a
+/// request: the client's ack callback would take the offset's place as the last argument.
+pub fn encode_request(name: &str, data: &str, id: u64) -> String {
+    let mut out = String::with_capacity(name.len() + data.len() + 32);
+    let _ = write!(out, "42{id}[");
+    write_json_string(&mut out, name);
+    out.push(',');
+    out.push_str(data);
+    out.push(']');
+    out
+}
+
 /// `43ID[DATA]`: the answer to the client's event with ack id `id`; `data` is JSON text.
 pub fn encode_ack(id: u64, data: &str) -> String {
     format!("43{id}[{data}]")
@@ -385,6 +398,7 @@ mod tests {
         assert_eq!(encode_event("response", "\"Message received!\"", Some(7)), r#"42["response","Message received!","7"]"#);
         assert_eq!(encode_event("a\"b", "null", None), r#"42["a\"b",null]"#);
         assert_eq!(encode_ack(3, "{\"ok\":true}"), r#"433[{"ok":true}]"#);
+        assert_eq!(encode_request("ask", "[1]", 12), r#"4212["ask",[1]]"#);
         assert_eq!(encode_connect_error("/admin", "Invalid namespace"), r#"44/admin,{"message":"Invalid namespace"}"#);
         assert_eq!(encode_connect_error("/", "no"), r#"44{"message":"no"}"#);
         let connect: Value = serde_json::from_str(encode_connect("s", "p").strip_prefix("40").unwrap()).unwrap();

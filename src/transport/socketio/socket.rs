@@ -10,6 +10,11 @@
 //! number as the offset (the last argument). A CONNECT with `{pid, offset}` attaches to that
 //! session from cursor `pid.offset`, so the hub replays what came after it; a session that is
 //! gone gives a fresh one, whose new `pid` tells the client it did not recover.
+//!
+//! Acks map onto the hub's: a client event with ack id `ID` is an envelope asking for answer
+//! `ID + 1` (Socket.IO counts from 0, the hub from 1), answered as `43ID[D]`; a request of the
+//! server (an event carrying an ack) goes out as `42N[...]`, and the client's `43N[...]` is its
+//! answer.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -22,8 +27,8 @@ use tokio::time::Instant;
 use super::engine::{Carrier, CloseCause, EngineSession, Inbound, MAX_QUEUED};
 use super::packet::{self, decode_socket, SocketPacket};
 use super::{Endpoint, Handler, Opening};
-use crate::hub::{AttachRequest, Attachment, CloseReason, Event, Transport};
-use crate::protocol::{check_data, check_event_name, Envelope, Sid};
+use crate::hub::{AttachRequest, Attachment, CloseReason, Event, Transport, ACK_EVENT};
+use crate::protocol::{check_data, check_event_name, Ack, Envelope, Sid};
 
 /// Runs the socket task of `session` until it closes, then removes it from the table (which
 /// detaches its hub session, if it had one: the session lives on for the grace period).
@@ -66,6 +71,16 @@ pub async fn run<H: Handler>(endpoint: Endpoint<H>, session: Arc<EngineSession>,
         }
     }
     endpoint.engines().remove(&session.id);
+}
+
+/// The data of an envelope from a Socket.IO event's arguments: the single argument, `null` for
+/// none, or the array of them for several.
+fn data_of(mut args: Vec<Value>) -> Value {
+    match args.len() {
+        0 => Value::Null,
+        1 => args.pop().expect("one argument"),
+        _ => Value::Array(args),
+    }
 }
 
 /// The next event of the hub session, once there is room in the queue; never, before the
@@ -114,6 +129,7 @@ impl<H: Handler> Socket<'_, H> {
             SocketPacket::Connect { nsp, auth } => self.connect(&nsp, auth).await,
             SocketPacket::Disconnect { nsp } if nsp == "/" => self.attachment = None,
             SocketPacket::Event { nsp, id, name, args } if nsp == "/" => self.event(id, name, args).await,
+            SocketPacket::Ack { nsp, id, args } if nsp == "/" => self.answer(id, args).await,
             SocketPacket::Binary { nsp, name, attachments } => {
                 self.skip_binary += attachments;
                 if nsp == "/" {
@@ -125,7 +141,7 @@ impl<H: Handler> Socket<'_, H> {
                 return ControlFlow::Break(());
             }
             // Packets for a namespace the client is not connected to are ignored, as
-            // Socket.IO servers do; so are acks (the server sends no event with an ack id).
+            // Socket.IO servers do.
             SocketPacket::Disconnect { .. } | SocketPacket::Event { .. } | SocketPacket::Ack { .. } => {}
         }
         ControlFlow::Continue(())
@@ -179,9 +195,24 @@ impl<H: Handler> Socket<'_, H> {
         self.attachment = Some(attachment);
     }
 
+    /// ACK: the client's answer to a request of the server (an event it got with an ack id),
+    /// handed to the gateway as the envelope `{"event": "ack", "ack": N, "data": D}`.
+    async fn answer(&mut self, id: u64, args: Vec<Value>) {
+        let Some(attachment) = &self.attachment else { return };
+        if !Ack::in_range(id) {
+            return; // no request of the server has this number
+        }
+        let envelope = Envelope { event: ACK_EVENT.to_owned(), data: data_of(args), seq: None, ack: Some(id) };
+        if let Err(err) = self.endpoint.dispatch_to(&attachment.session(), smallvec::smallvec![envelope]).await {
+            tracing::debug!(sid = attachment.sid().short(), %err, "Socket.IO answer not taken");
+        }
+    }
+
     /// EVENT: one envelope to the gateway's handlers. Its data is the single argument, `null`
-    /// for none, or the array of them for several.
-    async fn event(&mut self, _id: Option<u64>, name: String, mut args: Vec<Value>) {
+    /// for none, or the array of them for several. With an ack id (Socket.IO counts from 0),
+    /// the envelope asks for an answer numbered one more (the hub counts from 1); the answer
+    /// comes back as `43ID[D]`.
+    async fn event(&mut self, id: Option<u64>, name: String, args: Vec<Value>) {
         let Some(attachment) = &self.attachment else { return };
         let sid = attachment.sid().clone();
         let hub = self.endpoint.hub();
@@ -192,10 +223,11 @@ impl<H: Handler> Socket<'_, H> {
                 return self.endpoint.report_error(&sid, err).await;
             }
         }
-        let data = match args.len() {
-            0 => Value::Null,
-            1 => args.pop().expect("one argument"),
-            _ => Value::Array(args),
+        let data = data_of(args);
+        let ack = match id.map(|id| id.checked_add(1).filter(|n| Ack::in_range(*n))) {
+            None => None,
+            Some(Some(number)) => Some(number),
+            Some(None) => return self.endpoint.report_error(&sid, "ack id out of range").await,
         };
         if let Err(why) = check_event_name(&name) {
             return self.endpoint.report_error(&sid, format!("event name {why}")).await;
@@ -209,7 +241,7 @@ impl<H: Handler> Socket<'_, H> {
             crate::metrics::events_in_websocket(1);
         }
         let session = attachment.session();
-        if let Err(err) = self.endpoint.dispatch_to(&session, smallvec::smallvec![Envelope::new(name, data)]).await {
+        if let Err(err) = self.endpoint.dispatch_to(&session, smallvec::smallvec![Envelope { event: name, data, seq: None, ack }]).await {
             tracing::debug!(sid = sid.short(), %err, "Socket.IO event not handled");
         }
     }
@@ -234,17 +266,21 @@ impl<H: Handler> Socket<'_, H> {
         }
     }
 
-    /// One event as a Socket.IO EVENT. The `session` hello is the transport's business, not
-    /// the client's; other notices (`gap`, `reconnect`) go out without an offset, as they are
-    /// not resume points.
+    /// One event as a Socket.IO packet: an EVENT with its number as the recovery offset; the
+    /// answer to a client's request as its ACK (`43ID[D]`, or `43ID[{"error": E}]` for an error
+    /// answer); a request of the server as an EVENT with an ack id. The `session` hello is the
+    /// transport's business, not the client's; other notices (`gap`, `reconnect`) go out
+    /// without an offset, as they are not resume points.
     fn write(&self, event: &Event) {
-        let packet = if event.notice {
-            if event.name() == "session" {
-                return;
+        let packet = match (event.notice, event.ack()) {
+            (true, _) if event.name() == "session" => return,
+            (true, _) => packet::encode_event(event.name(), event.data(), None),
+            (false, Some(ack)) if event.name() == ACK_EVENT && ack.is_error() => {
+                packet::encode_ack(ack.number() - 1, &format!("{{\"error\":{}}}", event.data()))
             }
-            packet::encode_event(event.name(), event.data(), None)
-        } else {
-            packet::encode_event(event.name(), event.data(), Some(event.seq))
+            (false, Some(ack)) if event.name() == ACK_EVENT => packet::encode_ack(ack.number() - 1, event.data()),
+            (false, Some(ack)) => packet::encode_request(event.name(), event.data(), ack.number()),
+            (false, None) => packet::encode_event(event.name(), event.data(), Some(event.seq)),
         };
         crate::metrics::event_out(self.transport(), packet.len());
         self.session.push(packet);
