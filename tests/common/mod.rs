@@ -70,13 +70,23 @@ impl TestServer {
         TestServer::serve(config, None).await
     }
 
+    /// [`TestServer::with_config`], serving the files of `static_dir` instead of `static/`
+    /// (a page under test that is not the demo page).
+    pub async fn with_static(config: Config, static_dir: &Path) -> TestServer {
+        TestServer::serve_from(config, None, static_dir).await
+    }
+
     /// [`TestServer::with_config`], with the operator page under `/admin` and the publish API
     /// under `/api`, both guarded by `access`, as the binary serves them.
     pub async fn with_admin(config: Config, access: ApiAccess) -> TestServer {
         TestServer::serve(config, Some(access)).await
     }
 
-    async fn serve(mut config: Config, admin: Option<ApiAccess>) -> TestServer {
+    async fn serve(config: Config, admin: Option<ApiAccess>) -> TestServer {
+        TestServer::serve_from(config, admin, &Path::new(env!("CARGO_MANIFEST_DIR")).join("static")).await
+    }
+
+    async fn serve_from(mut config: Config, admin: Option<ApiAccess>, static_dir: &Path) -> TestServer {
         if config.max_new_sessions_per_ip == Config::default().max_new_sessions_per_ip {
             config.max_new_sessions_per_ip = 0;
         }
@@ -106,8 +116,7 @@ impl TestServer {
                 });
             })
             .build();
-        let static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
-        let mut router = server::app(&gateway, &static_dir);
+        let mut router = server::app(&gateway, static_dir);
         if let Some(access) = admin {
             router = router
                 .nest("/api", api::router(gateway.hub().clone(), access.clone()))
