@@ -8,123 +8,13 @@ mod common;
 
 use std::time::Duration;
 
+use common::engineio::{connect_answer, error_code, event, path, ws_next, ws_open, ws_send, Polling};
 use common::{within, TestServer};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchyard::api::ApiAccess;
 use switchyard::{Config, Sid};
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn path(query: &str) -> String {
-    format!("/socket.io/?EIO=4&{query}")
-}
-
-/// A long-polling Engine.IO client.
-struct Polling<'a> {
-    server: &'a TestServer,
-    sid: String,
-    /// Packets of a poll answer not yet looked at.
-    pending: std::sync::Mutex<std::collections::VecDeque<String>>,
-}
-
-impl<'a> Polling<'a> {
-    async fn open(server: &'a TestServer) -> (Polling<'a>, Value) {
-        let response = within("the handshake", server.http.get(server.url(&path("transport=polling"))).send()).await.unwrap();
-        assert_eq!(response.status(), 200);
-        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
-        let body = response.text().await.unwrap();
-        let open: Value = serde_json::from_str(body.strip_prefix('0').expect("an open packet")).unwrap();
-        let sid = open["sid"].as_str().unwrap().to_owned();
-        (Polling { server, sid, pending: Default::default() }, open)
-    }
-
-    fn url(&self) -> String {
-        self.server.url(&path(&format!("transport=polling&sid={}", self.sid)))
-    }
-
-    /// One poll: its status and its packets.
-    async fn get_raw(&self) -> (u16, String) {
-        let response = within("a poll", self.server.http.get(self.url()).send()).await.unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
-    }
-
-    async fn get(&self) -> Vec<String> {
-        let (status, body) = self.get_raw().await;
-        assert_eq!(status, 200, "poll answered {body}");
-        body.split('\x1e').map(str::to_owned).collect()
-    }
-
-    /// Polls until a packet other than a ping (answered with a pong) arrives.
-    async fn next(&self) -> String {
-        loop {
-            let next = self.pending.lock().unwrap().pop_front();
-            match next {
-                Some(packet) if packet == "2" => self.post("3").await,
-                Some(packet) => return packet,
-                None => {
-                    let packets = self.get().await;
-                    self.pending.lock().unwrap().extend(packets);
-                }
-            }
-        }
-    }
-
-    async fn post_raw(&self, body: impl Into<reqwest::Body>) -> (u16, String) {
-        let response = within("a post", self.server.http.post(self.url()).body(body).send()).await.unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
-    }
-
-    async fn post(&self, body: &str) {
-        let (status, text) = self.post_raw(body.to_owned()).await;
-        assert_eq!((status, text.as_str()), (200, "ok"), "POST {body}");
-    }
-
-    /// CONNECT to the main namespace; the answer's `{sid, pid}`.
-    async fn connect(&self, auth: Option<Value>) -> Value {
-        self.post(&auth.map_or("40".to_owned(), |auth| format!("40{auth}"))).await;
-        connect_answer(&self.next().await)
-    }
-}
-
-fn connect_answer(packet: &str) -> Value {
-    serde_json::from_str(packet.strip_prefix("40").unwrap_or_else(|| panic!("a CONNECT answer, got {packet}"))).unwrap()
-}
-
-/// A Socket.IO EVENT to the main namespace: its arguments (name first).
-fn event(packet: &str) -> Vec<Value> {
-    serde_json::from_str(packet.strip_prefix("42").unwrap_or_else(|| panic!("an EVENT, got {packet}"))).unwrap()
-}
-
-async fn error_code(server: &TestServer, request: reqwest::RequestBuilder) -> (u16, i64) {
-    let response = within("an Engine.IO request", request.send()).await.unwrap();
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap();
-    assert!(body["message"].is_string(), "{body}");
-    let _ = server;
-    (status, body["code"].as_i64().unwrap())
-}
-
-async fn ws_open(server: &TestServer, query: &str) -> Ws {
-    within("WebSocket handshake", tokio_tungstenite::connect_async(server.ws_url(&path(query)))).await.expect("WebSocket handshake").0
-}
-
-/// The next text frame that is not a ping (answered with a pong).
-async fn ws_next(ws: &mut Ws) -> String {
-    loop {
-        match within("a WebSocket frame", ws.next()).await {
-            Some(Ok(Message::Text(text))) if text.as_str() == "2" => ws.send(Message::text("3")).await.unwrap(),
-            Some(Ok(Message::Text(text))) => return text.as_str().to_owned(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-}
-
-async fn ws_send(ws: &mut Ws, text: &str) {
-    within("a WebSocket send", ws.send(Message::text(text))).await.unwrap();
-}
 
 fn quick_pings() -> Config {
     Config { sio_ping_interval: Duration::from_millis(300), sio_ping_timeout: Duration::from_millis(300), ..Config::default() }
@@ -499,4 +389,50 @@ async fn acks_both_ways_over_polling_and_websocket() {
     let id: u64 = request.strip_prefix("42").unwrap().split_once('[').unwrap().0.parse().unwrap();
     ws_send(&mut ws, &format!(r#"43{id}["large",1]"#)).await;
     assert_eq!(event(&ws_next(&mut ws).await)[..2], [json!("told"), json!({"answer": ["large", 1]})]);
+}
+
+#[tokio::test]
+async fn a_session_the_gateway_refuses_is_a_connect_error() {
+    // With --auth-secret, the token comes in the CONNECT's auth payload.
+    let secret = "socket.io secret";
+    let server = TestServer::with_config(Config { auth_secret: Some(secret.into()), ..Config::default() }).await;
+    let (client, _) = Polling::open(&server).await;
+    client.post("40").await;
+    let refused = client.next().await;
+    let refused: Value = serde_json::from_str(refused.strip_prefix("44").expect("a CONNECT_ERROR")).unwrap();
+    assert!(refused["message"].as_str().unwrap().contains("token"), "{refused}");
+    client.connect(Some(json!({"token": common::jwt(secret, "alice")}))).await;
+    client.post(r#"42["whoami"]"#).await;
+    assert_eq!(event(&client.next().await)[..2], [json!("whoami"), json!("alice")]);
+
+    // The per-address limit on new sessions.
+    let server = TestServer::with_config(Config { max_new_sessions_per_ip: 1, ..Config::default() }).await;
+    let (first, _) = Polling::open(&server).await;
+    first.connect(None).await;
+    let (second, _) = Polling::open(&server).await;
+    second.post("40").await;
+    let refused: Value = serde_json::from_str(second.next().await.strip_prefix("44").expect("a CONNECT_ERROR")).unwrap();
+    assert!(refused["message"].as_str().unwrap().contains("too many new sessions"), "{refused}");
+}
+
+#[tokio::test]
+async fn socket_io_traffic_shows_in_the_metrics() {
+    let server = TestServer::start().await;
+    let sample = |name: &'static str| {
+        let server = &server;
+        async move {
+            let metrics = server.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+            metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(0.0)
+        }
+    };
+    let (events_in, events_out) = (r#"switchyard_events_in_total{via="post"}"#, r#"switchyard_events_out_total{transport="polling"}"#);
+    let (in_before, out_before) = (sample(events_in).await, sample(events_out).await);
+    let (client, _) = Polling::open(&server).await;
+    client.connect(None).await;
+    for _ in 0..5 {
+        client.post(r#"42["message","counted"]"#).await;
+        assert_eq!(event(&client.next().await)[0], "response");
+    }
+    assert!(sample(events_in).await >= in_before + 5.0, "five events in over long-polling");
+    assert!(sample(events_out).await >= out_before + 5.0, "five events out over long-polling");
 }

@@ -558,3 +558,27 @@ async fn shutdown_stops_and_awaits_upstream_workers_and_expire_hooks_in_flight()
     within("the worker and the hook to stop", server.gateway.drained()).await;
     assert!(tasks.is_empty(), "{} of the gateway's tasks still running", tasks.len());
 }
+
+#[tokio::test]
+async fn a_socket_io_client_is_forwarded_to_the_app_like_any_session() {
+    use common::engineio::{event, Polling};
+
+    let backend = Backend::start().await;
+    let (server, upstream) = gateway(Config::default(), backend.config()).await;
+    let (client, _) = Polling::open(&server).await;
+    let pid = client.connect(None).await["pid"].as_str().unwrap().to_owned();
+    // The open hook ran for the new session (and put it in the lobby).
+    let opens = backend.seen.opens.lock().unwrap().clone();
+    assert_eq!((opens.len(), &opens[0]["sid"], &opens[0]["transport"]), (1, &json!(pid), &json!("polling")));
+    assert_eq!(server.gateway.hub().members("lobby").await.len(), 1);
+
+    client.post(r#"42["echo",{"n":1}]"#).await;
+    assert_eq!(event(&client.next().await)[..2], [json!("echo"), json!({"n": 1})]);
+    // The app's ack action answers the Socket.IO request (ack id 5) in the middle of its emits.
+    client.post(r#"425["add",[1,2]]"#).await;
+    assert_eq!(event(&client.next().await)[..2], [json!("adding"), json!([1, 2])]);
+    assert_eq!(client.next().await, r#"435[{"sum":3}]"#);
+    assert_eq!(event(&client.next().await)[0], "added");
+    assert_eq!(backend.events_of(&pid), vec![("echo".into(), json!({"n": 1})), ("add".into(), json!([1, 2]))]);
+    assert_eq!(upstream.stats().failures(), 0);
+}

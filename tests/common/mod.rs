@@ -3,6 +3,8 @@
 //! Every wait is bounded by [`WAIT`] and says what it waited for when it fails.
 #![allow(dead_code)]
 
+pub mod engineio;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
@@ -408,6 +410,17 @@ impl WsClient {
             }
         }
     }
+}
+
+/// An HS256 JWT for `sub`, valid for ten minutes, signed with `secret` (`--auth-secret`).
+pub fn jwt(secret: &str, sub: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": sub, "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// The sequence number in an event cursor `SID.N`.
