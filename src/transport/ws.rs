@@ -285,7 +285,7 @@ impl<'t> Pings<'t> {
 /// proportion (measured with callgrind: 93 % of a round trip at 128 KiB). Client frames are
 /// small, so 1 KiB reads take a whole frame in one call; a larger frame (up to `max_body`) still
 /// arrives, in more reads.
-const READ_BUFFER: usize = 1024;
+pub(crate) const READ_BUFFER: usize = 1024;
 
 /// How long the closing handshake may take before the socket is dropped.
 const CLOSING: Duration = Duration::from_secs(1);

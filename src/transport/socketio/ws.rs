@@ -18,12 +18,15 @@ use futures_util::SinkExt;
 use super::engine::{Carrier, CloseCause, EngineSession, Inbound};
 use super::packet::{decode_engine, EnginePacket};
 use super::{handshake, open, Endpoint, Handler, Opening};
+use crate::transport::ws::READ_BUFFER;
 use crate::error::{EngineIoError, Error};
 
 /// Answers a WebSocket request: a new session (no sid), or the upgrade of session `sid`.
 pub fn upgrade<H: Handler>(endpoint: Endpoint<H>, upgrade: WebSocketUpgrade, sid: Option<String>, opening: Opening) -> Result<Response, Error> {
     let max = endpoint.config().socketio.max_payload;
-    let upgrade = upgrade.max_message_size(max).max_frame_size(max);
+    // Small read and write buffers, as on `/ws` (see `READ_BUFFER` there): tungstenite's
+    // default read buffer is 128 KiB per socket, resident while the socket is idle.
+    let upgrade = upgrade.read_buffer_size(READ_BUFFER).write_buffer_size(8 * 1024).max_message_size(max).max_frame_size(max);
     let Some(sid) = sid else {
         let session = open(&endpoint, Carrier::WebSocket, opening)?;
         let first = handshake(&endpoint, &session, false);
