@@ -27,7 +27,7 @@ pub const MAX_QUEUED: usize = 64;
 #[derive(Debug)]
 pub enum Inbound {
     /// The payload of an Engine.IO message: one Socket.IO packet.
-    Message(String),
+    Message(Box<str>),
     /// A pong.
     Pong,
     /// A binary packet (an attachment of a binary event).

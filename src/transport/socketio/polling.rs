@@ -74,7 +74,7 @@ pub async fn post(session: &EngineSession, body: Body, max_payload: usize) -> Re
     };
     for packet in decode_payload(text) {
         let inbound = match packet {
-            Ok(EnginePacket::Message(message)) => Inbound::Message(message.to_owned()),
+            Ok(EnginePacket::Message(message)) => Inbound::Message(message.into()),
             Ok(EnginePacket::Pong(_)) => Inbound::Pong,
             Ok(EnginePacket::Binary(_)) => Inbound::Binary,
             Ok(EnginePacket::Noop) => continue,

@@ -47,7 +47,9 @@ pub async fn run<H: Handler>(endpoint: Endpoint<H>, session: Arc<EngineSession>,
                     next_ping = Instant::now() + config.ping_interval;
                 }
                 Some(Inbound::Message(text)) => {
-                    if task.on_message(&text).await.is_break() {
+                    // Boxed: handling a packet (attaching, dispatching) takes a large future,
+                    // which would otherwise be part of every idle session's task.
+                    if Box::pin(task.on_message(&text)).await.is_break() {
                         break;
                     }
                 }

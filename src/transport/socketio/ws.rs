@@ -102,7 +102,7 @@ async fn serve(session: &EngineSession, socket: &mut WebSocket) {
             frame = socket.recv() => {
                 let inbound = match frame {
                     Some(Ok(Message::Text(text))) => match decode_engine(text.as_str()) {
-                        Ok(EnginePacket::Message(message)) => Inbound::Message(message.to_owned()),
+                        Ok(EnginePacket::Message(message)) => Inbound::Message(message.into()),
                         Ok(EnginePacket::Pong(_)) => Inbound::Pong,
                         // A probe ping arriving late, or a noop: nothing to do.
                         Ok(EnginePacket::Ping(_) | EnginePacket::Noop) => continue,
