@@ -42,8 +42,9 @@ fi
 # Node packages of the client tests (tests/client: the `ws` WebSocket client, `typescript` for
 # the check of static/switchyard.d.ts in tests/docs.rs, and `uplot`, whose copy in
 # static/vendor/ tests/admin.rs compares; `socket.io-client` for tests/socketio_client.rs and the
-# seed page of tests/socketio_browser.rs), from the lock file.
-if [ ! -d tests/client/node_modules/ws ] || [ ! -d tests/client/node_modules/typescript ] || [ ! -d tests/client/node_modules/uplot ] || [ ! -d tests/client/node_modules/socket.io-client ]; then
+# seed page of tests/socketio_browser.rs; `socket.io`, the Node server of the bench's `socketio`
+# scenario), from the lock file.
+if [ ! -d tests/client/node_modules/ws ] || [ ! -d tests/client/node_modules/typescript ] || [ ! -d tests/client/node_modules/uplot ] || [ ! -d tests/client/node_modules/socket.io-client ] || [ ! -d tests/client/node_modules/socket.io ]; then
   npm ci --prefix tests/client --no-audit --no-fund
 fi
 

@@ -6,6 +6,7 @@
 //! cargo bench --bench gateway -- rtt --sessions 50 --seconds 10
 //! cargo bench --bench gateway -- idle --idle 2000     # a smaller run
 //! cargo bench --bench gateway -- cluster              # cluster mode on its own redis-servers
+//! cargo bench --bench gateway -- socketio             # /socket.io/ against socketioxide and Node
 //! ```
 //!
 //! The load generator (this process, on one tokio thread) runs on core 0; every server is a
@@ -27,6 +28,7 @@ mod client;
 mod cluster;
 mod procs;
 mod servers;
+mod socketio;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -67,6 +69,11 @@ enum Scenario {
     /// The operator page's cost (issue 18): the server's CPU while it holds idle sessions, with
     /// no page open, then with one and with ten pages' streams (`/admin/stream`) open.
     Admin,
+    /// Socket.IO clients (issue 17): `/socket.io/` against socketioxide 0.18 and Node's
+    /// socket.io 4.8, round trips over WebSocket and long-polling and idle memory per session
+    /// (see `socketio.rs`). Not part of the default set (it needs Node and `npm ci` in
+    /// tests/client).
+    Socketio,
 }
 
 /// switchyard's load generator and baselines (issue 5).
@@ -230,6 +237,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::History => history(&args).await,
             Scenario::Cluster => cluster::cluster(&args).await,
             Scenario::Admin => admin(&args).await,
+            Scenario::Socketio => socketio::socketio(&args).await,
         };
         match section {
             Ok(text) => {
