@@ -16,7 +16,9 @@
 //!
 //! Handlers run in the order a session's events arrive: the transport that read an event awaits
 //! its handler before reading the next, so one session's events are handled one at a time, in
-//! order, while different sessions run concurrently.
+//! order, while different sessions run concurrently. A handler's return value answers the
+//! client's request when the event asked for one (`"ack": N`, see [`crate::IntoAck`]); the
+//! client's answers to the server's own requests skip that queue (see [`Gateway::dispatch`]).
 //!
 //! Every background task of a gateway belongs to it: the hub's expiry task, WebSocket tasks,
 //! expire hooks, upstream workers, and whatever a user starts with [`Tasks::spawn`]. They all
@@ -542,6 +544,10 @@ impl Gateway {
     /// The session's inbox is held throughout, so events of one session are handled one at a
     /// time in arrival order even when they come over two transports at once (an old socket
     /// still draining while a new one sends), and numbered events already handled are skipped.
+    /// An event that asked for an answer (`"ack": N`) is answered after its handler, with what
+    /// the handler returned. The client's answers to requests of the server
+    /// (`{"event": "ack", "ack": N}`, [`Hub::emit_with_ack`]) are taken first, without the
+    /// inbox: the handler waiting for one may be what holds it.
     ///
     /// Fails when the session is gone, or (cluster mode) Redis cannot be reached: nothing was
     /// handled then.
@@ -555,8 +561,8 @@ impl Gateway {
         if envelopes.iter().any(is_answer) {
             // The client's answers to requests of the server are taken at once, ahead of the
             // inbox: the handler that waits for one may be what holds the inbox.
-            for envelope in envelopes.iter().filter(|envelope| is_answer(envelope)) {
-                let (number, data) = (envelope.ack.unwrap_or_default(), envelope.data.clone());
+            for envelope in envelopes.iter_mut().filter(|envelope| is_answer(envelope)) {
+                let (number, data) = (envelope.ack.unwrap_or_default(), std::mem::take(&mut envelope.data));
                 if !self.hub.take_answer(session.sid(), number, data).await {
                     tracing::debug!(sid = session.sid().short(), number, "an answer no request waits for (it timed out)");
                 }

@@ -812,7 +812,7 @@
     var self = this;
     function wrapper(data, id) {
       self.off(event, wrapper);
-      fn.call(self, data, id);
+      return fn.call(self, data, id); // the answer, when the event is a server request
     }
     wrapper.original = fn;
     return this.on(event, wrapper);

@@ -183,6 +183,39 @@ async fn the_server_asks_and_the_client_answers_over_each_transport() {
 }
 
 #[tokio::test]
+async fn a_handler_may_wait_for_the_clients_answer_over_websocket_and_sse() {
+    let server = TestServer::start().await;
+    // WebSocket: the handler runs in the socket's task, which goes on writing the session's
+    // events and reading answers while it waits; other frames wait their turn.
+    let mut ws = server.ws("/ws").await;
+    ws.hello().await;
+    ws.send(r#"{"event":"confirm","data":"sure?","ack":1}"#).await;
+    let request = ws.next_envelope().await;
+    assert_eq!((&request["event"], &request["data"]), (&json!("question"), &json!("sure?")));
+    // An event sent before the answer is handled after the handler that waits, in order.
+    ws.send(r#"{"event":"echo","data":"queued"}"#).await;
+    ws.send(&json!({"event": "ack", "ack": request["ack"], "data": "yes"}).to_string()).await;
+    let answered = ws.next_envelope().await;
+    assert_eq!((&answered["event"], &answered["ack"], &answered["data"]), (&json!("ack"), &json!(1), &json!("yes")));
+    assert_eq!(ws.next_envelope().await["data"], "queued");
+
+    // SSE: the POST waits for the handler; the answer comes over another POST.
+    let mut sse = server.sse_frames("/sse", None).await;
+    let sid = sse.next_envelope().await["data"]["sid"].as_str().unwrap().to_owned();
+    let asking = tokio::spawn({
+        let (http, url) = (server.http.clone(), server.url(&format!("/sse?sid={sid}")));
+        async move { http.post(url).header("content-type", "application/json").body(r#"{"event":"confirm","data":"ok?","ack":2}"#).send().await.unwrap().status() }
+    });
+    let request = sse.next_envelope().await;
+    assert_eq!(request["data"], "ok?");
+    let body = json!({"event": "ack", "ack": request["ack"], "data": {"ok": true}}).to_string();
+    assert_eq!(server.post_json(&sid, &body).await.0, 202);
+    let answered = sse.next_envelope().await;
+    assert_eq!((&answered["ack"], &answered["data"]), (&json!(2), &json!({"ok": true})));
+    assert_eq!(within("the POST that waited", asking).await.unwrap(), 202);
+}
+
+#[tokio::test]
 async fn an_answer_sent_twice_or_too_late_changes_nothing() {
     let server = TestServer::start().await;
     let hub = server.gateway.hub().clone();

@@ -107,6 +107,11 @@ impl TestServer {
                 let terms: Vec<i64> = serde_json::from_value(data).map_err(|err| format!("not a list of integers: {err}"))?;
                 Ok::<Value, String>(Value::from(terms.iter().sum::<i64>()))
             })
+            // `confirm` asks the client `question` with its data and waits for the answer in the
+            // handler itself: the answer (or why none came) answers the client's request.
+            .on("confirm", |ctx, data| async move {
+                ctx.emit_with_ack("question", data, Duration::from_secs(5)).await.map_err(|err| err.to_string())
+            })
             .on("ask", |ctx, data| async move {
                 let timeout = Duration::from_millis(data["timeout_ms"].as_u64().unwrap_or(5000));
                 tokio::spawn(async move {
