@@ -436,3 +436,32 @@ async fn socket_io_traffic_shows_in_the_metrics() {
     assert!(sample(events_in).await >= in_before + 5.0, "five events in over long-polling");
     assert!(sample(events_out).await >= out_before + 5.0, "five events out over long-polling");
 }
+
+#[tokio::test]
+async fn a_handler_may_wait_for_the_socket_io_clients_answer() {
+    // `confirm` asks the client `question` and waits for its answer in the handler itself; the
+    // answer answers the client's own request. Meanwhile the session goes on: an event sent
+    // after `confirm` is handled once it is done, in order.
+    let server = TestServer::start().await;
+    let mut ws = ws_open(&server, "transport=websocket").await;
+    ws_next(&mut ws).await;
+    ws_send(&mut ws, "40").await;
+    ws_next(&mut ws).await;
+    ws_send(&mut ws, r#"423["confirm","sure?"]"#).await;
+    ws_send(&mut ws, r#"42["message","after"]"#).await;
+    let request = ws_next(&mut ws).await;
+    let (id, body) = request.strip_prefix("42").unwrap().split_once('[').expect("a request with an ack id");
+    assert_eq!(body, r#""question","sure?"]"#);
+    ws_send(&mut ws, &format!(r#"43{id}["yes"]"#)).await;
+    assert_eq!(ws_next(&mut ws).await, r#"433["yes"]"#);
+    assert_eq!(event(&ws_next(&mut ws).await)[..2], [json!("response"), json!("Message received!")]);
+
+    // Over long-polling too.
+    let (client, _) = Polling::open(&server).await;
+    client.connect(None).await;
+    client.post(r#"420["confirm",1]"#).await;
+    let request = client.next().await;
+    let id = request.strip_prefix("42").unwrap().split_once('[').unwrap().0.to_owned();
+    client.post(&format!("43{id}[2]")).await;
+    assert_eq!(client.next().await, "430[2]");
+}

@@ -11,12 +11,19 @@
 //! session from cursor `pid.offset`, so the hub replays what came after it; a session that is
 //! gone gives a fresh one, whose new `pid` tells the client it did not recover.
 //!
+//! An event's handler runs beside the loop (one at a time, in arrival order, later events held),
+//! so a handler that waits for the client's answer to a request gets it: the loop goes on
+//! reading the client's packets and writing the session's events meanwhile.
+//!
 //! Acks map onto the hub's: a client event with ack id `ID` is an envelope asking for answer
 //! `ID + 1` (Socket.IO counts from 0, the hub from 1), answered as `43ID[D]`; a request of the
 //! server (an event carrying an ack) goes out as `42N[...]`, and the client's `43N[...]` is its
 //! answer.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::ops::ControlFlow;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::http::{header, HeaderValue};
@@ -27,21 +34,30 @@ use tokio::time::Instant;
 use super::engine::{Carrier, CloseCause, EngineSession, Inbound, MAX_QUEUED};
 use super::packet::{self, decode_socket, SocketPacket};
 use super::{Endpoint, Handler, Opening};
-use crate::hub::{AttachRequest, Attachment, CloseReason, Event, Transport, ACK_EVENT};
+use crate::hub::{AttachRequest, Attachment, CloseReason, Event, SessionHandle, Transport, ACK_EVENT};
 use crate::protocol::{check_data, check_event_name, Ack, Envelope, Sid};
 
 /// Runs the socket task of `session` until it closes, then removes it from the table (which
 /// detaches its hub session, if it had one: the session lives on for the grace period).
 pub async fn run<H: Handler>(endpoint: Endpoint<H>, session: Arc<EngineSession>, mut inbox_rx: mpsc::Receiver<Inbound>, opening: Opening) {
     let config = endpoint.config().socketio.clone();
-    let mut task = Socket { endpoint: &endpoint, session: &session, opening: Some(opening), attachment: None, skip_binary: 0 };
+    let mut task = Socket {
+        endpoint: &endpoint,
+        session: &session,
+        opening: Some(opening),
+        attachment: None,
+        skip_binary: 0,
+        held: VecDeque::new(),
+    };
+    let mut in_flight: Option<Handling> = None;
     let mut next_ping = Instant::now() + config.ping_interval;
     let mut pong_due: Option<Instant> = None;
     loop {
         tokio::select! {
             biased;
             () = session.closing() => break,
-            inbound = inbox_rx.recv() => match inbound {
+            () = handled(&mut in_flight) => in_flight = None,
+            inbound = inbox_rx.recv(), if task.held.len() < MAX_HELD => match inbound {
                 Some(Inbound::Pong) => {
                     pong_due = None;
                     next_ping = Instant::now() + config.ping_interval;
@@ -71,8 +87,18 @@ pub async fn run<H: Handler>(endpoint: Endpoint<H>, session: Arc<EngineSession>,
                 break;
             }
         }
+        if in_flight.is_none() {
+            in_flight = task.next_handling();
+        }
     }
     endpoint.engines().remove(&session.id);
+    // What the client sent before the end is still handled, as on `/ws`.
+    if let Some(handling) = in_flight {
+        handling.await;
+    }
+    while let Some(handling) = task.next_handling() {
+        handling.await;
+    }
 }
 
 /// The data of an envelope from a Socket.IO event's arguments: the single argument, `null` for
@@ -107,6 +133,25 @@ struct Socket<'a, H> {
     attachment: Option<Attachment>,
     /// Binary packets still to skip: the attachments of refused binary events.
     skip_binary: usize,
+    /// Events not handled yet, handled one at a time in order; at most [`MAX_HELD`] before the
+    /// loop stops reading the client.
+    held: VecDeque<(SessionHandle, Envelope)>,
+}
+
+/// The handling of one event. Its handler may wait (for the client's answer to a request, for
+/// the application), so it runs beside the loop, which goes on writing the session's events and
+/// taking the client's answers meanwhile.
+type Handling = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Most events held while one is being handled.
+const MAX_HELD: usize = 32;
+
+/// Completes when the event being handled has been; never, when none is.
+async fn handled(in_flight: &mut Option<Handling>) {
+    match in_flight.as_mut() {
+        Some(handling) => handling.await,
+        None => std::future::pending().await,
+    }
 }
 
 impl<H: Handler> Socket<'_, H> {
@@ -242,10 +287,18 @@ impl<H: Handler> Socket<'_, H> {
         } else {
             crate::metrics::events_in_websocket(1);
         }
-        let session = attachment.session();
-        if let Err(err) = self.endpoint.dispatch_to(&session, smallvec::smallvec![Envelope { event: name, data, seq: None, ack }]).await {
-            tracing::debug!(sid = sid.short(), %err, "Socket.IO event not handled");
-        }
+        self.held.push_back((attachment.session(), Envelope { event: name, data, seq: None, ack }));
+    }
+
+    /// The handling of the next held event, if there is one.
+    fn next_handling(&mut self) -> Option<Handling> {
+        let (session, envelope) = self.held.pop_front()?;
+        let endpoint = self.endpoint.clone();
+        Some(Box::pin(async move {
+            if let Err(err) = endpoint.dispatch_to(&session, smallvec::smallvec![envelope]).await {
+                tracing::debug!(sid = session.sid().short(), %err, "Socket.IO event not handled");
+            }
+        }))
     }
 
     /// What the hub session yields: events onto the queue (with whatever else is ready), or
