@@ -19,6 +19,7 @@ use clap::Parser;
 use crate::admission::IpBlock;
 use crate::hub::HubConfig;
 use crate::protocol::Limits;
+use crate::transport::socketio::SocketIoConfig;
 use crate::transport::TransportConfig;
 use crate::upstream::UpstreamConfig;
 
@@ -87,6 +88,10 @@ pub struct Config {
     pub max_new_sessions_per_ip: u32,
     /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<IpBlock>,
+    /// Socket.IO (`/socket.io/`): how often the server pings (Engine.IO `pingInterval`).
+    pub sio_ping_interval: Duration,
+    /// Socket.IO: how long the server waits for a pong before closing (`pingTimeout`).
+    pub sio_ping_timeout: Duration,
 }
 
 impl Default for Config {
@@ -111,6 +116,8 @@ impl Default for Config {
             auth_secret: None,
             max_new_sessions_per_ip: 120,
             trusted_proxies: Vec::new(),
+            sio_ping_interval: Duration::from_secs(25),
+            sio_ping_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -141,6 +148,7 @@ impl Config {
             limits: self.limits.clone(),
             slow_client_timeout: self.slow_client_timeout,
             allowed_origins: self.allowed_origins.clone(),
+            socketio: SocketIoConfig { ping_interval: self.sio_ping_interval, ping_timeout: self.sio_ping_timeout, max_payload: self.max_body },
         }
     }
 }
@@ -268,6 +276,14 @@ pub struct Cli {
     #[arg(long, env = "SWITCHYARD_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
 
+    /// Socket.IO clients (`/socket.io/`): interval of Engine.IO pings (`pingInterval`).
+    #[arg(long, env = "SWITCHYARD_SIO_PING_INTERVAL", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub sio_ping_interval: Duration,
+
+    /// Socket.IO clients: how long a pong may take before the session closes (`pingTimeout`).
+    #[arg(long, env = "SWITCHYARD_SIO_PING_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub sio_ping_timeout: Duration,
+
     /// Directory of the demo page and browser client.
     #[arg(long, env = "SWITCHYARD_STATIC_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/static"))]
     pub static_dir: PathBuf,
@@ -297,6 +313,8 @@ impl Cli {
             auth_secret: self.auth_secret.clone(),
             max_new_sessions_per_ip: self.max_new_sessions_per_ip,
             trusted_proxies: self.trusted_proxies.clone().map(|blocks| blocks.0).unwrap_or_default(),
+            sio_ping_interval: self.sio_ping_interval,
+            sio_ping_timeout: self.sio_ping_timeout,
         }
     }
 }

@@ -57,6 +57,48 @@ pub enum Error {
     /// Cluster mode: Redis, where sessions live, cannot be reached; try again shortly.
     #[error("the session store is unreachable; retry shortly")]
     Unavailable,
+    /// An Engine.IO request (`/socket.io/`) the protocol refuses: answered with its own body,
+    /// `{"code": N, "message": "..."}`.
+    #[error("{0}")]
+    EngineIo(#[from] EngineIoError),
+}
+
+/// The Engine.IO protocol's error codes, with their messages as the protocol spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EngineIoError {
+    /// Code 0: `transport` is missing or names no transport.
+    #[error("Transport unknown")]
+    UnknownTransport,
+    /// Code 1: the sid names no live Engine.IO session.
+    #[error("Session ID unknown")]
+    UnknownSid,
+    /// Code 2: a handshake by another method than `GET`.
+    #[error("Bad handshake method")]
+    BadHandshakeMethod,
+    /// Code 3: a request the session's state does not allow (two polls at once, polling after
+    /// the upgrade, a malformed packet).
+    #[error("Bad request")]
+    BadRequest,
+    /// Code 4: refused.
+    #[error("Forbidden")]
+    Forbidden,
+    /// Code 5: `EIO` is not `4`.
+    #[error("Unsupported protocol version")]
+    UnsupportedVersion,
+}
+
+impl EngineIoError {
+    /// The protocol's number for the error.
+    pub fn code(self) -> u8 {
+        match self {
+            EngineIoError::UnknownTransport => 0,
+            EngineIoError::UnknownSid => 1,
+            EngineIoError::BadHandshakeMethod => 2,
+            EngineIoError::BadRequest => 3,
+            EngineIoError::Forbidden => 4,
+            EngineIoError::UnsupportedVersion => 5,
+        }
+    }
 }
 
 impl Error {
@@ -71,7 +113,8 @@ impl Error {
             Error::Full | Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Error::RateLimited | Error::TooManyNewSessions(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unauthorized | Error::Auth(_) => StatusCode::UNAUTHORIZED,
-            Error::ApiDisabled | Error::Refused(_) => StatusCode::FORBIDDEN,
+            Error::ApiDisabled | Error::Refused(_) | Error::EngineIo(EngineIoError::Forbidden) => StatusCode::FORBIDDEN,
+            Error::EngineIo(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -91,6 +134,7 @@ impl Error {
             Error::ApiDisabled => "api_disabled",
             Error::Refused(_) => "refused",
             Error::Unavailable => "unavailable",
+            Error::EngineIo(_) => "engine_io",
         }
     }
 
@@ -109,7 +153,11 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         metrics::counter!("switchyard_errors_total", "kind" => self.kind()).increment(1);
-        let mut response = (self.status(), Json(json!({ "error": self.to_string() }))).into_response();
+        let body = match &self {
+            Error::EngineIo(err) => json!({ "code": err.code(), "message": err.to_string() }),
+            _ => json!({ "error": self.to_string() }),
+        };
+        let mut response = (self.status(), Json(body)).into_response();
         if let Some(seconds) = self.retry_after() {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
@@ -126,6 +174,7 @@ impl From<HubError> for Error {
             HubError::EventName(why) => Error::BadRequest(format!("event name {why}")),
             HubError::RoomName(why) => Error::BadRequest(format!("room name {why}")),
             HubError::Unavailable => Error::Unavailable,
+            HubError::AckNumber => Error::BadRequest(err.to_string()),
         }
     }
 }

@@ -16,7 +16,9 @@
 //!
 //! Handlers run in the order a session's events arrive: the transport that read an event awaits
 //! its handler before reading the next, so one session's events are handled one at a time, in
-//! order, while different sessions run concurrently.
+//! order, while different sessions run concurrently. A handler's return value answers the
+//! client's request when the event asked for one (`"ack": N`, see [`crate::IntoAck`]); the
+//! client's answers to the server's own requests skip that queue (see [`Gateway::dispatch`]).
 //!
 //! Every background task of a gateway belongs to it: the hub's expiry task, WebSocket tasks,
 //! expire hooks, upstream workers, and whatever a user starts with [`Tasks::spawn`]. They all
@@ -43,14 +45,14 @@ use crate::admission::{Admission, ClientAddr};
 use crate::auth::{Auth, AuthError};
 use crate::config::Config;
 use crate::error::Error;
-use crate::handler::{Context, Opening, Registry};
-use crate::hub::{AttachRequest, Attachment, Cluster, Expired, Hub, HubError, Inbox, SessionHandle};
+use crate::handler::{Context, IntoAck, Opening, Registry, Reply};
+use crate::hub::{AttachRequest, Attachment, Cluster, Expired, Hub, HubError, Inbox, SessionHandle, ACK_EVENT};
 use crate::protocol::{Envelope, Envelopes, Sid};
 use crate::tasks::Tasks;
 use crate::transport::{self, Endpoint, TransportConfig};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-type Handler = Arc<dyn Fn(Context, Value) -> BoxFuture + Send + Sync>;
+type Handler = Arc<dyn Fn(Context, Value) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
 
 /// Handlers by event name. The names are the app's, fixed at build time, and a lookup with a
 /// client's name reads the map without changing it, so a fast hasher is safe here (no table an
@@ -127,25 +129,32 @@ pub struct GatewayBuilder {
 
 impl GatewayBuilder {
     /// Registers the handler of one event name (a later registration replaces an earlier one).
+    ///
+    /// What the handler returns answers the client's request when the event carried one
+    /// (`"ack": N`): nothing (`()`) answers `null`, a JSON value answers itself, an `Err` answers
+    /// with the error form (see [`IntoAck`] and [`Reply`]).
     #[must_use]
-    pub fn on<F, Fut>(mut self, event: &str, handler: F) -> Self
+    pub fn on<F, Fut, R>(mut self, event: &str, handler: F) -> Self
     where
         F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoAck + 'static,
     {
-        self.handlers.insert(event.to_owned(), Arc::new(move |ctx, data| Box::pin(handler(ctx, data))));
+        self.handlers.insert(event.to_owned(), boxed(handler));
         self
     }
 
     /// Registers the handler of every event no other handler claims. Without one, such events
-    /// are answered with an `error` event naming them, so a client never waits in silence.
+    /// are answered with an `error` event naming them (or, when they asked for an answer, with
+    /// the error form of `ack`), so a client never waits in silence.
     #[must_use]
-    pub fn fallback<F, Fut>(mut self, handler: F) -> Self
+    pub fn fallback<F, Fut, R>(mut self, handler: F) -> Self
     where
         F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoAck + 'static,
     {
-        self.fallback = Some(Arc::new(move |ctx, data| Box::pin(handler(ctx, data))));
+        self.fallback = Some(boxed(handler));
         self
     }
 
@@ -264,18 +273,20 @@ impl GatewayBuilder {
 
 /// The builder is where an app (the seed, an upstream) registers itself: the same methods.
 impl Registry for GatewayBuilder {
-    fn on<F, Fut>(self, event: &str, handler: F) -> Self
+    fn on<F, Fut, R>(self, event: &str, handler: F) -> Self
     where
         F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoAck + 'static,
     {
         GatewayBuilder::on(self, event, handler)
     }
 
-    fn fallback<F, Fut>(self, handler: F) -> Self
+    fn fallback<F, Fut, R>(self, handler: F) -> Self
     where
         F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoAck + 'static,
     {
         GatewayBuilder::fallback(self, handler)
     }
@@ -299,6 +310,25 @@ impl Registry for GatewayBuilder {
     fn tasks(&self) -> Tasks {
         GatewayBuilder::tasks(self)
     }
+}
+
+/// Whether an envelope is the client's answer to a request of the server:
+/// `{"event": "ack", "ack": N, ...}`.
+fn is_answer(envelope: &Envelope) -> bool {
+    envelope.ack.is_some() && envelope.event == ACK_EVENT
+}
+
+/// A handler as the gateway keeps it: its return value made an answer ([`IntoAck`]).
+fn boxed<F, Fut, R>(handler: F) -> Handler
+where
+    F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoAck + 'static,
+{
+    Arc::new(move |ctx, data| {
+        let answer = handler(ctx, data);
+        Box::pin(async move { answer.await.into_ack() })
+    })
 }
 
 /// How many expire hooks may run at once, and how many expiries may wait for a slot.
@@ -514,6 +544,10 @@ impl Gateway {
     /// The session's inbox is held throughout, so events of one session are handled one at a
     /// time in arrival order even when they come over two transports at once (an old socket
     /// still draining while a new one sends), and numbered events already handled are skipped.
+    /// An event that asked for an answer (`"ack": N`) is answered after its handler, with what
+    /// the handler returned. The client's answers to requests of the server
+    /// (`{"event": "ack", "ack": N}`, [`Hub::emit_with_ack`]) are taken first, without the
+    /// inbox: the handler waiting for one may be what holds it.
     ///
     /// Fails when the session is gone, or (cluster mode) Redis cannot be reached: nothing was
     /// handled then.
@@ -523,7 +557,21 @@ impl Gateway {
     }
 
     /// [`Gateway::dispatch`] for a session already in hand (a transport's attached session).
-    pub async fn dispatch_to(&self, session: &SessionHandle, envelopes: Envelopes) -> Result<(), HubError> {
+    pub async fn dispatch_to(&self, session: &SessionHandle, mut envelopes: Envelopes) -> Result<(), HubError> {
+        if envelopes.iter().any(is_answer) {
+            // The client's answers to requests of the server are taken at once, ahead of the
+            // inbox: the handler that waits for one may be what holds the inbox.
+            for envelope in envelopes.iter_mut().filter(|envelope| is_answer(envelope)) {
+                let (number, data) = (envelope.ack.unwrap_or_default(), std::mem::take(&mut envelope.data));
+                if !self.hub.take_answer(session.sid(), number, data).await {
+                    tracing::debug!(sid = session.sid().short(), number, "an answer no request waits for (it timed out)");
+                }
+            }
+            envelopes.retain(|envelope| !is_answer(envelope));
+            if envelopes.is_empty() {
+                return Ok(());
+            }
+        }
         // A session removed meanwhile has told its transport to close; an event racing that
         // is handled like one that arrived just before the removal.
         let inbox = session.inbox().await?;
@@ -535,20 +583,35 @@ impl Gateway {
         let session = inbox.session();
         let sid = session.sid();
         let subject = if self.inner.auth.is_some() { session.subject() } else { None };
-        for Envelope { event, data, seq } in envelopes {
+        for Envelope { event, data, seq, ack } in envelopes {
+            // A numbered send already handled is skipped, its request too: the answer it got
+            // the first time is in the buffer, so the client gets it on resume, once.
             if !inbox.accept(seq) {
                 metrics::counter!("switchyard_resends_skipped_total").increment(1);
                 continue;
             }
             match self.inner.handlers.get(&event).or(self.inner.fallback.as_ref()) {
                 Some(handler) => {
-                    let ctx = Context::new(session.clone(), event, self.hub.clone(), subject.clone());
-                    handler(ctx, data).await;
+                    // The name goes to the context; a request keeps a copy for its error form.
+                    let name = ack.map(|_| event.clone());
+                    let ctx = Context::new(session.clone(), event, self.hub.clone(), subject.clone(), ack);
+                    let reply = handler(ctx, data).await;
+                    if let (Some(number), Some(name)) = (ack, name) {
+                        let answer = match reply {
+                            Reply::Data(data) => Ok(data),
+                            Reply::Error(error) => Err(json!({"error": error, "event": name})),
+                            Reply::Later => continue,
+                        };
+                        let _ = self.hub.answer_to(session, number, answer.as_ref()).await;
+                    }
                 }
                 None => {
                     tracing::debug!(sid = sid.short(), event, "no handler");
                     let notice = json!({"error": format!("no handler for event `{event}`"), "event": event});
-                    let _ = self.hub.emit(sid, "error", &notice).await;
+                    let _ = match ack {
+                        Some(number) => self.hub.answer_to(session, number, Err(&notice)).await,
+                        None => self.hub.emit(sid, "error", &notice).await,
+                    };
                 }
             }
         }

@@ -41,7 +41,7 @@ pub mod upstream;
 pub use config::Config;
 pub use error::Error;
 pub use gateway::{Gateway, GatewayBuilder};
-pub use handler::{Context, Opening, Registry};
+pub use handler::{Context, IntoAck, Opening, Registry, Reply};
 pub use hub::{Hub, Rendered, Target, Transport};
 pub use protocol::{Cursor, Envelope, Sid};
 pub use tasks::Tasks;

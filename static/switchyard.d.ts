@@ -70,6 +70,9 @@ declare namespace switchyard {
     /** Most events waiting to be sent; beyond it `emit` is refused with an `error` event.
      *  Default `1000`. */
     maxQueue?: number;
+    /** `emitWithAck`: how long, ms, to wait for the answer unless the call says (`0`: no
+     *  limit). Default `30000`. */
+    ackTimeout?: number;
     /** While on a fallback, try WebSocket again about this often, ms (`0`: never). Default
      *  `30000`. */
     probeInterval?: number;
@@ -97,6 +100,7 @@ declare namespace switchyard {
     rememberFailure: number;
     maxBatchBytes: number;
     maxQueue: number;
+    ackTimeout: number;
     token: string | (() => string | null | undefined) | null;
     autoConnect: boolean;
     debug: boolean | DebugSink;
@@ -223,8 +227,28 @@ declare namespace switchyard {
 
   type LifecycleEventName = keyof LifecycleEvents;
 
-  /** A listener: the event's data, and its cursor (`null` for lifecycle events). */
-  type Listener<T = any> = (this: Socket, data: T, id: Cursor | null) => void;
+  /** A listener: the event's data, and its cursor (`null` for lifecycle events). When the
+   *  server's event asks for an answer, the first listener's return value (or what its promise
+   *  resolves to; `null` for nothing, a throw or a rejection) answers it. */
+  type Listener<T = any> = (this: Socket, data: T, id: Cursor | null) => unknown;
+
+  /** Why an `emitWithAck` promise was rejected. */
+  type AckFailure = 'timeout' | 'gap' | 'error' | 'refused' | 'closed';
+
+  /** The error an `emitWithAck` promise is rejected with. */
+  interface AckError extends Error {
+    /** `timeout`: no answer in time; `gap`: the session the request went to was lost;
+     *  `error`: the server could not handle the event (`data` says why); `refused`: never sent
+     *  (queue full, too large); `closed`: `close()` was called first. */
+    reason: AckFailure;
+    /** With `error`: the server's error object, `{error, event, reason?}`. */
+    data?: ErrorEvent;
+  }
+
+  interface AckOptions {
+    /** ms to wait for the answer (`0`: no limit). Default: the socket's `ackTimeout`. */
+    timeout?: number;
+  }
 
   /** A listener of every event (`onAny`). */
   type AnyListener = (this: Socket, event: string, data: any, id: Cursor | null) => void;
@@ -255,6 +279,10 @@ declare namespace switchyard {
     /** Sends an event; queued while disconnected and sent in order. Throws for a lifecycle
      *  event's name. */
     emit<E extends string>(event: E extends LifecycleEventName ? never : E, data?: unknown): this;
+    /** Sends an event asking the server to answer; the promise resolves with the answer's data
+     *  (the handler's return value, or the application's `ack` action), also when it comes after
+     *  a resume or a fallback, and is rejected with an {@link AckError} otherwise. */
+    emitWithAck<T = any, E extends string = string>(event: E extends LifecycleEventName ? never : E, data?: unknown, options?: AckOptions): Promise<T>;
 
     /** Connects, or resumes the same session after `close()`, a supersede or a give-up. */
     open(): this;

@@ -12,6 +12,8 @@
  *   const socket = switchyard.connect(url?, options?)          alias: switchyard.io()
  *   socket.on(event, fn) / socket.once(event, fn) / socket.off(event, fn?) / socket.onAny(fn)
  *   socket.emit(event, data)        queued while disconnected (at most maxQueue), sent in order
+ *   socket.emitWithAck(event, data, {timeout}?)   the same, and a promise of the server's answer
+ *   socket.on(event, fn)            fn's return value (or resolved promise) answers a server request
  *   socket.close() / socket.open()  aliases: socket.disconnect() / socket.connect()
  *   socket.id                       the session id (sid), null before the first connect
  *   socket.transport                "websocket" | "sse" | "polling" | null
@@ -52,6 +54,10 @@
  *   `error` event rather than resent forever.
  * - Everything the client starts (timers, requests, sockets, page listeners) is tracked, so
  *   close() leaves nothing running.
+ * - Acks ride on the session like any event: a request is a numbered send with `ack: N`, its
+ *   answer an event of the session (with a cursor), so it arrives once across drops, resumes
+ *   and fallbacks. A request already sent to a session that was lost can never be answered:
+ *   its promise is rejected (`gap`) when the client adopts the fresh session.
  */
 (function (root, factory) {
   'use strict';
@@ -93,6 +99,8 @@
     maxBatchBytes: 60000,
     /** Most events waiting to be sent; emit() beyond it is refused with an `error` event. */
     maxQueue: 1000,
+    /** emitWithAck(): how long (ms) to wait for the answer unless the call says (0: forever). */
+    ackTimeout: 30000,
     /** With a gateway run with --auth-secret: the JWT that opens a session (`?token=`), or a
      *  function returning it (called for every attach, so it can be refreshed). */
     token: null,
@@ -509,12 +517,16 @@
     });
   };
 
-  /** An incremental text/event-stream parser: feed it text, it calls `emit` per event. */
+  /** An incremental text/event-stream parser: feed it text, it calls `emit` per event. Besides
+   *  the standard fields it reads switchyard's `ack: N` and `ack-error: N` (an answer's or a
+   *  request's number; for `ack-error` the data is the error), as the JSON envelope has them. */
   function sseParser(emit) {
     var buffer = '';
     var data = [];
     var event = '';
     var id = null;
+    var ack = null;
+    var ackError = false;
     return function (text) {
       buffer += text;
       var lines = buffer.split(/\r\n|\r|\n/);
@@ -529,10 +541,15 @@
             } catch (e) {
               payload = data.join('\n');
             }
-            emit({ event: event || 'message', data: payload, id: id });
+            var env = { event: event || 'message', id: id };
+            if (ack !== null) env.ack = ack;
+            env[ack !== null && ackError ? 'error' : 'data'] = payload;
+            emit(env);
           }
           data = [];
           event = '';
+          ack = null;
+          ackError = false;
           continue;
         }
         if (line.charAt(0) === ':') continue;
@@ -543,6 +560,10 @@
         if (field === 'data') data.push(value);
         else if (field === 'event') event = value;
         else if (field === 'id') id = value;
+        else if (field === 'ack' || field === 'ack-error') {
+          ack = /^[0-9]+$/.test(value) ? Number(value) : null;
+          ackError = field === 'ack-error';
+        }
       }
     };
   }
@@ -737,6 +758,8 @@
     this._attempts = 0; // drives the backoff; reset only when a send got through (or none waits)
     this._tries = 0; // failed rounds and drops since the last connect
     this._gapDue = null; // a fresh session was adopted: the server's `gap` should follow
+    this._acks = {}; // emitWithAck() requests waiting for their answer, by number
+    this._ackSeq = 0; // the last request number given out
     this._everConnected = false;
     this._superseded = false; // another transport (or tab) took the session: stay down
     this._closed = true;
@@ -789,7 +812,7 @@
     var self = this;
     function wrapper(data, id) {
       self.off(event, wrapper);
-      fn.call(self, data, id);
+      return fn.call(self, data, id); // the answer, when the event is a server request
     }
     wrapper.original = fn;
     return this.on(event, wrapper);
@@ -827,11 +850,14 @@
   };
 
   Socket.prototype._dispatch = function (event, data, id) {
-    var i;
-    var any = this._any.slice();
-    for (i = 0; i < any.length; i++) this._call(any[i], [event, data, id]);
+    this._dispatchAny(event, data, id);
     var list = (this._handlers[event] || []).slice();
-    for (i = 0; i < list.length; i++) this._call(list[i], [data, id]);
+    for (var i = 0; i < list.length; i++) this._call(list[i], [data, id]);
+  };
+
+  Socket.prototype._dispatchAny = function (event, data, id) {
+    var any = this._any.slice();
+    for (var i = 0; i < any.length; i++) this._call(any[i], [event, data, id]);
   };
 
   Socket.prototype._call = function (fn, args) {
@@ -865,6 +891,87 @@
     return this;
   };
 
+  /** Emits like emit(), asking the server to answer: a promise of the answer's data. It is
+   *  rejected with an Error whose `reason` is `timeout` (no answer within `timeout` ms,
+   *  default options.ackTimeout), `gap` (the session the request went to was lost), `error`
+   *  (the server could not handle the event: `data` holds the server's error object),
+   *  `refused` (the event was never sent: queue full, too big) or `closed` (close() was
+   *  called). */
+  Socket.prototype.emitWithAck = function (event, data, options) {
+    var self = this;
+    if (LIFECYCLE[event]) return Promise.reject(new Error('switchyard: `' + event + '` is a reserved event name'));
+    var timeout = options && typeof options.timeout === 'number' ? options.timeout : this.options.ackTimeout;
+    var number = ++this._ackSeq;
+    var env = { event: String(event), data: data === undefined ? null : data, seq: 0, ack: number };
+    return new Promise(function (resolve, reject) {
+      var pending = { env: env, resolve: resolve, reject: reject, timer: null };
+      self._acks[number] = pending;
+      if (timeout > 0) {
+        pending.timer = setTimeout(function () {
+          self._settleAck(number, ackError('timeout', 'no answer to `' + env.event + '` within ' + timeout + ' ms'));
+        }, timeout);
+      }
+      if (self._outbox.length >= self.options.maxQueue) {
+        self._settleAck(number, ackError('refused', 'send queue full: `' + env.event + '` was not sent'));
+        return;
+      }
+      env.seq = ++self._sendSeq;
+      self._outbox.push(env);
+      self._flush();
+    });
+  };
+
+  function ackError(reason, message, data) {
+    var err = new Error('switchyard: ' + message);
+    err.reason = reason;
+    if (data !== undefined) err.data = data;
+    return err;
+  }
+
+  /** Ends request `number`: rejected with `error`, or resolved with `data`. */
+  Socket.prototype._settleAck = function (number, error, data) {
+    var pending = this._acks[number];
+    if (!pending) return false;
+    delete this._acks[number];
+    clearTimeout(pending.timer);
+    if (error) pending.reject(error);
+    else pending.resolve(data);
+    return true;
+  };
+
+  /** Rejects the requests whose number `lost` says can no longer be answered. */
+  Socket.prototype._rejectAcks = function (reason, message, lost) {
+    for (var n in this._acks) {
+      if (lost(Number(n))) this._settleAck(Number(n), ackError(reason, message + ' (`' + this._acks[n].env.event + '`)'));
+    }
+  };
+
+  /** A server request (an event with `ack`): the first handler's return value, or the value
+   *  its promise resolves to, is the answer; a handler that throws or rejects answers null.
+   *  An event no handler listens to is not answered (the server's request times out). */
+  Socket.prototype._answer = function (env) {
+    var self = this;
+    var list = this._handlers[env.event] || [];
+    if (!list.length) return;
+    var result;
+    try {
+      result = list[0].call(this, env.data, env.id);
+    } catch (e) {
+      result = null;
+    }
+    Promise.resolve(result).then(
+      function (value) {
+        return value === undefined ? null : value;
+      },
+      function () {
+        return null;
+      }
+    ).then(function (value) {
+      self._outbox.push({ event: 'ack', data: value, seq: ++self._sendSeq, ack: env.ack });
+      self._flush();
+    });
+  };
+
   /** The largest message the server takes, in bytes, as far as the client knows. */
   Socket.prototype._maxBytes = function () {
     var max = this.options.maxBatchBytes;
@@ -875,6 +982,9 @@
   /** Refuses an event too large to send on its own, with an `error` event naming it. */
   Socket.prototype._refuse = function (env, bytes, limit, why) {
     this._debug('refusing an oversize event', { event: env.event, bytes: bytes, limit: limit });
+    if (env.ack && env.event !== 'ack') {
+      this._settleAck(env.ack, ackError('refused', 'event `' + env.event + '` is too large to send'));
+    }
     this._dispatch(
       'error',
       {
@@ -1059,6 +1169,10 @@
     this.connected = false;
     if (wasConnected) this._dispatch('disconnect', { reason: 'client closed', willReconnect: false }, null);
     if (!wasClosed) this._debug('closed');
+    // Nothing keeps running after close(): requests waiting for an answer are given up.
+    this._rejectAcks('closed', 'closed before the answer came', function () {
+      return true;
+    });
     return this;
   };
 
@@ -1356,7 +1470,19 @@
       // session, renumbered.
       this._unacked = [];
       this._sendSeq = 0;
+      // Requests sent to the lost session will not be answered; those never sent go to the
+      // new one. Answers owed to the lost session's requests are no use to the new one.
+      var unsent = {};
+      this._outbox = this._outbox.filter(function (e) {
+        if (e.ack && e.event !== 'ack') unsent[e.ack] = true;
+        return !(e.ack && e.event === 'ack');
+      });
       for (var i = 0; i < this._outbox.length; i++) this._outbox[i].seq = ++this._sendSeq;
+      if (previous !== null) {
+        this._rejectAcks('gap', 'the session was lost before the answer came', function (number) {
+          return !unsent[number];
+        });
+      }
       if (previous !== null) {
         this._debug('session ' + previous + ' is gone; now ' + sid);
         this._gapDue = { previous: previous };
@@ -1445,6 +1571,18 @@
     if (env.event === 'reconnect') {
       // The server asks to move (it is restarting): resume at once, elsewhere if need be.
       this._restart('server asked to reconnect');
+      return;
+    }
+    if (typeof env.ack === 'number') {
+      if (env.event === 'ack') {
+        // The answer to a request of emitWithAck().
+        if ('error' in env) this._settleAck(env.ack, ackError('error', (env.error && env.error.error) || 'the server could not handle the event', env.error));
+        else this._settleAck(env.ack, null, env.data);
+        return;
+      }
+      this._answer(env);
+      this._dispatchAny(env.event, env.data, env.id);
+      for (var i = 1, list = (this._handlers[env.event] || []).slice(); i < list.length; i++) this._call(list[i], [env.data, env.id]);
       return;
     }
     this._dispatch(env.event, env.data, env.id);

@@ -250,3 +250,59 @@ async fn pagehide_sends_what_is_queued_and_what_a_hung_post_carried() {
     let seqs: Vec<u64> = sent[0].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [1, 2, 3], "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_with_ack_is_answered_across_a_cut_and_a_fallback_and_handlers_answer_the_servers_requests() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::with_config(config()).await;
+    let relay = Relay::start(server.addr, Mode::Pass).await;
+    let out = scenario(&server, Some(&relay), "acks.mjs", &[]).await.result;
+    assert_eq!(out["first"]["transport"], json!("websocket"), "{out}");
+    assert_eq!(out["sum"], json!(6), "{out}");
+    assert_eq!(out["failed"]["reason"], json!("error"), "{out}");
+    assert_eq!(out["failed"]["data"]["event"], json!("sum"), "{out}");
+    assert!(out["failed"]["message"].as_str().unwrap().contains("not a list of integers"), "{out}");
+    assert_eq!(out["unclaimed"]["reason"], json!("error"), "{out}");
+    assert_eq!(out["unclaimed"]["data"], json!({"error": "no handler for event `nope`", "event": "nope"}), "{out}");
+    assert_eq!(out["timedOut"]["reason"], json!("timeout"), "{out}");
+    assert!(out["timedOut"]["message"].as_str().unwrap().contains("within 300 ms"), "{out}");
+    // The server's requests were answered by the page's handlers (the server's `ask` handler
+    // tells what it got), a value, then a promise's.
+    assert_eq!(out["told"], json!([{"answer": {"echo": "sync?"}}, {"answer": "async? later"}]), "{out}");
+    assert_eq!(out["questions"], json!(["sync?", "async?"]), "the page's handlers saw the requests: {out}");
+    // The answer held back by the cut came with the resume over SSE, on the same session.
+    let across = &out["acrossCut"];
+    assert_eq!(across["resolved"], json!(42), "{out}");
+    assert_eq!(across["transport"], json!("sse"), "{out}");
+    assert_eq!(across["connects"], json!(2), "resolved after the reconnect: {out}");
+    assert_eq!(out["now"]["sid"], out["first"]["sid"], "{out}");
+    assert_eq!(out["answersSeenAsEvents"], json!(0), "answers go to their promises, not to the page's events: {out}");
+}
+
+/// `expect_lost`: whether the request sent before the cut is rejected (`gap`); else it was
+/// sent again to the fresh session, as any send whose POST got no answer is, and answered there.
+async fn ack_lost_with_the_session(transport: &str, expect_lost: bool) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::with_config(config()).await;
+    let relay = Relay::start(server.addr, Mode::Pass).await;
+    let out = scenario(&server, Some(&relay), "acks_gap.mjs", &[("TRANSPORT", transport.to_owned())]).await.result;
+    assert_ne!(out["now"], out["first"], "a fresh session: {out}");
+    if expect_lost {
+        assert_eq!(out["lost"]["reason"], json!("gap"), "the request sent to the lost session: {out}");
+        assert!(out["lost"]["message"].as_str().unwrap().contains("session was lost"), "{out}");
+    } else {
+        assert_eq!(out["lost"]["resolved"], json!(2), "the request whose POST failed, sent again: {out}");
+    }
+    assert_eq!(out["queued"]["resolved"], json!(4), "the request queued while away went to the new session: {out}");
+    assert_eq!(out["gaps"], json!(1), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_with_ack_to_a_session_lost_during_a_long_cut_is_rejected_with_gap_over_websocket() {
+    ack_lost_with_the_session("websocket", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_with_ack_whose_post_failed_during_a_long_cut_is_sent_again_to_the_fresh_session_over_polling() {
+    ack_lost_with_the_session("polling", false).await;
+}

@@ -2963,3 +2963,37 @@ mod chaos {
         }
     }
 }
+
+#[tokio::test]
+async fn a_socket_io_client_recovers_its_session_on_another_node() {
+    use common::engineio::{connect_answer, event, ws_next, ws_send, Ws};
+
+    let cluster = Cluster::start(&[]).await;
+    let open = |node: usize| {
+        let url = cluster.ws_url(node, "/socket.io/?EIO=4&transport=websocket");
+        async move {
+            let (mut ws, _): (Ws, _) = within("a Socket.IO WebSocket", tokio_tungstenite::connect_async(url)).await.expect("the handshake");
+            assert!(ws_next(&mut ws).await.starts_with('0'), "the open packet");
+            ws
+        }
+    };
+    let mut first = open(0).await;
+    ws_send(&mut first, "40").await;
+    let pid = connect_answer(&ws_next(&mut first).await)["pid"].as_str().unwrap().to_owned();
+    ws_send(&mut first, r#"42["message","one"]"#).await;
+    assert_eq!(event(&ws_next(&mut first).await), [json!("response"), json!("Message received!"), json!("1")]);
+    drop(first);
+    // While it is away, another node publishes to it.
+    cluster.emit(1, &pid, "news", json!(1)).await;
+    cluster.emit(1, &pid, "news", json!(2)).await;
+
+    // It comes back on a third node with its pid and last offset: the same session, and what it
+    // missed, once, in order.
+    let mut second = open(2).await;
+    ws_send(&mut second, &format!(r#"40{{"pid":"{pid}","offset":"1"}}"#)).await;
+    assert_eq!(connect_answer(&ws_next(&mut second).await)["pid"], pid, "recovered");
+    assert_eq!(event(&ws_next(&mut second).await), [json!("news"), json!(1), json!("2")]);
+    assert_eq!(event(&ws_next(&mut second).await), [json!("news"), json!(2), json!("3")]);
+    ws_send(&mut second, r#"42["message","two"]"#).await;
+    assert_eq!(event(&ws_next(&mut second).await), [json!("response"), json!("Message received!"), json!("4")]);
+}

@@ -47,7 +47,7 @@ const DOC_ADDR: &str = "127.0.0.1:3000";
 
 /// The Markdown files whose code blocks are held to this file's rules.
 const DOC_FILES: &[&str] =
-    &["README.md", "docs/protocol.md", "docs/client.md", "docs/deploy.md", "docs/performance.md", "docs/design.md"];
+    &["README.md", "docs/protocol.md", "docs/client.md", "docs/deploy.md", "docs/performance.md", "docs/design.md", "docs/socketio.md"];
 
 /// Every `sh` block of the docs, by file and first line, with the test that runs or checks it.
 const SH_BLOCKS: &[(&str, &str, &str)] = &[

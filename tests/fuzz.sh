@@ -2,14 +2,15 @@
 # Fuzzes the protocol's parsers and its outbound encoder with cargo-fuzz (libFuzzer), each
 # target for a bounded time.
 #
-#   tests/fuzz.sh [SECONDS] [TARGET...]     # default: 60 s each for envelopes, cursor, outbound
+#   tests/fuzz.sh [SECONDS] [TARGET...]     # default: 60 s each for envelopes, cursor, outbound, socketio
 #
 # Targets live in fuzz/fuzz_targets/: `envelopes` (client bodies and frames: envelope and batch
 # parsing under limits), `cursor` (sids and cursors) and `outbound` (the encoder: envelopes,
-# poll batches, SSE frames and chunks read back by independent readers). A finding stops the
+# poll batches, SSE frames and chunks read back by independent readers) and `socketio` (the
+# Engine.IO and Socket.IO packet parsers of `/socket.io/`, and events written back by the encoder). A finding stops the
 # run with the input saved under fuzz/artifacts/TARGET/; reproduce it with
 # `RUSTC_BOOTSTRAP=1 cargo fuzz run TARGET fuzz/artifacts/TARGET/crash-...` and turn it into a
-# regression test in src/protocol/mod.rs (or src/protocol/encode.rs for `outbound`). The corpus
+# regression test in src/protocol/mod.rs (src/protocol/encode.rs for `outbound`, src/transport/socketio/packet.rs for `socketio`). The corpus
 # grows in fuzz/corpus/TARGET/ (not committed).
 #
 # Without cargo-fuzz, `cargo build` in fuzz/ still builds every target on a stable toolchain
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/../fuzz"
 seconds="${1:-60}"
 [ $# -gt 0 ] && shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(envelopes cursor outbound)
+[ ${#targets[@]} -gt 0 ] || targets=(envelopes cursor outbound socketio)
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # cargo-fuzz passes nightly-only flags (-Zsanitizer=address); this lets a stable toolchain
@@ -55,6 +56,12 @@ seed outbound \
   $'f8tQsHY6kkg4J-FuzZPBsw\x07\x01\x01\x01\x01\x01\x01\x01\x01\x01message{"a":\n[1,\r\n"x"]}\x07' \
   $'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAquote"and\\slash"line\rbreak"\r\n\x10\x20' \
   $'0123456789abcdefghijkl-_~~~~~~~~~~~~~~~~ \xe2\x98\x83 \n\n\n{}[]null'
+seed socketio \
+  '40{"token":"abc"}' \
+  $'42["message","hello"]\x1e3\x1e42["echo",{"a":[1,2]}]' \
+  '2/admin,12["x",1,2]' \
+  $'451-["up",{"_placeholder":true,"num":0}]\x1ebAQID' \
+  '313[{"ok":true}]'
 
 for target in "${targets[@]}"; do
   echo "fuzzing $target for ${seconds}s"

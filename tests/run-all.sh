@@ -16,6 +16,8 @@ declare -A needs=(
   [openssl]=/usr/bin/openssl
   [redis-server]=/usr/bin/redis-server
   [redis-tools]=/usr/bin/redis-cli
+  [python3]=/usr/bin/python3
+  [python3-venv]=/usr/share/doc/python3-venv
 )
 missing=()
 for pkg in "${!needs[@]}"; do
@@ -23,6 +25,8 @@ for pkg in "${!needs[@]}"; do
   case $pkg in
     nodejs) command -v node >/dev/null && continue ;;
     npm) command -v npm >/dev/null && continue ;;
+    # What the virtualenv below needs: the venv module with ensurepip (python3-venv on Debian).
+    python3-venv) python3 -c 'import venv, ensurepip' 2>/dev/null && continue ;;
   esac
   [ -x "${needs[$pkg]}" ] || missing+=("$pkg")
 done
@@ -37,9 +41,19 @@ fi
 
 # Node packages of the client tests (tests/client: the `ws` WebSocket client, `typescript` for
 # the check of static/switchyard.d.ts in tests/docs.rs, and `uplot`, whose copy in
-# static/vendor/ tests/admin.rs compares), from the lock file.
-if [ ! -d tests/client/node_modules/ws ] || [ ! -d tests/client/node_modules/typescript ] || [ ! -d tests/client/node_modules/uplot ]; then
+# static/vendor/ tests/admin.rs compares; `socket.io-client` for tests/socketio_client.rs and the
+# seed page of tests/socketio_browser.rs; `socket.io`, the Node server of the bench's `socketio`
+# scenario), from the lock file.
+if [ ! -d tests/client/node_modules/ws ] || [ ! -d tests/client/node_modules/typescript ] || [ ! -d tests/client/node_modules/uplot ] || [ ! -d tests/client/node_modules/socket.io-client ] || [ ! -d tests/client/node_modules/socket.io ]; then
   npm ci --prefix tests/client --no-audit --no-fund
+fi
+
+# The python-socketio client of tests/socketio_python.rs, with pip into a virtualenv under
+# target/, from tests/python/requirements.txt.
+venv=target/python-socketio
+if ! "$venv/bin/python" -c 'import socketio, requests, websocket' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi
 
 # Lints first: clippy's default set and the pedantic lints Cargo.toml names, over every target

@@ -90,6 +90,11 @@ async fn backend_event(State(seen): State<Seen>, Json(request): Json<Value>) -> 
         }
         "join" => json!({"v": 1, "actions": [{"join": data}, {"emit": "joined", "data": data}]}),
         "say" => json!([{"emit": "chat", "data": data, "to": {"room": "r"}}]),
+        // Answers the client's request in the middle of its actions.
+        "add" => {
+            let sum: i64 = data.as_array().unwrap().iter().filter_map(Value::as_i64).sum();
+            json!([{"emit": "adding", "data": data}, {"ack": {"sum": sum}}, {"emit": "added"}])
+        }
         "say_to_others" => json!([{"emit": "chat", "data": data, "to": {"room": "r"}, "skip_self": true}, {"emit": "said"}]),
         "tell" => json!([{"emit": "told", "data": data["text"], "to": {"sid": data["sid"]}}]),
         "shout" => json!([{"emit": "shouted", "data": data, "to": {"all": true}}]),
@@ -169,6 +174,47 @@ async fn events_round_trip_through_the_app_over_websocket_and_sse() {
     assert_eq!(backend.events_of(&sse_sid), vec![("echo".into(), json!("a")), ("echo".into(), json!("b"))]);
     assert_eq!(upstream.stats().failures(), 0);
     assert_eq!(upstream.stats().ok, 5, "two opens and three events");
+}
+
+#[tokio::test]
+async fn the_apps_ack_action_answers_the_clients_request_over_websocket_and_long_polling() {
+    let backend = Backend::start().await;
+    let (server, upstream) = gateway(Config::default(), backend.config()).await;
+    let mut ws = server.ws("/ws").await;
+    let sid = ws.hello().await;
+    ws.send(r#"[{"event":"add","data":[1,2,3],"ack":11},{"event":"echo","data":"x","ack":12},{"event":"status","ack":13},{"event":"add","data":[4]}]"#).await;
+    let mut envelopes = Vec::new();
+    for _ in 0..8 {
+        envelopes.push(ws.next_envelope().await);
+    }
+    let shape: Vec<(&str, Option<u64>)> = envelopes.iter().map(|e| (e["event"].as_str().unwrap(), e["ack"].as_u64())).collect();
+    // The `ack` action in its place among the actions; none: `null` after them; a failure: the
+    // error form; no request: no answer, even with an `ack` action.
+    assert_eq!(shape, [("adding", None), ("ack", Some(11)), ("added", None), ("echo", None), ("ack", Some(12)), ("ack", Some(13)), ("adding", None), ("added", None)]);
+    assert_eq!(envelopes[1]["data"], json!({"sum": 6}));
+    assert_eq!(envelopes[4]["data"], Value::Null);
+    let failed = &envelopes[5];
+    assert_eq!(failed.get("data"), None, "{failed}");
+    assert_eq!(failed["error"]["event"], "status");
+    assert_eq!(failed["error"]["reason"], "status");
+    // The application learns which events asked for an answer.
+    let requests = backend.seen.events.lock().unwrap().iter().filter(|e| e["sid"] == sid).cloned().collect::<Vec<_>>();
+    let acks: Vec<Option<u64>> = requests.iter().map(|e| e["ack"].as_u64()).collect();
+    assert_eq!(acks, [Some(11), Some(12), Some(13), None]);
+
+    // Long-polling, the request POSTed: the answer waits in the buffer for the next poll.
+    let (_, hello) = server.poll_envelopes("").await;
+    let sid = hello[0]["data"]["sid"].as_str().unwrap().to_owned();
+    let mut cursor = hello[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(server.post_json(&sid, r#"{"event":"add","data":[40,2],"ack":1}"#).await.0, 202);
+    let mut envelopes = Vec::new();
+    while envelopes.len() < 3 {
+        let (_, more) = server.poll_envelopes(&format!("?sid={sid}&last_event_id={cursor}")).await;
+        cursor = more.last().map_or(cursor, |e| e["id"].as_str().unwrap().to_owned());
+        envelopes.extend(more);
+    }
+    assert_eq!((&envelopes[1]["event"], &envelopes[1]["ack"], &envelopes[1]["data"]), (&json!("ack"), &json!(1), &json!({"sum": 42})));
+    assert_eq!(upstream.stats().status, 1);
 }
 
 #[tokio::test]
@@ -511,4 +557,28 @@ async fn shutdown_stops_and_awaits_upstream_workers_and_expire_hooks_in_flight()
     server.gateway.shutdown();
     within("the worker and the hook to stop", server.gateway.drained()).await;
     assert!(tasks.is_empty(), "{} of the gateway's tasks still running", tasks.len());
+}
+
+#[tokio::test]
+async fn a_socket_io_client_is_forwarded_to_the_app_like_any_session() {
+    use common::engineio::{event, Polling};
+
+    let backend = Backend::start().await;
+    let (server, upstream) = gateway(Config::default(), backend.config()).await;
+    let (client, _) = Polling::open(&server).await;
+    let pid = client.connect(None).await["pid"].as_str().unwrap().to_owned();
+    // The open hook ran for the new session (and put it in the lobby).
+    let opens = backend.seen.opens.lock().unwrap().clone();
+    assert_eq!((opens.len(), &opens[0]["sid"], &opens[0]["transport"]), (1, &json!(pid), &json!("polling")));
+    assert_eq!(server.gateway.hub().members("lobby").await.len(), 1);
+
+    client.post(r#"42["echo",{"n":1}]"#).await;
+    assert_eq!(event(&client.next().await)[..2], [json!("echo"), json!({"n": 1})]);
+    // The app's ack action answers the Socket.IO request (ack id 5) in the middle of its emits.
+    client.post(r#"425["add",[1,2]]"#).await;
+    assert_eq!(event(&client.next().await)[..2], [json!("adding"), json!([1, 2])]);
+    assert_eq!(client.next().await, r#"435[{"sum":3}]"#);
+    assert_eq!(event(&client.next().await)[0], "added");
+    assert_eq!(backend.events_of(&pid), vec![("echo".into(), json!({"n": 1})), ("add".into(), json!([1, 2]))]);
+    assert_eq!(upstream.stats().failures(), 0);
 }

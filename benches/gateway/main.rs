@@ -6,6 +6,7 @@
 //! cargo bench --bench gateway -- rtt --sessions 50 --seconds 10
 //! cargo bench --bench gateway -- idle --idle 2000     # a smaller run
 //! cargo bench --bench gateway -- cluster              # cluster mode on its own redis-servers
+//! cargo bench --bench gateway -- socketio             # /socket.io/ against socketioxide and Node
 //! ```
 //!
 //! The load generator (this process, on one tokio thread) runs on core 0; every server is a
@@ -29,6 +30,7 @@ mod cluster;
 mod http;
 mod procs;
 mod servers;
+mod socketio;
 mod tls;
 mod ws;
 
@@ -76,6 +78,11 @@ enum Scenario {
     /// WebSocket and per SSE stream on HTTP/2 (a connection each, and 50 streams per
     /// connection). Not part of the default set.
     Tls,
+    /// Socket.IO clients (issue 17): `/socket.io/` against socketioxide 0.18 and Node's
+    /// socket.io 4.8, round trips over WebSocket and long-polling and idle memory per session
+    /// (see `socketio.rs`). Not part of the default set (it needs Node and `npm ci` in
+    /// tests/client).
+    Socketio,
 }
 
 /// A transport `rtt` measures (`--rtt-transports`).
@@ -273,6 +280,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Cluster => cluster::cluster(&args).await,
             Scenario::Admin => admin(&args).await,
             Scenario::Tls => tls::tls(&args).await,
+            Scenario::Socketio => socketio::socketio(&args).await,
         };
         match section {
             Ok(text) => {

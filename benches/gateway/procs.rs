@@ -59,6 +59,10 @@ pub enum Kind {
     SseBaseline,
     /// Another build of switchyard (`--alt-bin`), to measure a change against the current one.
     Alt,
+    /// socketioxide 0.18 serving the seed's app (the `socketio` scenario).
+    Socketioxide,
+    /// Node's socket.io 4.8 serving the seed's app (`tests/client/socketio_server.mjs`).
+    NodeSocketIo,
 }
 
 impl Kind {
@@ -68,6 +72,8 @@ impl Kind {
             Kind::WsBaseline => "raw WS baseline",
             Kind::SseBaseline => "SSE+POST baseline",
             Kind::Alt => "switchyard (alt build)",
+            Kind::Socketioxide => "socketioxide",
+            Kind::NodeSocketIo => "Node socket.io",
         }
     }
 }
@@ -107,12 +113,17 @@ impl Server {
                 argv.extend(SWITCHYARD_ARGS.iter().map(ToString::to_string));
                 argv
             }
+            Kind::NodeSocketIo => {
+                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client/socketio_server.mjs");
+                vec!["node".into(), script.to_string_lossy().into_owned(), addr.port().to_string()]
+            }
             _ => {
                 let me = std::env::current_exe()?.to_string_lossy().into_owned();
                 let name = match kind {
                     Kind::WsBaseline => "ws-baseline",
                     Kind::SseBaseline => "sse-baseline",
-                    Kind::Switchyard | Kind::Alt => unreachable!(),
+                    Kind::Socketioxide => "socketioxide",
+                    Kind::Switchyard | Kind::Alt | Kind::NodeSocketIo => unreachable!(),
                 };
                 vec![me, "__serve".into(), name.into(), addr.to_string()]
             }

@@ -11,6 +11,9 @@
 //!   `POST /sse?sid=` pushes one event onto that sid's channel, `GET /poll?sid=` waits for it.
 //!   `POST /broadcast` pushes one event to every session (the fan-out baseline).
 //!
+//! * `socketioxide`: socketioxide 0.18 with the seed's app, the `socketio` scenario's
+//!   reference.
+//!
 //! The baselines use the same runtime configuration as switchyard's `main` (`#[tokio::main]`,
 //! one worker per core the process may use: one, when pinned), so the ratio compares the
 //! gateway's work per event, not runtime settings.
@@ -54,9 +57,28 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
                 axum::serve(listener, router).await?;
                 Ok(())
             }
+            "socketioxide" => socketioxide(listener).await,
             other => bail!("unknown server kind {other}"),
         }
     })
+}
+
+/// socketioxide 0.18 with the seed's app on `/`: `message` answered with `response`.
+async fn socketioxide(listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    use socketioxide::extract::{Data, SocketRef};
+
+    let (layer, io) = socketioxide::SocketIo::new_layer();
+    io.ns("/", async |socket: SocketRef| {
+        socket.on("message", async |socket: SocketRef, Data(_): Data<Value>| {
+            let _ = socket.emit("response", "Message received!");
+        });
+    });
+    let router = Router::new().layer(layer);
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router).await?;
+    Ok(())
 }
 
 async fn ws_baseline(listener: tokio::net::TcpListener) -> anyhow::Result<()> {

@@ -38,6 +38,7 @@ fn check_accepted(envelopes: &[Envelope], limits: &Limits, text: &str) {
         assert_eq!(check_event_name(&envelope.event), Ok(()), "accepted a bad name: {text:?}");
         assert!(depth(&envelope.data) <= limits.max_depth, "data nested too deep: {text:?}");
         assert!(envelope.seq != Some(0), "accepted send number 0: {text:?}");
+        assert!(envelope.ack.is_none_or(|ack| (1..=(1 << 53) - 1).contains(&ack)), "accepted an ack number out of range: {text:?}");
     }
 }
 
@@ -50,16 +51,22 @@ fuzz_target!(|bytes: &[u8]| {
             check_accepted(&envelopes, &defaults, text);
             let written: Vec<Value> = envelopes
                 .iter()
-                .map(|e| match e.seq {
-                    Some(seq) => json!({"event": e.event, "data": e.data, "seq": seq}),
-                    None => json!({"event": e.event, "data": e.data}),
+                .map(|e| {
+                    let mut written = json!({"event": e.event, "data": e.data});
+                    if let Some(seq) = e.seq {
+                        written["seq"] = json!(seq);
+                    }
+                    if let Some(ack) = e.ack {
+                        written["ack"] = json!(ack);
+                    }
+                    written
                 })
                 .collect();
             let again = parse_envelopes(&Value::Array(written).to_string())
                 .unwrap_or_else(|err| panic!("re-encoded batch refused ({err}): {text:?}"));
             assert_eq!(again.len(), envelopes.len());
             for (a, b) in again.iter().zip(&envelopes) {
-                assert_eq!((&a.event, a.seq), (&b.event, b.seq), "changed on re-encoding: {text:?}");
+                assert_eq!((&a.event, a.seq, a.ack), (&b.event, b.seq, b.ack), "changed on re-encoding: {text:?}");
                 assert!(a.data == b.data || has_float(&b.data), "data changed on re-encoding: {text:?}");
             }
         }

@@ -9,6 +9,8 @@
 //!   data (CR, LF, or each of a CRLF) read back as a LF; the frames of all events, with
 //!   keep-alive comments between them, read back as all the events in order.
 //! * Chunk framing decodes back (with httparse's chunk-size reader) to the bytes framed.
+//! * An event with an ack carries it: `"ack"` beside the data (`"error"` in place of `"data"`
+//!   for an error answer) in the envelope, an `ack:` (`ack-error:`) field in the SSE frame.
 //! * Every output is sized exactly.
 //!
 //! The input is read as a few events (sid, number, notice flag, name, data text); data that is
@@ -20,7 +22,7 @@ use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use switchyard::protocol::encode::{self, Outgoing};
-use switchyard::protocol::check_event_name;
+use switchyard::protocol::{check_event_name, Ack};
 use switchyard::{Cursor, Sid};
 
 const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -37,6 +39,8 @@ struct Input {
     text: String,
     /// JSON data: the text itself if it is JSON (or pretty-printed), else the text as a string.
     json: String,
+    /// The ack the event carries, if any.
+    ack: Option<Ack>,
 }
 
 fn input(u: &mut Unstructured<'_>) -> Result<Input> {
@@ -46,6 +50,13 @@ fn input(u: &mut Unstructured<'_>) -> Result<Input> {
     }
     let sid: Sid = std::str::from_utf8(&sid).unwrap().parse().expect("22 base64url characters make a sid");
     let (seq, notice, pretty) = (u.arbitrary()?, u.arbitrary()?, u.arbitrary::<bool>()?);
+    let ack = match u.arbitrary::<u8>()? % 3 {
+        0 => None,
+        kind => {
+            let number = u.int_in_range(1..=switchyard::protocol::ack::MAX_ACK)?;
+            if kind == 1 { Ack::data(number) } else { Ack::error(number) }
+        }
+    };
     let name: &str = u.arbitrary()?;
     let text: &str = u.arbitrary()?;
     let json = match serde_json::from_str::<Value>(text) {
@@ -57,7 +68,7 @@ fn input(u: &mut Unstructured<'_>) -> Result<Input> {
         }
         _ => serde_json::to_string(text).unwrap(),
     };
-    Ok(Input { sid, seq, notice, name: name.to_owned(), text: text.to_owned(), json })
+    Ok(Input { sid, seq, notice, name: name.to_owned(), text: text.to_owned(), json, ack })
 }
 
 fn depth(value: &Value) -> usize {
@@ -70,7 +81,13 @@ fn depth(value: &Value) -> usize {
 
 impl Input {
     fn outgoing<'a>(&'a self, data: &'a str) -> Outgoing<'a> {
-        Outgoing { sid: &self.sid, seq: self.seq, notice: self.notice, name: &self.name, data }
+        Outgoing { sid: &self.sid, seq: self.seq, notice: self.notice, name: &self.name, data, ack: self.ack }
+    }
+
+    /// The event an event stream parser reads from the frame of this input with `data`.
+    fn dispatched(&self, data: &str) -> Dispatched {
+        let ack = self.ack.map(|ack| (ack.number(), ack.is_error()));
+        Dispatched { event_type: self.name.clone(), data: data.replace('\r', "\n"), last_event_id: self.cursor(), ack }
     }
 
     fn cursor(&self) -> String {
@@ -84,9 +101,11 @@ fn check_envelope(input: &Input) -> Value {
     assert_eq!(text.len(), text.capacity(), "not sized exactly: {text:?}");
     let value: Value = serde_json::from_str(&text).unwrap_or_else(|err| panic!("envelope is not JSON ({err}): {text:?}"));
     let object = value.as_object().expect("an envelope is an object");
-    assert_eq!(object.len(), 3, "{text:?}");
+    assert_eq!(object.len(), 3 + usize::from(input.ack.is_some()), "{text:?}");
     assert_eq!(object["event"], Value::String(input.name.clone()), "{text:?}");
-    assert_eq!(object["data"], serde_json::from_str::<Value>(&input.json).unwrap(), "{text:?}");
+    let data_field = if input.ack.is_some_and(Ack::is_error) { "error" } else { "data" };
+    assert_eq!(object[data_field], serde_json::from_str::<Value>(&input.json).unwrap(), "{text:?}");
+    assert_eq!(object.get("ack").and_then(Value::as_u64), input.ack.map(Ack::number), "{text:?}");
     assert_eq!(object["id"], Value::String(input.cursor()), "{text:?}");
     // Position 0 is only ever a notice's; every other cursor reads back as itself.
     if input.seq > 0 || input.notice {
@@ -102,15 +121,20 @@ struct Dispatched {
     event_type: String,
     data: String,
     last_event_id: String,
+    /// switchyard's own fields, `ack: N` or `ack-error: N` (which the standard ignores): the
+    /// number, and whether it was `ack-error`.
+    ack: Option<(u64, bool)>,
 }
 
 /// The event stream interpretation of the WHATWG HTML standard (9.2.6): lines end with CRLF,
 /// LF or CR; a blank line dispatches; `:` starts a comment; one space after the field name's
 /// colon is dropped; `data` lines are joined with LF; an event with no data is not dispatched;
-/// an event cut off by the end of the stream is discarded.
+/// an event cut off by the end of the stream is discarded. Besides, the `ack` and `ack-error`
+/// fields of switchyard's protocol (section 6a) are kept per event.
 fn parse_event_stream(stream: &str) -> Vec<Dispatched> {
     let stream = stream.strip_prefix('\u{feff}').unwrap_or(stream);
     let (mut events, mut data, mut event_type, mut last_event_id) = (Vec::new(), String::new(), String::new(), String::new());
+    let mut ack = None;
     let mut rest = stream;
     while let Some(end) = rest.find(['\r', '\n']) {
         let line = &rest[..end];
@@ -120,10 +144,11 @@ fn parse_event_stream(stream: &str) -> Vec<Dispatched> {
             if !data.is_empty() {
                 data.pop();
                 let event_type = if event_type.is_empty() { "message".to_owned() } else { std::mem::take(&mut event_type) };
-                events.push(Dispatched { event_type, data: std::mem::take(&mut data), last_event_id: last_event_id.clone() });
+                events.push(Dispatched { event_type, data: std::mem::take(&mut data), last_event_id: last_event_id.clone(), ack });
             }
             data.clear();
             event_type.clear();
+            ack = None;
             continue;
         }
         if line.starts_with(':') {
@@ -140,6 +165,7 @@ fn parse_event_stream(stream: &str) -> Vec<Dispatched> {
                 data.push('\n');
             }
             "id" if !value.contains('\0') => last_event_id = value.to_owned(),
+            "ack" | "ack-error" => ack = value.parse().ok().map(|number| (number, field == "ack-error")),
             _ => {}
         }
     }
@@ -152,7 +178,7 @@ fn check_sse_event(input: &Input, data: &str) -> Vec<u8> {
     assert_eq!(frame.len(), frame.capacity(), "not sized exactly: {frame:?}");
     let text = std::str::from_utf8(&frame).expect("a frame of UTF-8 input is UTF-8");
     let expected: Vec<_> = (!data.is_empty())
-        .then(|| Dispatched { event_type: input.name.clone(), data: data.replace('\r', "\n"), last_event_id: input.cursor() })
+        .then(|| input.dispatched(data))
         .into_iter()
         .collect();
     assert_eq!(parse_event_stream(text), expected, "{text:?}");
@@ -212,7 +238,7 @@ fuzz_target!(|bytes: &[u8]| {
             stream.extend_from_slice(&check_sse_event(input, data));
             stream.extend_from_slice(encode::SSE_KEEP_ALIVE);
             if !data.is_empty() {
-                expected.push(Dispatched { event_type: input.name.clone(), data: data.replace('\r', "\n"), last_event_id: input.cursor() });
+                expected.push(input.dispatched(data));
             }
         }
     }

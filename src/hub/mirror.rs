@@ -241,18 +241,23 @@ impl Hub {
         }
     }
 
-    /// A message on this node's channel: an event for a session it holds (`e`), or a takeover
-    /// of one by another node (`s`).
+    /// A message on this node's channel: an event for a session it holds (`e`), a takeover
+    /// of one by another node (`s`), or a client's answer to a request of this node (`a`).
     pub(super) fn on_message(&self, payload: &[u8]) {
         let Ok(text) = std::str::from_utf8(payload) else { return };
         let mut parts = text.splitn(5, '\n');
         let (Some(kind), Some(sid), Some(number)) = (parts.next(), parts.next(), parts.next()) else { return };
         let (Ok(sid), Ok(number)) = (sid.parse::<Sid>(), number.parse::<u64>()) else { return };
+        if kind == "a" {
+            // A client's answer to a request of this node, taken by another (see `acks.rs`).
+            self.answer_from_node(&sid, number, parts.next().unwrap_or("null"));
+            return;
+        }
         let Some(session) = self.find(&sid) else { return };
         match kind {
             "e" => {
                 let (Some(name), Some(data)) = (parts.next(), parts.next()) else { return };
-                self.ingest(&session, number, Body::shared(name, data));
+                self.ingest(&session, number, Body::from_entry(name, data));
             }
             "s" => {
                 let mut state = lock(&session.state);

@@ -44,6 +44,7 @@
 //! | `rooms.rs` | rooms and broadcasts ([`Target`]) |
 //! | `expiry.rs` | the grace period, slow readers, shutdown, and the task that runs them |
 //! | `event.rs` | [`Event`], [`Rendered`], and the rules every emit follows |
+//! | `acks.rs` | acknowledgements: answering a client's request ([`Hub::answer`]), and a request that waits for the client's answer ([`Hub::emit_with_ack`]) |
 //! | `history.rs` | the transport changes clients report, and each session's recent attaches and detaches ([`Hub::history`]) |
 //! | `counters.rs` | the metrics recorded on every attach and detach |
 //! | `mirror.rs` | cluster mode, the hub's side: the table as this node's mirror of the sessions it serves |
@@ -54,6 +55,7 @@
 //! through it. (It records metrics with the `metrics` crate directly; which recorder receives
 //! them is the application's business.)
 
+mod acks;
 mod attachment;
 mod cluster;
 mod counters;
@@ -75,6 +77,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use acks::{AckError, ACK_EVENT};
 pub use attachment::{AttachRequest, Attachment, CloseReason, GapReason};
 pub use cluster::Cluster;
 pub use event::{render_data, validate_event_name, Event, Rendered};
@@ -191,6 +194,9 @@ pub enum HubError {
     /// Cluster mode: Redis cannot be reached (or did not answer in time); try again shortly.
     #[error("the session store (Redis) is unreachable; try again shortly")]
     Unavailable,
+    /// An ack number out of range (1 to 2^53 - 1).
+    #[error("an ack number must be from 1 to 2^53 - 1")]
+    AckNumber,
 }
 
 /// What [`Hub::info`] tells about a session.
@@ -286,6 +292,8 @@ struct Inner {
     /// This hub's share of `switchyard_sessions_by_transport`, as the expiry task last counted
     /// it; taken back out of the gauge when the hub goes.
     by_transport: Mutex<[usize; 4]>,
+    /// The requests of [`Hub::emit_with_ack`] waiting for the client's answer (see `acks.rs`).
+    acks: acks::Pending,
 }
 
 impl Drop for Inner {
@@ -333,6 +341,7 @@ impl Hub {
                 epoch: tokio::time::Instant::now(),
                 cluster,
                 by_transport: Mutex::new([0; 4]),
+                acks: acks::Pending::default(),
             }),
         }
     }
@@ -374,5 +383,16 @@ mod testing {
     pub(super) async fn next(attachment: &mut Attachment) -> (String, u64, bool, String) {
         let event = tokio::time::timeout(Duration::from_secs(1), attachment.recv()).await.expect("an event").expect("attached");
         (event.name().to_owned(), event.seq, event.notice, event.data().to_owned())
+    }
+
+    /// Waits, at most a second, until `condition` holds.
+    pub(super) async fn wait_for(mut condition: impl FnMut() -> bool) {
+        tokio::time::timeout(Duration::from_secs(1), async {
+            while !condition() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the condition to hold");
     }
 }

@@ -247,7 +247,7 @@ impl Hub {
     /// Appends an event to a session in hand: to its ring in memory, through Redis in cluster
     /// mode.
     #[inline]
-    async fn append_to(&self, session: &Arc<Session>, body: Arc<Body>) -> Result<u64, HubError> {
+    pub(super) async fn append_to(&self, session: &Arc<Session>, body: Arc<Body>) -> Result<u64, HubError> {
         match &self.inner.cluster {
             // Boxed: the in-memory path's future stays as small as it was before cluster mode
             // (a future holds every future it awaits; moving it costs its size).

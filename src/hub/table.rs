@@ -187,6 +187,7 @@ impl Hub {
         if let Some(cluster) = &self.inner.cluster {
             let _ = Box::pin(cluster.remove(sid)).await;
         }
+        self.acks_gone(sid);
         self.remove_local(sid)
     }
 
@@ -210,7 +211,13 @@ impl Hub {
     }
 
     /// Takes removed sessions out of the room table and, for expiries, tells the watchers.
+    /// Requests waiting for an answer from a session that expired (in cluster mode: cluster-wide)
+    /// or was removed are rejected ([`Hub::emit_with_ack`]); a mirror dropped by this node
+    /// alone is not an end of its session.
     pub(super) fn forget(&self, gone: Vec<(Sid, BTreeSet<Arc<str>>)>, expired: bool) {
+        for (sid, _) in gone.iter().filter(|_| expired) {
+            self.acks_gone(sid);
+        }
         for (sid, rooms) in &gone {
             for room in rooms {
                 self.drop_member(sid, room);

@@ -1,7 +1,9 @@
 //! The outbound encoder: every byte the server frames around an event, in one place.
 //!
 //! * [`envelope`]: one event as a JSON envelope `{"event":NAME,"data":DATA,"id":CURSOR}`, the
-//!   WebSocket text frame and the element of a poll answer.
+//!   WebSocket text frame and the element of a poll answer; with an [`Ack`],
+//!   `{"event":NAME,"ack":N,"data":DATA,"id":CURSOR}` (`"error"` in place of `"data"` for an
+//!   error answer).
 //! * [`batch`]: a poll answer, `[ENVELOPE,ENVELOPE,...]` (`[]` when nothing came).
 //! * [`sse_event`]: one event as a Server-Sent Events frame (`id:`, `event:`, `data:` lines and
 //!   a blank line), and [`SSE_KEEP_ALIVE`], the comment an idle stream sends.
@@ -24,7 +26,7 @@
 //! by a new `data: `, so a WHATWG parser reads multi-line data back with each break as a LF;
 //! and no `data:` line at all for empty data.
 
-use super::Sid;
+use super::{Ack, Sid};
 
 /// One event as the encoder takes it: plain values, so that this module needs nothing from the
 /// hub.
@@ -41,6 +43,9 @@ pub struct Outgoing<'a> {
     pub name: &'a str,
     /// The data as JSON text, rendered once at emit time.
     pub data: &'a str,
+    /// The ack the event carries, if any: an answer to a client's request, or a request for an
+    /// answer from the client.
+    pub ack: Option<Ack>,
 }
 
 /// A cursor, `SID.N` or `SID.N~`, with its number already formatted. Cursors are base64url,
@@ -87,11 +92,21 @@ pub fn envelope(event: &Outgoing<'_>) -> String {
     };
     let mut digits = itoa::Buffer::new();
     let cursor = CursorText::new(event, &mut digits);
-    let len = br#"{"event":"","data":,"id":""}"#.len() + name.len() + event.data.len() + cursor.len();
+    let mut ack_digits = itoa::Buffer::new();
+    let ack = event.ack.map(|ack| (ack_digits.format(ack.number()), if ack.is_error() { r#","error":"# } else { r#","data":"# }));
+    let ack_len = ack.map_or(0, |(number, field)| r#","ack":"#.len() + number.len() + field.len() - r#","data":"#.len());
+    let len = br#"{"event":"","data":,"id":""}"#.len() + name.len() + event.data.len() + cursor.len() + ack_len;
     let mut out = String::with_capacity(len);
     out.push_str(r#"{"event":""#);
     out.push_str(name);
-    out.push_str(r#"","data":"#);
+    match ack {
+        Some((number, field)) => {
+            out.push_str(r#"","ack":"#);
+            out.push_str(number);
+            out.push_str(field);
+        }
+        None => out.push_str(r#"","data":"#),
+    }
     out.push_str(event.data);
     out.push_str(r#","id":""#);
     cursor.write(&mut out);
@@ -125,6 +140,9 @@ pub fn batch<S: AsRef<str>>(envelopes: &[S]) -> String {
 pub const SSE_KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 /// One event as an SSE frame: `id: CURSOR`, `event: NAME`, `data: DATA` and a blank line.
+/// An event with an [`Ack`] has one more line after `event:`: `ack: N`, or `ack-error: N` for
+/// an error answer (whose data is then the error). SSE readers ignore fields they do not know
+/// (a browser's `EventSource` does), so only a client that asks for acks needs to read it.
 ///
 /// Every CR or LF in the data ends a `data:` line and starts another (pre-rendered data may be
 /// pretty-printed JSON), so the frame stays one event: a reader joins the lines with LF, which
@@ -140,13 +158,21 @@ pub fn sse_event(event: &Outgoing<'_>) -> Vec<u8> {
     let cursor = CursorText::new(event, &mut digits);
     // Each line of the data starts with `data: `; the line breaks are the data's own, but the last.
     let data_len = if data.is_empty() { 0 } else { b"data: ".len() * (1 + breaks) + data.len() + 1 };
-    let len = b"id: \nevent: \n\n".len() + cursor.len() + event.name.len() + data_len;
+    let mut ack_digits = itoa::Buffer::new();
+    let ack = event.ack.map(|ack| (if ack.is_error() { "ack-error: " } else { "ack: " }, ack_digits.format(ack.number())));
+    let ack_len = ack.map_or(0, |(field, number)| field.len() + number.len() + 1);
+    let len = b"id: \nevent: \n\n".len() + cursor.len() + event.name.len() + ack_len + data_len;
     let mut out = String::with_capacity(len);
     out.push_str("id: ");
     cursor.write(&mut out);
     out.push_str("\nevent: ");
     out.push_str(event.name);
     out.push('\n');
+    if let Some((field, number)) = ack {
+        out.push_str(field);
+        out.push_str(number);
+        out.push('\n');
+    }
     if !data.is_empty() {
         out.push_str("data: ");
         let mut line = 0;
@@ -200,7 +226,27 @@ mod tests {
     }
 
     fn outgoing<'a>(sid: &'a Sid, seq: u64, notice: bool, name: &'a str, data: &'a str) -> Outgoing<'a> {
-        Outgoing { sid, seq, notice, name, data }
+        Outgoing { sid, seq, notice, name, data, ack: None }
+    }
+
+    #[test]
+    fn an_event_with_an_ack_carries_its_number_in_the_envelope_and_the_sse_frame() {
+        let sid = sid();
+        let with = |ack| Outgoing { ack: Some(ack), ..outgoing(&sid, 4, false, "ack", r#"{"sum":3}"#) };
+        let answer = with(Ack::data(17).unwrap());
+        let text = envelope(&answer);
+        assert_eq!(text, r#"{"event":"ack","ack":17,"data":{"sum":3},"id":"f8tQsHY6kkg4J-FuzZPBsw.4"}"#);
+        assert_eq!(text.len(), text.capacity());
+        let sse = sse_event(&answer);
+        assert_eq!(std::str::from_utf8(&sse).unwrap(), "id: f8tQsHY6kkg4J-FuzZPBsw.4\nevent: ack\nack: 17\ndata: {\"sum\":3}\n\n");
+        assert_eq!(sse.len(), sse.capacity());
+        let failed = with(Ack::error(9_007_199_254_740_991).unwrap());
+        let text = envelope(&failed);
+        assert_eq!(text, r#"{"event":"ack","ack":9007199254740991,"error":{"sum":3},"id":"f8tQsHY6kkg4J-FuzZPBsw.4"}"#);
+        assert_eq!(text.len(), text.capacity());
+        let sse = sse_event(&failed);
+        assert_eq!(std::str::from_utf8(&sse).unwrap(), "id: f8tQsHY6kkg4J-FuzZPBsw.4\nevent: ack\nack-error: 9007199254740991\ndata: {\"sum\":3}\n\n");
+        assert_eq!(sse.len(), sse.capacity());
     }
 
     #[test]

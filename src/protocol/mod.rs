@@ -15,9 +15,15 @@
 //!   Events take positions `SID.1`, `SID.2`, ...; notices (`session`, `gap`) are resume points
 //!   written `SID.N~`, which sort after event `N` and before event `N + 1`. Resuming from either
 //!   form replays every event after `N`, so a notice's cursor is itself a valid resume point.
+//! * An [`Ack`] is the number that pairs a request with its answer (`"ack": N`): a client's
+//!   envelope asking the server for an answer, the server's `ack` event answering it, and the
+//!   other way round (see [`ack`]).
 
 mod compact;
+pub mod ack;
 pub mod encode;
+
+pub use ack::Ack;
 
 use std::fmt;
 use std::str::FromStr;
@@ -215,12 +221,16 @@ pub struct Envelope {
     /// numbers its sends can re-send after a drop everything the server has not confirmed
     /// (`received` in the `session` hello): numbered sends are handled once, in order.
     pub seq: Option<u64>,
+    /// `"ack": N`, 1 to 2^53 - 1, optional: on any event, the client asks for an answer (the
+    /// server's `ack` event with the same number); on an `ack` event, the client answers the
+    /// server's request numbered N.
+    pub ack: Option<u64>,
 }
 
 impl Envelope {
     /// An unnumbered envelope.
     pub fn new(event: impl Into<String>, data: Value) -> Envelope {
-        Envelope { event: event.into(), data, seq: None }
+        Envelope { event: event.into(), data, seq: None, ack: None }
     }
 }
 
@@ -351,6 +361,8 @@ struct Wire {
     data: Value,
     #[serde(default)]
     seq: Option<u64>,
+    #[serde(default)]
+    ack: Option<u64>,
     /// What the server puts on its own envelopes; a client echoing one back is harmless.
     #[serde(default, rename = "id")]
     _id: Option<serde::de::IgnoredAny>,
@@ -372,14 +384,15 @@ fn parse_well_formed(text: &str, limits: &Limits) -> Option<Envelopes> {
     wires.into_iter().map(|wire| well_formed(wire, limits)).collect()
 }
 
-/// A parsed envelope that needs no error message: a valid name, `seq` not 0, data within the
-/// depth limit and free of the reserved key.
-fn well_formed(Wire { event, data, seq, .. }: Wire, limits: &Limits) -> Option<Envelope> {
+/// A parsed envelope that needs no error message: a valid name, `seq` not 0, `ack` in range,
+/// data within the depth limit and free of the reserved key.
+fn well_formed(Wire { event, data, seq, ack, .. }: Wire, limits: &Limits) -> Option<Envelope> {
     let valid = check_event_name(&event).is_ok()
         && seq != Some(0)
+        && ack.is_none_or(Ack::in_range)
         && depth(&data) <= limits.max_depth
         && reserved_key(&data).is_none();
-    valid.then_some(Envelope { event, data, seq })
+    valid.then_some(Envelope { event, data, seq, ack })
 }
 
 fn envelope_from_value(value: Value, index: Option<usize>, limits: &Limits) -> Result<Envelope, ProtocolError> {
@@ -404,6 +417,13 @@ fn envelope_from_value(value: Value, index: Option<usize>, limits: &Limits) -> R
             _ => return Err(at("field `seq` must be a positive integer".into())),
         },
     };
+    let ack = match map.remove("ack") {
+        None | Some(Value::Null) => None,
+        Some(value) => match value.as_u64() {
+            Some(ack) if Ack::in_range(ack) => Some(ack),
+            _ => return Err(at("field `ack` must be an integer from 1 to 2^53 - 1".into())),
+        },
+    };
     if depth(&data) > limits.max_depth {
         return Err(at(format!("field `data` is nested deeper than {} levels", limits.max_depth)));
     }
@@ -413,9 +433,21 @@ fn envelope_from_value(value: Value, index: Option<usize>, limits: &Limits) -> R
     // `id` is what the server puts on its own envelopes; a client echoing one back is harmless.
     map.remove("id");
     if let Some(field) = map.keys().next() {
-        return Err(at(format!("unknown field `{field}`: an envelope has only `event`, `data` and `seq`")));
+        return Err(at(format!("unknown field `{field}`: an envelope has only `event`, `data`, `seq` and `ack`")));
     }
-    Ok(Envelope { event, data, seq })
+    Ok(Envelope { event, data, seq, ack })
+}
+
+/// Checks the data of an envelope built from another wire format (a Socket.IO event's
+/// arguments): within the depth limit and free of the reserved key, as a parsed envelope's is.
+pub fn check_data(data: &Value, limits: &Limits) -> Result<(), ProtocolError> {
+    if depth(data) > limits.max_depth {
+        return Err(ProtocolError::Shape(format!("data is nested deeper than {} levels", limits.max_depth)));
+    }
+    if let Some(key) = reserved_key(data) {
+        return Err(ProtocolError::Shape(format!("data holds the object key `{key}`, which is reserved")));
+    }
+    Ok(())
 }
 
 /// `serde_json` gives object keys with this prefix a meaning of their own: with the `raw_value`
@@ -465,6 +497,10 @@ mod tests {
             r#"{"event":"a","data":{"$serde_json::private::RawValue":"1"}}"#,
             r#"[{"event":"a"},{"event":"a"},{"event":"a"},{"event":"a"}]"#,
             r#"{"event":"a","x":1}"#,
+            r#"{"event":"a","ack":7}"#,
+            r#"{"event":"a","ack":0}"#,
+            r#"{"event":"a","ack":9007199254740992}"#,
+            r#"[{"event":"a","ack":9007199254740991,"seq":2},{"event":"b","ack":null}]"#,
             r"[]",
             r"7",
         ];
@@ -529,6 +565,19 @@ mod tests {
         let batch = parse_envelopes(r#"[{"event":"a","data":1},{"event":"b"}]"#).unwrap();
         assert_eq!(batch.len(), 2);
         assert_eq!(batch[1].data, Value::Null);
+    }
+
+    #[test]
+    fn an_envelope_may_ask_for_an_answer_with_an_ack_number_in_the_javascript_safe_range() {
+        let one = parse_envelopes(r#"{"event":"add","data":[1,2],"ack":5,"seq":3}"#).unwrap();
+        assert_eq!((one[0].ack, one[0].seq), (Some(5), Some(3)));
+        assert_eq!(parse_envelopes(r#"{"event":"add"}"#).unwrap()[0].ack, None);
+        assert_eq!(parse_envelopes(r#"{"event":"a","ack":9007199254740991}"#).unwrap()[0].ack, Some((1 << 53) - 1));
+        for bad in [r#"{"event":"a","ack":0}"#, r#"{"event":"a","ack":-1}"#, r#"{"event":"a","ack":1.5}"#,
+                    r#"{"event":"a","ack":"1"}"#, r#"{"event":"a","ack":9007199254740992}"#] {
+            let err = parse_envelopes(bad).unwrap_err().to_string();
+            assert!(err.contains("field `ack` must be an integer from 1 to 2^53 - 1"), "{bad}: {err}");
+        }
     }
 
     #[test]

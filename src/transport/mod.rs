@@ -6,6 +6,7 @@
 //! | `GET /sse`   | server to client | `sse.rs`   |
 //! | `GET /poll`  | server to client | `poll.rs`  |
 //! | `POST /sse`, `POST /poll` | client to server | `post.rs` |
+//! | `/socket.io/` | both (Socket.IO clients) | `socketio/` |
 //!
 //! A transport only moves bytes: it asks the hub for an attachment, writes what the attachment
 //! yields, and hands what it reads to [`Handler::dispatch_to`]. Session logic stays in the hub, and
@@ -23,6 +24,7 @@
 pub mod origin;
 mod poll;
 mod post;
+pub mod socketio;
 mod sse;
 mod ws;
 
@@ -77,6 +79,8 @@ pub struct TransportConfig {
     pub slow_client_timeout: Duration,
     /// Browser origins allowed besides the server's own and loopback ones (see [`origin`]).
     pub allowed_origins: Vec<String>,
+    /// Settings of `/socket.io/`.
+    pub socketio: socketio::SocketIoConfig,
 }
 
 impl Default for TransportConfig {
@@ -89,6 +93,7 @@ impl Default for TransportConfig {
             limits: Limits::default(),
             slow_client_timeout: Duration::from_secs(30),
             allowed_origins: Vec::new(),
+            socketio: socketio::SocketIoConfig::default(),
         }
     }
 }
@@ -108,6 +113,8 @@ struct Parts<H> {
     /// owner (the gateway) closes and awaits it at shutdown.
     sockets: TaskTracker,
     handler: H,
+    /// The Engine.IO sessions of `/socket.io/`.
+    engines: socketio::Engines,
 }
 
 impl<H> Clone for Endpoint<H> {
@@ -121,7 +128,7 @@ impl<H: Handler> Endpoint<H> {
     /// per-address limit on new sessions, the tracker of its WebSocket tasks, and itself as the
     /// [`Handler`] of what the transports read.
     pub fn new(hub: Hub, config: TransportConfig, admission: Admission, sockets: TaskTracker, handler: H) -> Endpoint<H> {
-        Endpoint { inner: Arc::new(Parts { hub, config, admission, sockets, handler }) }
+        Endpoint { inner: Arc::new(Parts { hub, config, admission, sockets, handler, engines: socketio::Engines::default() }) }
     }
 
     /// The hub the transports attach to.
@@ -132,6 +139,11 @@ impl<H: Handler> Endpoint<H> {
     /// The transports' settings.
     pub fn config(&self) -> &TransportConfig {
         &self.inner.config
+    }
+
+    /// The Engine.IO sessions of `/socket.io/`.
+    pub(crate) fn engines(&self) -> &socketio::Engines {
+        &self.inner.engines
     }
 
     /// Attaches a transport for `client`: a new session (none asked for, or the one asked for
@@ -192,8 +204,8 @@ pub(crate) async fn report_error(hub: &Hub, sid: &Sid, error: impl std::fmt::Dis
     let _ = hub.emit(sid, "error", &json!({ "error": error.to_string() })).await;
 }
 
-/// The transports' routes: `/ws`, `/sse` (GET stream, POST send) and `/poll` (GET, and POST as
-/// an alias of `POST /sse`), with the routes of `beside` (the gateway's own), all behind the
+/// The transports' routes: `/ws`, `/sse` (GET stream, POST send), `/poll` (GET, and POST as
+/// an alias of `POST /sse`) and `/socket.io/` (Socket.IO clients), with the routes of `beside` (the gateway's own), all behind the
 /// `Origin` check of [`origin`].
 pub fn router<H: Handler>(endpoint: Endpoint<H>, beside: Router) -> Router {
     let policy = origin::OriginPolicy::new(&endpoint.config().allowed_origins);
@@ -202,6 +214,7 @@ pub fn router<H: Handler>(endpoint: Endpoint<H>, beside: Router) -> Router {
         .route("/ws", get(ws::upgrade::<H>).connect(ws::upgrade::<H>))
         .route("/sse", get(sse::stream::<H>).post(post::send::<H>))
         .route("/poll", get(poll::poll::<H>).post(post::send::<H>))
+        .route("/socket.io/", socketio::routes::<H>())
         .with_state(endpoint)
         .merge(beside)
         .layer(origin::OriginLayer::new(policy))
@@ -309,7 +322,7 @@ impl<S: Send + Sync> FromRequestParts<S> for AttachQuery {
 /// emit time.
 #[inline]
 pub(crate) fn outgoing<'a>(event: &'a Event, sid: &'a Sid) -> Outgoing<'a> {
-    Outgoing { sid, seq: event.seq, notice: event.notice, name: event.name(), data: event.data() }
+    Outgoing { sid, seq: event.seq, notice: event.notice, name: event.name(), data: event.data(), ack: event.ack() }
 }
 
 #[cfg(test)]

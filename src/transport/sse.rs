@@ -124,7 +124,7 @@ mod tests {
         ];
         let ours: Vec<Bytes> = events
             .iter()
-            .map(|&(seq, notice, name, data)| Bytes::from(encode::sse_event(&Outgoing { sid: &sid, seq, notice, name, data })))
+            .map(|&(seq, notice, name, data)| Bytes::from(encode::sse_event(&Outgoing { sid: &sid, seq, notice, name, data, ack: None })))
             .collect();
         let theirs: Vec<_> = events
             .iter()

@@ -10,6 +10,13 @@
 //! The loop is generic over a `Sink + Stream` of messages, so it does not care where the
 //! frames come from.
 //!
+//! Handlers run in the socket's task. One that does not finish at once (it awaits the
+//! application, or the client's answer to a request of the server) does not stop the socket:
+//! while it runs, what the session is sent is written, and the client's frames are read: those
+//! holding only answers to the server's requests (which the handler may be waiting for) are
+//! taken at once, others are held, at most [`HELD_FRAMES`] of them, and handled in order once
+//! the handler is done, so the session's events are still handled one at a time, in order.
+//!
 //! Close codes the client sees: `4000 superseded` (another transport took the session: do not
 //! reconnect this one), `4001 slow consumer` (detached for reading too slowly: resume), `1001`
 //! (server going away: resume), `1009` (message too big), `1007` (invalid UTF-8).
@@ -30,9 +37,13 @@ use tokio::time::{Instant, Sleep};
 use super::{outgoing, AttachQuery, Endpoint, Handler};
 use crate::admission::ClientAddr;
 use crate::error::Error;
-use crate::hub::{AttachRequest, Attachment, CloseReason, Event, SessionHandle, Transport};
+use crate::hub::{AttachRequest, Attachment, CloseReason, Event, SessionHandle, Transport, ACK_EVENT};
 use crate::metrics;
 use crate::protocol::{encode, parse_envelopes_with, ProtocolError, Sid};
+
+/// Most frames read and held while a handler runs (see the module's doc); beyond them the
+/// socket is read no further until the handler is done.
+const HELD_FRAMES: usize = 32;
 
 /// Close code telling the client another transport holds its session now.
 pub const CLOSE_SUPERSEDED: u16 = 4000;
@@ -116,6 +127,11 @@ struct Connection<'a, S, H> {
     sid: Sid,
     write_timeout: Duration,
     pings: Pings<'a>,
+    /// What a handler that took its time left for the loop (see [`Connection::handle_inline`]):
+    /// the frames read while it ran that are not only answers, handled next, in order...
+    held_frames: std::collections::VecDeque<Option<Result<Message, axum::Error>>>,
+    /// ...and the end of the attachment, if it came meanwhile (after what the handler emitted).
+    held_end: Option<CloseReason>,
 }
 
 impl<'a, S, H: Handler> Connection<'a, S, H>
@@ -131,6 +147,8 @@ where
             attachment,
             gateway,
             pings,
+            held_frames: std::collections::VecDeque::new(),
+            held_end: None,
         }
     }
 
@@ -139,6 +157,12 @@ where
     /// timer. A `poll_fn` rather than `select!` so that one socket serves as both the sink and
     /// the stream: split halves would take a lock on every read and write.
     async fn wait(&mut self) -> Next {
+        if let Some(frame) = self.held_frames.pop_front() {
+            return Next::Frame(frame);
+        }
+        if let Some(reason) = self.held_end.take() {
+            return Next::Event(Err(reason));
+        }
         std::future::poll_fn(|cx| {
             if let Poll::Ready(event) = self.attachment.poll_recv(cx) {
                 return Poll::Ready(Next::Event(event));
@@ -187,7 +211,57 @@ where
     /// takes no other turn of the loop.
     async fn handle_inline(&mut self, text: &str) -> ControlFlow<Close> {
         self.attachment.begin_handling();
-        let handled = handle_text(self.gateway, &self.session, text).await;
+        let (handled, writable) = {
+            let Connection { socket, attachment, gateway, session, sid, write_timeout, pings, held_frames, held_end } = &mut *self;
+            let (gateway, session): (&Endpoint<H>, &SessionHandle) = (gateway, session);
+            let mut handling = std::pin::pin!(handle_text(gateway, session, text));
+            match futures_util::poll!(handling.as_mut()) {
+                Poll::Ready(handled) => (handled, true),
+                Poll::Pending => {
+                    // The handler waits for something: the emits meanwhile must wake this task.
+                    attachment.end_handling();
+                    let mut writable = true;
+                    let handled = loop {
+                        let next = std::future::poll_fn(|cx| {
+                            if let Poll::Ready(handled) = handling.as_mut().poll(cx) {
+                                return Poll::Ready(Err(handled));
+                            }
+                            if held_end.is_none() && writable {
+                                if let Poll::Ready(event) = attachment.poll_recv(cx) {
+                                    return Poll::Ready(Ok(Next::Event(event)));
+                                }
+                            }
+                            // Not past the socket's end, nor past the bound.
+                            let readable = held_frames.back().is_none_or(|frame| matches!(frame, Some(Ok(Message::Text(_) | Message::Binary(_)))));
+                            if readable && held_frames.len() < HELD_FRAMES {
+                                if let Poll::Ready(frame) = socket.poll_next_unpin(cx) {
+                                    return Poll::Ready(Ok(Next::Frame(frame)));
+                                }
+                            }
+                            Poll::Pending
+                        })
+                        .await;
+                        match next {
+                            Err(handled) => break handled,
+                            Ok(Next::Event(Ok(event))) => writable = deliver(*socket, event, attachment, sid, *write_timeout).await,
+                            // The close comes after what the handler emits.
+                            Ok(Next::Event(Err(reason))) => *held_end = Some(reason),
+                            Ok(Next::Frame(Some(Ok(Message::Text(text))))) if only_answers(gateway, text.as_str()) => {
+                                let _ = handle_text(gateway, session, text.as_str()).await;
+                            }
+                            // Pongs prove the peer alive; pings are answered by the socket layer.
+                            Ok(Next::Frame(Some(Ok(Message::Ping(_) | Message::Pong(_))))) => pings.heard = true,
+                            Ok(Next::Frame(frame)) => held_frames.push_back(frame),
+                            Ok(Next::Ping) => {}
+                        }
+                    };
+                    (handled, writable)
+                }
+            }
+        };
+        if !writable {
+            return ControlFlow::Break(None);
+        }
         self.attachment.end_handling();
         match handled {
             Ok(()) => match self.attachment.try_recv() {
@@ -288,7 +362,7 @@ impl<'t> Pings<'t> {
 /// proportion (measured with callgrind: 93 % of a round trip at 128 KiB). Client frames are
 /// small, so 1 KiB reads take a whole frame in one call; a larger frame (up to `max_body`) still
 /// arrives, in more reads.
-const READ_BUFFER: usize = 1024;
+pub(crate) const READ_BUFFER: usize = 1024;
 
 /// How long the closing handshake may take before the socket is dropped.
 const CLOSING: Duration = Duration::from_secs(1);
@@ -311,6 +385,13 @@ where
             _ => {}
         }
     }
+}
+
+/// Whether a text frame holds only the client's answers to requests of the server
+/// (`{"event": "ack", "ack": N, ...}`), which are taken at once, whatever handler runs.
+fn only_answers<H: Handler>(gateway: &Endpoint<H>, text: &str) -> bool {
+    parse_envelopes_with(text, &gateway.config().limits)
+        .is_ok_and(|envelopes| envelopes.iter().all(|envelope| envelope.ack.is_some() && envelope.event == ACK_EVENT))
 }
 
 /// Hands the envelopes of one text frame to the handlers, or says what is wrong with it.

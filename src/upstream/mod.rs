@@ -54,7 +54,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::handler::Registry;
+use crate::handler::{Registry, Reply};
 use crate::protocol::Sid;
 use crate::tasks::Tasks;
 
@@ -180,7 +180,11 @@ impl Upstream {
             let upstream = self.clone();
             builder = builder.fallback(move |ctx, data| {
                 let upstream = upstream.clone();
-                async move { upstream.forward(ctx.hub(), ctx.sid(), ctx.subject(), ctx.event(), data).await }
+                async move {
+                    upstream.forward(ctx.hub(), ctx.sid(), ctx.subject(), ctx.event(), data, ctx.ack()).await;
+                    // The application's answer (or the failure) answers the request, later.
+                    Reply::Later
+                }
             });
         }
         if self.inner.config.on_open.is_some() {

@@ -42,6 +42,8 @@ pub(super) struct Job {
     subject: Option<String>,
     event: String,
     data: Value,
+    /// The number of the client's request, when the event asked for an answer.
+    ack: Option<u64>,
 }
 
 impl Upstream {
@@ -50,8 +52,10 @@ impl Upstream {
     /// goes on reading and writing while the app thinks. When the session's queue is full it
     /// waits for room (backpressure on the client), and refuses the event (`busy`) if none comes
     /// within the upstream timeout.
-    /// `subject` is who the client is, when the gateway authenticates sessions.
-    pub async fn forward(&self, hub: &Hub, sid: &Sid, subject: Option<&str>, event: &str, data: Value) {
+    /// `subject` is who the client is, when the gateway authenticates sessions; `ack` the number
+    /// of the client's request, when the event asked for an answer: the application's `ack`
+    /// action answers it (`null` without one), and a failure answers it with the error form.
+    pub async fn forward(&self, hub: &Hub, sid: &Sid, subject: Option<&str>, event: &str, data: Value, ack: Option<u64>) {
         if self.inner.config.events.is_none() {
             return;
         }
@@ -61,7 +65,7 @@ impl Upstream {
             tracing::debug!(sid = sid.short(), event, "gateway shut down; event not forwarded");
             return;
         }
-        let mut job = Job { hub: hub.clone(), subject: subject.map(str::to_owned), event: event.to_owned(), data };
+        let mut job = Job { hub: hub.clone(), subject: subject.map(str::to_owned), event: event.to_owned(), data, ack };
         if hub.cluster().is_some() {
             // Cluster mode: the session's events may arrive at several nodes, each with its own
             // queues, so the order is kept by the session's inbox, which is cluster-wide: the
@@ -107,7 +111,7 @@ impl Upstream {
             };
             if room.is_err() {
                 let detail = format!("{max} events of this session still queued after {:?}", self.inner.config.timeout);
-                self.failed(hub, sid, event, Failure::Busy, &detail).await;
+                self.failed(hub, sid, event, ack, Failure::Busy, &detail).await;
                 return;
             }
         }
@@ -135,16 +139,17 @@ impl Upstream {
 
     async fn send_event(&self, sid: &Sid, job: Job) {
         let Some(url) = self.inner.config.events.as_deref() else { return };
-        let Job { hub, subject, event, data } = job;
-        let body = event_request(sid, subject, &event, data);
+        let Job { hub, subject, event, data, ack } = job;
+        let body = event_request(sid, subject, &event, data, ack);
         match self.call(url, &body).await {
-            Ok((_, actions)) => self.apply(&hub, Some(sid), actions).await,
-            Err((failure, detail)) => self.failed(&hub, sid, &event, failure, &detail).await,
+            Ok((_, actions)) => self.apply_answering(&hub, Some(sid), ack, actions).await,
+            Err((failure, detail)) => self.failed(&hub, sid, &event, ack, failure, &detail).await,
         }
     }
 
-    /// Makes a failure visible: `error` event to the client, counter, log line.
-    async fn failed(&self, hub: &Hub, sid: &Sid, event: &str, failure: Failure, detail: &str) {
+    /// Makes a failure visible: `error` event to the client (the error form of `ack` when the
+    /// event asked for an answer), counter, log line.
+    async fn failed(&self, hub: &Hub, sid: &Sid, event: &str, ack: Option<u64>, failure: Failure, detail: &str) {
         self.count(&failure);
         let detail = brief(detail);
         tracing::warn!(sid = sid.short(), event, reason = failure.reason(), %detail, "event not delivered to the application");
@@ -153,6 +158,9 @@ impl Upstream {
             "event": event,
             "reason": failure.reason(),
         });
-        let _ = hub.emit(sid, "error", &notice).await;
+        let _ = match ack {
+            Some(number) => hub.answer(sid, number, Err(&notice)).await,
+            None => hub.emit(sid, "error", &notice).await,
+        };
     }
 }

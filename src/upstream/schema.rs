@@ -3,10 +3,13 @@
 //! Every request is a JSON object with `"v"` ([`SCHEMA_VERSION`]) and `"type"`: `event` (a client
 //! event no built-in handler claimed), `open` (a session being created: the transport, the
 //! headers useful to authorize, the page's own query) or `expire` (a session gone, with its
-//! rooms); `"subject"` says who the client is when the gateway authenticates sessions. An answer
-//! is empty, a JSON array of [`Action`]s, or `{"v": 1, "actions": [...]}`; it is parsed and
-//! checked whole ([`parse_answer`]) before any action is applied ([`Upstream::apply`]), so a
-//! malformed answer changes nothing.
+//! rooms); `"subject"` says who the client is when the gateway authenticates sessions, and
+//! `"ack": N` that the client asked for an answer. An answer is empty, a JSON array of
+//! [`Action`]s, or `{"v": 1, "actions": [...]}`; it is parsed and checked whole
+//! ([`parse_answer`]) before any action is applied ([`Upstream::apply`]), so a malformed answer
+//! changes nothing. Its `{"ack": DATA}` action (at most one) is the answer to the client's
+//! request; an event that asked for one and got none is answered `null` once the actions are
+//! applied, so the client never waits for an answer that will not come.
 
 use axum::http::HeaderMap;
 use serde_json::{json, Map, Value};
@@ -55,14 +58,23 @@ pub enum Action {
         /// The session that leaves; `None` for the one the request was about.
         sid: Option<Sid>,
     },
+    /// `{"ack": DATA}`: the answer to the client's request (its event carried `"ack": N`),
+    /// sent as `{"event": "ack", "ack": N, "data": DATA}`. Ignored when the event asked none.
+    Ack {
+        /// The answer's data.
+        data: Value,
+    },
 }
 
 /// The request for one client event: `{"v":1,"type":"event","sid":..,"event":..,"data":..}`,
-/// plus `"subject"` when the session has one.
-pub(super) fn event_request(sid: &Sid, subject: Option<String>, event: &str, data: Value) -> Value {
+/// plus `"subject"` when the session has one and `"ack"` when the client asked for an answer.
+pub(super) fn event_request(sid: &Sid, subject: Option<String>, event: &str, data: Value, ack: Option<u64>) -> Value {
     let mut body = json!({"v": SCHEMA_VERSION, "type": "event", "sid": sid.as_str(), "event": event, "data": data});
     if let Some(subject) = subject {
         body["subject"] = Value::String(subject);
+    }
+    if let Some(ack) = ack {
+        body["ack"] = json!(ack);
     }
     body
 }
@@ -95,8 +107,19 @@ impl Upstream {
     /// Applies an answer's actions in order. `sid` is the session the request was about, the
     /// target of actions that name none (`None` for hooks of sessions already gone).
     pub async fn apply(&self, hub: &Hub, sid: Option<&Sid>, actions: Vec<Action>) {
+        self.apply_answering(hub, sid, None, actions).await;
+    }
+
+    /// [`Upstream::apply`] for an event that asked for an answer numbered `ack`: its `ack`
+    /// action answers it, in its place among the actions; without one, it is answered `null`
+    /// after them.
+    pub(super) async fn apply_answering(&self, hub: &Hub, sid: Option<&Sid>, mut ack: Option<u64>, actions: Vec<Action>) {
         for action in actions {
             let outcome = match &action {
+                Action::Ack { data } => match (ack.take(), sid) {
+                    (Some(number), Some(sid)) => hub.answer(sid, number, Ok(data)).await.map(|_| ()),
+                    _ => Ok(()),
+                },
                 Action::Emit { event, data, to: None, .. } => match sid {
                     Some(sid) => hub.emit(sid, event, data).await.map(|_| ()),
                     None => Ok(()),
@@ -118,6 +141,9 @@ impl Upstream {
             if let Err(err) = outcome {
                 tracing::debug!(?action, %err, "action not applied");
             }
+        }
+        if let (Some(number), Some(sid)) = (ack, sid) {
+            let _ = hub.answer(sid, number, Ok(&Value::Null)).await;
         }
     }
 
@@ -153,7 +179,12 @@ pub fn parse_answer(text: &str) -> Result<Vec<Action>, String> {
     if items.len() > MAX_ACTIONS {
         return Err(format!("{} actions: at most {MAX_ACTIONS} per answer", items.len()));
     }
-    items.into_iter().enumerate().map(|(i, item)| parse_action(item).map_err(|why| format!("action {i}: {why}"))).collect()
+    let actions: Vec<Action> =
+        items.into_iter().enumerate().map(|(i, item)| parse_action(item).map_err(|why| format!("action {i}: {why}"))).collect::<Result<_, _>>()?;
+    if actions.iter().filter(|action| matches!(action, Action::Ack { .. })).count() > 1 {
+        return Err("more than one `ack` action: a request has one answer".into());
+    }
+    Ok(actions)
 }
 
 fn parse_action(value: Value) -> Result<Action, String> {
@@ -176,8 +207,10 @@ fn parse_action(value: Value) -> Result<Action, String> {
         Action::Join { room: room_name(room, "join")?, sid: optional_sid(&mut map)? }
     } else if let Some(room) = map.remove("leave") {
         Action::Leave { room: room_name(room, "leave")?, sid: optional_sid(&mut map)? }
+    } else if let Some(data) = map.remove("ack") {
+        Action::Ack { data }
     } else {
-        return Err("expected one of `emit`, `join`, `leave`".into());
+        return Err("expected one of `emit`, `join`, `leave`, `ack`".into());
     };
     match map.keys().next() {
         Some(key) => Err(format!("unknown field `{key}`")),
@@ -253,6 +286,8 @@ mod tests {
         assert_eq!(actions[5], Action::Emit { event: "y".into(), data: Value::Null, to: Some(Target::Sid(sid)), skip_self: false });
         assert_eq!(actions[6], Action::Emit { event: "z".into(), data: Value::Null, to: room("r1"), skip_self: true });
         assert_eq!(parse_answer(r#"{"v":1,"actions":[{"join":"a"}]}"#).unwrap().len(), 1);
+        assert_eq!(parse_answer(r#"[{"ack":{"sum":3}}]"#).unwrap(), vec![Action::Ack { data: json!({"sum": 3}) }]);
+        assert_eq!(parse_answer(r#"[{"ack":null}]"#).unwrap(), vec![Action::Ack { data: Value::Null }]);
         assert_eq!(parse_answer("").unwrap(), vec![]);
         assert_eq!(parse_answer("[]").unwrap(), vec![]);
     }
@@ -272,5 +307,7 @@ mod tests {
         assert!(err(r#"[{"emit":"a","skip_self":true}]"#).contains("needs a `to`"));
         assert!(err(r#"[{"join":""}]"#).contains("invalid room name: is empty"));
         assert!(err("42").contains("expected an array"));
+        assert!(err(r#"[{"ack":1},{"ack":2}]"#).contains("more than one `ack` action"));
+        assert!(err(r#"[{"ack":1,"to":{"all":true}}]"#).contains("action 0: unknown field `to`"));
     }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod tls;
+pub mod engineio;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -81,13 +82,23 @@ impl TestServer {
         TestServer::serve(config, None, Some(ca)).await
     }
 
+    /// [`TestServer::with_config`], serving the files of `static_dir` instead of `static/`
+    /// (a page under test that is not the demo page).
+    pub async fn with_static(config: Config, static_dir: &Path) -> TestServer {
+        TestServer::serve_from(config, None, None, static_dir).await
+    }
+
     /// [`TestServer::with_config`], with the operator page under `/admin` and the publish API
     /// under `/api`, both guarded by `access`, as the binary serves them.
     pub async fn with_admin(config: Config, access: ApiAccess) -> TestServer {
         TestServer::serve(config, Some(access), None).await
     }
 
-    async fn serve(mut config: Config, admin: Option<ApiAccess>, ca: Option<&tls::TestCa>) -> TestServer {
+    async fn serve(config: Config, admin: Option<ApiAccess>, ca: Option<&tls::TestCa>) -> TestServer {
+        TestServer::serve_from(config, admin, ca, &Path::new(env!("CARGO_MANIFEST_DIR")).join("static")).await
+    }
+
+    async fn serve_from(mut config: Config, admin: Option<ApiAccess>, ca: Option<&tls::TestCa>, static_dir: &Path) -> TestServer {
         if config.max_new_sessions_per_ip == Config::default().max_new_sessions_per_ip {
             config.max_new_sessions_per_ip = 0;
         }
@@ -99,9 +110,30 @@ impl TestServer {
                 let subject = ctx.subject().map(str::to_owned);
                 ctx.emit("whoami", subject).await.expect("session is live");
             })
+            // Acks: `sum` answers the sum of a list of integers, or fails; `ask` asks the
+            // client `question` (data `{"q", "timeout_ms"}`) in a task of its own, and tells it
+            // what came of it in `told`: `{"answer"}` or `{"error"}`.
+            .on("sum", |_ctx, data| async move {
+                let terms: Vec<i64> = serde_json::from_value(data).map_err(|err| format!("not a list of integers: {err}"))?;
+                Ok::<Value, String>(Value::from(terms.iter().sum::<i64>()))
+            })
+            // `confirm` asks the client `question` with its data and waits for the answer in the
+            // handler itself: the answer (or why none came) answers the client's request.
+            .on("confirm", |ctx, data| async move {
+                ctx.emit_with_ack("question", data, Duration::from_secs(5)).await.map_err(|err| err.to_string())
+            })
+            .on("ask", |ctx, data| async move {
+                let timeout = Duration::from_millis(data["timeout_ms"].as_u64().unwrap_or(5000));
+                tokio::spawn(async move {
+                    let told = match ctx.emit_with_ack("question", &data["q"], timeout).await {
+                        Ok(answer) => serde_json::json!({ "answer": answer }),
+                        Err(err) => serde_json::json!({ "error": err.to_string() }),
+                    };
+                    let _ = ctx.emit("told", told).await;
+                });
+            })
             .build();
-        let static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
-        let mut router = server::app(&gateway, &static_dir);
+        let mut router = server::app(&gateway, static_dir);
         if let Some(access) = admin {
             router = router
                 .nest("/api", api::router(gateway.hub().clone(), access.clone()))
@@ -168,6 +200,27 @@ impl TestServer {
         let status = response.status().as_u16();
         let body = response.json::<Value>().await.unwrap_or(Value::Null);
         (status, body)
+    }
+
+    /// One long-poll; returns the status and the envelopes as they came (every field).
+    pub async fn poll_envelopes(&self, query: &str) -> (u16, Vec<Value>) {
+        let response = within("poll answer", self.http.get(self.url(&format!("/poll{query}"))).send()).await.unwrap();
+        let status = response.status().as_u16();
+        match response.json().await.unwrap() {
+            Value::Array(items) => (status, items),
+            _ => (status, Vec::new()),
+        }
+    }
+
+    /// A `GET /sse` read frame by frame, every field kept (see [`SseFrames`]).
+    pub async fn sse_frames(&self, path: &str, last_event_id: Option<&str>) -> SseFrames {
+        let mut request = self.http.get(self.url(path));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = within("SSE response headers", request.send()).await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        SseFrames { body: Box::pin(response.bytes_stream()), buffer: String::new() }
     }
 
     /// One long-poll; returns the status and the events.
@@ -287,6 +340,52 @@ pub fn hello_sid(event: Received, transport: &str) -> String {
     event.data["sid"].as_str().expect("sid in hello").to_owned()
 }
 
+/// An SSE stream read with every field of each event kept, `ack` and `ack-error` included,
+/// which readers following the EventSource spec drop (as they must drop fields they do not
+/// know). Lines are split and fields read as the spec says (`field: value`, one optional space
+/// after the colon, `data` lines joined with LF, comments skipped).
+pub struct SseFrames {
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl SseFrames {
+    /// The next event as the JSON envelope the other transports send: `event`, `id`, `data`
+    /// (`error` for an `ack-error` frame) and `ack` when the frame had one.
+    pub async fn next_envelope(&mut self) -> Value {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let mut envelope = serde_json::Map::new();
+                let (mut data, mut error) = (Vec::new(), false);
+                for line in frame.lines().filter(|line| !line.is_empty() && !line.starts_with(':')) {
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "data" => data.push(value.to_owned()),
+                        "event" | "id" => {
+                            envelope.insert(field.to_owned(), Value::String(value.to_owned()));
+                        }
+                        "ack" | "ack-error" => {
+                            error = field == "ack-error";
+                            envelope.insert("ack".to_owned(), Value::from(value.parse::<u64>().expect("an ack number")));
+                        }
+                        _ => {}
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                let data = serde_json::from_str(&data.join("\n")).expect("SSE data is JSON");
+                envelope.insert(if error { "error" } else { "data" }.to_owned(), data);
+                return Value::Object(envelope);
+            }
+            let chunk = within("an SSE frame", self.body.next()).await.expect("SSE stream ended").expect("SSE read");
+            self.buffer.push_str(std::str::from_utf8(&chunk).expect("SSE is UTF-8"));
+        }
+    }
+}
+
 /// A WebSocket client (tokio-tungstenite), over plain TCP unless a test hands it another
 /// stream (TLS, an HTTP/2 stream).
 pub struct WsClient<S = MaybeTlsStream<TcpStream>> {
@@ -313,6 +412,18 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsClient<S> {
         hello_sid(self.next().await, "websocket")
     }
 
+    /// The next envelope as it came (every field).
+    pub async fn next_envelope(&mut self) -> Value {
+        loop {
+            let message = within("a WebSocket frame", self.socket.next()).await.expect("socket open").expect("frame");
+            match message {
+                Message::Text(text) => return serde_json::from_str(text.as_str()).expect("JSON frame"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
     /// Waits for the server's close frame and returns its code and reason.
     pub async fn expect_close(&mut self) -> (CloseCode, String) {
         loop {
@@ -323,6 +434,17 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsClient<S> {
             }
         }
     }
+}
+
+/// An HS256 JWT for `sub`, valid for ten minutes, signed with `secret` (`--auth-secret`).
+pub fn jwt(secret: &str, sub: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": sub, "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// The sequence number in an event cursor `SID.N`.

@@ -2,7 +2,7 @@
 //! and serves its steps: the script asks for an action on a line `STEP <name>`, this side does
 //! it and answers one line; `RESULT <json>` is what the scenario found.
 //!
-//! Steps: `relay:cut`, `relay:refuse`, `relay:pass`, `relay:cut-on-send`, `relay:stall`,
+//! Steps: `relay:cut`, `relay:refuse`, `relay:pass`, `relay:refuse-websocket`, `relay:cut-on-send`, `relay:stall`,
 //! `relay:unstall` (on the relay given, see `relay.rs`), `sessions` (answers the hub's live
 //! session count).
 //!
@@ -76,6 +76,7 @@ pub async fn run(script: &str, env: &[(&str, String)], gateway: &Gateway, relay:
                 "relay:cut" => act(relay, script, Relay::cut),
                 "relay:refuse" => act(relay, script, |r| r.set_mode(Mode::Refuse)),
                 "relay:pass" => act(relay, script, |r| r.set_mode(Mode::Pass)),
+                "relay:refuse-websocket" => act(relay, script, |r| r.set_mode(Mode::RefuseWebSocket)),
                 "relay:cut-on-send" => act(relay, script, |r| r.set_mode(Mode::CutOnSend)),
                 "relay:stall" => act(relay, script, |r| r.stall_downstream(true)),
                 "relay:unstall" => act(relay, script, |r| r.stall_downstream(false)),

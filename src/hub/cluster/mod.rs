@@ -33,6 +33,7 @@
 //! `sy:alive:NODE`, the operator page's reports `sy:admin`) are only ever used by single-key
 //! commands.
 
+mod answers;
 mod node;
 mod scripts;
 
@@ -698,9 +699,9 @@ fn text(value: &Value) -> String {
     }
 }
 
-/// A buffered event, `name\ndata`, as a body.
+/// A buffered event, `name\ndata` (see [`Body::entry`]), as a body.
 fn entry(value: &Value) -> Arc<Body> {
     let raw = text(value);
-    let (name, data) = raw.split_once('\n').unwrap_or((raw.as_str(), "null"));
-    Body::shared(name, data)
+    let (head, data) = raw.split_once('\n').unwrap_or((raw.as_str(), "null"));
+    Body::from_entry(head, data)
 }

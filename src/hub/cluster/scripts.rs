@@ -12,7 +12,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `sy:{SID}:s` | hash | `seq` last event number, `recv` highest client `seq` handled, `gen` attachment generation, `owner` node holding the transport (`""`: none), `tr` its transport, `since` attached since (ms), `det` detached at (ms), `dlv` highest event number handed out, `sub` auth subject, `tk`/`srv`/`hold` the inbox's ticket lock |
-//! | `sy:{SID}:b` | list | the buffer: `name\ndata` of the last `--buffer` events, oldest first |
+//! | `sy:{SID}:b` | list | the buffer: `name\ndata` (`name\tACK\ndata` for an event with an ack) of the last `--buffer` events, oldest first |
 //! | `sy:{SID}:r` | set | the session's rooms |
 //! | `sy:{SID}:w` | hash | inbox tickets waiting: ticket -> alive until (ms) |
 //!

@@ -38,6 +38,17 @@ socket.on('chat', chat).off('chat', chat).off('chat').off();
 socket.offAny();
 
 socket.emit('message', 'hello').emit('message', { n: 1 }).emit('ping');
+socket.emitWithAck<number>('sum', [1, 2], { timeout: 5000 }).then(
+  (sum: number) => console.log(sum + 1),
+  (err: switchyard.AckError) => console.log(err.reason === 'gap' ? 'lost' : err.reason, err.data?.event),
+);
+const asked: Promise<unknown> = socket.emitWithAck('ping');
+socket.on('question', (q: string) => ({ answer: q.length }));
+socket.on('confirm', async () => true);
+// @ts-expect-error: a lifecycle event's name cannot be sent
+socket.emitWithAck('connect');
+const ackTimeout: number = switchyard.defaults.ackTimeout;
+console.log(asked, ackTimeout);
 socket.close().open().disconnect().connect();
 
 const id: string | null = socket.id;

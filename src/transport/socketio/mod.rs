@@ -1,0 +1,165 @@
+//! `/socket.io/`: Socket.IO clients (protocol v5 over Engine.IO v4) as sessions of the hub.
+//!
+//! A Socket.IO client connected to the main namespace holds a hub session like any other
+//! transport: its events go to the gateway's handlers (and upstream), what the hub emits to it
+//! (replies, rooms, the publish API) comes back as Socket.IO events, and it is counted and
+//! limited like any session. Connection state recovery maps onto the hub's cursors: the CONNECT
+//! answer's `pid` is the hub's session id, each event carries its number as the recovery offset,
+//! and a client reconnecting with `{pid, offset}` resumes the session after that event.
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the routes, the query, the settings |
+//! | `packet.rs` | the Engine.IO and Socket.IO codecs (pure, fuzzed) |
+//! | `engine.rs` | an Engine.IO session's shared state and the table of them |
+//! | `polling.rs` | long-polling: the GET that takes the queue, the POST that reads packets |
+//! | `ws.rs` | WebSocket: from the start, or by upgrade from long-polling (the probe) |
+//! | `socket.rs` | the socket task: pings, the Socket.IO packets, the hub attachment |
+//!
+//! Why it is shaped so: an Engine.IO session outlives its requests and changes carrier on
+//! upgrade, so one task per session (the socket task) owns what the packets mean and the hub
+//! attachment, and the transports only move text in and out of it. Binary attachments are
+//! refused (an `error` event naming the event; the attachments are skipped): the hub carries
+//! JSON, and a silently mangled buffer is worse than a clear refusal. Only the main namespace
+//! `/` exists: other namespaces get the `CONNECT_ERROR` `Invalid namespace`.
+
+mod engine;
+pub mod packet;
+mod polling;
+mod socket;
+mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Uri};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+pub use engine::Engines;
+use engine::{Carrier, EngineSession};
+
+use super::{Endpoint, Handler};
+use crate::admission::ClientAddr;
+use crate::error::{EngineIoError, Error};
+
+/// Settings of `/socket.io/`; [`crate::Config`] assembles them with the rest.
+#[derive(Debug, Clone)]
+pub struct SocketIoConfig {
+    /// How often the server pings (the handshake's `pingInterval`).
+    pub ping_interval: Duration,
+    /// How long it waits for the pong before closing (`pingTimeout`).
+    pub ping_timeout: Duration,
+    /// Largest long-polling body or WebSocket message taken, in bytes (`maxPayload`).
+    pub max_payload: usize,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        SocketIoConfig { ping_interval: Duration::from_secs(25), ping_timeout: Duration::from_secs(20), max_payload: 64 * 1024 }
+    }
+}
+
+/// The query of every Engine.IO request. Other parameters (`t`, the page's own) are ignored.
+#[derive(Debug, Deserialize)]
+struct EngineQuery {
+    #[serde(rename = "EIO")]
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+}
+
+/// What the socket task needs of the request that opened its session: the client's address
+/// (the per-address limit), and its headers and query (authentication, the open hook).
+pub(crate) struct Opening {
+    client: ClientAddr,
+    headers: HeaderMap,
+    query: Option<String>,
+}
+
+impl EngineQuery {
+    /// Reads and checks the query: protocol version 4 and a known transport.
+    fn read(uri: &Uri) -> Result<(Carrier, Option<String>), EngineIoError> {
+        let query: EngineQuery = serde_urlencoded::from_str(uri.query().unwrap_or("")).map_err(|_| EngineIoError::BadRequest)?;
+        if query.eio.as_deref() != Some("4") {
+            return Err(EngineIoError::UnsupportedVersion);
+        }
+        let carrier = match query.transport.as_deref() {
+            Some("polling") => Carrier::Polling,
+            Some("websocket") => Carrier::WebSocket,
+            _ => return Err(EngineIoError::UnknownTransport),
+        };
+        Ok((carrier, query.sid))
+    }
+}
+
+/// The routes, for [`super::router`].
+pub(crate) fn routes<H: Handler>() -> axum::routing::MethodRouter<Endpoint<H>> {
+    axum::routing::get(get::<H>).post(post::<H>)
+}
+
+/// `GET`: the handshake (no sid), a poll, or a WebSocket (new, or an upgrade).
+async fn get<H: Handler>(State(endpoint): State<Endpoint<H>>, client: ClientAddr, request: Request) -> Result<Response, Error> {
+    let (mut parts, _) = request.into_parts();
+    let (carrier, sid) = EngineQuery::read(&parts.uri)?;
+    let opening = || Opening { client, headers: parts.headers.clone(), query: parts.uri.query().map(str::to_owned) };
+    match (carrier, sid) {
+        (Carrier::WebSocket, sid) => {
+            let opening = opening();
+            let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(|_| EngineIoError::BadRequest)?;
+            ws::upgrade(endpoint, upgrade, sid, opening)
+        }
+        (Carrier::Polling, None) => {
+            let session = open(&endpoint, Carrier::Polling, opening())?;
+            Ok(text(handshake(&endpoint, &session, true)))
+        }
+        (Carrier::Polling, Some(sid)) => {
+            let session = endpoint.engines().get(&sid).ok_or(EngineIoError::UnknownSid)?;
+            polling::poll(&session).await
+        }
+    }
+}
+
+/// `POST`: packets over long-polling.
+async fn post<H: Handler>(State(endpoint): State<Endpoint<H>>, uri: Uri, body: Body) -> Result<Response, Error> {
+    let (carrier, sid) = EngineQuery::read(&uri)?;
+    let sid = sid.ok_or(EngineIoError::BadHandshakeMethod)?;
+    if carrier != Carrier::Polling {
+        return Err(EngineIoError::BadRequest.into());
+    }
+    let session = endpoint.engines().get(&sid).ok_or(EngineIoError::UnknownSid)?;
+    polling::post(&session, body, endpoint.config().socketio.max_payload).await
+}
+
+/// Opens an Engine.IO session written by `carrier` and starts its socket task.
+fn open<H: Handler>(endpoint: &Endpoint<H>, carrier: Carrier, opening: Opening) -> Result<Arc<EngineSession>, Error> {
+    if endpoint.engines().len() >= endpoint.hub().config().max_sessions {
+        return Err(Error::Full);
+    }
+    let (session, inbox_rx) = EngineSession::new(carrier);
+    endpoint.engines().insert(session.clone());
+    tokio::spawn(socket::run(endpoint.clone(), session.clone(), inbox_rx, opening));
+    Ok(session)
+}
+
+/// The open packet of `session`.
+fn handshake<H: Handler>(endpoint: &Endpoint<H>, session: &EngineSession, upgrade: bool) -> String {
+    let config = &endpoint.config().socketio;
+    packet::encode_open(&packet::Handshake {
+        sid: &session.id,
+        upgrade,
+        ping_interval: config.ping_interval.as_millis(),
+        ping_timeout: config.ping_timeout.as_millis(),
+        max_payload: config.max_payload,
+    })
+}
+
+/// A long-polling answer: Engine.IO text.
+fn text(body: String) -> Response {
+    let mut response = ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=UTF-8"))], body).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,95 @@
+//! Engine.IO long-polling: `GET` takes what is queued for the client (waiting until something
+//! is), `POST` hands the client's packets to the socket task.
+//!
+//! The protocol allows one poll and one post in flight per session; a second of either is a
+//! protocol error that closes the session. After an upgrade to WebSocket, polling requests get
+//! `400` (`Bad request`) and the session goes on over the WebSocket.
+
+use axum::body::{to_bytes, Body};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
+use super::engine::{Carrier, CloseCause, EngineSession, Inbound};
+use super::packet::{decode_payload, EnginePacket, SEPARATOR};
+use crate::error::{EngineIoError, Error};
+
+/// Ends a poll or a post however its request ends (a client that drops a poll cancels it).
+struct InFlight<'a>(&'a EngineSession, fn(&EngineSession));
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        (self.1)(self.0);
+    }
+}
+
+/// `GET ?sid=`: every queued packet, separated by `\x1e`; waits until there is one. A session
+/// closed by the client answers `6` (noop) to the poll it left waiting.
+pub async fn poll(session: &EngineSession) -> Result<Response, Error> {
+    if session.carrier() != Carrier::Polling {
+        return Err(EngineIoError::BadRequest.into());
+    }
+    if !session.begin_poll() {
+        session.close(CloseCause::ProtocolError);
+        return Err(EngineIoError::BadRequest.into());
+    }
+    let _in_flight = InFlight(session, EngineSession::end_poll);
+    let packets = loop {
+        let packets = session.take();
+        if !packets.is_empty() {
+            break packets;
+        }
+        if session.is_closed() || session.carrier() != Carrier::Polling {
+            break vec!["6".to_owned()];
+        }
+        session.woken().await;
+    };
+    let mut body = String::with_capacity(packets.iter().map(|p| p.len() + 1).sum());
+    for (i, packet) in packets.iter().enumerate() {
+        if i > 0 {
+            body.push(SEPARATOR);
+        }
+        body.push_str(packet);
+    }
+    Ok(super::text(body))
+}
+
+/// `POST ?sid=`: the client's packets, in order. Answers `ok` once they are handed over.
+pub async fn post(session: &EngineSession, body: Body, max_payload: usize) -> Result<Response, Error> {
+    if session.carrier() != Carrier::Polling {
+        return Err(EngineIoError::BadRequest.into());
+    }
+    if !session.begin_post() {
+        session.close(CloseCause::ProtocolError);
+        return Err(EngineIoError::BadRequest.into());
+    }
+    let _in_flight = InFlight(session, EngineSession::end_post);
+    let Ok(bytes) = to_bytes(body, max_payload).await else {
+        // Over maxPayload (or a body that broke off): the protocol closes the session.
+        session.close(CloseCause::ProtocolError);
+        return Err(Error::TooLarge(max_payload));
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        session.close(CloseCause::ProtocolError);
+        return Err(EngineIoError::BadRequest.into());
+    };
+    for packet in decode_payload(text) {
+        let inbound = match packet {
+            Ok(EnginePacket::Message(message)) => Inbound::Message(message.into()),
+            Ok(EnginePacket::Pong(_)) => Inbound::Pong,
+            Ok(EnginePacket::Binary(_)) => Inbound::Binary,
+            Ok(EnginePacket::Noop) => continue,
+            Ok(EnginePacket::Close) => {
+                session.close(CloseCause::Client);
+                break;
+            }
+            Ok(EnginePacket::Open | EnginePacket::Ping(_) | EnginePacket::Upgrade) | Err(_) => {
+                session.close(CloseCause::ProtocolError);
+                return Err(EngineIoError::BadRequest.into());
+            }
+        };
+        if !session.deliver(inbound).await {
+            break;
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("text/html"))], "ok").into_response())
+}
