@@ -218,44 +218,10 @@ where
             match futures_util::poll!(handling.as_mut()) {
                 Poll::Ready(handled) => (handled, true),
                 Poll::Pending => {
-                    // The handler waits for something: the emits meanwhile must wake this task.
-                    attachment.end_handling();
-                    let mut writable = true;
-                    let handled = loop {
-                        let next = std::future::poll_fn(|cx| {
-                            if let Poll::Ready(handled) = handling.as_mut().poll(cx) {
-                                return Poll::Ready(Err(handled));
-                            }
-                            if held_end.is_none() && writable {
-                                if let Poll::Ready(event) = attachment.poll_recv(cx) {
-                                    return Poll::Ready(Ok(Next::Event(event)));
-                                }
-                            }
-                            // Not past the socket's end, nor past the bound.
-                            let readable = held_frames.back().is_none_or(|frame| matches!(frame, Some(Ok(Message::Text(_) | Message::Binary(_)))));
-                            if readable && held_frames.len() < HELD_FRAMES {
-                                if let Poll::Ready(frame) = socket.poll_next_unpin(cx) {
-                                    return Poll::Ready(Ok(Next::Frame(frame)));
-                                }
-                            }
-                            Poll::Pending
-                        })
-                        .await;
-                        match next {
-                            Err(handled) => break handled,
-                            Ok(Next::Event(Ok(event))) => writable = deliver(*socket, event, attachment, sid, *write_timeout).await,
-                            // The close comes after what the handler emits.
-                            Ok(Next::Event(Err(reason))) => *held_end = Some(reason),
-                            Ok(Next::Frame(Some(Ok(Message::Text(text))))) if only_answers(gateway, text.as_str()) => {
-                                let _ = handle_text(gateway, session, text.as_str()).await;
-                            }
-                            // Pongs prove the peer alive; pings are answered by the socket layer.
-                            Ok(Next::Frame(Some(Ok(Message::Ping(_) | Message::Pong(_))))) => pings.heard = true,
-                            Ok(Next::Frame(frame)) => held_frames.push_back(frame),
-                            Ok(Next::Ping) => {}
-                        }
-                    };
-                    (handled, writable)
+                    // Boxed: the loop's state (a write in progress) would otherwise make every
+                    // socket's task larger, for the rare handler that waits.
+                    let parts = Waiting { socket: &mut **socket, attachment, pings, held_frames, held_end, sid, write_timeout: *write_timeout };
+                    Box::pin(parts.run(handling, gateway, session)).await
                 }
             }
         };
@@ -363,6 +329,70 @@ impl<'t> Pings<'t> {
 /// small, so 1 KiB reads take a whole frame in one call; a larger frame (up to `max_body`) still
 /// arrives, in more reads.
 pub(crate) const READ_BUFFER: usize = 1024;
+
+/// What a handler that waits needs of its connection (see [`Connection::handle_inline`]).
+struct Waiting<'b, 'a, S> {
+    socket: &'b mut S,
+    attachment: &'b mut Attachment,
+    pings: &'b mut Pings<'a>,
+    held_frames: &'b mut std::collections::VecDeque<Option<Result<Message, axum::Error>>>,
+    held_end: &'b mut Option<CloseReason>,
+    sid: &'b Sid,
+    write_timeout: Duration,
+}
+
+impl<S> Waiting<'_, '_, S>
+where
+    S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    /// Runs `handling` to its end while writing what the session is sent and reading the
+    /// client's frames: answers are taken at once, others held. Returns what the handler gave
+    /// and whether the socket can still be written.
+    async fn run<H: Handler, F>(self, mut handling: Pin<&mut F>, gateway: &Endpoint<H>, session: &SessionHandle) -> (Result<(), ProtocolError>, bool)
+    where
+        F: Future<Output = Result<(), ProtocolError>>,
+    {
+        let Waiting { socket, attachment, pings, held_frames, held_end, sid, write_timeout } = self;
+        // The handler waits for something: the emits meanwhile must wake this task.
+        attachment.end_handling();
+        let mut writable = true;
+        let handled = loop {
+            let next = std::future::poll_fn(|cx| {
+                if let Poll::Ready(handled) = handling.as_mut().poll(cx) {
+                    return Poll::Ready(Err(handled));
+                }
+                if held_end.is_none() && writable {
+                    if let Poll::Ready(event) = attachment.poll_recv(cx) {
+                        return Poll::Ready(Ok(Next::Event(event)));
+                    }
+                }
+                // Not past the socket's end, nor past the bound.
+                let readable = held_frames.back().is_none_or(|frame| matches!(frame, Some(Ok(Message::Text(_) | Message::Binary(_)))));
+                if readable && held_frames.len() < HELD_FRAMES {
+                    if let Poll::Ready(frame) = socket.poll_next_unpin(cx) {
+                        return Poll::Ready(Ok(Next::Frame(frame)));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match next {
+                Err(handled) => break handled,
+                Ok(Next::Event(Ok(event))) => writable = deliver(socket, event, attachment, sid, write_timeout).await,
+                // The close comes after what the handler emits.
+                Ok(Next::Event(Err(reason))) => *held_end = Some(reason),
+                Ok(Next::Frame(Some(Ok(Message::Text(text))))) if only_answers(gateway, text.as_str()) => {
+                    let _ = handle_text(gateway, session, text.as_str()).await;
+                }
+                // Pongs prove the peer alive; pings are answered by the socket layer.
+                Ok(Next::Frame(Some(Ok(Message::Ping(_) | Message::Pong(_))))) => pings.heard = true,
+                Ok(Next::Frame(frame)) => held_frames.push_back(frame),
+                Ok(Next::Ping) => {}
+            }
+        };
+        (handled, writable)
+    }
+}
 
 /// How long the closing handshake may take before the socket is dropped.
 const CLOSING: Duration = Duration::from_secs(1);
