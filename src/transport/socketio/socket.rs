@@ -53,8 +53,11 @@ pub async fn run<H: Handler, L: Link>(endpoint: Endpoint<H>, session: Arc<Engine
         held: VecDeque::new(),
     };
     let mut in_flight: Option<Handling> = None;
-    let mut next_ping = Instant::now() + config.ping_interval;
-    let mut pong_due: Option<Instant> = None;
+    // One timer, set again when its deadline changes, rather than a new one each turn of the
+    // loop (which would register with the timer wheel and leave it on every packet): the next
+    // ping while no pong is due, else the pong's deadline.
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now() + config.ping_interval));
+    let mut pong_due = false;
     loop {
         tokio::select! {
             biased;
@@ -62,8 +65,8 @@ pub async fn run<H: Handler, L: Link>(endpoint: Endpoint<H>, session: Arc<Engine
             () = handled(&mut in_flight) => in_flight = None,
             inbound = link.next(&session), if task.held.len() < MAX_HELD => match inbound {
                 Some(Inbound::Pong) => {
-                    pong_due = None;
-                    next_ping = Instant::now() + config.ping_interval;
+                    pong_due = false;
+                    timer.as_mut().reset(Instant::now() + config.ping_interval);
                 }
                 Some(Inbound::Message(text)) => {
                     // Boxed: handling a packet (attaching, dispatching) takes a large future,
@@ -80,14 +83,15 @@ pub async fn run<H: Handler, L: Link>(endpoint: Endpoint<H>, session: Arc<Engine
                     break;
                 }
             }
-            () = tokio::time::sleep_until(next_ping), if pong_due.is_none() => {
+            () = timer.as_mut() => {
+                if pong_due {
+                    tracing::debug!(engine = %session.id, "no pong in time; closing the Engine.IO session");
+                    session.close(CloseCause::PingTimeout);
+                    break;
+                }
                 session.push("2".to_owned());
-                pong_due = Some(Instant::now() + config.ping_timeout);
-            }
-            () = tokio::time::sleep_until(pong_due.unwrap_or(next_ping)), if pong_due.is_some() => {
-                tracing::debug!(engine = %session.id, "no pong in time; closing the Engine.IO session");
-                session.close(CloseCause::PingTimeout);
-                break;
+                pong_due = true;
+                timer.as_mut().reset(Instant::now() + config.ping_timeout);
             }
         }
         if in_flight.is_none() {
