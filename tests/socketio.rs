@@ -465,3 +465,33 @@ async fn a_handler_may_wait_for_the_socket_io_clients_answer() {
     client.post(&format!("43{id}[2]")).await;
     assert_eq!(client.next().await, "430[2]");
 }
+
+/// The socket task of a WebSocket-only session writes the socket itself: a client that stops
+/// reading does not hold it (and the session) forever. Once a write has waited the ping timeout,
+/// the session closes and the socket is dropped, though the client answers pings afterwards.
+#[tokio::test]
+async fn a_websocket_client_that_stops_reading_is_closed_after_the_ping_timeout() {
+    let server = TestServer::with_config(quick_pings()).await;
+    let mut ws = ws_open(&server, "transport=websocket").await;
+    ws_next(&mut ws).await;
+    ws_send(&mut ws, "40").await;
+    let pid: Sid = connect_answer(&ws_next(&mut ws).await)["pid"].as_str().unwrap().parse().unwrap();
+    // About 40 MB, far beyond what loopback socket buffers hold, and within the session's ring.
+    let big = json!("x".repeat(48 * 1024));
+    for _ in 0..800 {
+        server.gateway.hub().emit(&pid, "bulk", &big).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut events = 0;
+    loop {
+        match within("the socket to end after its writes stalled", ws.next()).await {
+            Some(Ok(Message::Text(text))) if text.as_str() == "2" => {
+                let _ = ws.send(Message::text("3")).await;
+            }
+            Some(Ok(Message::Text(_))) => events += 1,
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => break,
+        }
+    }
+    assert!(events < 800, "the session closed before writing everything ({events} events arrived)");
+}

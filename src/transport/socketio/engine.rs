@@ -5,7 +5,8 @@
 //! WebSocket, so its state lives here rather than in a request: the packets waiting to be
 //! written, which transport writes them, and whether a poll or a post is in flight (the
 //! protocol allows one of each). What the client's packets mean is the socket task's business
-//! (`socket.rs`); the transports hand them over through a bounded inbox, in order.
+//! (`socket.rs`); long-polling and an upgraded WebSocket hand them over through a bounded
+//! inbox, in order (a session opened on a WebSocket has its socket task read that socket).
 //!
 //! Why a queue of written-out packets and not the hub's ring directly: the same queue carries
 //! the protocol's own packets (ping, noop, CONNECT answers) beside events, and either transport

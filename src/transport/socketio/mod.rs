@@ -18,7 +18,9 @@
 //!
 //! Why it is shaped so: an Engine.IO session outlives its requests and changes carrier on
 //! upgrade, so one task per session (the socket task) owns what the packets mean and the hub
-//! attachment, and the transports only move text in and out of it. Binary attachments are
+//! attachment, and the transports only move text in and out of it. A session opened on a
+//! WebSocket runs that task in the socket's own task, reading and writing the socket itself
+//! (`socket::Link`), so that a frame and its reply cross no task boundary. Binary attachments are
 //! refused (an `error` event naming the event; the attachments are skipped): the hub carries
 //! JSON, and a silently mangled buffer is worse than a clear refusal. Only the main namespace
 //! `/` exists: other namespaces get the `CONNECT_ERROR` `Invalid namespace`.
@@ -40,7 +42,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 pub use engine::Engines;
-use engine::{Carrier, EngineSession};
+use engine::{Carrier, EngineSession, Inbound};
+use tokio::sync::mpsc;
 
 use super::{Endpoint, Handler};
 use crate::admission::ClientAddr;
@@ -113,7 +116,8 @@ async fn get<H: Handler>(State(endpoint): State<Endpoint<H>>, client: ClientAddr
             ws::upgrade(endpoint, upgrade, sid, opening)
         }
         (Carrier::Polling, None) => {
-            let session = open(&endpoint, Carrier::Polling, opening())?;
+            let (session, inbox_rx) = open(&endpoint, Carrier::Polling)?;
+            tokio::spawn(socket::run(endpoint.clone(), session.clone(), inbox_rx, opening()));
             Ok(text(handshake(&endpoint, &session, true)))
         }
         (Carrier::Polling, Some(sid)) => {
@@ -134,15 +138,14 @@ async fn post<H: Handler>(State(endpoint): State<Endpoint<H>>, uri: Uri, body: B
     polling::post(&session, body, endpoint.config().socketio.max_payload).await
 }
 
-/// Opens an Engine.IO session written by `carrier` and starts its socket task.
-fn open<H: Handler>(endpoint: &Endpoint<H>, carrier: Carrier, opening: Opening) -> Result<Arc<EngineSession>, Error> {
+/// Opens an Engine.IO session written by `carrier`, and the receiving end of its inbox.
+fn open<H: Handler>(endpoint: &Endpoint<H>, carrier: Carrier) -> Result<(Arc<EngineSession>, mpsc::Receiver<Inbound>), Error> {
     if endpoint.engines().len() >= endpoint.hub().config().max_sessions {
         return Err(Error::Full);
     }
     let (session, inbox_rx) = EngineSession::new(carrier);
     endpoint.engines().insert(session.clone());
-    tokio::spawn(socket::run(endpoint.clone(), session.clone(), inbox_rx, opening));
-    Ok(session)
+    Ok((session, inbox_rx))
 }
 
 /// The open packet of `session`.

@@ -1,4 +1,7 @@
 //! The socket task: one per Engine.IO session, from the handshake until the session closes.
+//! It runs in a task of its own for a session opened over long-polling (fed by the [`Link`] of
+//! its inbox), and in the socket's task for a session opened on a WebSocket (the link reads and
+//! writes that socket, `ws.rs`).
 //!
 //! It pings the client and closes the session when a pong does not come in time, reads the
 //! client's Socket.IO packets in order (CONNECT, EVENT, DISCONNECT, binary refusal), and, once
@@ -39,7 +42,7 @@ use crate::protocol::{check_data, check_event_name, Ack, Envelope, Sid};
 
 /// Runs the socket task of `session` until it closes, then removes it from the table (which
 /// detaches its hub session, if it had one: the session lives on for the grace period).
-pub async fn run<H: Handler>(endpoint: Endpoint<H>, session: Arc<EngineSession>, mut inbox_rx: mpsc::Receiver<Inbound>, opening: Opening) {
+pub async fn run<H: Handler, L: Link>(endpoint: Endpoint<H>, session: Arc<EngineSession>, mut link: L, opening: Opening) {
     let config = endpoint.config().socketio.clone();
     let mut task = Socket {
         endpoint: &endpoint,
@@ -50,17 +53,20 @@ pub async fn run<H: Handler>(endpoint: Endpoint<H>, session: Arc<EngineSession>,
         held: VecDeque::new(),
     };
     let mut in_flight: Option<Handling> = None;
-    let mut next_ping = Instant::now() + config.ping_interval;
-    let mut pong_due: Option<Instant> = None;
+    // One timer, set again when its deadline changes, rather than a new one each turn of the
+    // loop (which would register with the timer wheel and leave it on every packet): the next
+    // ping while no pong is due, else the pong's deadline.
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now() + config.ping_interval));
+    let mut pong_due = false;
     loop {
         tokio::select! {
             biased;
             () = session.closing() => break,
             () = handled(&mut in_flight) => in_flight = None,
-            inbound = inbox_rx.recv(), if task.held.len() < MAX_HELD => match inbound {
+            inbound = link.next(&session), if task.held.len() < MAX_HELD => match inbound {
                 Some(Inbound::Pong) => {
-                    pong_due = None;
-                    next_ping = Instant::now() + config.ping_interval;
+                    pong_due = false;
+                    timer.as_mut().reset(Instant::now() + config.ping_interval);
                 }
                 Some(Inbound::Message(text)) => {
                     // Boxed: handling a packet (attaching, dispatching) takes a large future,
@@ -77,21 +83,26 @@ pub async fn run<H: Handler>(endpoint: Endpoint<H>, session: Arc<EngineSession>,
                     break;
                 }
             }
-            () = tokio::time::sleep_until(next_ping), if pong_due.is_none() => {
+            () = timer.as_mut() => {
+                if pong_due {
+                    tracing::debug!(engine = %session.id, "no pong in time; closing the Engine.IO session");
+                    session.close(CloseCause::PingTimeout);
+                    break;
+                }
                 session.push("2".to_owned());
-                pong_due = Some(Instant::now() + config.ping_timeout);
-            }
-            () = tokio::time::sleep_until(pong_due.unwrap_or(next_ping)), if pong_due.is_some() => {
-                tracing::debug!(engine = %session.id, "no pong in time; closing the Engine.IO session");
-                session.close(CloseCause::PingTimeout);
-                break;
+                pong_due = true;
+                timer.as_mut().reset(Instant::now() + config.ping_timeout);
             }
         }
         if in_flight.is_none() {
             in_flight = task.next_handling();
         }
+        if !link.write(&session).await {
+            break;
+        }
     }
     endpoint.engines().remove(&session.id);
+    link.finish(&session).await;
     // What the client sent before the end is still handled, as on `/ws`.
     if let Some(handling) = in_flight {
         handling.await;
@@ -99,6 +110,36 @@ pub async fn run<H: Handler>(endpoint: Endpoint<H>, session: Arc<EngineSession>,
     while let Some(handling) = task.next_handling() {
         handling.await;
     }
+}
+
+/// What carries a session's packets for the socket task: the inbox that long-polling and an
+/// upgraded WebSocket feed (they write the queue themselves, woken by it), or a WebSocket the
+/// session opened on, which the socket task reads and writes itself (`ws.rs`), so that a frame
+/// and its reply take no turn of another task.
+pub trait Link: Send {
+    /// The client's next packet; `None` once it has gone (or broke the protocol, which closes
+    /// the session). Cancel-safe: a packet is never lost to a dropped wait.
+    fn next(&mut self, session: &EngineSession) -> impl Future<Output = Option<Inbound>> + Send;
+
+    /// Writes what the session's queue holds, if this link writes it; `false` once the client
+    /// can no longer be written to.
+    fn write(&mut self, session: &EngineSession) -> impl Future<Output = bool> + Send;
+
+    /// Ends the link once the session has closed: writes what is left and closes the socket.
+    fn finish(&mut self, session: &EngineSession) -> impl Future<Output = ()> + Send;
+}
+
+/// The inbox: the transports write the queue.
+impl Link for mpsc::Receiver<Inbound> {
+    async fn next(&mut self, _: &EngineSession) -> Option<Inbound> {
+        self.recv().await
+    }
+
+    async fn write(&mut self, _: &EngineSession) -> bool {
+        true
+    }
+
+    async fn finish(&mut self, _: &EngineSession) {}
 }
 
 /// The data of an envelope from a Socket.IO event's arguments: the single argument, `null` for
