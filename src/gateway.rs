@@ -37,6 +37,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures_util::FutureExt;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -319,16 +320,17 @@ fn is_answer(envelope: &Envelope) -> bool {
 }
 
 /// A handler as the gateway keeps it: its return value made an answer ([`IntoAck`]).
+///
+/// A `map` of the handler's future rather than an `async` block awaiting it: such a block keeps
+/// the future twice (as what it captured and as what it awaits), so each event's box was about
+/// twice the size, and moving it in cost some 130 instructions per event (callgrind).
 fn boxed<F, Fut, R>(handler: F) -> Handler
 where
     F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = R> + Send + 'static,
     R: IntoAck + 'static,
 {
-    Arc::new(move |ctx, data| {
-        let answer = handler(ctx, data);
-        Box::pin(async move { answer.await.into_ack() })
-    })
+    Arc::new(move |ctx, data| Box::pin(handler(ctx, data).map(IntoAck::into_ack)))
 }
 
 /// How many expire hooks may run at once, and how many expiries may wait for a slot.
