@@ -212,16 +212,25 @@ where
     async fn handle_inline(&mut self, text: &str) -> ControlFlow<Close> {
         self.attachment.begin_handling();
         let (handled, writable) = {
-            let Connection { socket, attachment, gateway, session, sid, write_timeout, pings, held_frames, held_end } = &mut *self;
-            let (gateway, session): (&Endpoint<H>, &SessionHandle) = (gateway, session);
-            let mut handling = std::pin::pin!(handle_text(gateway, session, text));
+            // The fields are borrowed where they are used, not taken apart up front: references
+            // held across the first poll would be stored in this future for every frame.
+            let gateway: &Endpoint<H> = self.gateway;
+            let mut handling = std::pin::pin!(handle_text(gateway, &self.session, text));
             match futures_util::poll!(handling.as_mut()) {
                 Poll::Ready(handled) => (handled, true),
                 Poll::Pending => {
                     // Boxed: the loop's state (a write in progress) would otherwise make every
                     // socket's task larger, for the rare handler that waits.
-                    let parts = Waiting { socket: &mut **socket, attachment, pings, held_frames, held_end, sid, write_timeout: *write_timeout };
-                    Box::pin(parts.run(handling, gateway, session)).await
+                    let parts = Waiting {
+                        socket: &mut *self.socket,
+                        attachment: &mut *self.attachment,
+                        pings: &mut self.pings,
+                        held_frames: &mut self.held_frames,
+                        held_end: &mut self.held_end,
+                        sid: &self.sid,
+                        write_timeout: self.write_timeout,
+                    };
+                    Box::pin(parts.run(handling, gateway, &self.session)).await
                 }
             }
         };
