@@ -187,7 +187,7 @@ async fn a_cut_connection_resumes_with_every_reply_once() {
     let b = &browser;
     let outcome = browser
         .check("drop", async {
-            b.goto(&relay.url(&format!("/?{FAST}"))).await;
+            b.goto(&relay.url(&format!("/?{FAST}&probeInterval=1000"))).await;
             b.wait_transport("websocket", PAGE_WAIT).await;
             let sid: Sid = b.eval("return window.__switchyard.id;").await.as_str().unwrap().parse().unwrap();
             b.send_range(1, 20, true).await;
@@ -227,6 +227,9 @@ async fn a_cut_connection_resumes_with_every_reply_once() {
             )
             .await;
 
+            // The round of attempts under way when the path comes back may have had its
+            // WebSocket refused already and land on SSE; the short probe interval brings the
+            // page back up to WebSocket then, as a real page does after `probeInterval`.
             relay.set_mode(Mode::Pass);
             b.wait_transport("websocket", PAGE_WAIT).await;
             b.wait_responses(40).await;

@@ -7,6 +7,10 @@
 //! limits never accept what looser ones refuse. The first byte picks the tight limits.
 #![no_main]
 
+#[path = "../common/json.rs"]
+mod json;
+
+use json::has_float;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 use switchyard::protocol::{check_event_name, parse_envelopes, parse_envelopes_with, Limits};
@@ -17,17 +21,6 @@ fn depth(value: &Value) -> usize {
         Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
         Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
         _ => 0,
-    }
-}
-
-/// serde_json without `float_roundtrip` may read a float back one ulp off; only exact values
-/// are compared after a round trip.
-fn has_float(value: &Value) -> bool {
-    match value {
-        Value::Number(n) => n.is_f64(),
-        Value::Array(items) => items.iter().any(has_float),
-        Value::Object(map) => map.values().any(has_float),
-        _ => false,
     }
 }
 

@@ -8,6 +8,10 @@
 //! `envelopes` target).
 #![no_main]
 
+#[path = "../common/json.rs"]
+mod json;
+
+use json::has_float;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use switchyard::transport::socketio::packet::{decode_engine, decode_payload, decode_socket, encode_event, EnginePacket, SocketPacket};
@@ -23,17 +27,6 @@ fuzz_target!(|bytes: &[u8]| {
     }
     check(text);
 });
-
-/// serde_json without `float_roundtrip` may read a float back one ulp off; only exact values
-/// must come back equal.
-fn has_float(value: &Value) -> bool {
-    match value {
-        Value::Number(n) => n.is_f64(),
-        Value::Array(items) => items.iter().any(has_float),
-        Value::Object(map) => map.values().any(has_float),
-        _ => false,
-    }
-}
 
 fn check(text: &str) {
     let Ok(SocketPacket::Event { nsp, name, args, .. }) = decode_socket(text) else {
