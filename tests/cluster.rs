@@ -1936,7 +1936,13 @@ async fn socket_io_clients_through_round_robin_nginx_need_no_sticky_sessions() {
         assert_eq!(out["connects"].as_array().unwrap().len(), 1, "no reconnect: {out}");
         let engine = out["engines"][0].as_str().unwrap();
         let holder = engine_holder(&ids, engine);
-        let log = nginx.access_log();
+        // nginx logs a request once it has ended, the WebSocket when the client closed it.
+        let log = if transport == "websocket" {
+            let websocket = format!("transport=websocket&sid={engine}");
+            nginx.wait_for_log_line(&format!("the WebSocket of {engine}"), |line| line.contains(&websocket)).await
+        } else {
+            nginx.access_log()
+        };
         let mut reached = upstreams_of(&log, &format!("sid={engine}"));
         reached.sort();
         reached.dedup();
