@@ -1998,40 +1998,48 @@ async fn engine_io_requests_reach_the_sessions_node_once(cluster: &Cluster, ids:
     assert_eq!(error(within("a poll for no node", http.get(eio(1, UNKNOWN_SID)).send()).await.unwrap()).await, unknown);
 }
 
-/// The node holding a long-polling Socket.IO client's Engine.IO session killed (SIGKILL) after
-/// 10 of its 20 messages: the client's next request, on whichever node, is answered
-/// `Session ID unknown`; it reconnects through nginx, recovers its session on a live node (an
+/// The node holding a Socket.IO client's Engine.IO session killed (SIGKILL) after 10 of its 20
+/// messages, on long-polling, then (on the two nodes left) on `io()`'s default, upgraded to
+/// WebSocket: the client's next request, on whichever node, is answered `Session ID unknown` (or
+/// its WebSocket breaks); it reconnects through nginx, recovers its session on a live node (an
 /// event emitted while it was away arrives once), and gets the other 10 replies, every reply once
 /// and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn socket_io_client_on_polling_recovers_when_the_node_of_its_engine_io_session_is_killed() {
+async fn socket_io_client_recovers_when_the_node_of_its_engine_io_session_is_killed() {
     let _turn = ONE_BROWSER_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start(&["--grace", "30s"]).await;
     let upstreams: Vec<SocketAddr> = (0..NODES).map(|node| cluster.socket_addr(node)).collect();
     let nginx = Proxy::nginx_round_robin(&upstreams).await;
     let ids = node_ids(&cluster).await;
-    let mut victim = None;
-    let out = socket_io_scenario(&nginx, "polling", 10, |step| {
-        let engine = step.strip_prefix("kill:").unwrap_or_else(|| panic!("unexpected step {step}"));
-        let node = engine_holder(&ids, engine);
-        cluster.nodes[node].binary.0.kill().expect("SIGKILL");
-        cluster.kill9(node);
-        victim = Some(node);
-        "done".to_owned()
-    })
-    .await;
-    let victim = victim.expect("the scenario asked for the kill");
-    assert_twenty_replies_once_in_order(&out);
-    assert_eq!(out["notices"], json!(["while away"]), "the event emitted while away, once: {out}");
-    let connects = out["connects"].as_array().unwrap();
-    assert_eq!(connects.len(), 2, "one reconnect: {out}");
-    assert_eq!(connects[1]["recovered"], true, "the reconnect recovered the session: {out}");
-    let second = engine_holder(&ids, connects[1]["engine"].as_str().unwrap());
-    assert_ne!(second, victim, "the new Engine.IO session is on a live node");
-    let live: Vec<usize> = (0..NODES).filter(|&n| n != victim).collect();
-    println!("killed node {victim}; the client came back on node {second}; {} requests for the dead node's sessions answered `Session ID unknown`",
-             forwarded(&cluster, &live, "poll", "unreachable").await + forwarded(&cluster, &live, "post", "unreachable").await
-             + forwarded(&cluster, &live, "poll", "gone").await + forwarded(&cluster, &live, "post", "gone").await);
+    let mut killed = Vec::new();
+    for (transports, transport) in [("polling", "polling"), ("polling,websocket", "websocket")] {
+        let mut victim = None;
+        let out = socket_io_scenario(&nginx, transports, 10, |step| {
+            let engine = step.strip_prefix("kill:").unwrap_or_else(|| panic!("unexpected step {step}"));
+            let node = engine_holder(&ids, engine);
+            cluster.nodes[node].binary.0.kill().expect("SIGKILL");
+            cluster.kill9(node);
+            victim = Some(node);
+            "done".to_owned()
+        })
+        .await;
+        let victim = victim.expect("the scenario asked for the kill");
+        killed.push(victim);
+        assert_twenty_replies_once_in_order(&out);
+        assert_eq!(out["transport"], transport, "{out}");
+        assert_eq!(out["notices"], json!(["while away"]), "the event emitted while away, once: {out}");
+        let connects = out["connects"].as_array().unwrap();
+        assert_eq!(connects.len(), 2, "one reconnect: {out}");
+        assert_eq!(connects[1]["recovered"], true, "the reconnect recovered the session: {out}");
+        let second = engine_holder(&ids, connects[1]["engine"].as_str().unwrap());
+        assert!(!killed.contains(&second), "the new Engine.IO session is on a live node: {second}, killed {killed:?}");
+        let live: Vec<usize> = (0..NODES).filter(|n| !killed.contains(n)).collect();
+        let mut unknown = 0;
+        for request in ["poll", "post", "upgrade"] {
+            unknown += forwarded(&cluster, &live, request, "unreachable").await + forwarded(&cluster, &live, request, "gone").await;
+        }
+        println!("{transports}: killed node {victim}; the client came back on node {second}; {unknown} requests for the dead nodes' sessions answered `Session ID unknown` so far");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
