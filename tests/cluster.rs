@@ -1917,7 +1917,7 @@ fn assert_twenty_replies_once_in_order(out: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_io_clients_through_round_robin_nginx_need_no_sticky_sessions() {
     let _turn = ONE_BROWSER_AT_A_TIME.lock().await;
-    let cluster = Cluster::start(&[]).await;
+    let mut cluster = Cluster::start(&[]).await;
     let upstreams: Vec<SocketAddr> = (0..NODES).map(|node| cluster.socket_addr(node)).collect();
     let nginx = Proxy::nginx_round_robin(&upstreams).await;
     let ids = node_ids(&cluster).await;
@@ -1962,16 +1962,18 @@ async fn socket_io_clients_through_round_robin_nginx_need_no_sticky_sessions() {
     let posts = forwarded(&cluster, &all, "post", "ok").await;
     println!("forwarded: {polls} polls, {posts} posts, {} upgrades", forwarded(&cluster, &all, "upgrade", "ok").await);
     assert!(polls > 0 && posts > 0, "polls and posts were passed to the session's node: {polls} polls, {posts} posts");
-    engine_io_requests_reach_the_sessions_node_once(&cluster, &ids).await;
+    engine_io_requests_reach_the_sessions_node_once(&mut cluster, &ids).await;
 }
 
 /// Raw Engine.IO requests for a session of node 0 sent to the others: passed on (a POST, a poll
 /// answered with what node 0 queued), once only (a request marked as passed on already is not
 /// passed again: `Session ID unknown`), with the CORS headers of one node; a sid naming no live
-/// node is unknown.
-async fn engine_io_requests_reach_the_sessions_node_once(cluster: &Cluster, ids: &[String]) {
-    let http = &cluster.http;
-    let eio = |node: usize, sid: &str| cluster.url(node, &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+/// node is unknown. Then node 2 shuts down while a poll it passed on waits at node 0: the poll
+/// is answered `6` (noop) at once, and the session goes on through node 1.
+async fn engine_io_requests_reach_the_sessions_node_once(cluster: &mut Cluster, ids: &[String]) {
+    let http = cluster.http.clone();
+    let addrs: Vec<String> = (0..NODES).map(|node| cluster.addr(node).to_owned()).collect();
+    let eio = |node: usize, sid: &str| format!("http://{}/socket.io/?EIO=4&transport=polling&sid={sid}", addrs[node]);
     let open = within("the handshake", http.get(cluster.url(0, "/socket.io/?EIO=4&transport=polling")).send()).await.unwrap();
     let open = open.text().await.unwrap();
     let handshake: Value = serde_json::from_str(open.strip_prefix('0').expect("an open packet")).unwrap();
@@ -1996,6 +1998,21 @@ async fn engine_io_requests_reach_the_sessions_node_once(cluster: &Cluster, ids:
     let nowhere = format!("0123456789abcdef.{UNKNOWN_SID}");
     assert_eq!(error(within("a poll for no node", http.get(eio(1, &nowhere)).send()).await.unwrap()).await, unknown);
     assert_eq!(error(within("a poll for no node", http.get(eio(1, UNKNOWN_SID)).send()).await.unwrap()).await, unknown);
+
+    let waiting = tokio::spawn(http.get(eio(2, &sid)).send());
+    wait_until("node 2 to have a poll waiting at node 0", || async {
+        let metrics = within("/metrics", async { http.get(cluster.url(2, "/metrics")).send().await.unwrap().text().await.unwrap() }).await;
+        metrics.lines().any(|line| line == "switchyard_socketio_forwarding 1")
+    })
+    .await;
+    cluster.sigterm(2);
+    let answer = within("the waiting poll's answer", waiting).await.unwrap().expect("an answer from node 2");
+    assert_eq!((answer.status().as_u16(), answer.text().await.unwrap()), (200, "6".to_owned()), "a noop: poll again");
+    cluster.wait_exit(2, EXIT).await;
+    let posted = within("a POST through node 1", http.post(eio(1, &sid)).body(r#"42["message","after"]"#).send()).await.unwrap();
+    assert_eq!(posted.status(), 200, "the session lives on");
+    let polled = within("a poll through node 1", http.get(eio(1, &sid)).send()).await.unwrap().text().await.unwrap();
+    assert!(polled.starts_with(r#"42["response","Message received!""#), "the reply, through node 1: {polled}");
 }
 
 /// The node holding a Socket.IO client's Engine.IO session killed (SIGKILL) after 10 of its 20

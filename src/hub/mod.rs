@@ -356,6 +356,12 @@ impl Hub {
         self.inner.cluster.as_ref()
     }
 
+    /// Completes once the server is shutting down (the token the hub was made with is
+    /// cancelled): for a request that waits on something other than an attachment of this hub.
+    pub async fn shutting_down(&self) {
+        self.inner.shutdown.cancelled().await;
+    }
+
     /// With an age bound, the tick of the age bound `now` falls in (ticks of a sixteenth of the
     /// age since the hub was made, see `ring.rs`); `None` without one.
     #[inline]

@@ -24,6 +24,9 @@
 //! (`400`, `Session ID unknown`): the client opens a new Engine.IO session on any node and, with
 //! connection state recovery, resumes its hub session there with nothing lost.
 //!
+//! A poll waiting at the holder through a node that shuts down is answered `6` (noop) at once:
+//! the session is not this node's to close, and the client simply polls again, elsewhere.
+//!
 //! The `Origin` header is not passed on: this node has checked it and adds the CORS headers to
 //! the answer, which the holder would otherwise add a second time.
 
@@ -124,7 +127,23 @@ pub async fn to_holder(hub: &Hub, sid: &str, kind: Kind, request: Request, limit
     if let Ok(value) = HeaderValue::from_str(&here) {
         outgoing.headers_mut().insert(FORWARDED, value);
     }
-    let mut answer = match tokio::time::timeout(limit, CLIENT.request(outgoing)).await {
+    let waiting = Waiting::start();
+    let asked = tokio::time::timeout(limit, CLIENT.request(outgoing));
+    let answered = if matches!(kind, Kind::Poll) {
+        tokio::select! {
+            answered = asked => answered,
+            () = hub.shutting_down() => {
+                // This node is going away, the session is not: the poll is dropped at the holder
+                // (its connection closes) and the client, told `6` (noop), polls again, through
+                // another node. The node's drain waits for none of the sessions it does not hold.
+                count(kind, "shutdown");
+                return Ok(super::text("6".to_owned()));
+            }
+        }
+    } else {
+        asked.await
+    };
+    let mut answer = match answered {
         Ok(Ok(answer)) => answer,
         Ok(Err(err)) => {
             tracing::debug!(%err, %peer, node, "the node holding an Engine.IO session did not answer");
@@ -137,6 +156,7 @@ pub async fn to_holder(hub: &Hub, sid: &str, kind: Kind, request: Request, limit
             return Err(EngineIoError::UnknownSid.into());
         }
     };
+    drop(waiting);
     count(kind, "ok");
     let switched = answer.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switched {
@@ -178,6 +198,23 @@ fn pass_on(mut headers: HeaderMap, upgrade: bool) -> HeaderMap {
         headers.remove(header::UPGRADE);
     }
     headers
+}
+
+/// One request passed on whose answer has not come yet, in `switchyard_socketio_forwarding`
+/// while it lives (a poll waiting at the holder, mostly).
+struct Waiting;
+
+impl Waiting {
+    fn start() -> Waiting {
+        metrics::gauge!("switchyard_socketio_forwarding").increment(1.0);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        metrics::gauge!("switchyard_socketio_forwarding").decrement(1.0);
+    }
 }
 
 fn count(kind: Kind, outcome: &'static str) {
