@@ -267,6 +267,12 @@ pub struct Cli {
     #[arg(long, env = "SWITCHYARD_REDIS_CA", value_name = "FILE")]
     pub redis_ca: Option<std::path::PathBuf>,
 
+    /// Cluster mode: the address other nodes reach this one at (`host:port`), to which they pass
+    /// Socket.IO long-polling requests of the sessions it holds; default: the bound address,
+    /// unless that is `0.0.0.0` or `[::]`
+    #[arg(long, env = "SWITCHYARD_ADVERTISE", value_name = "ADDR")]
+    pub advertise: Option<SocketAddr>,
+
     /// The application behind the gateway (forwarding, hooks) and the publish API's key.
     #[command(flatten)]
     pub upstream: UpstreamArgs,

@@ -57,6 +57,12 @@ async fn main() -> anyhow::Result<()> {
         .nest("/api", api::router(gateway.hub().clone(), access.clone()))
         .nest_service("/admin", admin::router_at(gateway.hub().clone(), access, gateway.tasks(), listener.local_addr()?));
     let addr = listener.local_addr()?;
+    if let Some(cluster) = gateway.hub().cluster() {
+        match cli.advertise.or_else(|| (!addr.ip().is_unspecified()).then_some(addr)) {
+            Some(advertised) => cluster.advertise(advertised).await,
+            None => tracing::warn!(%addr, "no --advertise: other nodes cannot pass this node's Socket.IO long-polling requests on to it"),
+        }
+    }
     match tls {
         None => {
             tracing::info!(%addr, "switchyard listening; demo page at http://{addr}/");

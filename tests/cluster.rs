@@ -1851,6 +1851,215 @@ async fn the_page_through_round_robin_nginx_on_polling_survives_a_kill9_of_its_n
 }
 
 // ---------------------------------------------------------------------------------------------
+// Socket.IO clients through nginx round robin: the real socket.io-client in Node, with no sticky
+// sessions, its long-polling requests and its upgrade landing on any node (`tests/client/
+// socketio.mjs`, scenario `cluster`).
+// ---------------------------------------------------------------------------------------------
+
+/// Longest a Socket.IO scenario may run.
+const SIO_LIMIT: Duration = Duration::from_secs(90);
+
+/// Each node's id in the cluster, by index (from its `/healthz`).
+async fn node_ids(cluster: &Cluster) -> Vec<String> {
+    let mut ids = Vec::new();
+    for node in 0..NODES {
+        let (status, body) = cluster.healthz(node).await;
+        assert_eq!(status, 200, "node {node}'s /healthz: {body}");
+        ids.push(body["node"].as_str().expect("a node id").to_owned());
+    }
+    ids
+}
+
+/// The node holding the Engine.IO session `engine` (its sid names the node: `NODE.RANDOM`).
+fn engine_holder(ids: &[String], engine: &str) -> usize {
+    let (node, _) = engine.split_once('.').unwrap_or_else(|| panic!("the Engine.IO sid {engine} names no node"));
+    ids.iter().position(|id| id == node).unwrap_or_else(|| panic!("{engine} names none of the nodes {ids:?}"))
+}
+
+/// `switchyard_socketio_forwarded_total` for `request` and `outcome`, summed over the nodes that
+/// are `up`.
+async fn forwarded(cluster: &Cluster, up: &[usize], request: &str, outcome: &str) -> u64 {
+    let mut total = 0;
+    for &node in up {
+        let metrics = within("/metrics", async { cluster.http.get(cluster.url(node, "/metrics")).send().await.unwrap().text().await.unwrap() }).await;
+        total += metrics
+            .lines()
+            .filter(|line| line.starts_with("switchyard_socketio_forwarded_total{"))
+            .filter(|line| line.contains(&format!("request=\"{request}\"")) && line.contains(&format!("outcome=\"{outcome}\"")))
+            .map(|line| line.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap() as u64)
+            .sum::<u64>();
+    }
+    total
+}
+
+/// Runs the `cluster` scenario through `nginx` on `transports`, with `steps` answering its steps.
+async fn socket_io_scenario(nginx: &Proxy, transports: &str, kill_at: usize, steps: impl FnMut(&str) -> String) -> Value {
+    let env = [
+        ("SWITCHYARD_URL", nginx.url("")),
+        ("SCENARIO", "cluster".to_owned()),
+        ("TRANSPORTS", transports.to_owned()),
+        ("KILL_AT", kill_at.to_string()),
+    ];
+    harness::node::run_with("socketio.mjs", &env, steps, SIO_LIMIT).await.result
+}
+
+/// The 20 replies of a run, each once and in order: 20 recovery offsets, strictly increasing.
+fn assert_twenty_replies_once_in_order(out: &Value) {
+    let offsets: Vec<u64> = out["offsets"].as_array().unwrap().iter().map(|o| o.as_str().expect("an offset").parse().expect("a number")).collect();
+    assert_eq!(offsets.len(), 20, "20 replies: {out}");
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "each reply once, in order: {offsets:?}");
+}
+
+/// The real socket.io-client through nginx round robin in front of three nodes, with no sticky
+/// sessions: polling only, then `io()`'s default (polling, then the upgrade to WebSocket). Each
+/// sends 20 messages and gets 20 replies, each once and in order, while its requests land on
+/// every node and those that miss the Engine.IO session's node are passed to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_clients_through_round_robin_nginx_need_no_sticky_sessions() {
+    let _turn = ONE_BROWSER_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(&[]).await;
+    let upstreams: Vec<SocketAddr> = (0..NODES).map(|node| cluster.socket_addr(node)).collect();
+    let nginx = Proxy::nginx_round_robin(&upstreams).await;
+    let ids = node_ids(&cluster).await;
+    let all: Vec<usize> = (0..NODES).collect();
+    // Polling only once; the default until a client's upgrade went through a node other than
+    // its session's (round robin makes that likely on the first try; at most four).
+    let mut upgraded_elsewhere = false;
+    for (transports, transport) in [("polling", "polling"), ("polling,websocket", "websocket"), ("polling,websocket", "websocket"), ("polling,websocket", "websocket"), ("polling,websocket", "websocket")] {
+        if upgraded_elsewhere {
+            break;
+        }
+        let upgrades_before = forwarded(&cluster, &all, "upgrade", "ok").await;
+        let out = socket_io_scenario(&nginx, transports, 0, |step| panic!("unexpected step {step}")).await;
+        assert_twenty_replies_once_in_order(&out);
+        assert_eq!(out["transport"], transport, "{out}");
+        assert_eq!(out["connects"].as_array().unwrap().len(), 1, "no reconnect: {out}");
+        let engine = out["engines"][0].as_str().unwrap();
+        let holder = engine_holder(&ids, engine);
+        // nginx logs a request once it has ended, the WebSocket when the client closed it.
+        let log = if transport == "websocket" {
+            let websocket = format!("transport=websocket&sid={engine}");
+            nginx.wait_for_log_line(&format!("the WebSocket of {engine}"), |line| line.contains(&websocket)).await
+        } else {
+            nginx.access_log()
+        };
+        let mut reached = upstreams_of(&log, &format!("sid={engine}"));
+        reached.sort();
+        reached.dedup();
+        assert!(reached.len() >= 2, "{transports}: the requests of {engine} reached one node only: {reached:?}\n{log}");
+        let websockets = upstreams_of(&log, &format!("transport=websocket&sid={engine}"));
+        println!("{transports}: session on node {holder}, requests through {reached:?}, WebSocket through {websockets:?}");
+        if transport == "websocket" {
+            assert_eq!(websockets.len(), 1, "one upgrade: {log}");
+            if websockets[0] != cluster.addr(holder) {
+                assert_eq!(forwarded(&cluster, &all, "upgrade", "ok").await, upgrades_before + 1, "the upgrade was passed to node {holder}");
+                upgraded_elsewhere = true;
+            }
+        }
+    }
+    assert!(upgraded_elsewhere, "in four tries, no upgrade reached a node other than its session's");
+    let polls = forwarded(&cluster, &all, "poll", "ok").await;
+    let posts = forwarded(&cluster, &all, "post", "ok").await;
+    println!("forwarded: {polls} polls, {posts} posts, {} upgrades", forwarded(&cluster, &all, "upgrade", "ok").await);
+    assert!(polls > 0 && posts > 0, "polls and posts were passed to the session's node: {polls} polls, {posts} posts");
+    engine_io_requests_reach_the_sessions_node_once(&mut cluster, &ids).await;
+}
+
+/// Raw Engine.IO requests for a session of node 0 sent to the others: passed on (a POST, a poll
+/// answered with what node 0 queued), once only (a request marked as passed on already is not
+/// passed again: `Session ID unknown`), with the CORS headers of one node; a sid naming no live
+/// node is unknown. Then node 2 shuts down while a poll it passed on waits at node 0: the poll
+/// is answered `6` (noop) at once, and the session goes on through node 1.
+async fn engine_io_requests_reach_the_sessions_node_once(cluster: &mut Cluster, ids: &[String]) {
+    let http = cluster.http.clone();
+    let addrs: Vec<String> = (0..NODES).map(|node| cluster.addr(node).to_owned()).collect();
+    let eio = |node: usize, sid: &str| format!("http://{}/socket.io/?EIO=4&transport=polling&sid={sid}", addrs[node]);
+    let open = within("the handshake", http.get(cluster.url(0, "/socket.io/?EIO=4&transport=polling")).send()).await.unwrap();
+    let open = open.text().await.unwrap();
+    let handshake: Value = serde_json::from_str(open.strip_prefix('0').expect("an open packet")).unwrap();
+    let sid = handshake["sid"].as_str().unwrap().to_owned();
+    assert_eq!(engine_holder(ids, &sid), 0, "the sid names node 0");
+
+    let posted = within("a POST through node 1", http.post(eio(1, &sid)).body("40").send()).await.unwrap();
+    assert_eq!(posted.status(), 200);
+    assert_eq!(posted.text().await.unwrap(), "ok");
+    // A cross-origin request (loopback origins are allowed): one node's CORS headers.
+    let polled = within("a poll through node 2", http.get(eio(2, &sid)).header("origin", "http://localhost:5173").send()).await.unwrap();
+    assert_eq!(polled.status(), 200);
+    let allow: Vec<_> = polled.headers().get_all("access-control-allow-origin").iter().collect();
+    assert_eq!(allow, ["http://localhost:5173"], "one Access-Control-Allow-Origin");
+    let body = polled.text().await.unwrap();
+    assert!(body.starts_with("40{"), "the CONNECT answer node 0 queued: {body}");
+
+    let error = |response: reqwest::Response| async move { (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null)) };
+    let unknown = (400, json!({"code": 1, "message": "Session ID unknown"}));
+    let marked = http.get(eio(1, &sid)).header("x-switchyard-forwarded", &ids[2]);
+    assert_eq!(error(within("a marked poll", marked.send()).await.unwrap()).await, unknown, "a request passed on once is not passed again");
+    let nowhere = format!("0123456789abcdef.{UNKNOWN_SID}");
+    assert_eq!(error(within("a poll for no node", http.get(eio(1, &nowhere)).send()).await.unwrap()).await, unknown);
+    assert_eq!(error(within("a poll for no node", http.get(eio(1, UNKNOWN_SID)).send()).await.unwrap()).await, unknown);
+
+    let waiting = tokio::spawn(http.get(eio(2, &sid)).send());
+    wait_until("node 2 to have a poll waiting at node 0", || async {
+        let metrics = within("/metrics", async { http.get(cluster.url(2, "/metrics")).send().await.unwrap().text().await.unwrap() }).await;
+        metrics.lines().any(|line| line == "switchyard_socketio_forwarding 1")
+    })
+    .await;
+    cluster.sigterm(2);
+    let answer = within("the waiting poll's answer", waiting).await.unwrap().expect("an answer from node 2");
+    assert_eq!((answer.status().as_u16(), answer.text().await.unwrap()), (200, "6".to_owned()), "a noop: poll again");
+    cluster.wait_exit(2, EXIT).await;
+    let posted = within("a POST through node 1", http.post(eio(1, &sid)).body(r#"42["message","after"]"#).send()).await.unwrap();
+    assert_eq!(posted.status(), 200, "the session lives on");
+    let polled = within("a poll through node 1", http.get(eio(1, &sid)).send()).await.unwrap().text().await.unwrap();
+    assert!(polled.starts_with(r#"42["response","Message received!""#), "the reply, through node 1: {polled}");
+}
+
+/// The node holding a Socket.IO client's Engine.IO session killed (SIGKILL) after 10 of its 20
+/// messages, on long-polling, then (on the two nodes left) on `io()`'s default, upgraded to
+/// WebSocket: the client's next request, on whichever node, is answered `Session ID unknown` (or
+/// its WebSocket breaks); it reconnects through nginx, recovers its session on a live node (an
+/// event emitted while it was away arrives once), and gets the other 10 replies, every reply once
+/// and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_recovers_when_the_node_of_its_engine_io_session_is_killed() {
+    let _turn = ONE_BROWSER_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(&["--grace", "30s"]).await;
+    let upstreams: Vec<SocketAddr> = (0..NODES).map(|node| cluster.socket_addr(node)).collect();
+    let nginx = Proxy::nginx_round_robin(&upstreams).await;
+    let ids = node_ids(&cluster).await;
+    let mut killed = Vec::new();
+    for (transports, transport) in [("polling", "polling"), ("polling,websocket", "websocket")] {
+        let mut victim = None;
+        let out = socket_io_scenario(&nginx, transports, 10, |step| {
+            let engine = step.strip_prefix("kill:").unwrap_or_else(|| panic!("unexpected step {step}"));
+            let node = engine_holder(&ids, engine);
+            cluster.nodes[node].binary.0.kill().expect("SIGKILL");
+            cluster.kill9(node);
+            victim = Some(node);
+            "done".to_owned()
+        })
+        .await;
+        let victim = victim.expect("the scenario asked for the kill");
+        killed.push(victim);
+        assert_twenty_replies_once_in_order(&out);
+        assert_eq!(out["transport"], transport, "{out}");
+        assert_eq!(out["notices"], json!(["while away"]), "the event emitted while away, once: {out}");
+        let connects = out["connects"].as_array().unwrap();
+        assert_eq!(connects.len(), 2, "one reconnect: {out}");
+        assert_eq!(connects[1]["recovered"], true, "the reconnect recovered the session: {out}");
+        let second = engine_holder(&ids, connects[1]["engine"].as_str().unwrap());
+        assert!(!killed.contains(&second), "the new Engine.IO session is on a live node: {second}, killed {killed:?}");
+        let live: Vec<usize> = (0..NODES).filter(|n| !killed.contains(n)).collect();
+        let mut unknown = 0;
+        for request in ["poll", "post", "upgrade"] {
+            unknown += forwarded(&cluster, &live, request, "unreachable").await + forwarded(&cluster, &live, request, "gone").await;
+        }
+        println!("{transports}: killed node {victim}; the client came back on node {second}; {unknown} requests for the dead nodes' sessions answered `Session ID unknown` so far");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Chaos across the nodes: tests/chaos.rs's clients with every request sent to a random node,
 // while a node is killed and started again.
 // ---------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@
 //! | `history.rs` | the transport changes clients report, and each session's recent attaches and detaches ([`Hub::history`]) |
 //! | `counters.rs` | the metrics recorded on every attach and detach |
 //! | `mirror.rs` | cluster mode, the hub's side: the table as this node's mirror of the sessions it serves |
-//! | `cluster/` | cluster mode, the Redis side: the connection and one method per session operation (`mod.rs`), the Lua scripts and key layout (`scripts.rs`), the node's subscription, heartbeat, cluster-wide expiry and shutdown (`node.rs`) |
+//! | `cluster/` | cluster mode, the Redis side: the connection and one method per session operation (`mod.rs`), the Lua scripts and key layout (`scripts.rs`), the node's subscription, heartbeat, cluster-wide expiry and shutdown (`node.rs`), the nodes' addresses (`peers.rs`) |
 //!
 //! The hub imports nothing of the crate but [`protocol`](crate::protocol): it sits at the bottom,
 //! under the transports, the app, upstream forwarding and the gateway, which all reach sessions
@@ -354,6 +354,12 @@ impl Hub {
     /// The Redis connection of cluster mode, if the hub runs in it.
     pub fn cluster(&self) -> Option<&Cluster> {
         self.inner.cluster.as_ref()
+    }
+
+    /// Completes once the server is shutting down (the token the hub was made with is
+    /// cancelled): for a request that waits on something other than an attachment of this hub.
+    pub async fn shutting_down(&self) {
+        self.inner.shutdown.cancelled().await;
     }
 
     /// With an age bound, the tick of the age bound `now` falls in (ticks of a sixteenth of the

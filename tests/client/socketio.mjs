@@ -11,6 +11,12 @@
 // * `acks`: over each transport, `emitWithAck` to handlers that answer (`sum`, the seed's
 //   `message`) and one that fails, and the server's request (`ask` -> `question`) answered by
 //   the client's ack callback.
+// * `cluster` (tests/cluster.rs, SERVER being nginx round robin in front of three nodes): a
+//   client on TRANSPORTS (comma-separated; `polling,websocket` is `io()`'s default) sends 20
+//   `message`s, each once the reply to the one before came, and reports the recovery offsets of
+//   the replies, the Engine.IO sids it used and its connects. With KILL_AT=N, after reply N it
+//   asks the test to kill the node holding its Engine.IO session (`kill:SID`), has the cluster
+//   emit `notice` to its session while it is cut off, and goes on once it has reconnected.
 import { createRequire } from 'node:module';
 import { SERVER, RELAY, switchyard, step, result, waitFor, sleep } from './harness.mjs';
 
@@ -138,6 +144,50 @@ async function acks() {
   return out;
 }
 
-const scenarios = { transports, rooms, recovery, acks };
+async function cluster() {
+  const transports = (process.env.TRANSPORTS || 'polling,websocket').split(',');
+  const killAt = Number(process.env.KILL_AT || 0);
+  // A reconnect a second after the drop: the notice is emitted while the client is away.
+  const socket = io(SERVER, { transports, reconnectionDelay: 1000, reconnectionDelayMax: 1000, forceNew: true });
+  const offsets = [];
+  const notices = [];
+  const connects = [];
+  const engines = [];
+  socket.on('response', (data, offset) => offsets.push(offset));
+  socket.on('notice', (data) => notices.push(data));
+  socket.on('connect', () => {
+    connects.push({ recovered: socket.recovered, engine: socket.io.engine.id });
+    engines.push(socket.io.engine.id);
+  });
+  await connected(socket);
+  if (transports.includes('websocket')) {
+    await waitFor('the upgrade to websocket', () => socket.io.engine.transport.name === 'websocket');
+  }
+  for (let n = 1; n <= 20; n++) {
+    socket.emit('message', `message ${n}`);
+    await waitFor(`reply ${n}`, () => offsets.length >= n, 20000);
+    if (n === killAt) {
+      const engine = socket.io.engine.id;
+      await step(`kill:${engine}`);
+      const emitted = await fetch(`${SERVER}/api/emit`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ to: { sid: socket._pid }, event: 'notice', data: 'while away' }),
+      });
+      if (emitted.status !== 200) throw new Error(`the notice: ${emitted.status} ${await emitted.text()}`);
+      await waitFor('the reconnect', () => connects.length >= 2, 20000);
+      if (transports.includes('websocket')) {
+        await waitFor('the upgrade again', () => socket.io.engine.transport.name === 'websocket');
+      }
+    }
+  }
+  if (killAt) await waitFor('the notice', () => notices.length >= 1);
+  await sleep(300); // nothing more arrives
+  const transport = socket.io.engine.transport.name;
+  socket.disconnect();
+  return { offsets, notices, connects, engines, transport };
+}
+
+const scenarios = { transports, rooms, recovery, acks, cluster };
 result(await scenarios[process.env.SCENARIO]());
 process.exit(0);

@@ -2,7 +2,7 @@
 //! and serves its steps: the script asks for an action on a line `STEP <name>`, this side does
 //! it and answers one line; `RESULT <json>` is what the scenario found.
 //!
-//! Steps: `relay:cut`, `relay:refuse`, `relay:pass`, `relay:refuse-websocket`, `relay:cut-on-send`, `relay:stall`,
+//! Steps ([`run`]; [`run_with`] takes the test's own): `relay:cut`, `relay:refuse`, `relay:pass`, `relay:refuse-websocket`, `relay:cut-on-send`, `relay:stall`,
 //! `relay:unstall` (on the relay given, see `relay.rs`), `sessions` (answers the hub's live
 //! session count).
 //!
@@ -35,6 +35,23 @@ fn check_installed() {
 
 /// Runs `tests/client/<script>` with `env`, serving its steps, for at most `limit`.
 pub async fn run(script: &str, env: &[(&str, String)], gateway: &Gateway, relay: Option<&Relay>, limit: Duration) -> Outcome {
+    let steps = |step: &str| match step {
+        "sessions" => gateway.hub().len().to_string(),
+        "relay:cut" => act(relay, script, Relay::cut),
+        "relay:refuse" => act(relay, script, |r| r.set_mode(Mode::Refuse)),
+        "relay:pass" => act(relay, script, |r| r.set_mode(Mode::Pass)),
+        "relay:refuse-websocket" => act(relay, script, |r| r.set_mode(Mode::RefuseWebSocket)),
+        "relay:cut-on-send" => act(relay, script, |r| r.set_mode(Mode::CutOnSend)),
+        "relay:stall" => act(relay, script, |r| r.stall_downstream(true)),
+        "relay:unstall" => act(relay, script, |r| r.stall_downstream(false)),
+        other => panic!("{script}: unknown step {other:?}"),
+    };
+    run_with(script, env, steps, limit).await
+}
+
+/// [`run`] with the test's own steps: `steps` gets each step's name and returns its answer
+/// (for scenarios against processes rather than an in-process gateway).
+pub async fn run_with(script: &str, env: &[(&str, String)], mut steps: impl FnMut(&str) -> String, limit: Duration) -> Outcome {
     check_installed();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client");
     let mut child = Command::new("node")
@@ -71,17 +88,7 @@ pub async fn run(script: &str, env: &[(&str, String)], gateway: &Gateway, relay:
         // Shown with a failing test's output: what the scenario said, in order.
         eprintln!("[{script}] {line}");
         if let Some(step) = line.strip_prefix("STEP ") {
-            let answer = match step {
-                "sessions" => gateway.hub().len().to_string(),
-                "relay:cut" => act(relay, script, Relay::cut),
-                "relay:refuse" => act(relay, script, |r| r.set_mode(Mode::Refuse)),
-                "relay:pass" => act(relay, script, |r| r.set_mode(Mode::Pass)),
-                "relay:refuse-websocket" => act(relay, script, |r| r.set_mode(Mode::RefuseWebSocket)),
-                "relay:cut-on-send" => act(relay, script, |r| r.set_mode(Mode::CutOnSend)),
-                "relay:stall" => act(relay, script, |r| r.stall_downstream(true)),
-                "relay:unstall" => act(relay, script, |r| r.stall_downstream(false)),
-                other => panic!("{script}: unknown step {other:?}"),
-            };
+            let answer = steps(step);
             stdin.write_all(format!("{answer}\n").as_bytes()).await.expect("answering the scenario");
         } else if let Some(json) = line.strip_prefix("RESULT ") {
             result = Some(serde_json::from_str::<Value>(json).unwrap_or_else(|err| panic!("{script}: result {json}: {err}")));

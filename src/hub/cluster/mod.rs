@@ -30,11 +30,12 @@
 //!
 //! Keys are hash-tagged by sid (see `scripts.rs`), so the same code runs on one Redis and on a
 //! Redis Cluster; the few global keys (`sy:sessions`, `sy:expiry`, room member sets,
-//! `sy:alive:NODE`, the operator page's reports `sy:admin`) are only ever used by single-key
+//! `sy:alive:NODE`, whose value is the node's address (`peers.rs`), the operator page's reports `sy:admin`) are only ever used by single-key
 //! commands.
 
 mod answers;
 mod node;
+mod peers;
 mod scripts;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,6 +89,8 @@ struct Inner {
     reachable: AtomicBool,
     /// The inbox tickets this node holds, whose leases its ticket task renews.
     tickets: std::sync::Mutex<std::collections::HashSet<(Sid, u64)>>,
+    /// The address other nodes reach this node at, once told (`peers.rs`).
+    advertised: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 /// An inbox ticket whose turn came: the ticket, the highest client `seq` handled, and the
@@ -215,7 +218,7 @@ impl Cluster {
         tracing::info!(%node, clustered, servers = urls.len(), "cluster mode: connected to Redis");
         Ok(Cluster {
             inner: Arc::new(Inner { node: RwLock::new(node), conn, subscribe_to: clients, scripts: scripts::Scripts::new(), reachable: AtomicBool::new(false),
-                                 tickets: std::sync::Mutex::default() }),
+                                 tickets: std::sync::Mutex::default(), advertised: std::sync::OnceLock::new() }),
         })
     }
 

@@ -5,7 +5,8 @@
 //!   hand them to the hub. While the subscription is down the node cannot hear of events
 //!   emitted elsewhere, so it tells every attached client to resume (`reconnect`, reason
 //!   `redis`) and refuses new attaches with 503 until it is back; it reconnects by itself.
-//! * **heartbeat**: renews `sy:alive:ID`, by which other nodes know it still holds its sessions.
+//! * **heartbeat**: renews `sy:alive:ID`, by which other nodes know it still holds its sessions
+//!   (and where to reach it, `peers.rs`).
 //! * **expire** the sessions whose deadline in `sy:expiry` passed, cluster-wide and once each.
 //! * at **shutdown**, detach every session it holds in one go, so their grace periods start
 //!   now rather than when the last socket closes.
@@ -123,7 +124,7 @@ async fn heartbeat(cluster: Cluster) {
             continue;
         }
         let key = format!("sy:alive:{}", cluster.node());
-        let _ = cluster.cmd("heartbeat", redis::cmd("SET").arg(&key).arg(1).arg("PX").arg(millis(NODE_LEASE))).await;
+        let _ = cluster.cmd("heartbeat", redis::cmd("SET").arg(&key).arg(cluster.liveness()).arg("PX").arg(millis(NODE_LEASE))).await;
     }
 }
 

@@ -87,9 +87,14 @@ struct State {
 impl EngineSession {
     /// A session written by `carrier`, and the receiving end of its inbox.
     pub fn new(carrier: Carrier) -> (Arc<EngineSession>, mpsc::Receiver<Inbound>) {
+        Self::with_id(carrier, crate::protocol::Sid::random().as_str().to_owned())
+    }
+
+    /// A session named `id` (in cluster mode, an id naming this node: see `forward.rs`).
+    pub fn with_id(carrier: Carrier, id: String) -> (Arc<EngineSession>, mpsc::Receiver<Inbound>) {
         let (inbox_tx, inbox_rx) = mpsc::channel(32);
         let session = EngineSession {
-            id: crate::protocol::Sid::random().as_str().to_owned(),
+            id,
             state: Mutex::new(State { queue: Vec::new(), carrier, upgrading: false, polling: false, posting: false, cause: None }),
             wake: Notify::new(),
             drained: Notify::new(),

@@ -15,6 +15,7 @@
 //! | `polling.rs` | long-polling: the GET that takes the queue, the POST that reads packets |
 //! | `ws.rs` | WebSocket: from the start, or by upgrade from long-polling (the probe) |
 //! | `socket.rs` | the socket task: pings, the Socket.IO packets, the hub attachment |
+//! | `forward.rs` | cluster mode: a request for a session another node holds, passed to that node |
 //!
 //! Why it is shaped so: an Engine.IO session outlives its requests and changes carrier on
 //! upgrade, so one task per session (the socket task) owns what the packets mean and the hub
@@ -24,8 +25,12 @@
 //! refused (an `error` event naming the event; the attachments are skipped): the hub carries
 //! JSON, and a silently mangled buffer is worse than a clear refusal. Only the main namespace
 //! `/` exists: other namespaces get the `CONNECT_ERROR` `Invalid namespace`.
+//! In cluster mode an Engine.IO session stays on the node that opened it, and the requests of
+//! it that a balancer sends elsewhere are passed to that node (`forward.rs`): no sticky
+//! sessions.
 
 mod engine;
+mod forward;
 pub mod packet;
 mod polling;
 mod socket;
@@ -34,7 +39,6 @@ mod ws;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
@@ -104,12 +108,16 @@ pub(crate) fn routes<H: Handler>() -> axum::routing::MethodRouter<Endpoint<H>> {
     axum::routing::get(get::<H>).post(post::<H>)
 }
 
-/// `GET`: the handshake (no sid), a poll, or a WebSocket (new, or an upgrade).
+/// `GET`: the handshake (no sid), a poll, or a WebSocket (new, or an upgrade). A poll or an
+/// upgrade for a session another node holds is passed to that node (`forward.rs`).
 async fn get<H: Handler>(State(endpoint): State<Endpoint<H>>, client: ClientAddr, request: Request) -> Result<Response, Error> {
-    let (mut parts, _) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let (carrier, sid) = EngineQuery::read(&parts.uri)?;
     let opening = || Opening { client, headers: parts.headers.clone(), query: parts.uri.query().map(str::to_owned) };
     match (carrier, sid) {
+        (Carrier::WebSocket, Some(sid)) if endpoint.engines().get(&sid).is_none() => {
+            elsewhere(&endpoint, &sid, forward::Kind::Upgrade, Request::from_parts(parts, body)).await
+        }
         (Carrier::WebSocket, sid) => {
             let opening = opening();
             let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(|_| EngineIoError::BadRequest)?;
@@ -120,22 +128,33 @@ async fn get<H: Handler>(State(endpoint): State<Endpoint<H>>, client: ClientAddr
             tokio::spawn(socket::run(endpoint.clone(), session.clone(), inbox_rx, opening()));
             Ok(text(handshake(&endpoint, &session, true)))
         }
-        (Carrier::Polling, Some(sid)) => {
-            let session = endpoint.engines().get(&sid).ok_or(EngineIoError::UnknownSid)?;
-            polling::poll(&session).await
-        }
+        (Carrier::Polling, Some(sid)) => match endpoint.engines().get(&sid) {
+            Some(session) => polling::poll(&session).await,
+            None => elsewhere(&endpoint, &sid, forward::Kind::Poll, Request::from_parts(parts, body)).await,
+        },
     }
 }
 
-/// `POST`: packets over long-polling.
-async fn post<H: Handler>(State(endpoint): State<Endpoint<H>>, uri: Uri, body: Body) -> Result<Response, Error> {
-    let (carrier, sid) = EngineQuery::read(&uri)?;
+/// `POST`: packets over long-polling (passed to the node holding the session, if another does).
+async fn post<H: Handler>(State(endpoint): State<Endpoint<H>>, request: Request) -> Result<Response, Error> {
+    let (carrier, sid) = EngineQuery::read(request.uri())?;
     let sid = sid.ok_or(EngineIoError::BadHandshakeMethod)?;
     if carrier != Carrier::Polling {
         return Err(EngineIoError::BadRequest.into());
     }
-    let session = endpoint.engines().get(&sid).ok_or(EngineIoError::UnknownSid)?;
-    polling::post(&session, body, endpoint.config().socketio.max_payload).await
+    match endpoint.engines().get(&sid) {
+        Some(session) => polling::post(&session, request.into_body(), endpoint.config().socketio.max_payload).await,
+        None => elsewhere(&endpoint, &sid, forward::Kind::Post, request).await,
+    }
+}
+
+/// A request for session `sid`, which this node does not hold: cluster mode passes it to the
+/// node that does; otherwise, and when that node is gone, `Session ID unknown`. The wait for
+/// the holder's answer is bounded by what a poll may take there (a ping interval) and the ping
+/// timeout.
+async fn elsewhere<H: Handler>(endpoint: &Endpoint<H>, sid: &str, kind: forward::Kind, request: Request) -> Result<Response, Error> {
+    let config = &endpoint.config().socketio;
+    forward::to_holder(endpoint.hub(), sid, kind, request, config.ping_interval + config.ping_timeout).await
 }
 
 /// Opens an Engine.IO session written by `carrier`, and the receiving end of its inbox.
@@ -143,7 +162,7 @@ fn open<H: Handler>(endpoint: &Endpoint<H>, carrier: Carrier) -> Result<(Arc<Eng
     if endpoint.engines().len() >= endpoint.hub().config().max_sessions {
         return Err(Error::Full);
     }
-    let (session, inbox_rx) = EngineSession::new(carrier);
+    let (session, inbox_rx) = EngineSession::with_id(carrier, forward::session_id(endpoint.hub()));
     endpoint.engines().insert(session.clone());
     Ok((session, inbox_rx))
 }
