@@ -25,9 +25,9 @@ use anyhow::{bail, Context as _};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::time::{sleep, timeout, Instant};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::client::histogram;
+use crate::client::{histogram, ws_config};
 use crate::http::Conn;
 use crate::procs::{CpuWindow, Kind, Server};
 use crate::{loadavg, median_ratio, met, q, ratio, rounds_table, Args, RoundRow};
@@ -41,26 +41,27 @@ const REPLY: &str = r#"42["response","Message received!""#;
 /// A Socket.IO session over WebSocket, connected to `/`.
 async fn ws_connect(addr: SocketAddr) -> anyhow::Result<Ws> {
     let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-    let (mut ws, _) = timeout(LIMIT, tokio_tungstenite::connect_async(url)).await??;
-    let open = ws_text(&mut ws).await?;
+    let (mut ws, _) = timeout(LIMIT, tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true)).await??;
+    let open = timeout(LIMIT, ws_text(&mut ws)).await??;
     if !open.starts_with('0') {
-        bail!("expected the open packet, got {open}");
+        bail!("expected the open packet, got {}", open.as_str());
     }
-    ws.send(Message::text("40")).await?;
+    ws.send(Message::Text(Utf8Bytes::from_static("40"))).await?;
     loop {
-        let packet = ws_text(&mut ws).await?;
+        let packet = timeout(LIMIT, ws_text(&mut ws)).await??;
         if packet.starts_with("40") {
             return Ok(ws);
         }
     }
 }
 
-/// The next text frame; pings are answered on the way.
-async fn ws_text(ws: &mut Ws) -> anyhow::Result<String> {
+/// The next text frame, as it came (no copy); pings are answered on the way. The caller bounds
+/// the wait: one timer per round trip rather than one per frame keeps the load generator lean.
+async fn ws_text(ws: &mut Ws) -> anyhow::Result<Utf8Bytes> {
     loop {
-        match timeout(LIMIT, ws.next()).await?.context("socket closed")?? {
-            Message::Text(text) if text.as_str() == "2" => ws.send(Message::text("3")).await?,
-            Message::Text(text) => return Ok(text.as_str().to_owned()),
+        match ws.next().await.context("socket closed")?? {
+            Message::Text(text) if text.as_str() == "2" => ws.send(Message::Text(Utf8Bytes::from_static("3"))).await?,
+            Message::Text(text) => return Ok(text),
             Message::Close(_) => bail!("socket closed"),
             _ => {}
         }
@@ -68,12 +69,15 @@ async fn ws_text(ws: &mut Ws) -> anyhow::Result<String> {
 }
 
 async fn ws_round_trip(ws: &mut Ws) -> anyhow::Result<()> {
-    ws.send(Message::text(MESSAGE)).await?;
-    loop {
-        if ws_text(ws).await?.starts_with(REPLY) {
-            return Ok(());
+    timeout(LIMIT, async {
+        ws.send(Message::Text(Utf8Bytes::from_static(MESSAGE))).await?;
+        loop {
+            if ws_text(ws).await?.starts_with(REPLY) {
+                return Ok(());
+            }
         }
-    }
+    })
+    .await?
 }
 
 /// A Socket.IO session over long-polling, connected to `/`: a keep-alive connection for the
