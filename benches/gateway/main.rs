@@ -408,7 +408,7 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
         loads.push((load_before, loadavg()));
         for (i, (b, s)) in base_rounds.iter().zip(&sy_rounds).enumerate() {
             per_round_rows.push(RoundRow {
-                transport,
+                label: transport.label(),
                 round: i + 1,
                 base: (b.result.rate(), b.server_cpu, b.loadgen_cpu),
                 sy: (s.result.rate(), s.server_cpu, s.loadgen_cpu),
@@ -451,15 +451,32 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
             if client_share < 1.0 { "client below the server" } else { "client NOT below the server" },
         )?;
     }
-    writeln!(
-        out,
-        "\nEach round: round trips/s, server CPU and load-generator CPU (share of one core each, over the measured second), baseline then switchyard.\n\n| transport | round | baseline rt/s | server | loadgen | switchyard rt/s | server | loadgen | ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    )?;
-    for row in &per_round_rows {
-        writeln!(
+    out.push_str(&rounds_table("baseline", &per_round_rows));
+    Ok(out)
+}
+
+/// One paired round of `rtt` (or `socketio`): (round trips/s, server CPU share, load-generator
+/// CPU share) of the baseline and of switchyard.
+struct RoundRow {
+    /// What was measured (the transport).
+    label: &'static str,
+    round: usize,
+    base: (f64, f64, f64),
+    sy: (f64, f64, f64),
+}
+
+/// The table of paired rounds, one line per round: each server's rate with the server's and the
+/// load generator's CPU, and the round's ratio. `baseline` names the server switchyard is paired
+/// with.
+fn rounds_table(baseline: &str, rows: &[RoundRow]) -> String {
+    let mut out = format!(
+        "\nEach round: round trips/s, server CPU and load-generator CPU (share of one core each, over the measured window), {baseline} then switchyard.\n\n| transport | round | {baseline} rt/s | server | loadgen | switchyard rt/s | server | loadgen | ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for row in rows {
+        let _ = writeln!(
             out,
             "| {} | {} | {:.0} | {:.0} % | {:.0} % | {:.0} | {:.0} % | {:.0} % | {:.2} |",
-            row.transport.label(),
+            row.label,
             row.round,
             row.base.0,
             row.base.1 * 100.0,
@@ -468,18 +485,17 @@ async fn rtt(args: &Args) -> anyhow::Result<String> {
             row.sy.1 * 100.0,
             row.sy.2 * 100.0,
             ratio(row.sy.0, row.base.0)
-        )?;
+        );
     }
-    Ok(out)
+    out
 }
 
-/// One paired round of `rtt`: (round trips/s, server CPU share, load-generator CPU share) of the
-/// baseline and of switchyard.
-struct RoundRow {
-    transport: Transport,
-    round: usize,
-    base: (f64, f64, f64),
-    sy: (f64, f64, f64),
+/// The median of the rounds' ratios (switchyard's rate over the baseline's), and the ratios
+/// sorted.
+fn median_ratio<'a>(rows: impl IntoIterator<Item = &'a RoundRow>) -> (f64, Vec<f64>) {
+    let mut ratios: Vec<f64> = rows.into_iter().map(|r| ratio(r.sy.0, r.base.0)).collect();
+    ratios.sort_by(f64::total_cmp);
+    (ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN), ratios)
 }
 
 /// One server's rounds as one row: round trips and latencies of all rounds, CPU shares averaged.

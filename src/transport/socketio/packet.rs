@@ -282,7 +282,9 @@ pub fn encode_event(name: &str, data: &str, offset: Option<u64>) -> String {
     out.push(',');
     out.push_str(data);
     if let Some(offset) = offset {
-        let _ = write!(out, ",\"{offset}\"");
+        out.push_str(",\"");
+        push_u64(&mut out, offset);
+        out.push('"');
     }
     out.push(']');
     out
@@ -306,8 +308,31 @@ pub fn encode_ack(id: u64, data: &str) -> String {
     format!("43{id}[{data}]")
 }
 
+/// `text` as a JSON string. Most names need no escape (no quote, backslash or control
+/// character, the only characters JSON escapes) and are written as they are, in quotes.
 fn write_json_string(out: &mut String, text: &str) {
-    out.push_str(&serde_json::to_string(text).expect("a string serializes"));
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(text).expect("a string serializes"));
+    }
+}
+
+/// `n` in decimal, without the formatting machinery (an event's offset, on every event).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
 }
 
 #[cfg(test)]
@@ -410,5 +435,16 @@ mod tests {
         let event = encode_event("x", r#"{"a":[1,2]}"#, None);
         let EnginePacket::Message(inner) = decode_engine(&event).unwrap() else { panic!("a message") };
         assert_eq!(decode_socket(inner).unwrap(), SocketPacket::Event { nsp: "/".into(), id: None, name: "x".into(), args: vec![json!({"a": [1, 2]})] });
+    }
+
+    #[test]
+    fn event_names_and_offsets_write_as_json_writes_them() {
+        for name in ["message", "", "a\"b", "back\\slash", "tab\there", "\u{1}", "é ü /"] {
+            let ours = encode_event(name, "1", None);
+            assert_eq!(ours, format!("42[{},1]", serde_json::to_string(name).unwrap()), "name {name:?}");
+        }
+        for offset in [0, 7, 10, 12_345, u64::MAX] {
+            assert_eq!(encode_event("e", "null", Some(offset)), format!("42[\"e\",null,\"{offset}\"]"));
+        }
     }
 }

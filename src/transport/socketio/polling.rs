@@ -7,7 +7,7 @@
 
 use axum::body::{to_bytes, Body};
 use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::engine::{Carrier, CloseCause, EngineSession, Inbound};
 use super::packet::{decode_payload, EnginePacket, SEPARATOR};
@@ -43,6 +43,10 @@ pub async fn poll(session: &EngineSession) -> Result<Response, Error> {
         }
         session.woken().await;
     };
+    if let [_] = packets[..] {
+        // One packet (a reply, a ping): it is the body as it is, not copied.
+        return Ok(super::text(packets.into_iter().next().expect("one packet")));
+    }
     let mut body = String::with_capacity(packets.iter().map(|p| p.len() + 1).sum());
     for (i, packet) in packets.iter().enumerate() {
         if i > 0 {
@@ -91,5 +95,15 @@ pub async fn post(session: &EngineSession, body: Body, max_payload: usize) -> Re
             break;
         }
     }
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("text/html"))], "ok").into_response())
+    Ok(ok())
+}
+
+/// A post's answer: `ok`, as `text/html` (as Socket.IO's own server answers), built directly,
+/// with room for the `Content-Length` axum adds (a map that grows costs a rehash).
+fn ok() -> Response {
+    let mut response = Response::new(Body::from("ok"));
+    let mut headers = axum::http::HeaderMap::with_capacity(4);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    *response.headers_mut() = headers;
+    response
 }
