@@ -44,13 +44,23 @@ pub fn seed<R: Registry>(registry: R) -> R {
             if let Err(err) = ctx.emit_rendered(&RESPONSE).await {
                 tracing::debug!(sid = ctx.sid().short(), %err, "reply not emitted");
             }
-            for room in ctx.rooms().await {
-                let chat = json!({"room": room, "from": ctx.sid().short(), "text": message});
-                let _ = ctx.hub().publish_except(&Target::Room(room), Some(ctx.sid()), "chat", &chat).await;
+            let rooms = ctx.rooms().await;
+            if !rooms.is_empty() {
+                // Boxed: publishing's future is large, and the handler's future, moved into a
+                // box for every `message`, would otherwise be as large for a session in no room.
+                Box::pin(chat(&ctx, rooms, &message)).await;
             }
         })
         .on("join", |ctx, room| async move { membership(ctx, room, true).await })
         .on("leave", |ctx, room| async move { membership(ctx, room, false).await })
+}
+
+/// `message`'s text as `chat` to the others in each of `rooms`.
+async fn chat(ctx: &Context, rooms: Vec<String>, message: &Value) {
+    for room in rooms {
+        let chat = json!({"room": room, "from": ctx.sid().short(), "text": message});
+        let _ = ctx.hub().publish_except(&Target::Room(room), Some(ctx.sid()), "chat", &chat).await;
+    }
 }
 
 /// `join`/`leave` with a room name as data: silent when it works, an `error` event saying what is

@@ -200,7 +200,9 @@ impl Hub {
         gate: impl FnOnce() -> Result<(), E>,
     ) -> Result<Attachment, E> {
         if let Some(cluster) = &self.inner.cluster {
-            return self.attach_clustered(cluster, &request, gate).await;
+            // Boxed: Redis's round trips would otherwise make every attach's future (every
+            // poll's, in memory too) as large as theirs.
+            return Box::pin(self.attach_clustered(cluster, &request, gate)).await;
         }
         let gap = match self.resolve(request.sid, request.cursor) {
             Ok(Some((session, start))) => match self.attach_to(session, &request, true, start, None, 0) {

