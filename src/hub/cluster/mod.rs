@@ -37,6 +37,7 @@
 //! commands.
 
 mod answers;
+mod batch;
 mod node;
 mod scripts;
 
@@ -112,31 +113,31 @@ impl Granted {
 }
 
 /// The command connection: multiplexed (commands of all tasks are pipelined on it) and
-/// reconnecting by itself.
+/// reconnecting by itself. To a standalone Redis, commands go in batches (see `batch.rs`).
 #[derive(Clone)]
 enum Conn {
-    Single(ConnectionManager),
+    Single(ConnectionManager, batch::Batcher),
     Cluster(ClusterConnection),
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Single(_, batcher) => batcher.query(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
     fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Single(c, _) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(c) => c.get_db(),
+            Conn::Single(c, _) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -214,7 +215,8 @@ impl Cluster {
                 .set_response_timeout(Some(COMMAND_TIMEOUT))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(500));
-            Conn::Single(first.get_connection_manager_with_config(config).await?)
+            let manager = first.get_connection_manager_with_config(config).await?;
+            Conn::Single(manager.clone(), batch::Batcher::start(manager))
         };
         let node = new_node_id();
         tracing::info!(%node, clustered, servers = urls.len(), "cluster mode: connected to Redis");
