@@ -363,7 +363,11 @@ impl Cluster {
         let reply = array(self.run("emit", &invocation).await?);
         match reply.first().map(int) {
             Some(seq) if seq > 0 => {
-                let mine = reply.get(1).map(text).is_some_and(|owner| *owner == *node);
+                let mine = match reply.get(1) {
+                    Some(Value::BulkString(owner)) => owner.as_slice() == node.as_bytes(),
+                    Some(Value::SimpleString(owner)) => *owner == *node,
+                    _ => false,
+                };
                 Ok((u64::try_from(seq).unwrap_or(0), mine))
             }
             _ => Err(HubError::NoSession),
@@ -658,10 +662,20 @@ fn new_node_id() -> Arc<str> {
     Arc::from(format!("{:016x}", rand::random::<u64>()))
 }
 
-/// The keys of session `sid`, in the order every script takes them.
+/// The keys of session `sid`, in the order every script takes them: `sy:{SID}:s`, `:b`, `:r`,
+/// `:w`. Written into one buffer rather than formatted: this runs for every Redis request of
+/// every event.
 fn keys(invocation: &mut ScriptInvocation<'_>, sid: &Sid) {
-    let sid = sid.as_str();
-    invocation.key(format!("sy:{{{sid}}}:s")).key(format!("sy:{{{sid}}}:b")).key(format!("sy:{{{sid}}}:r")).key(format!("sy:{{{sid}}}:w"));
+    let sid = sid.as_str().as_bytes();
+    let mut key = Vec::with_capacity(sid.len() + 7);
+    key.extend_from_slice(b"sy:{");
+    key.extend_from_slice(sid);
+    key.extend_from_slice(b"}:s");
+    let last = key.len() - 1;
+    for suffix in [b's', b'b', b'r', b'w'] {
+        key[last] = suffix;
+        invocation.key(key.as_slice());
+    }
 }
 
 fn session_key(sid: &Sid) -> String {
