@@ -47,8 +47,9 @@ pub(super) struct Session {
     /// message, takes no lock.
     pub(super) room_count: AtomicUsize,
     /// Cluster mode: the highest client `seq` accepted and not yet written to Redis (0: none).
-    /// It goes with the next event emitted to the session, or with the inbox's release, so a
-    /// reply and the record of what it answers are stored together (see `cluster/mod.rs`).
+    /// It goes with the next event emitted to the session, or in the background once the
+    /// handler finished without one, so a reply and the record of what it answers are stored
+    /// together (see `cluster/mod.rs` and `lease.rs`).
     pub(super) unsaved: AtomicU64,
     /// Cluster mode: when (ms since the hub was made) Redis last said the session exists; 0:
     /// never (see `mirror.rs`).

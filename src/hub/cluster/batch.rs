@@ -6,22 +6,32 @@
 //! a `write` in Redis, which share the machine with the node: at tens of thousands of events a
 //! second those system calls are a large part of what an event costs on both sides
 //! (docs/performance.md, "Cluster mode"). Here one task sends the commands: it takes every
-//! command waiting, sends them as one pipeline, and waits for the answers before it sends the
-//! next batch. With one command waiting it is one request as before; under load a batch holds
-//! what arrived during one round trip to Redis, and a command waits at most one batch's round
-//! trip longer.
+//! command waiting and sends them as one pipeline, with at most [`IN_FLIGHT`] batches on their
+//! way at once. With one command waiting it is one request as before; under load a batch holds
+//! what arrived while the batches before were on their way, and a command waits at most that
+//! long more.
 //!
 //! Commands keep the order they were queued in (one sender, answers in order), so what one task
 //! sends after another's answer came is still run after it. A server error answers its own
 //! command only (a `NOSCRIPT` is then retried by the caller's script invocation, which loads the
 //! script through here too); a connection error answers every command of its batch.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, RedisError, RedisFuture, RedisResult, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// The most commands in one batch: a bound on the write and on what one slow batch holds up.
 const MAX_BATCH: usize = 256;
+
+/// The most batches on their way at once: enough for the node to send the next while Redis runs
+/// one (a publish to thousands of sessions streams through), few enough that commands queue up
+/// into batches under load.
+const IN_FLIGHT: usize = 2;
 
 /// A command waiting for its batch, and where its answer goes.
 struct Job {
@@ -29,17 +39,28 @@ struct Job {
     answer: oneshot::Sender<RedisResult<Value>>,
 }
 
-/// The sending side: cheap to clone; the task ends when every clone is dropped.
+/// A batch sent: its commands' answer slots, the answers on their way, and its place among the
+/// batches in flight.
+struct Sent {
+    answers: Vec<oneshot::Sender<RedisResult<Value>>>,
+    reply: Pin<Box<dyn Future<Output = RedisResult<Vec<Value>>> + Send>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The sending side: cheap to clone; the tasks end when every clone is dropped.
 #[derive(Clone)]
 pub(super) struct Batcher {
     jobs: mpsc::UnboundedSender<Job>,
 }
 
 impl Batcher {
-    /// Starts the task that sends the commands over `conn` (on the current Tokio runtime).
+    /// Starts the tasks that send the commands over `conn` and hand out the answers (on the
+    /// current Tokio runtime).
     pub(super) fn start(conn: ConnectionManager) -> Batcher {
         let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(drive(conn, queue));
+        let (sent, replies) = mpsc::unbounded_channel();
+        tokio::spawn(send(conn, queue, sent));
+        tokio::spawn(answer(replies));
         Batcher { jobs }
     }
 
@@ -53,10 +74,14 @@ impl Batcher {
     }
 }
 
-/// The batching task: one batch in flight at a time.
-async fn drive(mut conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<Job>) {
+/// Makes batches of what waits, once one of the [`IN_FLIGHT`] places is free, and puts each on
+/// the connection before the next is made (its first poll queues it there), so they reach
+/// Redis in order.
+async fn send(conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<Job>, sent: mpsc::UnboundedSender<Sent>) {
+    let places = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut batch = Vec::new();
     while let Some(first) = queue.recv().await {
+        let Ok(permit) = places.clone().acquire_owned().await else { return };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -64,33 +89,59 @@ async fn drive(mut conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<J
                 Err(_) => break,
             }
         }
-        if batch.len() == 1 {
-            let job = batch.pop().expect("one job");
-            let answer = conn.req_packed_command(&job.cmd).await;
-            let _ = job.answer.send(answer);
-            continue;
-        }
-        let mut pipe = redis::pipe();
+        let mut conn = conn.clone();
         let mut answers = Vec::with_capacity(batch.len());
-        for job in batch.drain(..) {
-            pipe.add_command(job.cmd);
+        let mut reply: Pin<Box<dyn Future<Output = RedisResult<Vec<Value>>> + Send>> = if batch.len() == 1 {
+            let job = batch.pop().expect("one job");
             answers.push(job.answer);
-        }
-        match conn.req_packed_commands(&pipe, 0, answers.len()).await {
-            Ok(values) if values.len() == answers.len() => {
-                for (answer, value) in answers.into_iter().zip(values) {
-                    let _ = answer.send(match value {
-                        Value::ServerError(err) => Err(err.into()),
-                        value => Ok(value),
-                    });
+            Box::pin(async move { conn.req_packed_command(&job.cmd).await.map(|value| vec![value]) })
+        } else {
+            let mut pipe = redis::pipe();
+            for job in batch.drain(..) {
+                pipe.add_command(job.cmd);
+                answers.push(job.answer);
+            }
+            let count = answers.len();
+            Box::pin(async move { conn.req_packed_commands(&pipe, 0, count).await })
+        };
+        match futures_util::poll!(reply.as_mut()) {
+            Poll::Ready(result) => hand_out(answers, result),
+            Poll::Pending => {
+                if sent.send(Sent { answers, reply, _permit: permit }).is_err() {
+                    return;
                 }
             }
-            Ok(_) => answers.into_iter().for_each(|answer| drop(answer.send(Err(broken("a batch answered with the wrong count"))))),
-            Err(err) => {
-                let text = err.to_string();
-                for answer in answers {
-                    let _ = answer.send(Err(RedisError::from((err.kind(), "a batch failed", text.clone()))));
-                }
+        }
+    }
+}
+
+/// Waits for the batches' answers, in the order they were sent, and hands them out.
+async fn answer(mut replies: mpsc::UnboundedReceiver<Sent>) {
+    while let Some(Sent { answers, reply, _permit }) = replies.recv().await {
+        hand_out(answers, reply.await);
+    }
+}
+
+/// Gives each command of a batch its answer: its own server error if it failed, the batch's
+/// error if the batch did.
+fn hand_out(answers: Vec<oneshot::Sender<RedisResult<Value>>>, result: RedisResult<Vec<Value>>) {
+    match result {
+        Ok(values) if values.len() == answers.len() => {
+            for (answer, value) in answers.into_iter().zip(values) {
+                let _ = answer.send(match value {
+                    Value::ServerError(err) => Err(err.into()),
+                    value => Ok(value),
+                });
+            }
+        }
+        Ok(_) => answers.into_iter().for_each(|answer| drop(answer.send(Err(broken("a batch answered with the wrong count"))))),
+        Err(err) if answers.len() == 1 => {
+            let _ = answers.into_iter().next().expect("one answer").send(Err(err));
+        }
+        Err(err) => {
+            let text = err.to_string();
+            for answer in answers {
+                let _ = answer.send(Err(RedisError::from((err.kind(), "a batch failed", text.clone()))));
             }
         }
     }
