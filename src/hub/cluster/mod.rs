@@ -199,6 +199,7 @@ impl Cluster {
             let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut probe).await?;
             info.lines().any(|line| line.trim() == "cluster_enabled:1")
         };
+        let scripts = scripts::Scripts::new();
         let conn = if clustered {
             let mut builder = redis::cluster::ClusterClientBuilder::new(urls.clone())
                 .connection_timeout(COMMAND_TIMEOUT)
@@ -216,12 +217,13 @@ impl Cluster {
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(500));
             let manager = first.get_connection_manager_with_config(config).await?;
-            Conn::Single(manager.clone(), batch::Batcher::start(manager))
+            let emit_many = Arc::from(scripts.emit_many.get_hash());
+            Conn::Single(manager.clone(), batch::Batcher::start(manager, emit_many))
         };
         let node = new_node_id();
         tracing::info!(%node, clustered, servers = urls.len(), "cluster mode: connected to Redis");
         Ok(Cluster {
-            inner: Arc::new(Inner { node: RwLock::new(node), conn, subscribe_to: clients, scripts: scripts::Scripts::new(), reachable: AtomicBool::new(false),
+            inner: Arc::new(Inner { node: RwLock::new(node), conn, subscribe_to: clients, scripts, reachable: AtomicBool::new(false),
                                  epoch: Instant::now() }),
         })
     }
@@ -356,11 +358,29 @@ impl Cluster {
     /// handled, if not 0) and wakes the node holding its transport. Returns the event's number
     /// and whether this node holds the transport.
     pub(super) async fn emit(&self, sid: &Sid, body: &Body, buffer: usize, mark: u64) -> Result<(u64, bool), HubError> {
-        let mut invocation = self.inner.scripts.emit.prepare_invoke();
-        keys(&mut invocation, sid);
         let node = self.node();
-        invocation.arg(&*node).arg(body.entry()).arg(buffer).arg(mark).arg(sid.as_str());
-        let reply = array(self.run("emit", &invocation).await?);
+        let reply = match &self.inner.conn {
+            // Merged with the batch's other emits into one script call (see `batch.rs`).
+            Conn::Single(_, batcher) => {
+                let started = Instant::now();
+                let emit = batch::Emit {
+                    keys: [key(sid, b's'), key(sid, b'b')],
+                    args: [node.as_bytes().to_vec(), body.entry().into_bytes(), buffer.to_string().into_bytes(), mark.to_string().into_bytes(), sid.as_str().as_bytes().to_vec()],
+                };
+                match batcher.emit(emit).await {
+                    Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        // Redis lost its scripts (a restart): load the batch's script for the
+                        // next ones, and append this event with the one-event script.
+                        let mut conn = self.inner.conn.clone();
+                        let _ = self.inner.scripts.emit_many.load_async(&mut conn).await;
+                        self.emit_one(sid, body, buffer, mark, &node).await?
+                    }
+                    result => self.record("emit", started, result)?,
+                }
+            }
+            Conn::Cluster(_) => self.emit_one(sid, body, buffer, mark, &node).await?,
+        };
+        let reply = array(reply);
         match reply.first().map(int) {
             Some(seq) if seq > 0 => {
                 let mine = match reply.get(1) {
@@ -372,6 +392,14 @@ impl Cluster {
             }
             _ => Err(HubError::NoSession),
         }
+    }
+
+    /// The `emit` script for one event.
+    async fn emit_one(&self, sid: &Sid, body: &Body, buffer: usize, mark: u64, node: &str) -> Result<Value, HubError> {
+        let mut invocation = self.inner.scripts.emit.prepare_invoke();
+        keys(&mut invocation, sid);
+        invocation.arg(node).arg(body.entry()).arg(buffer).arg(mark).arg(sid.as_str());
+        self.run("emit", &invocation).await
     }
 
     /// The buffered events of `sid` after `after`: the number of the first returned, and the
@@ -660,6 +688,17 @@ const ADMIN_KEY: &str = "sy:admin";
 
 fn new_node_id() -> Arc<str> {
     Arc::from(format!("{:016x}", rand::random::<u64>()))
+}
+
+/// One key of session `sid`: `sy:{SID}:` and `suffix`.
+fn key(sid: &Sid, suffix: u8) -> Vec<u8> {
+    let sid = sid.as_str().as_bytes();
+    let mut key = Vec::with_capacity(sid.len() + 7);
+    key.extend_from_slice(b"sy:{");
+    key.extend_from_slice(sid);
+    key.extend_from_slice(b"}:");
+    key.push(suffix);
+    key
 }
 
 /// The keys of session `sid`, in the order every script takes them: `sy:{SID}:s`, `:b`, `:r`,

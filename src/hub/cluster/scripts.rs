@@ -46,6 +46,7 @@ pub(super) struct Scripts {
     pub(super) attach: Script,
     pub(super) detach: Script,
     pub(super) emit: Script,
+    pub(super) emit_many: Script,
     pub(super) fetch: Script,
     pub(super) enter: Script,
     pub(super) try_inbox: Script,
@@ -144,6 +145,40 @@ if owner ~= '' and owner ~= ARGV[1] then
 end
 if len == 1 then redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1])) end
 return {seq, owner}
+",
+            ),
+            // `emit` for several events at once, in order (a standalone Redis only: the keys span
+            // slots; see `batch.rs`). KEYS: each event's session hash and buffer. ARGV: each
+            // event's five `emit` arguments. Returns {seq, owner} per event ({-1, ''}: gone).
+            emit_many: script(
+                r"
+local out = {}
+for i = 1, #KEYS / 2 do
+  local s, b, a = KEYS[2 * i - 1], KEYS[2 * i], 5 * (i - 1)
+  local node, entry, buffer, mark, sid = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), ARGV[a + 5]
+  local h = redis.call('HMGET', s, 'seq', 'owner', 'recv')
+  if not h[1] then
+    out[#out + 1] = -1
+    out[#out + 1] = ''
+  else
+    local seq = tonumber(h[1]) + 1
+    if mark > tonumber(h[3] or '0') then
+      redis.call('HSET', s, 'seq', seq, 'recv', mark)
+    else
+      redis.call('HSET', s, 'seq', seq)
+    end
+    local len = redis.call('RPUSH', b, entry)
+    if len > buffer then redis.call('LTRIM', b, len - buffer, -1) end
+    local owner = h[2] or ''
+    if owner ~= '' and owner ~= node then
+      redis.call('PUBLISH', 'sy:node:' .. owner, 'e\n' .. sid .. '\n' .. seq .. '\n' .. entry)
+    end
+    if len == 1 then redis.call('PEXPIRE', b, redis.call('PTTL', s)) end
+    out[#out + 1] = seq
+    out[#out + 1] = owner
+  end
+end
+return out
 ",
             ),
             // ARGV: after. Returns {last, first entry's number, entries after `after`...} or {-1}.
