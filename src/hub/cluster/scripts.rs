@@ -4,8 +4,9 @@
 //! a script that touches them all runs in one slot and the same code runs on a Redis Cluster.
 //! Nothing a script does spans two sessions or a session and a room (`emit_many` excepted, run
 //! on a standalone Redis only; see `batch.rs`): those steps (room member sets, the expiry
-//! index, the set of all sessions) are single-key commands of their own, in an order that leaves nothing worse than a stale index entry, which the reader of the index
-//! cleans up (see `mod.rs`).
+//! index, the set of all sessions) are single-key commands of their own, in an order that
+//! leaves nothing worse than a stale index entry, which the reader of the index cleans up (see
+//! `mod.rs`).
 //!
 //! Keys of a session (`KEYS` in this order in every script):
 //!
