@@ -837,7 +837,7 @@ impl Backend {
     }
 }
 
-/// Data `{"slow": n}` is answered after 30 ms, with `ack` carrying `n`.
+/// Data `{"slow": n}` is answered after 30 ms (`"ms"` if given), with `ack` carrying `n`.
 async fn backend_event(State(seen): State<Seen>, Json(request): Json<Value>) -> Json<Value> {
     let data = request["data"].clone();
     let sid = request["sid"].as_str().unwrap_or_default().to_owned();
@@ -852,7 +852,7 @@ async fn backend_event(State(seen): State<Seen>, Json(request): Json<Value>) -> 
     seen.events.lock().unwrap().push(request);
     let data = match data.get("slow") {
         Some(n) => {
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            tokio::time::sleep(Duration::from_millis(data.get("ms").and_then(Value::as_u64).unwrap_or(30))).await;
             n.clone()
         }
         None => data,
@@ -955,6 +955,201 @@ async fn a_slow_application_gets_one_sessions_events_one_at_a_time_in_arrival_or
     let got: Vec<Value> = backend.events_of(&sid).iter().map(|d| d["slow"].clone()).collect();
     assert_eq!(got, (1..=9).map(|n| json!(n)).collect::<Vec<_>>(), "the order the application got them in");
     assert_eq!(backend.seen.overlaps.load(std::sync::atomic::Ordering::SeqCst), 0, "events of the session overlapped at the application");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The inbox's lease: the node that handled a session's last client event keeps its inbox until
+// another node asks for it (docs/design.md, "Cluster mode").
+// ---------------------------------------------------------------------------------------------
+
+/// How long a node that died holding a session's inbox may hold up that session's next event:
+/// the inbox lease (1.5 s), and room for the asking node to notice and the request to travel.
+const ONE_LEASE: Duration = Duration::from_millis(2500);
+
+/// The Redis requests a node made for sessions' inboxes (`inbox` on its `/metrics`): tickets
+/// taken, waits, releases.
+async fn inbox_requests(cluster: &Cluster, node: usize) -> f64 {
+    let text = within("/metrics", async { cluster.http.get(cluster.url(node, "/metrics")).send().await.unwrap().text().await.unwrap() }).await;
+    text.lines()
+        .filter(|line| line.starts_with("switchyard_redis_command_seconds_count{") && line.contains("op=\"inbox\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The node that handled a session's last event handles the next ones it gets without a Redis
+/// request for the inbox (two per event without the lease: the ticket and its release), over
+/// its WebSocket and over POSTs that land on another node alike; numbered sends are still
+/// handled once, and the mark that says so reaches every node.
+#[tokio::test]
+async fn the_node_that_handled_a_sessions_last_event_keeps_its_inbox_for_the_next() {
+    let cluster = Cluster::start(&[]).await;
+    let mut ws = cluster.ws(0, "/ws").await;
+    let sid = ws.hello().await;
+    let reply = json!("Message received!");
+    let numbered = |n: u64| json!({"event": "message", "data": n, "seq": n}).to_string();
+    ws.send(&numbered(1)).await;
+    assert!(is_event(&ws.next().await, "response", &reply));
+
+    let before = inbox_requests(&cluster, 0).await;
+    for n in 2..=21 {
+        ws.send(&numbered(n)).await;
+        let event = ws.next().await;
+        assert!(is_event(&event, "response", &reply), "reply to {n}: {event:?}");
+    }
+    let taken = inbox_requests(&cluster, 0).await - before;
+    // A ticket is taken again once a lease has less than a second left: a few at most here.
+    assert!(taken < 10.0, "20 WebSocket events on the node holding the inbox took {taken} inbox requests (40 without the lease)");
+
+    // POSTs through node 2: it asks node 0 for the inbox once, then keeps it.
+    assert_eq!(cluster.post_json(2, &sid, &numbered(22)).await.0, 202);
+    assert!(is_event(&ws.next().await, "response", &reply));
+    let before = inbox_requests(&cluster, 2).await;
+    for n in 23..=42 {
+        let (status, body) = cluster.post_json(2, &sid, &numbered(n)).await;
+        assert_eq!(status, 202, "POST {n} to node 2: {body}");
+        let event = ws.next().await;
+        assert!(is_event(&event, "response", &reply), "reply to {n}: {event:?}");
+    }
+    let taken = inbox_requests(&cluster, 2).await - before;
+    assert!(taken < 10.0, "20 POSTs to the node holding the inbox took {taken} inbox requests (40 without the lease)");
+
+    // Re-sends through either node are skipped: no second reply.
+    ws.send(&numbered(42)).await;
+    assert_eq!(cluster.post_json(1, &sid, &numbered(30)).await.0, 202);
+    assert_eq!(cluster.post_json(2, &sid, &numbered(41)).await.0, 202);
+    cluster.emit(1, &sid, "news", json!("after")).await;
+    let next = ws.next().await;
+    assert!(is_event(&next, "news", &json!("after")), "no reply to a re-send: {next:?}");
+    let mut sse = cluster.sse(1, &format!("/sse?sid={sid}")).await;
+    let hello = sse.next().await;
+    assert_eq!((hello.event.as_str(), &hello.data["received"]), ("session", &json!(42)), "{hello:?}");
+}
+
+/// Point 4 with the lease moving: events of one session arrive in turn at node 0 (over its
+/// WebSocket) and at node 1 (POSTs), each sent while the application still works on the one
+/// before, so the inbox is asked for while its holder is handling; numbered re-sends race them
+/// through the third node. The application gets each once, in arrival order, never two at a
+/// time; the replies come in that order.
+#[tokio::test]
+async fn events_arriving_in_turn_at_two_nodes_keep_arrival_order_while_the_inbox_moves() {
+    let backend = Backend::start().await;
+    let cluster = Arc::new(Cluster::start(&["--upstream", &backend.url("/events")]).await);
+    let mut ws = cluster.ws(0, "/ws").await;
+    let sid = ws.hello().await;
+    let send = |n: u64| json!({"event": "count", "data": {"slow": n}, "seq": n}).to_string();
+    let mut rng = StdRng::seed_from_u64(1414);
+    let mut posts = Vec::new();
+    for n in 1..=24u64 {
+        if rng.random_bool(0.5) {
+            ws.send(&send(n)).await;
+        } else {
+            let (cluster2, sid2, body) = (cluster.clone(), sid.clone(), send(n));
+            posts.push((n, tokio::spawn(async move { cluster2.post_json(1, &sid2, &body).await })));
+        }
+        if n > 2 && rng.random_bool(0.3) {
+            let (cluster2, sid2, body) = (cluster.clone(), sid.clone(), send(rng.random_range(1..n)));
+            posts.push((0, tokio::spawn(async move { cluster2.post_json(2, &sid2, &body).await })));
+        }
+        wait_until(&format!("event {n} at the application"), || async { backend.events_of(&sid).len() as u64 >= n }).await;
+    }
+    for (n, post) in posts {
+        let (status, body) = post.await.unwrap();
+        assert!((200..300).contains(&status), "POST of {n} (0: a re-send): {status} {body}");
+    }
+    for n in 1..=24 {
+        let ack = ws.next().await;
+        assert!(is_event(&ack, "ack", &json!(n)), "ack {n} expected, got {ack:?}");
+    }
+    cluster.emit(2, &sid, "news", json!("after")).await;
+    let next = ws.next().await;
+    assert!(is_event(&next, "news", &json!("after")), "nothing beyond the 24 acks: {next:?}");
+    let got: Vec<Value> = backend.events_of(&sid).iter().map(|d| d["slow"].clone()).collect();
+    assert_eq!(got, (1..=24).map(|n| json!(n)).collect::<Vec<_>>(), "what the application got, in its order");
+    assert_eq!(backend.seen.overlaps.load(std::sync::atomic::Ordering::SeqCst), 0, "events of the session overlapped at the application");
+}
+
+/// Point 7 with the lease: `kill -9` of the node holding a session's inbox, once idle between
+/// events and once in the middle of a handler (the application still answering), holds the
+/// session's next event on another node up for one lease at most; a send whose handler died
+/// with the node, re-sent, is handled again (its reply was never made), and every reply made
+/// before the kill is still there, once, on resume.
+#[tokio::test]
+async fn a_node_killed_holding_a_sessions_inbox_holds_it_up_for_one_lease_at_most() {
+    const VICTIM: usize = 1;
+    let backend = Backend::start().await;
+    let mut cluster = Cluster::start(&["--upstream", &backend.url("/events")]).await;
+    let send = |n: u64, ms: u64| json!({"event": "count", "data": {"slow": n, "ms": ms}, "seq": n}).to_string();
+
+    // Idle: node 1 handled the session's last event and keeps its inbox.
+    let mut ws = cluster.ws(VICTIM, "/ws").await;
+    let idle = ws.hello().await;
+    ws.send(&send(1, 0)).await;
+    let first = ws.next().await;
+    assert!(is_event(&first, "ack", &json!(1)), "{first:?}");
+    // Busy: node 1 in the handler of another session's event, for far longer than a lease.
+    let mut busy_ws = cluster.ws(VICTIM, "/ws").await;
+    let busy = busy_ws.hello().await;
+    busy_ws.send(&send(1, 20_000)).await;
+    wait_until("the long event at the application", || async { backend.events_of(&busy).len() == 1 }).await;
+
+    cluster.kill9(VICTIM);
+    let killed = Instant::now();
+    let (next, again) = (send(2, 0), send(1, 0));
+    let (idle_post, busy_post) = tokio::join!(cluster.post_json(0, &idle, &next), cluster.post_json(2, &busy, &again));
+    let waited = killed.elapsed();
+    assert_eq!(idle_post.0, 202, "the next send of the session whose inbox the killed node kept: {}", idle_post.1);
+    assert_eq!(busy_post.0, 202, "the re-send of the event whose handler died with the node: {}", busy_post.1);
+    assert!(waited < ONE_LEASE, "sends after the kill waited {waited:?} for the inbox (at most one lease)");
+    let numbers = |sid: &str| backend.events_of(sid).iter().map(|d| d["slow"].clone()).collect::<Vec<_>>();
+    assert_eq!(numbers(&idle), [json!(1), json!(2)], "what the application got of the idle session");
+    assert_eq!(numbers(&busy), [json!(1), json!(1)], "the event whose handler died, then its re-send");
+
+    // On resume elsewhere: each reply made, once, in order, and nothing more.
+    for (sid, cursor, expected) in [(&idle, Some(first.id.clone()), vec![json!(2)]), (&busy, None, vec![json!(1)])] {
+        let (mut link, hello) = cluster.attach(2, Via::Sse, Some(sid.as_str()), cursor.as_deref()).await;
+        assert_eq!(hello.data["resumed"], json!(true), "{hello:?}");
+        for n in expected {
+            let ack = link.next(&cluster).await;
+            assert!(is_event(&ack, "ack", &n), "{sid}: ack {n} expected, got {ack:?}");
+        }
+        cluster.emit(0, sid, "sentinel", json!(1)).await;
+        let next = link.next(&cluster).await;
+        assert!(is_event(&next, "sentinel", &json!(1)), "{sid}: nothing more: {next:?}");
+    }
+}
+
+/// The rooms a handler sees on the node keeping the inbox follow changes made through other
+/// nodes: joined through node 2, the session's next message over its WebSocket on node 0 goes
+/// to the room as `chat`; left through node 2, the next one does not.
+#[tokio::test]
+async fn the_node_keeping_the_inbox_sees_rooms_changed_through_other_nodes() {
+    let cluster = Cluster::start(&[]).await;
+    let room = "lease-room";
+    let members_path = format!("/rooms/{room}/members");
+    let mut a = cluster.ws(0, "/ws").await;
+    let sa = a.hello().await;
+    let mut b = cluster.sse(1, "/sse").await;
+    let sb = b.hello().await;
+    let (status, _) = cluster.api(1, "POST", &members_path, Some(json!({"sid": sb}))).await;
+    assert_eq!(status, 200);
+    let reply = json!("Message received!");
+    a.send(&message("alone")).await;
+    assert!(is_event(&a.next().await, "response", &reply));
+
+    let (status, body) = cluster.api(2, "POST", &members_path, Some(json!({"sid": sa}))).await;
+    assert_eq!((status, body), (200, json!({"room": room, "sid": sa, "joined": true})));
+    a.send(&message("in the room")).await;
+    assert!(is_event(&a.next().await, "response", &reply));
+    let chat = b.next().await;
+    assert!(is_event(&chat, "chat", &json!({"room": room, "from": &sa[..6], "text": "in the room"})), "{chat:?}");
+
+    let (status, body) = cluster.api(2, "DELETE", &format!("{members_path}/{sa}"), None).await;
+    assert_eq!((status, body), (200, json!({"room": room, "sid": sa, "left": true})));
+    a.send(&message("gone")).await;
+    assert!(is_event(&a.next().await, "response", &reply));
+    cluster.emit(2, &sb, "sentinel", json!(1)).await;
+    let next = b.next().await;
+    assert!(is_event(&next, "sentinel", &json!(1)), "no chat after leaving: {next:?}");
 }
 
 /// Point 6: a session expires once, cluster-wide, after its grace period, whichever node made

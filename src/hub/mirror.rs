@@ -147,7 +147,9 @@ impl Hub {
                         }
                     }
                 };
-                session.received.store(held.received, Ordering::Release);
+                // Never lowered: with the inbox's lease this node may have handled events whose
+                // mark is on its way to Redis (see `lease.rs`), and the hello tells this number.
+                session.received.fetch_max(held.received, Ordering::AcqRel);
                 session.verified.store(self.stamp(), Ordering::Relaxed);
                 let behind = {
                     let mut state = lock(&session.state);
@@ -242,16 +244,20 @@ impl Hub {
     }
 
     /// A message on this node's channel: an event for a session it holds (`e`), a takeover
-    /// of one by another node (`s`), or a client's answer to a request of this node (`a`).
+    /// of one by another node (`s`), an ask for the inbox of a session whose lease it holds
+    /// (`h`), changed rooms of such a session (`r`), or a client's answer to a request of this
+    /// node (`a`).
     pub(super) fn on_message(&self, payload: &[u8]) {
         let Ok(text) = std::str::from_utf8(payload) else { return };
         let mut parts = text.splitn(5, '\n');
         let (Some(kind), Some(sid), Some(number)) = (parts.next(), parts.next(), parts.next()) else { return };
         let (Ok(sid), Ok(number)) = (sid.parse::<Sid>(), number.parse::<u64>()) else { return };
-        if kind == "a" {
+        match kind {
             // A client's answer to a request of this node, taken by another (see `acks.rs`).
-            self.answer_from_node(&sid, number, parts.next().unwrap_or("null"));
-            return;
+            "a" => return self.answer_from_node(&sid, number, parts.next().unwrap_or("null")),
+            "h" => return self.asked_to_hand_over(&sid, number),
+            "r" => return self.rooms_changed(&sid),
+            _ => {}
         }
         let Some(session) = self.find(&sid) else { return };
         match kind {
@@ -326,6 +332,7 @@ impl Hub {
             }
         });
         tracing::warn!(transports = count, "Redis unreachable: every transport told to resume");
+        self.forget_leases();
     }
 
     /// A session expired cluster-wide, settled by this node: its local session goes, and the

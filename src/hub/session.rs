@@ -29,6 +29,7 @@ use crate::protocol::{Cursor, Sid};
 use super::attachment::{evict, Attached, CloseReason};
 use super::event::{validate_event_name, Body, Rendered};
 use super::history::{History, SessionHistory};
+use super::lease::{self, Lease};
 use super::ring::Ring;
 use super::cluster::Cluster;
 use super::{Hub, HubError, SessionInfo, Transport};
@@ -46,15 +47,19 @@ pub(super) struct Session {
     /// message, takes no lock.
     pub(super) room_count: AtomicUsize,
     /// Cluster mode: the highest client `seq` accepted and not yet written to Redis (0: none).
-    /// It goes with the next event emitted to the session, or with the inbox's release, so a
-    /// reply and the record of what it answers are stored together (see `cluster/mod.rs`).
+    /// It goes with the next event emitted to the session, or in the background once the
+    /// handler finished without one, so a reply and the record of what it answers are stored
+    /// together (see `cluster/mod.rs` and `lease.rs`).
     pub(super) unsaved: AtomicU64,
     /// Cluster mode: when (ms since the hub was made) Redis last said the session exists; 0:
     /// never (see `mirror.rs`).
     pub(super) verified: AtomicU64,
     /// Cluster mode: whether `State::rooms` is the session's rooms as Redis has them (set while
-    /// the inbox is held: read when it was granted, kept by the handler's own joins and leaves).
+    /// this node holds the inbox's lease: read when it was granted, kept by this node's own
+    /// joins and leaves, dropped when another node changes them; see `lease.rs`).
     pub(super) rooms_current: AtomicBool,
+    /// Cluster mode: the session's inbox as this node holds it in Redis (see `lease.rs`).
+    pub(super) lease: Lease,
 }
 
 pub(super) struct State {
@@ -295,15 +300,16 @@ impl Hub {
 /// Exclusive right to handle one session's client events, from [`SessionHandle::inbox`]. It
 /// borrows the handle rather than holding a count of its own: taking and releasing it is then
 /// the lock alone, on the per-event path. In cluster mode it also holds the session's ticket
-/// in Redis (see `cluster/mod.rs`); dropping it releases that in the background, recording what
-/// was handled: the caller goes on (writes the replies) without waiting a round trip, and the
-/// session's next event, here or on another node, is served once the release is in (the ticket
-/// lock orders them; one that asks before it waits briefly).
+/// in Redis, which this node keeps as a lease after the event until another node asks for the
+/// inbox (see `lease.rs`); what was handled is recorded with the first reply, or in the
+/// background after the handler.
 pub struct Inbox<'a> {
     handle: &'a SessionHandle,
-    _guard: tokio::sync::MutexGuard<'a, ()>,
+    /// Taken out when the inbox is dropped in cluster mode, to be released before the lease is
+    /// looked at again.
+    guard: Option<tokio::sync::MutexGuard<'a, ()>>,
     /// Cluster mode: the session's granted ticket in Redis (the node's ticket task renews its
-    /// lease).
+    /// lease while the handler runs).
     ticket: Option<u64>,
 }
 
@@ -331,20 +337,9 @@ impl SessionHandle {
         let guard = self.session.inbox.lock().await;
         let ticket = match &self.cluster {
             None => None,
-            Some(cluster) => {
-                let granted = Box::pin(cluster.enter(&self.session.sid)).await?;
-                self.session.received.fetch_max(granted.received, Ordering::AcqRel);
-                // The rooms as the grant found them, for the handler (the default app asks on
-                // every message): kept current by its own joins and leaves until the release.
-                let mut state = lock(&self.session.state);
-                state.rooms = granted.rooms.into_iter().map(Arc::from).collect();
-                self.session.room_count.store(state.rooms.len(), Ordering::Relaxed);
-                drop(state);
-                self.session.rooms_current.store(true, Ordering::Release);
-                Some(granted.ticket)
-            }
+            Some(cluster) => Some(Box::pin(lease::take(&self.session, cluster)).await?),
         };
-        Ok(Inbox { handle: self, _guard: guard, ticket })
+        Ok(Inbox { handle: self, guard: Some(guard), ticket })
     }
 
     /// The rooms the session is in (in cluster mode, as Redis has them; none if it cannot be
@@ -393,14 +388,7 @@ impl<'a> Inbox<'a> {
 impl Drop for Inbox<'_> {
     fn drop(&mut self) {
         if let (Some(ticket), Some(cluster)) = (self.ticket.take(), &self.handle.cluster) {
-            self.handle.session.rooms_current.store(false, Ordering::Release);
-            let (cluster, session) = (cluster.clone(), self.handle.session.clone());
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let mark = session.unsaved.swap(0, Ordering::AcqRel);
-                    let _ = cluster.release(&session.sid, ticket, mark).await;
-                });
-            }
+            lease::finish(&self.handle.session, cluster, ticket, self.guard.take());
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::protocol::Sid;
 
 use super::expiry::Expired;
 use super::history::History;
+use super::lease::Lease;
 use super::ring::Ring;
 use super::session::{lock, Session, SessionHandle, State};
 use super::{Hub, HubError};
@@ -115,6 +116,7 @@ impl Hub {
             unsaved: AtomicU64::new(0),
             verified: AtomicU64::new(0),
             rooms_current: AtomicBool::new(false),
+            lease: Lease::default(),
             state: Mutex::new(State {
                 ring: Ring::new(),
                 delivered: 0,
@@ -150,6 +152,16 @@ impl Hub {
         for shard in &self.inner.shards {
             for session in shard.read().unwrap_or_else(PoisonError::into_inner).values() {
                 visit(&session.sid, &mut lock(&session.state));
+            }
+        }
+    }
+
+    /// Runs `visit` on every session, a shard at a time, taking no session lock (what it reads
+    /// are atomics: the node's inbox leases in cluster mode).
+    pub(super) fn each_session_lockless(&self, mut visit: impl FnMut(&Session)) {
+        for shard in &self.inner.shards {
+            for session in shard.read().unwrap_or_else(PoisonError::into_inner).values() {
+                visit(session);
             }
         }
     }

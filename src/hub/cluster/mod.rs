@@ -19,10 +19,13 @@
 //!   publishes a takeover to the previous owner, whose attachment ends as superseded.
 //! * **Client events are handled one at a time in arrival order** through a ticket lock in the
 //!   session's hash, with leases so that a node that dies holding it holds it up for one lease
-//!   at most. A numbered event's mark (the `recv` field) is written in the same script as the
-//!   first event the handler emits to the session, so a reply and the record that its request
-//!   was handled are made durable together: a re-sent event is either handled again with no
-//!   reply yet made, or skipped with its reply already buffered.
+//!   at most. The node whose ticket was served keeps it after its event, and handles its next
+//!   events of the session without asking Redis, until another node takes a ticket and asks it
+//!   to hand the inbox over (see `lease.rs`). A numbered event's mark (the `recv` field) is
+//!   written in the same script as the first event the handler emits to the session, so a
+//!   reply and the record that its request was handled are made durable together: a re-sent
+//!   event is either handled again with no reply yet made, or skipped with its reply already
+//!   buffered.
 //! * **Expiry is cluster-wide and happens once**: an index of deadlines (`sy:expiry`) is read by
 //!   every node; the node that removes an entry first checks the session and, if its grace has
 //!   run out, deletes it in the same script and runs the expire hooks. A session whose owner
@@ -34,6 +37,7 @@
 //! commands.
 
 mod answers;
+mod batch;
 mod node;
 mod peers;
 mod scripts;
@@ -55,7 +59,7 @@ pub(super) use node::run;
 
 /// The longest a client event waits for a node that died holding its session's inbox, and the
 /// lease a waiting or handling node renews while it is alive.
-const INBOX_LEASE: Duration = Duration::from_millis(1500);
+pub(super) const INBOX_LEASE: Duration = Duration::from_millis(1500);
 
 /// How long a node's liveness key lives without renewal: a node silent this long is taken for
 /// dead, and the sessions it held get their grace period.
@@ -87,54 +91,56 @@ struct Inner {
     /// Whether the node's subscription is up: while it is down, events from other nodes cannot
     /// reach this node's transports, so none are served.
     reachable: AtomicBool,
-    /// The inbox tickets this node holds, whose leases its ticket task renews.
-    tickets: std::sync::Mutex<std::collections::HashSet<(Sid, u64)>>,
+    /// When the connection was made: the origin of [`Cluster::clock_ms`].
+    epoch: Instant,
     /// The address other nodes reach this node at, once told (`peers.rs`).
     advertised: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
-/// An inbox ticket whose turn came: the ticket, the highest client `seq` handled, and the
-/// session's rooms as they were then.
+/// An inbox ticket whose turn came: the ticket, the highest client `seq` handled, the
+/// session's rooms as they were then, and when (on [`Cluster::clock_ms`]) the request that got
+/// it was sent: its lease runs for [`INBOX_LEASE`] from a moment after that.
 pub(super) struct Granted {
     pub(super) ticket: u64,
     pub(super) received: u64,
     pub(super) rooms: Vec<String>,
+    pub(super) sent: u64,
 }
 
 impl Granted {
     /// From a script's answer after its first fields: `recv`, then the rooms.
-    fn from_reply(ticket: u64, rest: &[Value]) -> Granted {
+    fn from_reply(ticket: u64, sent: u64, rest: &[Value]) -> Granted {
         let received = rest.first().map_or(0, |v| u64::try_from(int(v)).unwrap_or(0));
-        Granted { ticket, received, rooms: rest.iter().skip(1).map(text).collect() }
+        Granted { ticket, received, rooms: rest.iter().skip(1).map(text).collect(), sent }
     }
 }
 
 /// The command connection: multiplexed (commands of all tasks are pipelined on it) and
-/// reconnecting by itself.
+/// reconnecting by itself. To a standalone Redis, commands go in batches (see `batch.rs`).
 #[derive(Clone)]
 enum Conn {
-    Single(ConnectionManager),
+    Single(ConnectionManager, batch::Batcher),
     Cluster(ClusterConnection),
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Single(_, batcher) => batcher.query(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
     fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Single(c, _) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(c) => c.get_db(),
+            Conn::Single(c, _) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -196,6 +202,7 @@ impl Cluster {
             let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut probe).await?;
             info.lines().any(|line| line.trim() == "cluster_enabled:1")
         };
+        let scripts = scripts::Scripts::new();
         let conn = if clustered {
             let mut builder = redis::cluster::ClusterClientBuilder::new(urls.clone())
                 .connection_timeout(COMMAND_TIMEOUT)
@@ -212,13 +219,15 @@ impl Cluster {
                 .set_response_timeout(Some(COMMAND_TIMEOUT))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(500));
-            Conn::Single(first.get_connection_manager_with_config(config).await?)
+            let manager = first.get_connection_manager_with_config(config).await?;
+            let emit_many = Arc::from(scripts.emit_many.get_hash());
+            Conn::Single(manager.clone(), batch::Batcher::start(manager, emit_many))
         };
         let node = new_node_id();
         tracing::info!(%node, clustered, servers = urls.len(), "cluster mode: connected to Redis");
         Ok(Cluster {
-            inner: Arc::new(Inner { node: RwLock::new(node), conn, subscribe_to: clients, scripts: scripts::Scripts::new(), reachable: AtomicBool::new(false),
-                                 tickets: std::sync::Mutex::default(), advertised: std::sync::OnceLock::new() }),
+            inner: Arc::new(Inner { node: RwLock::new(node), conn, subscribe_to: clients, scripts, reachable: AtomicBool::new(false),
+                                 epoch: Instant::now(), advertised: std::sync::OnceLock::new() }),
         })
     }
 
@@ -352,18 +361,48 @@ impl Cluster {
     /// handled, if not 0) and wakes the node holding its transport. Returns the event's number
     /// and whether this node holds the transport.
     pub(super) async fn emit(&self, sid: &Sid, body: &Body, buffer: usize, mark: u64) -> Result<(u64, bool), HubError> {
-        let mut invocation = self.inner.scripts.emit.prepare_invoke();
-        keys(&mut invocation, sid);
         let node = self.node();
-        invocation.arg(&*node).arg(body.entry()).arg(buffer).arg(mark).arg(sid.as_str());
-        let reply = array(self.run("emit", &invocation).await?);
+        let reply = match &self.inner.conn {
+            // Merged with the batch's other emits into one script call (see `batch.rs`).
+            Conn::Single(_, batcher) => {
+                let started = Instant::now();
+                let emit = batch::Emit {
+                    keys: [key(sid, b's'), key(sid, b'b')],
+                    args: [node.as_bytes().to_vec(), body.entry().into_bytes(), buffer.to_string().into_bytes(), mark.to_string().into_bytes(), sid.as_str().as_bytes().to_vec()],
+                };
+                match batcher.emit(emit).await {
+                    Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        // Redis lost its scripts (a restart): load the batch's script for the
+                        // next ones, and append this event with the one-event script.
+                        let mut conn = self.inner.conn.clone();
+                        let _ = self.inner.scripts.emit_many.load_async(&mut conn).await;
+                        self.emit_one(sid, body, buffer, mark, &node).await?
+                    }
+                    result => self.record("emit", started, result)?,
+                }
+            }
+            Conn::Cluster(_) => self.emit_one(sid, body, buffer, mark, &node).await?,
+        };
+        let reply = array(reply);
         match reply.first().map(int) {
             Some(seq) if seq > 0 => {
-                let mine = reply.get(1).map(text).is_some_and(|owner| *owner == *node);
+                let mine = match reply.get(1) {
+                    Some(Value::BulkString(owner)) => owner.as_slice() == node.as_bytes(),
+                    Some(Value::SimpleString(owner)) => *owner == *node,
+                    _ => false,
+                };
                 Ok((u64::try_from(seq).unwrap_or(0), mine))
             }
             _ => Err(HubError::NoSession),
         }
+    }
+
+    /// The `emit` script for one event.
+    async fn emit_one(&self, sid: &Sid, body: &Body, buffer: usize, mark: u64, node: &str) -> Result<Value, HubError> {
+        let mut invocation = self.inner.scripts.emit.prepare_invoke();
+        keys(&mut invocation, sid);
+        invocation.arg(node).arg(body.entry()).arg(buffer).arg(mark).arg(sid.as_str());
+        self.run("emit", &invocation).await
     }
 
     /// The buffered events of `sid` after `after`: the number of the first returned, and the
@@ -382,77 +421,74 @@ impl Cluster {
         }
     }
 
-    /// Takes a ticket of the session's inbox and waits for its turn. Until it is released, the
-    /// node's ticket task renews its lease.
-    pub(super) async fn enter(&self, sid: &Sid) -> Result<Granted, HubError> {
-        let granted = self.take_ticket(sid).await?;
-        self.inner.tickets.lock().unwrap_or_else(PoisonError::into_inner).insert((sid.clone(), granted.ticket));
-        Ok(granted)
-    }
-
-    async fn take_ticket(&self, sid: &Sid) -> Result<Granted, HubError> {
+    /// Takes a ticket of the session's inbox and waits for its turn. `mine` is the ticket this
+    /// node still holds as a lease (0: none): kept if no other node waits for the inbox, else
+    /// given up in the same step. `mark` is the highest client `seq` this node handled, recorded
+    /// on the way. Until the ticket is released, the lease is this node's: its ticket task
+    /// renews it while a handler runs (see `lease.rs`).
+    pub(super) async fn enter(&self, sid: &Sid, mine: u64, mark: u64) -> Result<Granted, HubError> {
         let mut invocation = self.inner.scripts.enter.prepare_invoke();
         keys(&mut invocation, sid);
-        invocation.arg(millis(INBOX_LEASE));
+        invocation.arg(millis(INBOX_LEASE)).arg(&*self.node()).arg(mine).arg(mark).arg(sid.as_str());
+        let sent = self.clock_ms();
         let reply = array(self.run("inbox", &invocation).await?);
         let ticket = match reply.first().map(int) {
             Some(t) if t > 0 => u64::try_from(t).unwrap_or(0),
             _ => return Err(HubError::NoSession),
         };
         if reply.get(1).map(int) == Some(1) {
-            return Ok(Granted::from_reply(ticket, &reply[2..]));
+            return Ok(Granted::from_reply(ticket, sent, &reply[2..]));
         }
-        // Another node is handling an event of this session: wait for the ticket's turn,
-        // renewing it, with a short backoff (the wait is as long as one handler).
-        let mut pause = Duration::from_micros(500);
+        // Another node holds the inbox (asked by the script to hand it over) or waits for it:
+        // wait for the ticket's turn, renewing it, with a short backoff (the wait is as long as
+        // one handler, or the holder's hand-over).
+        let mut pause = Duration::from_micros(250);
         loop {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(20));
             let mut invocation = self.inner.scripts.try_inbox.prepare_invoke();
             keys(&mut invocation, sid);
-            invocation.arg(ticket).arg(millis(INBOX_LEASE));
+            invocation.arg(ticket).arg(millis(INBOX_LEASE)).arg(&*self.node()).arg(sid.as_str());
+            let sent = self.clock_ms();
             let reply = array(self.run("inbox", &invocation).await?);
             match reply.first().map(int) {
-                Some(1) => return Ok(Granted::from_reply(ticket, &reply[1..])),
+                Some(1) => return Ok(Granted::from_reply(ticket, sent, &reply[1..])),
                 Some(0) => continue,
                 Some(-1) => return Err(HubError::NoSession),
                 // Skipped as dead (this node stalled past the lease): take a new ticket.
-                _ => return Box::pin(self.take_ticket(sid)).await,
+                _ => return Box::pin(self.enter(sid, 0, mark)).await,
             }
         }
     }
 
-    /// Extends the leases of every inbox ticket this node holds (the node's ticket task, a few
-    /// times per lease).
-    pub(super) async fn renew_tickets(&self) {
-        let held: Vec<(Sid, u64)> = self.inner.tickets.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect();
-        for (sid, ticket) in held {
-            let _ = self.renew(&sid, ticket).await;
-        }
-    }
-
-    /// Extends the lease of a granted inbox ticket.
-    async fn renew(&self, sid: &Sid, ticket: u64) -> Result<(), HubError> {
+    /// Extends the lease of a granted inbox ticket (a handler still running).
+    pub(super) async fn renew(&self, sid: &Sid, ticket: u64) -> Result<(), HubError> {
         let mut invocation = self.inner.scripts.renew.prepare_invoke();
         keys(&mut invocation, sid);
         invocation.arg(ticket).arg(millis(INBOX_LEASE));
         self.run("inbox", &invocation).await.map(drop)
     }
 
-    /// Releases an inbox ticket, recording `mark` as the highest client `seq` handled.
+    /// Releases an inbox ticket (0: none, the mark alone), recording `mark` as the highest
+    /// client `seq` handled.
     pub(super) async fn release(&self, sid: &Sid, ticket: u64, mark: u64) -> Result<(), HubError> {
-        self.inner.tickets.lock().unwrap_or_else(PoisonError::into_inner).remove(&(sid.clone(), ticket));
         let mut invocation = self.inner.scripts.release.prepare_invoke();
         keys(&mut invocation, sid);
         invocation.arg(ticket).arg(mark);
         self.run("inbox", &invocation).await.map(drop)
     }
 
+    /// Milliseconds on this node's monotonic clock since the cluster connection was made: what
+    /// a lease is timed by on the node (see `lease.rs`).
+    pub(super) fn clock_ms(&self) -> u64 {
+        millis(self.inner.epoch.elapsed())
+    }
+
     /// Adds the session to a room. `Ok(true)`: it joined; `Ok(false)`: it was a member.
     pub(super) async fn join(&self, sid: &Sid, room: &str) -> Result<bool, HubError> {
         let mut invocation = self.inner.scripts.join.prepare_invoke();
         keys(&mut invocation, sid);
-        invocation.arg(room);
+        invocation.arg(room).arg(&*self.node()).arg(sid.as_str());
         match int(&self.run("rooms", &invocation).await?) {
             -1 => Err(HubError::NoSession),
             added => {
@@ -470,7 +506,7 @@ impl Cluster {
     pub(super) async fn leave(&self, sid: &Sid, room: &str) -> Result<bool, HubError> {
         let mut invocation = self.inner.scripts.leave.prepare_invoke();
         keys(&mut invocation, sid);
-        invocation.arg(room);
+        invocation.arg(room).arg(&*self.node()).arg(sid.as_str());
         match int(&self.run("rooms", &invocation).await?) {
             -1 => Err(HubError::NoSession),
             removed => {
@@ -657,10 +693,31 @@ fn new_node_id() -> Arc<str> {
     Arc::from(format!("{:016x}", rand::random::<u64>()))
 }
 
-/// The keys of session `sid`, in the order every script takes them.
+/// One key of session `sid`: `sy:{SID}:` and `suffix`.
+fn key(sid: &Sid, suffix: u8) -> Vec<u8> {
+    let sid = sid.as_str().as_bytes();
+    let mut key = Vec::with_capacity(sid.len() + 7);
+    key.extend_from_slice(b"sy:{");
+    key.extend_from_slice(sid);
+    key.extend_from_slice(b"}:");
+    key.push(suffix);
+    key
+}
+
+/// The keys of session `sid`, in the order every script takes them: `sy:{SID}:s`, `:b`, `:r`,
+/// `:w`. Written into one buffer rather than formatted: this runs for every Redis request of
+/// every event.
 fn keys(invocation: &mut ScriptInvocation<'_>, sid: &Sid) {
-    let sid = sid.as_str();
-    invocation.key(format!("sy:{{{sid}}}:s")).key(format!("sy:{{{sid}}}:b")).key(format!("sy:{{{sid}}}:r")).key(format!("sy:{{{sid}}}:w"));
+    let sid = sid.as_str().as_bytes();
+    let mut key = Vec::with_capacity(sid.len() + 7);
+    key.extend_from_slice(b"sy:{");
+    key.extend_from_slice(sid);
+    key.extend_from_slice(b"}:s");
+    let last = key.len() - 1;
+    for suffix in [b's', b'b', b'r', b'w'] {
+        key[last] = suffix;
+        invocation.key(key.as_slice());
+    }
 }
 
 fn session_key(sid: &Sid) -> String {

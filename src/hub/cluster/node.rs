@@ -1,10 +1,12 @@
 //! What a node does in the background in cluster mode, as part of the hub's one task
 //! ([`Hub::expiry_task`](super::super::Hub::expiry_task)):
 //!
-//! * **listen** on its channel `sy:node:ID` for events to write (`e`) and takeovers (`s`), and
-//!   hand them to the hub. While the subscription is down the node cannot hear of events
+//! * **listen** on its channel `sy:node:ID` for events to write (`e`), takeovers (`s`), asks to
+//!   hand a session's inbox over (`h`), changed rooms of a session whose inbox it holds (`r`)
+//!   and answers to its requests (`a`), and hand them to the hub. While the subscription is down the node cannot hear of events
 //!   emitted elsewhere, so it tells every attached client to resume (`reconnect`, reason
 //!   `redis`) and refuses new attaches with 503 until it is back; it reconnects by itself.
+//! * **renew** the inbox leases of the sessions whose handlers run (see `lease.rs`).
 //! * **heartbeat**: renews `sy:alive:ID`, by which other nodes know it still holds its sessions
 //!   (and where to reach it, `peers.rs`).
 //! * **expire** the sessions whose deadline in `sy:expiry` passed, cluster-wide and once each.
@@ -25,7 +27,7 @@ use super::{array, int, millis, text, Cluster, NODE_LEASE};
 /// The node's background work; ends at shutdown, after detaching what the node holds.
 pub(in crate::hub) async fn run(hub: Weak<HubInner>, cluster: Cluster, shutdown: CancellationToken) {
     let work = async {
-        tokio::join!(listen(hub.clone(), cluster.clone()), heartbeat(cluster.clone()), expire(hub.clone(), cluster.clone()), tickets(cluster.clone()));
+        tokio::join!(listen(hub.clone(), cluster.clone()), heartbeat(cluster.clone()), expire(hub.clone(), cluster.clone()), tickets(hub.clone(), cluster.clone()));
     };
     tokio::select! {
         () = work => {}
@@ -105,13 +107,18 @@ async fn listen(hub: Weak<HubInner>, cluster: Cluster) {
     }
 }
 
-/// Renews the leases of the inbox tickets the node holds (a handler that runs long, an
-/// application slow to answer), three times per lease.
-async fn tickets(cluster: Cluster) {
+/// Renews the leases of the inbox tickets the node holds while their handlers run (a handler
+/// that runs long, an application slow to answer), three times per lease. A lease held between
+/// events is not renewed: it runs out by itself unless the node's next event renews it.
+async fn tickets(hub: Weak<HubInner>, cluster: Cluster) {
     let mut tick = tokio::time::interval(super::INBOX_LEASE / 3);
     loop {
         tick.tick().await;
-        cluster.renew_tickets().await;
+        let Some(inner) = hub.upgrade() else { return };
+        let busy = Hub { inner }.busy_leases();
+        for (sid, ticket) in busy {
+            let _ = cluster.renew(&sid, ticket).await;
+        }
     }
 }
 

@@ -2,16 +2,17 @@
 //!
 //! Every key of one session carries the sid as its hash tag (`sy:{SID}:s`, `:b`, `:r`, `:w`), so
 //! a script that touches them all runs in one slot and the same code runs on a Redis Cluster.
-//! Nothing a script does spans two sessions or a session and a room: those steps (room member
-//! sets, the expiry index, the set of all sessions) are single-key commands of their own, in an
-//! order that leaves nothing worse than a stale index entry, which the reader of the index
-//! cleans up (see `mod.rs`).
+//! Nothing a script does spans two sessions or a session and a room (`emit_many` excepted, run
+//! on a standalone Redis only; see `batch.rs`): those steps (room member sets, the expiry
+//! index, the set of all sessions) are single-key commands of their own, in an order that
+//! leaves nothing worse than a stale index entry, which the reader of the index cleans up (see
+//! `mod.rs`).
 //!
 //! Keys of a session (`KEYS` in this order in every script):
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `sy:{SID}:s` | hash | `seq` last event number, `recv` highest client `seq` handled, `gen` attachment generation, `owner` node holding the transport (`""`: none), `tr` its transport, `since` attached since (ms), `det` detached at (ms), `dlv` highest event number handed out, `sub` auth subject, `tk`/`srv`/`hold` the inbox's ticket lock |
+//! | `sy:{SID}:s` | hash | `seq` last event number, `recv` highest client `seq` handled, `gen` attachment generation, `owner` node holding the transport (`""`: none), `tr` its transport, `since` attached since (ms), `det` detached at (ms), `dlv` highest event number handed out, `sub` auth subject, `tk`/`srv`/`hold`/`inb` the inbox's ticket lock and the node holding the served ticket as a lease |
 //! | `sy:{SID}:b` | list | the buffer: `name\ndata` (`name\tACK\ndata` for an event with an ack) of the last `--buffer` events, oldest first |
 //! | `sy:{SID}:r` | set | the session's rooms |
 //! | `sy:{SID}:w` | hash | inbox tickets waiting: ticket -> alive until (ms) |
@@ -46,6 +47,7 @@ pub(super) struct Scripts {
     pub(super) attach: Script,
     pub(super) detach: Script,
     pub(super) emit: Script,
+    pub(super) emit_many: Script,
     pub(super) fetch: Script,
     pub(super) enter: Script,
     pub(super) try_inbox: Script,
@@ -126,21 +128,58 @@ return now + tonumber(ARGV[5])
             // Returns {seq, owner} or {-1} when the session is gone.
             emit: script(
                 r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local h = redis.call('HMGET', KEYS[1], 'seq', 'owner', 'recv')
+if not h[1] then return {-1} end
+local seq = tonumber(h[1]) + 1
+local mark = tonumber(ARGV[4])
+if mark > tonumber(h[3] or '0') then
+  redis.call('HSET', KEYS[1], 'seq', seq, 'recv', mark)
+else
+  redis.call('HSET', KEYS[1], 'seq', seq)
+end
 local len = redis.call('RPUSH', KEYS[2], ARGV[2])
 local buffer = tonumber(ARGV[3])
 if len > buffer then redis.call('LTRIM', KEYS[2], len - buffer, -1) end
-local mark = tonumber(ARGV[4])
-if mark > 0 and mark > tonumber(redis.call('HGET', KEYS[1], 'recv') or '0') then
-  redis.call('HSET', KEYS[1], 'recv', mark)
-end
-local owner = redis.call('HGET', KEYS[1], 'owner') or ''
+local owner = h[2] or ''
 if owner ~= '' and owner ~= ARGV[1] then
   redis.call('PUBLISH', 'sy:node:' .. owner, 'e\n' .. ARGV[5] .. '\n' .. seq .. '\n' .. ARGV[2])
 end
 if len == 1 then redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1])) end
 return {seq, owner}
+",
+            ),
+            // `emit` for several events at once, in order (a standalone Redis only: the keys span
+            // slots; see `batch.rs`). KEYS: each event's session hash and buffer. ARGV: each
+            // event's five `emit` arguments. Returns {seq, owner} per event ({-1, ''}: gone).
+            emit_many: script(
+                r"
+local out = {}
+for i = 1, #KEYS / 2 do
+  local s, b, a = KEYS[2 * i - 1], KEYS[2 * i], 5 * (i - 1)
+  local node, entry, buffer, mark, sid = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), ARGV[a + 5]
+  local h = redis.call('HMGET', s, 'seq', 'owner', 'recv')
+  if not h[1] then
+    out[#out + 1] = -1
+    out[#out + 1] = ''
+  else
+    local seq = tonumber(h[1]) + 1
+    if mark > tonumber(h[3] or '0') then
+      redis.call('HSET', s, 'seq', seq, 'recv', mark)
+    else
+      redis.call('HSET', s, 'seq', seq)
+    end
+    local len = redis.call('RPUSH', b, entry)
+    if len > buffer then redis.call('LTRIM', b, len - buffer, -1) end
+    local owner = h[2] or ''
+    if owner ~= '' and owner ~= node then
+      redis.call('PUBLISH', 'sy:node:' .. owner, 'e\n' .. sid .. '\n' .. seq .. '\n' .. entry)
+    end
+    if len == 1 then redis.call('PEXPIRE', b, redis.call('PTTL', s)) end
+    out[#out + 1] = seq
+    out[#out + 1] = owner
+  end
+end
+return out
 ",
             ),
             // ARGV: after. Returns {last, first entry's number, entries after `after`...} or {-1}.
@@ -163,30 +202,60 @@ return out
             // the order they took tickets, whichever nodes they arrived at. A ticket is served
             // when `srv` reaches it; one whose holder (or waiter) stopped renewing its lease is
             // skipped, so a node that died holding the lock holds it up for one lease at most.
-            // ARGV: lease (ms). Returns {-1} no session, else {ticket, granted 0/1, recv}, and
-            // when granted the session's rooms after those (what its handler asks first).
+            // The node holding the served ticket (`inb`) keeps it after its event as a lease,
+            // handling its next events of the session with no request here, until another node
+            // takes a ticket: that one asks it to hand the inbox over (`h` on its channel).
+            // ARGV: lease (ms), node, the ticket this node holds (0: none), recv mark (0: none),
+            // sid. A ticket this node still holds is kept if no other waits (a renewal), else
+            // released here before a new one is taken. Returns {-1} no session, else {ticket,
+            // granted 0/1, recv}, and when granted the session's rooms after those (what its
+            // handler asks first).
             enter: script(&format!(
                 r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {{-1}} end
-local t = redis.call('HINCRBY', KEYS[1], 'tk', 1)
+local h = redis.call('HMGET', KEYS[1], 'srv', 'tk', 'inb', 'recv')
+if not h[1] then return {{-1}} end
 local now = now_ms()
 local lease = tonumber(ARGV[1])
+local recv = tonumber(h[4] or '0')
+local mark = tonumber(ARGV[4])
+if mark > recv then
+  recv = mark
+  redis.call('HSET', KEYS[1], 'recv', mark)
+end
 {TRY}
-local out = {{t, try(t, now, lease), tonumber(redis.call('HGET', KEYS[1], 'recv') or '0')}}
-if out[2] == 1 then
+local t
+local mine = tonumber(ARGV[3])
+local srv = tonumber(h[1])
+if mine > 0 and srv == mine and h[3] == ARGV[2] then
+  if tonumber(h[2]) == mine then
+    t = mine
+    redis.call('HSET', KEYS[1], 'hold', now + lease)
+  else
+    srv = mine + 1
+    redis.call('HSET', KEYS[1], 'srv', srv, 'hold', 0, 'inb', '')
+  end
+end
+local granted = 1
+if not t then
+  t = redis.call('HINCRBY', KEYS[1], 'tk', 1)
+  granted = try(t, srv, now, lease, ARGV[2], ARGV[5])
+end
+local out = {{t, granted, recv}}
+if granted == 1 then
   local rooms = redis.call('SMEMBERS', KEYS[3])
   for i = 1, #rooms do out[#out + 1] = rooms[i] end
 end
 return out
 "
             )),
-            // ARGV: ticket, lease. Returns {granted 0/1 (-1: no session), recv}, and when
-            // granted the session's rooms.
+            // ARGV: ticket, lease, node, sid. Returns {granted 0/1 (-1: no session; -2:
+            // skipped as dead), recv}, and when granted the session's rooms.
             try_inbox: script(&format!(
                 r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {{-1, 0}} end
+local h = redis.call('HMGET', KEYS[1], 'srv', 'recv')
+if not h[1] then return {{-1, 0}} end
 {TRY}
-local out = {{try(tonumber(ARGV[1]), now_ms(), tonumber(ARGV[2])), tonumber(redis.call('HGET', KEYS[1], 'recv') or '0')}}
+local out = {{try(tonumber(ARGV[1]), tonumber(h[1]), now_ms(), tonumber(ARGV[2]), ARGV[3], ARGV[4]), tonumber(h[2] or '0')}}
 if out[1] == 1 then
   local rooms = redis.call('SMEMBERS', KEYS[3])
   for i = 1, #rooms do out[#out + 1] = rooms[i] end
@@ -204,34 +273,40 @@ end
 return 0
 ",
             ),
-            // ARGV: ticket, recv mark (0: none). Serves the next ticket.
+            // ARGV: ticket (0: none, the mark alone), recv mark (0: none). Serves the next
+            // ticket if `ticket` is the one served, and records the mark either way: it only
+            // ever names client events whose handlers have finished.
             release: script(
                 r"
-if redis.call('HGET', KEYS[1], 'srv') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'srv', tonumber(ARGV[1]) + 1, 'hold', 0)
+local h = redis.call('HMGET', KEYS[1], 'srv', 'recv')
+if not h[1] then return 0 end
 local mark = tonumber(ARGV[2])
-if mark > 0 and mark > tonumber(redis.call('HGET', KEYS[1], 'recv') or '0') then
-  redis.call('HSET', KEYS[1], 'recv', mark)
-end
+if mark > tonumber(h[2] or '0') then redis.call('HSET', KEYS[1], 'recv', mark) end
+if h[1] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'srv', tonumber(ARGV[1]) + 1, 'hold', 0, 'inb', '')
 return 1
 ",
             ),
-            // ARGV: room. Returns -1 no session, 1 joined, 0 already a member.
-            join: script(
+            // ARGV: room, node, sid. Returns -1 no session, 1 joined, 0 already a member. A node
+            // other than this one holding the inbox's lease is told the rooms changed (`r`).
+            join: script(&format!(
                 r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local added = redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[3], redis.call('PTTL', KEYS[1]))
+if added == 1 then {ROOMS_CHANGED} end
 return added
-",
-            ),
-            // ARGV: room. Returns -1 no session, 1 left, 0 not a member.
-            leave: script(
+"
+            )),
+            // ARGV: room, node, sid. Returns -1 no session, 1 left, 0 not a member.
+            leave: script(&format!(
                 r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-return redis.call('SREM', KEYS[3], ARGV[1])
-",
-            ),
+local removed = redis.call('SREM', KEYS[3], ARGV[1])
+if removed == 1 then {ROOMS_CHANGED} end
+return removed
+"
+            )),
             // Returns {} when gone, else {owner, tr, seq, buffered, det, since, now, subject, rooms...}.
             info: script(
                 r"
@@ -299,27 +374,43 @@ return 1
     }
 }
 
-/// The ticket check shared by `enter` and `try_inbox` (see `enter`).
+/// The ticket check shared by `enter` and `try_inbox` (see `enter`): `try(t, srv, now, lease,
+/// node, sid)` with `srv` the ticket served as read. Granted (1): `node` holds it as `inb`.
+/// Waiting (0): the node holding the served ticket's lease, if another, is asked to hand it
+/// over. Returns -2 when `t` itself was skipped as dead.
 const TRY: &str = r"
-local function try(t, now, lease)
-  local srv = tonumber(redis.call('HGET', KEYS[1], 'srv') or '1')
+local function try(t, srv, now, lease, node, sid)
   while true do
     if srv == t then
-      redis.call('HSET', KEYS[1], 'srv', t, 'hold', now + lease)
+      redis.call('HSET', KEYS[1], 'srv', t, 'hold', now + lease, 'inb', node)
       redis.call('HDEL', KEYS[4], t)
       return 1
     end
     if srv > t then return -2 end
-    local hold = tonumber(redis.call('HGET', KEYS[1], 'hold') or '0')
+    local s = redis.call('HMGET', KEYS[1], 'hold', 'inb')
+    local hold = tonumber(s[1] or '0')
     local waiting = tonumber(redis.call('HGET', KEYS[4], srv) or '0')
     if hold > now or waiting > now then
       redis.call('HSET', KEYS[4], t, now + lease)
       redis.call('PEXPIRE', KEYS[4], redis.call('PTTL', KEYS[1]))
+      local holder = s[2] or ''
+      if hold > now and holder ~= '' and holder ~= node then
+        redis.call('PUBLISH', 'sy:node:' .. holder, 'h\n' .. sid .. '\n' .. srv)
+      end
       return 0
     end
     redis.call('HDEL', KEYS[4], srv)
     srv = srv + 1
-    redis.call('HSET', KEYS[1], 'srv', srv, 'hold', 0)
+    redis.call('HSET', KEYS[1], 'srv', srv, 'hold', 0, 'inb', '')
   end
+end
+";
+
+/// Shared by `join` and `leave`: tells the node holding the inbox's lease, if another, that the
+/// session's rooms changed, so that it reads them again before its next event (`r`).
+const ROOMS_CHANGED: &str = r"
+local holder = redis.call('HGET', KEYS[1], 'inb') or ''
+if holder ~= '' and holder ~= ARGV[2] then
+  redis.call('PUBLISH', 'sy:node:' .. holder, 'r\n' .. ARGV[3] .. '\n0')
 end
 ";
