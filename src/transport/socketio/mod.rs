@@ -115,7 +115,7 @@ impl<'a> Params<'a> {
     /// The query's parameters, as `serde_urlencoded` reads them into [`EngineQuery`] (a
     /// parameter named twice is refused, others are ignored), without its cost on the common
     /// query: `EIO=4&transport=polling&t=...&sid=...` has nothing to decode, and splitting it by
-    /// hand (with `memchr`, as [`super::AttachQuery::parse`] does) takes a few hundred
+    /// hand ([`super::query_pairs`], as [`super::AttachQuery::parse`] does) takes a few hundred
     /// instructions where `serde_urlencoded` took some 3,400 per request, a tenth of a
     /// long-polling round trip. A query with anything to decode (`%`, `+`) still goes through
     /// `serde_urlencoded`.
@@ -125,21 +125,8 @@ impl<'a> Params<'a> {
             return Ok(Params { eio: query.eio.map(Cow::Owned), transport: query.transport.map(Cow::Owned), sid: query.sid.map(Cow::Owned) });
         }
         let mut parsed = Params { eio: None, transport: None, sid: None };
-        let mut rest = query;
-        while !rest.is_empty() {
-            // `&` and `=` are ASCII: every cut is on a char boundary.
-            let pair = match memchr::memchr(b'&', rest.as_bytes()) {
-                Some(at) => {
-                    let pair = &rest[..at];
-                    rest = &rest[at + 1..];
-                    pair
-                }
-                None => std::mem::take(&mut rest),
-            };
-            let (key, value) = match memchr::memchr(b'=', pair.as_bytes()) {
-                Some(at) => (&pair[..at], &pair[at + 1..]),
-                None => (pair, ""),
-            };
+        for pair in super::query_pairs(query) {
+            let (key, value) = super::key_value(pair);
             let slot = match key {
                 "EIO" => &mut parsed.eio,
                 "transport" => &mut parsed.transport,
