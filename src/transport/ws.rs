@@ -44,7 +44,7 @@ use crate::protocol::{encode, parse_envelopes_with, ProtocolError, Sid};
 
 mod handshake;
 
-use handshake::{Handshake, Socket};
+use handshake::{Handshake, OnSocket};
 
 /// Most frames read and held while a handler runs (see the module's doc); beyond them the
 /// socket is read no further until the handler is done.
@@ -77,50 +77,69 @@ pub async fn upgrade<H: Handler>(
         .change(query.change(Transport::WebSocket));
     let attachment = gateway.attach(request, client).await?;
     gateway.admit(&attachment, &headers, uri.query()).await?;
-    // Read buffer (see READ_BUFFER). Write buffer: frames collect until the flush after each
-    // batch; 8 KiB is several events.
+    // Read buffer: see READ_BUFFER. Write buffer: none, each frame is written as it is sent.
+    // tungstenite's buffer is a `Vec` that keeps the largest size it ever grew to, by doubling
+    // from one frame: with 8 KiB asked for, a session that received bursts of 512-byte events
+    // held 4.6 KiB from then on (4 KiB asked for holds the same: it still doubles past 4,096),
+    // 4.5 bytes per buffered event per session in `history` (docs/performance.md). A round trip
+    // writes one frame either way; a burst of N events costs N writes instead of one per 8 KiB.
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(8 * 1024)
+        .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     metrics::websocket_handshake(version);
-    Ok(handshake.accept(config, move |socket| {
-        let endpoint = gateway.clone();
-        gateway.track_socket(async move {
-            match socket {
-                Socket::Plain(socket) => serve_socket(endpoint, attachment, socket, heartbeat).await,
-                Socket::Upgraded(socket) => serve_socket(endpoint, attachment, socket, heartbeat).await,
-            }
-        })
-    }))
+    Ok(handshake.accept(config, Attached { gateway, attachment, heartbeat }))
+}
+
+/// What a socket is served with once the handshake is done (see [`serve_socket`]).
+struct Attached<H> {
+    gateway: Endpoint<H>,
+    attachment: Attachment,
+    heartbeat: bool,
+}
+
+impl<H: Handler> OnSocket for Attached<H> {
+    fn serve<S>(self, socket: tokio_tungstenite::WebSocketStream<S>) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Attached { gateway, attachment, heartbeat } = self;
+        gateway.track_socket(serve_socket(gateway.clone(), attachment, socket, heartbeat))
+    }
 }
 
 /// Serves one attached socket until the peer leaves, goes silent, or the attachment ends.
 /// With `heartbeat`, each ping is preceded by an [`encode::HEARTBEAT`] frame: browsers cannot
 /// see protocol pings, so a page watches for this instead. It is not an event of the session:
 /// no cursor, never buffered, never replayed.
-pub async fn serve_socket<S, H: Handler>(gateway: Endpoint<H>, mut attachment: Attachment, mut socket: S, heartbeat: bool)
+///
+/// A plain function returning an `async` block rather than an `async fn`, which would keep room
+/// for its arguments twice (the socket and the attachment) in every socket's task.
+#[allow(clippy::manual_async_fn, reason = "an async fn holds its arguments twice")]
+pub fn serve_socket<S, H: Handler>(gateway: Endpoint<H>, mut attachment: Attachment, mut socket: S, heartbeat: bool) -> impl Future<Output = ()>
 where
     S: Sink<Message> + Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
-    let every = gateway.config().ws_ping;
-    let timer = std::pin::pin!(tokio::time::sleep(every));
-    // Borrowed, not moved: this future keeps its arguments for its whole life, so a copy of
-    // the socket moved into the connection would take room twice.
-    let pings = Pings::new(timer, every, heartbeat);
-    let mut connection = Connection::new(&gateway, &mut attachment, &mut socket, pings);
-    let close = loop {
-        let step = match connection.wait().await {
-            Next::Event(event) => connection.on_event(event).await,
-            Next::Frame(frame) => connection.on_frame(frame).await,
-            Next::Ping => connection.on_ping().await,
+    async move {
+        let every = gateway.config().ws_ping;
+        let timer = std::pin::pin!(tokio::time::sleep(every));
+        // Borrowed, not moved: this future keeps its arguments for its whole life, so a copy of
+        // the socket moved into the connection would take room twice.
+        let pings = Pings::new(timer, every, heartbeat);
+        let mut connection = Connection::new(&gateway, &mut attachment, &mut socket, pings);
+        let close = loop {
+            let step = match connection.wait().await {
+                Next::Event(event) => connection.on_event(event).await,
+                Next::Frame(frame) => connection.on_frame(frame).await,
+                Next::Ping => connection.on_ping().await,
+            };
+            if let ControlFlow::Break(close) = step {
+                break close;
+            }
         };
-        if let ControlFlow::Break(close) = step {
-            break close;
-        }
-    };
-    connection.close(close).await;
+        connection.close(close).await;
+    }
 }
 
 /// The close frame owed to the peer when the loop ends, if any: a code and a reason.

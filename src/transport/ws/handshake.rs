@@ -21,6 +21,8 @@ use axum::http::{header, HeaderValue, StatusCode, Version};
 use axum::response::Response;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
@@ -47,14 +49,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Handshake {
     }
 }
 
-impl Handshake {
-    /// Answers the handshake, and spawns `serve` with the socket once hyper has sent the answer
-    /// and let go of the connection.
-    pub fn accept<F, Fut>(self, config: WebSocketConfig, serve: F) -> Response
+/// What runs on the socket once the handshake is done. Generic over the socket's type, so each
+/// kind of socket gets its own copy of the loop rather than a match on every read and write.
+pub trait OnSocket: Send + 'static {
+    fn serve<S>(self, socket: WebSocketStream<S>) -> impl Future<Output = ()> + Send + 'static
     where
-        F: FnOnce(Socket) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+}
+
+impl Handshake {
+    /// Answers the handshake, and spawns `on_socket` with the socket once hyper has sent the
+    /// answer and let go of the connection.
+    pub fn accept(self, config: WebSocketConfig, on_socket: impl OnSocket) -> Response {
         let response = match &self.key {
             Some(key) => {
                 let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -71,24 +77,14 @@ impl Handshake {
             // HTTP/2 (RFC 8441): a 2xx with no body accepts the extended CONNECT.
             None => Response::new(axum::body::Body::empty()),
         };
-        tokio::spawn(serve_upgraded(self.on_upgrade, config, serve));
+        tokio::spawn(serve_upgraded(self.on_upgrade, config, on_socket));
         response
     }
 }
 
-/// The socket of a WebSocket connection: taken back from hyper on the plain listener, hyper's
-/// `Upgraded` otherwise.
-pub enum Socket {
-    Plain(WebSocketStream<Prefixed>),
-    Upgraded(WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>),
-}
-
-/// Waits for hyper to hand the connection over, then runs `serve` on it (see the module doc).
-async fn serve_upgraded<F, Fut>(on_upgrade: OnUpgrade, config: WebSocketConfig, serve: F)
-where
-    F: FnOnce(Socket) -> Fut,
-    Fut: Future<Output = ()>,
-{
+/// Waits for hyper to hand the connection over, then spawns `on_socket` on it (see the module
+/// doc).
+async fn serve_upgraded(on_upgrade: OnUpgrade, config: WebSocketConfig, on_socket: impl OnSocket) {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(err) => {
@@ -96,12 +92,22 @@ where
             return;
         }
     };
-    let socket = match upgraded.downcast::<TokioIo<Prefixed>>() {
+    // The socket is served in a task of its own, sized for its socket type alone: this
+    // task, which would hold room for either, ends here. tokio-tungstenite's constructors
+    // are `async` but do no I/O, so they are ready at once.
+    match upgraded.downcast::<TokioIo<Prefixed>>() {
         Ok(parts) => {
             let read = parts.read_buf.to_vec();
-            Socket::Plain(WebSocketStream::from_partially_read(parts.io.into_inner(), read, Role::Server, Some(config)).await)
+            let socket = WebSocketStream::from_partially_read(parts.io.into_inner(), read, Role::Server, Some(config));
+            if let Some(socket) = socket.now_or_never() {
+                tokio::spawn(on_socket.serve(socket));
+            }
         }
-        Err(upgraded) => Socket::Upgraded(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await),
-    };
-    serve(socket).await;
+        Err(upgraded) => {
+            let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config));
+            if let Some(socket) = socket.now_or_never() {
+                tokio::spawn(on_socket.serve(socket));
+            }
+        }
+    }
 }
