@@ -32,6 +32,7 @@ pub mod gateway;
 pub mod handler;
 pub mod hub;
 pub mod metrics;
+mod prefixed;
 pub mod protocol;
 pub mod server;
 pub mod tasks;

@@ -356,3 +356,54 @@ async fn shutdown_closes_a_connection_that_never_sent_a_request() {
     let read = within("the idle connection to be closed", idle.read_to_end(&mut rest)).await;
     assert!(read.is_ok_and(|n| n == 0) || rest.is_empty(), "closed without an answer: {rest:?}");
 }
+
+/// One server-to-client WebSocket frame of at most 64 KiB (unmasked), starting at `at` in
+/// `buf`: its opcode and payload, and where the next frame starts.
+async fn ws_frame(tcp: &mut TcpStream, buf: &mut Vec<u8>, at: usize) -> (u8, String, usize) {
+    read_to_len(tcp, buf, at + 2, "a frame header").await;
+    let (opcode, len) = (buf[at] & 0x0f, usize::from(buf[at + 1] & 0x7f));
+    assert_eq!(buf[at + 1] & 0x80, 0, "a server's frames are not masked");
+    let (start, len) = if len == 126 {
+        read_to_len(tcp, buf, at + 4, "a frame length").await;
+        (at + 4, usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]])))
+    } else {
+        (at + 2, len)
+    };
+    read_to_len(tcp, buf, start + len, "a frame payload").await;
+    (opcode, String::from_utf8_lossy(&buf[start..start + len]).into_owned(), start + len)
+}
+
+#[tokio::test]
+async fn a_websocket_frame_sent_with_the_handshake_is_read_after_it() {
+    // The socket is taken back from hyper after the `101` (`src/transport/ws/handshake.rs`):
+    // what hyper had read past the request head is the socket's first bytes.
+    let server = TestServer::start().await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut bytes = b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    let text = br#"{"event":"echo","data":"sent with the handshake"}"#;
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    bytes.extend_from_slice(&[0x81, 0x80 | u8::try_from(text.len()).unwrap()]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(text.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    // One write: the frame reaches the server in the same segment as the request.
+    tcp.write_all(&bytes).await.unwrap();
+
+    let mut buf = Vec::new();
+    let at = read_until(&mut tcp, &mut buf, b"\r\n\r\n").await;
+    let (status, headers) = head_of(&buf);
+    assert_eq!(status, "HTTP/1.1 101 Switching Protocols");
+    assert_eq!(header(&headers, "upgrade"), Some("websocket"));
+    assert_eq!(header(&headers, "connection"), Some("upgrade"));
+    // The accept key of RFC 6455 section 1.3's example.
+    assert_eq!(header(&headers, "sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+
+    let (opcode, hello, at) = ws_frame(&mut tcp, &mut buf, at).await;
+    assert_eq!(opcode, 1);
+    assert!(hello.contains(r#""event":"session""#), "{hello}");
+    let (opcode, echo, _) = ws_frame(&mut tcp, &mut buf, at).await;
+    assert_eq!(opcode, 1);
+    let echo: serde_json::Value = serde_json::from_str(&echo).unwrap();
+    assert_eq!((echo["event"].as_str(), echo["data"].as_str()), (Some("echo"), Some("sent with the handshake")));
+}

@@ -26,7 +26,7 @@
 //!
 //! Everything else (other methods and paths, a head that does not parse, HTTP/1.0, and the
 //! rest of a keep-alive connection once the stream has ended) goes to hyper, with the bytes
-//! already read put back in front of the socket ([`Prefixed`]). An SSE request that arrives
+//! already read put back in front of the socket (`crate::prefixed::Prefixed`). An SSE request that arrives
 //! later on a reused keep-alive connection is therefore served by hyper: it works the same and
 //! costs hyper's buffers.
 
@@ -34,22 +34,21 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Method, Request, Response, StatusCode, Version};
 use axum::Router;
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::prefixed::Prefixed;
 use crate::protocol::encode;
 
 /// Most header lines a first request may carry before it is left to hyper (which allows 100).
@@ -361,58 +360,4 @@ async fn write(tcp: &mut TcpStream, bytes: &[u8], timeout: Duration) -> io::Resu
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
     }
     Ok(())
-}
-
-/// A socket with bytes already read from it put back in front, for hyper to read first.
-pub struct Prefixed {
-    prefix: BytesMut,
-    tcp: TcpStream,
-}
-
-impl Prefixed {
-    pub fn new(prefix: BytesMut, tcp: TcpStream) -> Prefixed {
-        Prefixed { prefix, tcp }
-    }
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.prefix.is_empty() {
-            return Pin::new(&mut self.tcp).poll_read(cx, buf);
-        }
-        let n = self.prefix.len().min(buf.remaining());
-        buf.put_slice(&self.prefix[..n]);
-        self.prefix.advance(n);
-        if self.prefix.is_empty() {
-            // Give the allocation back rather than keep it for the connection's lifetime.
-            self.prefix = BytesMut::new();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
-    }
 }

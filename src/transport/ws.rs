@@ -27,12 +27,13 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri, Version};
 use axum::response::Response;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
+use tungstenite::protocol::{CloseFrame, Message, WebSocketConfig};
+use tungstenite::Utf8Bytes;
 
 use super::{outgoing, AttachQuery, Endpoint, Handler};
 use crate::admission::ClientAddr;
@@ -40,6 +41,10 @@ use crate::error::Error;
 use crate::hub::{AttachRequest, Attachment, CloseReason, Event, SessionHandle, Transport, ACK_EVENT};
 use crate::metrics;
 use crate::protocol::{encode, parse_envelopes_with, ProtocolError, Sid};
+
+mod handshake;
+
+use handshake::{Handshake, OnSocket};
 
 /// Most frames read and held while a handler runs (see the module's doc); beyond them the
 /// socket is read no further until the handler is done.
@@ -54,7 +59,7 @@ const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_INVALID_DATA: u16 = 1007;
 
 pub async fn upgrade<H: Handler>(
-    ws: WebSocketUpgrade,
+    handshake: Handshake,
     State(gateway): State<Endpoint<H>>,
     client: ClientAddr,
     headers: HeaderMap,
@@ -72,40 +77,69 @@ pub async fn upgrade<H: Handler>(
         .change(query.change(Transport::WebSocket));
     let attachment = gateway.attach(request, client).await?;
     gateway.admit(&attachment, &headers, uri.query()).await?;
-    // Read buffer (see READ_BUFFER). Write buffer: frames collect until the flush after each
-    // batch; 8 KiB is several events.
-    let ws = ws.read_buffer_size(READ_BUFFER).write_buffer_size(8 * 1024);
+    // Read buffer: see READ_BUFFER. Write buffer: none, each frame is written as it is sent.
+    // tungstenite's buffer is a `Vec` that keeps the largest size it ever grew to, by doubling
+    // from one frame: with 8 KiB asked for, a session that received bursts of 512-byte events
+    // held 4.6 KiB from then on (4 KiB asked for holds the same: it still doubles past 4,096),
+    // 4.5 bytes per buffered event per session in `history` (docs/performance.md). A round trip
+    // writes one frame either way; a burst of N events costs N writes instead of one per 8 KiB.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
     metrics::websocket_handshake(version);
-    Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket: WebSocket| {
+    Ok(handshake.accept(config, Attached { gateway, attachment, heartbeat }))
+}
+
+/// What a socket is served with once the handshake is done (see [`serve_socket`]).
+struct Attached<H> {
+    gateway: Endpoint<H>,
+    attachment: Attachment,
+    heartbeat: bool,
+}
+
+impl<H: Handler> OnSocket for Attached<H> {
+    fn serve<S>(self, socket: tokio_tungstenite::WebSocketStream<S>) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Attached { gateway, attachment, heartbeat } = self;
         gateway.track_socket(serve_socket(gateway.clone(), attachment, socket, heartbeat))
-    }))
+    }
 }
 
 /// Serves one attached socket until the peer leaves, goes silent, or the attachment ends.
 /// With `heartbeat`, each ping is preceded by an [`encode::HEARTBEAT`] frame: browsers cannot
 /// see protocol pings, so a page watches for this instead. It is not an event of the session:
 /// no cursor, never buffered, never replayed.
-pub async fn serve_socket<S, H: Handler>(gateway: Endpoint<H>, mut attachment: Attachment, mut socket: S, heartbeat: bool)
+///
+/// A plain function returning an `async` block rather than an `async fn`, which would keep room
+/// for its arguments twice (the socket and the attachment) in every socket's task.
+#[allow(clippy::manual_async_fn, reason = "an async fn holds its arguments twice")]
+pub fn serve_socket<S, H: Handler>(gateway: Endpoint<H>, mut attachment: Attachment, mut socket: S, heartbeat: bool) -> impl Future<Output = ()>
 where
-    S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
+    S: Sink<Message> + Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
-    let every = gateway.config().ws_ping;
-    let timer = std::pin::pin!(tokio::time::sleep(every));
-    // Borrowed, not moved: this future keeps its arguments for its whole life, so a copy of
-    // the socket moved into the connection would take room twice.
-    let pings = Pings::new(timer, every, heartbeat);
-    let mut connection = Connection::new(&gateway, &mut attachment, &mut socket, pings);
-    let close = loop {
-        let step = match connection.wait().await {
-            Next::Event(event) => connection.on_event(event).await,
-            Next::Frame(frame) => connection.on_frame(frame).await,
-            Next::Ping => connection.on_ping().await,
+    async move {
+        let every = gateway.config().ws_ping;
+        let timer = std::pin::pin!(tokio::time::sleep(every));
+        // Borrowed, not moved: this future keeps its arguments for its whole life, so a copy of
+        // the socket moved into the connection would take room twice.
+        let pings = Pings::new(timer, every, heartbeat);
+        let mut connection = Connection::new(&gateway, &mut attachment, &mut socket, pings);
+        let close = loop {
+            let step = match connection.wait().await {
+                Next::Event(event) => connection.on_event(event).await,
+                Next::Frame(frame) => connection.on_frame(frame).await,
+                Next::Ping => connection.on_ping().await,
+            };
+            if let ControlFlow::Break(close) = step {
+                break close;
+            }
         };
-        if let ControlFlow::Break(close) = step {
-            break close;
-        }
-    };
-    connection.close(close).await;
+        connection.close(close).await;
+    }
 }
 
 /// The close frame owed to the peer when the loop ends, if any: a code and a reason.
@@ -114,7 +148,7 @@ type Close = Option<(u16, &'static str)>;
 /// What one wait of [`serve_socket`] ended with.
 enum Next {
     Event(Result<Event, CloseReason>),
-    Frame(Option<Result<Message, axum::Error>>),
+    Frame(Option<Result<Message, tungstenite::Error>>),
     Ping,
 }
 
@@ -129,14 +163,14 @@ struct Connection<'a, S, H> {
     pings: Pings<'a>,
     /// What a handler that took its time left for the loop (see [`Connection::handle_inline`]):
     /// the frames read while it ran that are not only answers, handled next, in order...
-    held_frames: std::collections::VecDeque<Option<Result<Message, axum::Error>>>,
+    held_frames: std::collections::VecDeque<Option<Result<Message, tungstenite::Error>>>,
     /// ...and the end of the attachment, if it came meanwhile (after what the handler emitted).
     held_end: Option<CloseReason>,
 }
 
 impl<'a, S, H: Handler> Connection<'a, S, H>
 where
-    S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
+    S: Sink<Message> + Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     fn new(gateway: &'a Endpoint<H>, attachment: &'a mut Attachment, socket: &'a mut S, pings: Pings<'a>) -> Self {
         Connection {
@@ -188,7 +222,7 @@ where
     }
 
     /// Handles what the client sent: any frame is a sign of life; text frames hold envelopes.
-    async fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> ControlFlow<Close> {
+    async fn on_frame(&mut self, frame: Option<Result<Message, tungstenite::Error>>) -> ControlFlow<Close> {
         self.pings.heard = true;
         match frame {
             Some(Ok(Message::Text(text))) => self.handle_inline(text.as_str()).await,
@@ -196,8 +230,9 @@ where
                 self.gateway.report_error(&self.sid, "binary frames are not supported: send JSON envelopes as text frames").await;
                 ControlFlow::Continue(())
             }
-            // Pongs only prove the peer is alive; pings are answered by the socket layer.
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => ControlFlow::Continue(()),
+            // Pongs only prove the peer is alive; pings are answered by the socket layer (which
+            // yields no raw frames when reading).
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => ControlFlow::Continue(()),
             Some(Ok(Message::Close(_))) | None => ControlFlow::Break(None),
             Some(Err(err)) => {
                 tracing::debug!(sid = self.sid.short(), %err, "websocket read failed");
@@ -280,7 +315,7 @@ where
     async fn close(&mut self, close: Close) {
         self.attachment.stop_waiting();
         if let Some((code, reason)) = close {
-            let frame = CloseFrame { code, reason: reason.into() };
+            let frame = CloseFrame { code: code.into(), reason: reason.into() };
             if let Ok(Ok(())) = tokio::time::timeout(CLOSING, self.socket.send(Message::Close(Some(frame)))).await {
                 finish_closing(self.gateway, &self.session, self.socket).await;
             }
@@ -344,7 +379,7 @@ struct Waiting<'b, 'a, S> {
     socket: &'b mut S,
     attachment: &'b mut Attachment,
     pings: &'b mut Pings<'a>,
-    held_frames: &'b mut std::collections::VecDeque<Option<Result<Message, axum::Error>>>,
+    held_frames: &'b mut std::collections::VecDeque<Option<Result<Message, tungstenite::Error>>>,
     held_end: &'b mut Option<CloseReason>,
     sid: &'b Sid,
     write_timeout: Duration,
@@ -352,7 +387,7 @@ struct Waiting<'b, 'a, S> {
 
 impl<S> Waiting<'_, '_, S>
 where
-    S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
+    S: Sink<Message> + Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     /// Runs `handling` to its end while writing what the session is sent and reading the
     /// client's frames: answers are taken at once, others held. Returns what the handler gave
@@ -394,7 +429,7 @@ where
                     let _ = handle_text(gateway, session, text.as_str()).await;
                 }
                 // Pongs prove the peer alive; pings are answered by the socket layer.
-                Ok(Next::Frame(Some(Ok(Message::Ping(_) | Message::Pong(_))))) => pings.heard = true,
+                Ok(Next::Frame(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))))) => pings.heard = true,
                 Ok(Next::Frame(frame)) => held_frames.push_back(frame),
                 Ok(Next::Ping) => {}
             }
@@ -411,7 +446,7 @@ const CLOSING: Duration = Duration::from_secs(1);
 /// peer's Close arrives or [`CLOSING`] runs out.
 async fn finish_closing<R, H: Handler>(gateway: &Endpoint<H>, session: &SessionHandle, stream: &mut R)
 where
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     let deadline = Instant::now() + CLOSING;
     while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, stream.next()).await {
@@ -489,15 +524,10 @@ fn frame(event: &Event, sid: &Sid) -> Message {
 /// The close frame owed to a peer whose frame could not be read: RFC 6455 names a code for a
 /// message over the size limit (1009) and for text that is not UTF-8 (1007). Other read errors
 /// mean the connection is gone; nothing is owed.
-fn read_error_close(err: &axum::Error) -> Close {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        match e.downcast_ref::<tungstenite::Error>() {
-            Some(tungstenite::Error::Capacity(_)) => return Some((CLOSE_TOO_BIG, "message too big")),
-            Some(tungstenite::Error::Utf8(_)) => return Some((CLOSE_INVALID_DATA, "text frame is not valid UTF-8")),
-            Some(_) => return None,
-            None => source = e.source(),
-        }
+fn read_error_close(err: &tungstenite::Error) -> Close {
+    match err {
+        tungstenite::Error::Capacity(_) => Some((CLOSE_TOO_BIG, "message too big")),
+        tungstenite::Error::Utf8(_) => Some((CLOSE_INVALID_DATA, "text frame is not valid UTF-8")),
+        _ => None,
     }
-    None
 }
