@@ -53,17 +53,24 @@ impl Body {
     /// The body as a cluster buffer entry: `name\ndata`, or `name\tACK\ndata` with an ack
     /// ([`Ack::token`]); names hold no control characters, so neither separator can be in one.
     pub(super) fn entry(&self) -> String {
+        let mut entry = Vec::new();
+        self.write_entry(&mut entry);
+        String::from_utf8(entry).expect("an entry is text")
+    }
+
+    /// Appends [`Body::entry`] to `out` (the cluster's batches write every entry into one
+    /// reused buffer).
+    pub(super) fn write_entry(&self, out: &mut Vec<u8>) {
         let ack = self.ack.map(Ack::token);
         let ack_len = ack.as_ref().map_or(0, |token| 1 + token.len());
-        let mut entry = String::with_capacity(self.name.len() + ack_len + 1 + self.data.len());
-        entry.push_str(&self.name);
+        out.reserve(self.name.len() + ack_len + 1 + self.data.len());
+        out.extend_from_slice(self.name.as_bytes());
         if let Some(token) = ack {
-            entry.push('\t');
-            entry.push_str(&token);
+            out.push(b'\t');
+            out.extend_from_slice(token.as_bytes());
         }
-        entry.push('\n');
-        entry.push_str(&self.data);
-        entry
+        out.push(b'\n');
+        out.extend_from_slice(self.data.as_bytes());
     }
 
     /// Reads back the two parts of an [`Body::entry`]: `head` (the name, and the ack if any)

@@ -29,6 +29,10 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use crate::protocol::Sid;
+
+use super::super::event::Body;
+
 /// The most commands in one batch: a bound on the write and on what one slow batch holds up.
 const MAX_BATCH: usize = 256;
 
@@ -39,29 +43,37 @@ const IN_FLIGHT: usize = 2;
 
 type Answer = oneshot::Sender<RedisResult<Value>>;
 
+/// What an emit answers: the event's number and whether the emitting node holds the session's
+/// transport; `None` when the session is gone.
+pub(super) type Emitted = Option<(u64, bool)>;
+
+type EmitAnswer = oneshot::Sender<RedisResult<Emitted>>;
+
 /// A command waiting for its batch, and where its answer goes.
-struct Job {
-    work: Work,
-    answer: Answer,
+enum Job {
+    Cmd(Cmd, Answer),
+    Emit(Emit, EmitAnswer),
 }
 
-enum Work {
-    Cmd(Cmd),
-    Emit(Emit),
-}
-
-/// One event to append, as the `emit` script takes it: the session's hash and buffer keys, and
-/// its arguments (node, entry, buffer, recv mark, sid).
+/// One event to append. Nothing of it is copied before the batch is made: the command is
+/// written once, into the batch's script call (the keys are made there from the sid, by the
+/// script).
 pub(super) struct Emit {
-    pub(super) keys: [Vec<u8>; 2],
-    pub(super) args: [Vec<u8>; 5],
+    /// The emitting node's id (owner checks, wake-ups).
+    pub(super) node: Arc<str>,
+    /// The session's buffer length (`--buffer`).
+    pub(super) buffer: usize,
+    pub(super) sid: Sid,
+    pub(super) body: Arc<Body>,
+    /// The client `seq` to record as handled (0: none).
+    pub(super) mark: u64,
 }
 
 /// Where the answers of one command of a batch go: one caller, or the callers of the emits
-/// merged into it (an `[seq, owner]` pair each).
+/// merged into it (a `[seq, mine]` pair each).
 enum Slot {
     One(Answer),
-    Emits(Vec<Answer>),
+    Emits(Vec<EmitAnswer>),
 }
 
 /// A batch sent: its commands' answer slots, the answers on their way, and its place among the
@@ -97,15 +109,15 @@ impl Batcher {
     pub(super) fn query<'a>(&'a self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let (answer, answered) = oneshot::channel();
-            self.jobs.send(Job { work: Work::Cmd(cmd.clone()), answer }).map_err(|_| gone())?;
+            self.jobs.send(Job::Cmd(cmd.clone(), answer)).map_err(|_| gone())?;
             answered.await.map_err(|_| gone())?
         })
     }
 
-    /// Appends one event with the next batch (see [`Emit`]); answers as the `emit` script does.
-    pub(super) async fn emit(&self, emit: Emit) -> RedisResult<Value> {
+    /// Appends one event with the next batch (see [`Emit`]).
+    pub(super) async fn emit(&self, emit: Emit) -> RedisResult<Emitted> {
         let (answer, answered) = oneshot::channel();
-        self.jobs.send(Job { work: Work::Emit(emit), answer }).map_err(|_| gone())?;
+        self.jobs.send(Job::Emit(emit, answer)).map_err(|_| gone())?;
         answered.await.map_err(|_| gone())?
     }
 }
@@ -116,6 +128,7 @@ impl Batcher {
 async fn send(conn: ConnectionManager, emit_many: Sha, mut queue: mpsc::UnboundedReceiver<Job>, sent: mpsc::UnboundedSender<Sent>) {
     let places = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut batch = Vec::new();
+    let mut entry = Vec::new();
     while let Some(first) = queue.recv().await {
         let Ok(permit) = places.clone().acquire_owned().await else { return };
         batch.push(first);
@@ -127,29 +140,36 @@ async fn send(conn: ConnectionManager, emit_many: Sha, mut queue: mpsc::Unbounde
         }
         let mut cmds = Vec::with_capacity(batch.len());
         let mut answers = Vec::with_capacity(batch.len());
-        let mut emits = Vec::new();
+        // The emits, one script call for each run of them with the same node id and buffer
+        // (one call, but for the moment a node takes a new id).
+        let mut call: Option<(Cmd, Vec<EmitAnswer>, Arc<str>, usize)> = None;
         for job in batch.drain(..) {
-            match job.work {
-                Work::Cmd(cmd) => {
+            match job {
+                Job::Cmd(cmd, answer) => {
                     cmds.push(cmd);
-                    answers.push(Slot::One(job.answer));
+                    answers.push(Slot::One(answer));
                 }
-                Work::Emit(emit) => emits.push((emit, job.answer)),
+                Job::Emit(emit, answer) => {
+                    if call.as_ref().is_some_and(|(_, _, node, buffer)| *node != emit.node || *buffer != emit.buffer) {
+                        let (cmd, callers, _, _) = call.take().expect("a call");
+                        cmds.push(cmd);
+                        answers.push(Slot::Emits(callers));
+                    }
+                    let (cmd, callers, _, _) = call.get_or_insert_with(|| {
+                        let mut cmd = redis::cmd("EVALSHA");
+                        cmd.arg(&*emit_many).arg(0).arg(&*emit.node).arg(emit.buffer);
+                        (cmd, Vec::new(), emit.node.clone(), emit.buffer)
+                    });
+                    entry.clear();
+                    emit.body.write_entry(&mut entry);
+                    cmd.arg(emit.sid.as_str()).arg(&entry[..]).arg(emit.mark);
+                    callers.push(answer);
+                }
             }
         }
-        if !emits.is_empty() {
-            let mut call = redis::cmd("EVALSHA");
-            call.arg(&*emit_many).arg(emits.len() * 2);
-            for (emit, _) in &emits {
-                call.arg(&emit.keys[0]).arg(&emit.keys[1]);
-            }
-            for (emit, _) in &emits {
-                for arg in &emit.args {
-                    call.arg(arg);
-                }
-            }
-            cmds.push(call);
-            answers.push(Slot::Emits(emits.into_iter().map(|(_, answer)| answer).collect()));
+        if let Some((cmd, callers, _, _)) = call {
+            cmds.push(cmd);
+            answers.push(Slot::Emits(callers));
         }
         let mut conn = conn.clone();
         let mut reply: Pin<Box<dyn Future<Output = RedisResult<Vec<Value>>> + Send>> = if cmds.len() == 1 {
@@ -201,14 +221,16 @@ fn hand_out(answers: Vec<Slot>, result: RedisResult<Vec<Value>>) {
     }
 }
 
-/// The `emit_many` script's answer, `[seq, owner]` per event in order, to each event's caller.
-fn hand_out_emits(answers: Vec<Answer>, value: Value) {
+/// The `emit_many` script's answer, `[seq, mine]` per event in order, to each event's caller.
+fn hand_out_emits(answers: Vec<EmitAnswer>, value: Value) {
     match value {
         Value::Array(pairs) if pairs.len() == answers.len() * 2 => {
-            let mut pairs = pairs.into_iter();
-            for answer in answers {
-                let pair: Vec<Value> = pairs.by_ref().take(2).collect();
-                let _ = answer.send(Ok(Value::Array(pair)));
+            for (answer, pair) in answers.into_iter().zip(pairs.chunks_exact(2)) {
+                let emitted = match pair {
+                    [Value::Int(seq), Value::Int(mine)] if *seq > 0 => Some((seq.unsigned_abs(), *mine == 1)),
+                    _ => None,
+                };
+                let _ = answer.send(Ok(emitted));
             }
         }
         Value::ServerError(err) => {

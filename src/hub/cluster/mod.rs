@@ -280,7 +280,7 @@ impl Cluster {
         self.record(op, started, result)
     }
 
-    fn record(&self, op: &'static str, started: Instant, result: redis::RedisResult<Value>) -> Result<Value, HubError> {
+    fn record<T>(&self, op: &'static str, started: Instant, result: redis::RedisResult<T>) -> Result<T, HubError> {
         metrics::histogram!("switchyard_redis_command_seconds", "op" => op).record(started.elapsed().as_secs_f64());
         result.map_err(|err| {
             metrics::counter!("switchyard_redis_errors_total", "op" => op).increment(1);
@@ -360,16 +360,13 @@ impl Cluster {
     /// Appends an event to session `sid`'s buffer (recording the client `seq` `mark` as
     /// handled, if not 0) and wakes the node holding its transport. Returns the event's number
     /// and whether this node holds the transport.
-    pub(super) async fn emit(&self, sid: &Sid, body: &Body, buffer: usize, mark: u64) -> Result<(u64, bool), HubError> {
+    pub(super) async fn emit(&self, sid: &Sid, body: &Arc<Body>, buffer: usize, mark: u64) -> Result<(u64, bool), HubError> {
         let node = self.node();
         let reply = match &self.inner.conn {
             // Merged with the batch's other emits into one script call (see `batch.rs`).
             Conn::Single(_, batcher) => {
                 let started = Instant::now();
-                let emit = batch::Emit {
-                    keys: [key(sid, b's'), key(sid, b'b')],
-                    args: [node.as_bytes().to_vec(), body.entry().into_bytes(), buffer.to_string().into_bytes(), mark.to_string().into_bytes(), sid.as_str().as_bytes().to_vec()],
-                };
+                let emit = batch::Emit { node: node.clone(), buffer, sid: sid.clone(), body: body.clone(), mark };
                 match batcher.emit(emit).await {
                     Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                         // Redis lost its scripts (a restart): load the batch's script for the
@@ -378,7 +375,7 @@ impl Cluster {
                         let _ = self.inner.scripts.emit_many.load_async(&mut conn).await;
                         self.emit_one(sid, body, buffer, mark, &node).await?
                     }
-                    result => self.record("emit", started, result)?,
+                    result => return self.record("emit", started, result)?.ok_or(HubError::NoSession),
                 }
             }
             Conn::Cluster(_) => self.emit_one(sid, body, buffer, mark, &node).await?,
@@ -691,17 +688,6 @@ const ADMIN_KEY: &str = "sy:admin";
 
 fn new_node_id() -> Arc<str> {
     Arc::from(format!("{:016x}", rand::random::<u64>()))
-}
-
-/// One key of session `sid`: `sy:{SID}:` and `suffix`.
-fn key(sid: &Sid, suffix: u8) -> Vec<u8> {
-    let sid = sid.as_str().as_bytes();
-    let mut key = Vec::with_capacity(sid.len() + 7);
-    key.extend_from_slice(b"sy:{");
-    key.extend_from_slice(sid);
-    key.extend_from_slice(b"}:");
-    key.push(suffix);
-    key
 }
 
 /// The keys of session `sid`, in the order every script takes them: `sy:{SID}:s`, `:b`, `:r`,

@@ -149,18 +149,20 @@ return {seq, owner}
 ",
             ),
             // `emit` for several events at once, in order (a standalone Redis only: the keys span
-            // slots; see `batch.rs`). KEYS: each event's session hash and buffer. ARGV: each
-            // event's five `emit` arguments. Returns {seq, owner} per event ({-1, ''}: gone).
+            // slots and are made here from the sids; see `batch.rs`). No KEYS. ARGV: node,
+            // buffer, then each event's sid, entry and recv mark. Returns {seq, mine} per event
+            // (mine: 1 if this node holds the transport, else 0; {-1, 0}: the session is gone).
             emit_many: script(
                 r"
 local out = {}
-for i = 1, #KEYS / 2 do
-  local s, b, a = KEYS[2 * i - 1], KEYS[2 * i], 5 * (i - 1)
-  local node, entry, buffer, mark, sid = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), ARGV[a + 5]
+local node, buffer = ARGV[1], tonumber(ARGV[2])
+for a = 3, #ARGV, 3 do
+  local sid, entry, mark = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local s, b = 'sy:{' .. sid .. '}:s', 'sy:{' .. sid .. '}:b'
   local h = redis.call('HMGET', s, 'seq', 'owner', 'recv')
   if not h[1] then
     out[#out + 1] = -1
-    out[#out + 1] = ''
+    out[#out + 1] = 0
   else
     local seq = tonumber(h[1]) + 1
     if mark > tonumber(h[3] or '0') then
@@ -171,12 +173,15 @@ for i = 1, #KEYS / 2 do
     local len = redis.call('RPUSH', b, entry)
     if len > buffer then redis.call('LTRIM', b, len - buffer, -1) end
     local owner = h[2] or ''
-    if owner ~= '' and owner ~= node then
+    local mine = 0
+    if owner == node then
+      mine = 1
+    elseif owner ~= '' then
       redis.call('PUBLISH', 'sy:node:' .. owner, 'e\n' .. sid .. '\n' .. seq .. '\n' .. entry)
     end
     if len == 1 then redis.call('PEXPIRE', b, redis.call('PTTL', s)) end
     out[#out + 1] = seq
-    out[#out + 1] = owner
+    out[#out + 1] = mine
   end
 end
 return out
