@@ -23,6 +23,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The bottom: pure wire types, and the owner of background tasks.
     ("protocol", &[]),
     ("tasks", &[]),
+    // A TCP stream with bytes already read put back in front (the lean SSE path, the WebSocket).
+    ("prefixed", &[]),
     // Leaves of the middle layer: token checks and the per-address limit know no sessions.
     ("auth", &[]),
     ("admission", &[]),
@@ -35,7 +37,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The one error type of the HTTP surface.
     ("error", &["auth", "admission", "hub"]),
     // Over the hub: the transports, the default app, the upstream, the publish API.
-    ("transport", &["protocol", "admission", "hub", "metrics", "error"]),
+    ("transport", &["protocol", "prefixed", "admission", "hub", "metrics", "error"]),
     ("app", &["protocol", "hub", "handler"]),
     ("upstream", &["protocol", "tasks", "hub", "handler"]),
     ("api", &["protocol", "hub", "error"]),
@@ -46,11 +48,11 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The top.
     (
         "gateway",
-        &["protocol", "tasks", "auth", "admission", "hub", "metrics", "handler", "error", "transport", "app", "upstream", "api", "admin", "config"],
+        &["protocol", "tasks", "prefixed", "auth", "admission", "hub", "metrics", "handler", "error", "transport", "app", "upstream", "api", "admin", "config"],
     ),
     (
         "server",
-        &["protocol", "tasks", "auth", "admission", "hub", "metrics", "handler", "error", "transport", "app", "upstream", "api", "admin", "config", "gateway"],
+        &["protocol", "tasks", "prefixed", "auth", "admission", "hub", "metrics", "handler", "error", "transport", "app", "upstream", "api", "admin", "config", "gateway"],
     ),
 ];
 
