@@ -16,6 +16,22 @@ use crate::error::{EngineIoError, Error};
 /// Ends a poll or a post however its request ends (a client that drops a poll cancels it).
 struct InFlight<'a>(&'a EngineSession, fn(&EngineSession));
 
+impl<'a> InFlight<'a> {
+    /// Takes the session's one slot of this kind (`begin`, given back by `end` when the request
+    /// ends): polling requests once the session is on WebSocket get `400`, and a second request
+    /// of a kind at once is a protocol error that closes the session too.
+    fn begin(session: &'a EngineSession, begin: fn(&EngineSession) -> bool, end: fn(&EngineSession)) -> Result<InFlight<'a>, Error> {
+        if session.carrier() != Carrier::Polling {
+            return Err(EngineIoError::BadRequest.into());
+        }
+        if !begin(session) {
+            session.close(CloseCause::ProtocolError);
+            return Err(EngineIoError::BadRequest.into());
+        }
+        Ok(InFlight(session, end))
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         (self.1)(self.0);
@@ -25,14 +41,7 @@ impl Drop for InFlight<'_> {
 /// `GET ?sid=`: every queued packet, separated by `\x1e`; waits until there is one. A session
 /// closed by the client answers `6` (noop) to the poll it left waiting.
 pub async fn poll(session: &EngineSession) -> Result<Response, Error> {
-    if session.carrier() != Carrier::Polling {
-        return Err(EngineIoError::BadRequest.into());
-    }
-    if !session.begin_poll() {
-        session.close(CloseCause::ProtocolError);
-        return Err(EngineIoError::BadRequest.into());
-    }
-    let _in_flight = InFlight(session, EngineSession::end_poll);
+    let _in_flight = InFlight::begin(session, EngineSession::begin_poll, EngineSession::end_poll)?;
     let packets = loop {
         let packets = session.take();
         if !packets.is_empty() {
@@ -59,14 +68,7 @@ pub async fn poll(session: &EngineSession) -> Result<Response, Error> {
 
 /// `POST ?sid=`: the client's packets, in order. Answers `ok` once they are handed over.
 pub async fn post(session: &EngineSession, body: Body, max_payload: usize) -> Result<Response, Error> {
-    if session.carrier() != Carrier::Polling {
-        return Err(EngineIoError::BadRequest.into());
-    }
-    if !session.begin_post() {
-        session.close(CloseCause::ProtocolError);
-        return Err(EngineIoError::BadRequest.into());
-    }
-    let _in_flight = InFlight(session, EngineSession::end_post);
+    let _in_flight = InFlight::begin(session, EngineSession::begin_post, EngineSession::end_post)?;
     let Ok(bytes) = to_bytes(body, max_payload).await else {
         // Over maxPayload (or a body that broke off): the protocol closes the session.
         session.close(CloseCause::ProtocolError);
