@@ -21,7 +21,6 @@ use axum::http::{header, HeaderValue, StatusCode, Version};
 use axum::response::Response;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
@@ -98,16 +97,12 @@ async fn serve_upgraded(on_upgrade: OnUpgrade, config: WebSocketConfig, on_socke
     match upgraded.downcast::<TokioIo<Prefixed>>() {
         Ok(parts) => {
             let read = parts.read_buf.to_vec();
-            let socket = WebSocketStream::from_partially_read(parts.io.into_inner(), read, Role::Server, Some(config));
-            if let Some(socket) = socket.now_or_never() {
-                tokio::spawn(on_socket.serve(socket));
-            }
+            let socket = WebSocketStream::from_partially_read(parts.io.into_inner(), read, Role::Server, Some(config)).await;
+            tokio::spawn(on_socket.serve(socket));
         }
         Err(upgraded) => {
-            let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config));
-            if let Some(socket) = socket.now_or_never() {
-                tokio::spawn(on_socket.serve(socket));
-            }
+            let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+            tokio::spawn(on_socket.serve(socket));
         }
     }
 }
