@@ -269,6 +269,7 @@ impl GatewayBuilder {
                 tasks,
                 auth,
                 admission,
+                engines: Arc::default(),
             }),
         }
     }
@@ -449,6 +450,10 @@ struct Shared {
     /// The per-address limit on new sessions, asked by every attach (the transports' and
     /// [`Gateway::attach`]).
     admission: Admission,
+    /// The Engine.IO sessions of `/socket.io/`: one table for every router of the gateway and
+    /// for the endpoint the server serves ahead of them ([`Gateway::engine_io`]), so that a
+    /// session opened through one is found through the other.
+    engines: Arc<transport::socketio::Engines>,
 }
 
 /// Dropping the last `Gateway` handle shuts the gateway down, as [`Gateway::shutdown`] would:
@@ -541,11 +546,18 @@ impl Gateway {
         transport::router(self.endpoint(), own)
     }
 
+    /// The gateway's `/socket.io/` endpoint, for the server to serve ahead of [`Gateway::router`]
+    /// (see `transport/socketio/direct.rs`).
+    pub(crate) fn engine_io(&self) -> transport::socketio::EngineIo<Gateway> {
+        transport::socketio::EngineIo::new(self.endpoint())
+    }
+
     /// The state of the transport routes: the parts of this gateway they use, and the gateway
     /// itself as the [`transport::Handler`] of what they read.
     fn endpoint(&self) -> Endpoint<Gateway> {
         let sockets = self.inner.tasks.tracker.clone();
-        Endpoint::new(self.hub.clone(), self.inner.transport.clone(), self.inner.admission.clone(), sockets, self.clone())
+        let engines = self.inner.engines.clone();
+        Endpoint::new(self.hub.clone(), self.inner.transport.clone(), self.inner.admission.clone(), sockets, engines, self.clone())
     }
 
     /// Runs the handler of each envelope in turn, for one session.

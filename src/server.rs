@@ -28,22 +28,21 @@ use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::util::MapRequest;
 use tower_http::services::ServeDir;
 
 use crate::gateway::Gateway;
+use crate::transport::socketio::EngineIo;
 
 mod event_stream;
 mod https;
+mod service;
 pub mod tls;
 
 pub use https::{H2_MAX_HEADER_LIST, H2_MAX_LOCAL_RESETS, H2_MAX_PENDING_RESETS};
@@ -72,6 +71,13 @@ pub fn app(gateway: &Gateway, static_dir: &Path) -> Router {
 ///
 /// Every request carries `axum::extract::ConnectInfo<SocketAddr>`, the peer's address, in its
 /// extensions: the per-address limit on new sessions reads it, and so may the app's handlers.
+///
+/// `GET` and `POST /socket.io/` (Socket.IO clients), when not from a foreign origin, are
+/// answered by `gateway`'s Socket.IO endpoint ahead of `router`, as the route of
+/// [`Gateway::router`] at the root would answer them, without the router's matching (see
+/// docs/design.md). A `router` that nests the gateway under a prefix serves it there too; the
+/// root `/socket.io/` is the gateway's either way, and layers added to `router` do not see
+/// those requests.
 ///
 /// ```no_run
 /// use switchyard::{server, Config, Gateway};
@@ -187,6 +193,8 @@ async fn drain(gateway: &Gateway, connections: TaskTracker) {
 #[derive(Clone)]
 struct Serving {
     router: Router,
+    /// The gateway's `/socket.io/`, served ahead of `router` (see `server/service.rs`).
+    engine_io: EngineIo<Gateway>,
     builder: http1::Builder,
     /// The first request's limits, when [`event_stream::first_request`] reads it.
     limits: event_stream::Limits,
@@ -213,7 +221,7 @@ impl Serving {
             max_head: CONNECTION_BUFFER,
             write_timeout: gateway.config().slow_client_timeout,
         };
-        Serving { router, builder, limits, token: gateway.shutdown_token().clone() }
+        Serving { router, engine_io: gateway.engine_io(), builder, limits, token: gateway.shutdown_token().clone() }
     }
 
     /// Serves one connection: its first request here if it opens an event stream, the rest
@@ -228,14 +236,7 @@ impl Serving {
                 event_stream::Next::Done => return,
                 event_stream::Next::Hyper(io) => io,
             };
-            // Every request carries the peer address, as under axum's
-            // `into_make_service_with_connect_info`: a cheap map per request rather than a
-            // `Router::layer` per connection, which would wrap every route again each time.
-            let with_peer = MapRequest::new(self.router, move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                request
-            });
-            let service = TowerToHyperService::new(with_peer);
+            let service = service::Routes::new(self.router, self.engine_io, peer);
             // Boxed so that a connection served by `first_request` alone (an SSE stream) does
             // not carry room for hyper's connection state in its task.
             let mut connection = Box::pin(self.builder.serve_connection(TokioIo::new(io), service).with_upgrades());

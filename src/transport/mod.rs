@@ -113,8 +113,8 @@ struct Parts<H> {
     /// owner (the gateway) closes and awaits it at shutdown.
     sockets: TaskTracker,
     handler: H,
-    /// The Engine.IO sessions of `/socket.io/`.
-    engines: socketio::Engines,
+    /// The Engine.IO sessions of `/socket.io/`, shared by every endpoint of one gateway.
+    engines: Arc<socketio::Engines>,
 }
 
 impl<H> Clone for Endpoint<H> {
@@ -125,10 +125,17 @@ impl<H> Clone for Endpoint<H> {
 
 impl<H: Handler> Endpoint<H> {
     /// The state of the routes of a gateway: its hub, the transports' settings, its
-    /// per-address limit on new sessions, the tracker of its WebSocket tasks, and itself as the
-    /// [`Handler`] of what the transports read.
-    pub fn new(hub: Hub, config: TransportConfig, admission: Admission, sockets: TaskTracker, handler: H) -> Endpoint<H> {
-        Endpoint { inner: Arc::new(Parts { hub, config, admission, sockets, handler, engines: socketio::Engines::default() }) }
+    /// per-address limit on new sessions, the tracker of its WebSocket tasks, its table of
+    /// Engine.IO sessions, and itself as the [`Handler`] of what the transports read.
+    pub fn new(
+        hub: Hub,
+        config: TransportConfig,
+        admission: Admission,
+        sockets: TaskTracker,
+        engines: Arc<socketio::Engines>,
+        handler: H,
+    ) -> Endpoint<H> {
+        Endpoint { inner: Arc::new(Parts { hub, config, admission, sockets, handler, engines }) }
     }
 
     /// The hub the transports attach to.

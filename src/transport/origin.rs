@@ -68,6 +68,19 @@ impl OriginPolicy {
         OriginPolicy { any: allowed.iter().any(|o| o == "*"), allowed: allowed.into(), cors: Arc::new(cors) }
     }
 
+    /// What the policy makes of `request`: `None` for a request without `Origin` (not a
+    /// browser's), which passes.
+    pub fn judge_request<B>(&self, request: &axum::http::Request<B>) -> Option<Verdict> {
+        let origin = request.headers().get(header::ORIGIN)?;
+        let Ok(origin) = origin.to_str() else { return Some(Verdict::Refused) };
+        // HTTP/2 names the host in the `:authority` pseudo-header (the URI's authority), not `Host`.
+        let host = match request.headers().get(header::HOST) {
+            Some(host) => host.to_str().ok(),
+            None => request.uri().authority().map(axum::http::uri::Authority::as_str),
+        };
+        Some(self.judge(origin, host))
+    }
+
     /// Whether a request from `origin`, addressed to `host`, may proceed.
     pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
         self.judge(origin, host) != Verdict::Refused
@@ -150,17 +163,9 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let Some(origin) = request.headers().get(header::ORIGIN).map(|v| v.to_str().ok()) else {
-            return Either::Left(self.inner.call(request));
-        };
-        // HTTP/2 names the host in the `:authority` pseudo-header (the URI's authority), not `Host`.
-        let host = match request.headers().get(header::HOST) {
-            Some(host) => host.to_str().ok(),
-            None => request.uri().authority().map(axum::http::uri::Authority::as_str),
-        };
-        match origin.map_or(Verdict::Refused, |o| self.policy.judge(o, host)) {
-            Verdict::SameOrigin => Either::Left(self.inner.call(request)),
-            Verdict::CrossOrigin => {
+        match self.policy.judge_request(&request) {
+            None | Some(Verdict::SameOrigin) => Either::Left(self.inner.call(request)),
+            Some(Verdict::CrossOrigin) => {
                 // The service that was made ready answers this request; a clone waits for the next.
                 let ready = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, ready);
@@ -172,8 +177,8 @@ where
                     }
                 }))
             }
-            Verdict::Refused => {
-                let shown = origin.unwrap_or("<not text>");
+            Some(Verdict::Refused) => {
+                let shown = request.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()).unwrap_or("<not text>");
                 tracing::info!(origin = shown, path = request.uri().path(), "refused a request from a foreign origin");
                 let body = json!({"error": format!("origin {shown} is not allowed to use this gateway")});
                 let response = (StatusCode::FORBIDDEN, Json(body)).into_response();

@@ -10,6 +10,7 @@
 //! | file | what |
 //! |---|---|
 //! | `mod.rs` | the routes, the query, the settings |
+//! | `direct.rs` | the endpoint the server calls ahead of the router (`GET`/`POST /socket.io/`) |
 //! | `packet.rs` | the Engine.IO and Socket.IO codecs (pure, fuzzed) |
 //! | `engine.rs` | an Engine.IO session's shared state and the table of them |
 //! | `polling.rs` | long-polling: the GET that takes the queue, the POST that reads packets |
@@ -29,6 +30,7 @@
 //! it that a balancer sends elsewhere are passed to that node (`forward.rs`): no sticky
 //! sessions.
 
+mod direct;
 mod engine;
 mod forward;
 pub mod packet;
@@ -46,6 +48,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::Response;
 use serde::Deserialize;
 
+pub use direct::EngineIo;
 pub use engine::Engines;
 use engine::{Carrier, EngineSession, Inbound};
 use tokio::sync::mpsc;
@@ -86,6 +89,19 @@ pub(crate) struct Opening {
     client: ClientAddr,
     headers: HeaderMap,
     query: Option<String>,
+}
+
+impl Opening {
+    /// What the socket task keeps of the request `parts` opening a session. The client's
+    /// address is read here, only where a session opens (the per-address limit): a poll
+    /// needs none.
+    async fn of<H: Handler>(endpoint: &Endpoint<H>, parts: &mut axum::http::request::Parts) -> Opening {
+        let client = match ClientAddr::from_request_parts(parts, endpoint).await {
+            Ok(client) => client,
+            Err(never) => match never {},
+        };
+        Opening { client, headers: parts.headers.clone(), query: parts.uri.query().map(str::to_owned) }
+    }
 }
 
 impl EngineQuery {
@@ -148,22 +164,21 @@ pub(crate) fn routes<H: Handler>() -> axum::routing::MethodRouter<Endpoint<H>> {
 
 /// `GET`: the handshake (no sid), a poll, or a WebSocket (new, or an upgrade). A poll or an
 /// upgrade for a session another node holds is passed to that node (`forward.rs`).
-async fn get<H: Handler>(State(endpoint): State<Endpoint<H>>, client: ClientAddr, request: Request) -> Result<Response, Error> {
+async fn get<H: Handler>(State(endpoint): State<Endpoint<H>>, request: Request) -> Result<Response, Error> {
     let (mut parts, body) = request.into_parts();
     let (carrier, sid) = EngineQuery::read(&parts.uri)?;
-    let opening = || Opening { client, headers: parts.headers.clone(), query: parts.uri.query().map(str::to_owned) };
     match (carrier, sid) {
         (Carrier::WebSocket, Some(sid)) if endpoint.engines().get(&sid).is_none() => {
             elsewhere(&endpoint, &sid, forward::Kind::Upgrade, Request::from_parts(parts, body)).await
         }
         (Carrier::WebSocket, sid) => {
-            let opening = opening();
+            let opening = Opening::of(&endpoint, &mut parts).await;
             let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(|_| EngineIoError::BadRequest)?;
             ws::upgrade(endpoint, upgrade, sid, opening)
         }
         (Carrier::Polling, None) => {
             let (session, inbox_rx) = open(&endpoint, Carrier::Polling)?;
-            tokio::spawn(socket::run(endpoint.clone(), session.clone(), inbox_rx, opening()));
+            tokio::spawn(socket::run(endpoint.clone(), session.clone(), inbox_rx, Opening::of(&endpoint, &mut parts).await));
             Ok(text(handshake(&endpoint, &session, true)))
         }
         (Carrier::Polling, Some(sid)) => match endpoint.engines().get(&sid) {

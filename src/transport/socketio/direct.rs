@@ -1,0 +1,68 @@
+//! `/socket.io/` served ahead of the router: what the server's own listener calls for an
+//! Engine.IO request instead of passing it through axum's `Router`.
+//!
+//! Why: a long-polling round trip is two HTTP requests, and the router's share of each (path
+//! matching, its extension inserts and `MatchedPath`, the method router, the per-route boxes and
+//! `Content-Length` fix-up) was some 3,000 instructions, a tenth of what the request costs
+//! (callgrind; see docs/performance.md). socketioxide serves `/socket.io/` as a layer in front
+//! of the router for the same reason.
+//!
+//! What it takes is narrow on purpose, so that it behaves as the route does: `GET` and `POST`
+//! of exactly `/socket.io/`, with no `Origin` or the page's own (the origin layer passes those
+//! to the route untouched). Everything else (another method, an allowed cross-origin request
+//! with its CORS, a refused origin's `403`) goes to the router, whose route stays for that and
+//! for applications that nest [`crate::Gateway::router`] under a prefix.
+
+use std::future::Future;
+
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+
+use super::super::origin::{OriginPolicy, Verdict};
+use super::super::{Endpoint, Handler};
+
+/// The path served.
+pub const PATH: &str = "/socket.io/";
+
+/// The Engine.IO endpoint of a gateway, for the server to call directly.
+pub struct EngineIo<H> {
+    endpoint: Endpoint<H>,
+    /// The router's origin policy: requests it would send through CORS or refuse are left to it.
+    origins: OriginPolicy,
+}
+
+impl<H> Clone for EngineIo<H> {
+    fn clone(&self) -> Self {
+        EngineIo { endpoint: self.endpoint.clone(), origins: self.origins.clone() }
+    }
+}
+
+impl<H: Handler> EngineIo<H> {
+    /// The endpoint of `endpoint`'s Engine.IO sessions, with the router's origin policy.
+    pub fn new(endpoint: Endpoint<H>) -> EngineIo<H> {
+        let origins = OriginPolicy::new(&endpoint.config().allowed_origins);
+        EngineIo { endpoint, origins }
+    }
+
+    /// Whether `request` is one to [`serve`](Self::serve) here: `GET` or `POST` of
+    /// [`PATH`], from no browser or from the page's own origin.
+    pub fn takes<B>(&self, request: &axum::http::Request<B>) -> bool {
+        request.uri().path() == PATH
+            && matches!(*request.method(), Method::GET | Method::POST)
+            && matches!(self.origins.judge_request(request), None | Some(Verdict::SameOrigin))
+    }
+
+    /// Answers a request [`takes`](Self::takes) accepted, as the route would.
+    pub fn serve(&self, request: Request) -> impl Future<Output = Response> + Send + 'static {
+        let endpoint = self.endpoint.clone();
+        async move {
+            let answer = if request.method() == Method::GET {
+                super::get(State(endpoint), request).await
+            } else {
+                super::post(State(endpoint), request).await
+            };
+            answer.into_response()
+        }
+    }
+}
