@@ -495,3 +495,95 @@ async fn a_websocket_client_that_stops_reading_is_closed_after_the_ping_timeout(
     }
     assert!(events < 800, "the session closed before writing everything ({events} events arrived)");
 }
+
+/// `server::run` serves the gateway's `/socket.io/` ahead of the router it is given, at the
+/// root, and a router that nests the gateway under a prefix still serves it there: both are one
+/// endpoint, so a session opened through one is polled and posted to through the other.
+#[tokio::test]
+async fn the_root_socket_io_is_served_ahead_of_the_router_and_is_the_nested_one_too() {
+    let gateway = switchyard::app::seed(switchyard::Gateway::builder(Config::default())).build();
+    let router = axum::Router::new().nest("/realtime", gateway.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(switchyard::server::run(listener, router, gateway.clone(), std::future::pending()));
+    let http = reqwest::Client::new();
+    let root = format!("http://{addr}/socket.io/?EIO=4&transport=polling");
+    let nested = format!("http://{addr}/realtime/socket.io/?EIO=4&transport=polling");
+    let body = within("the handshake at the root", http.get(&root).send()).await.unwrap().text().await.unwrap();
+    let open: Value = serde_json::from_str(body.strip_prefix('0').expect("an open packet")).unwrap();
+    let sid = open["sid"].as_str().unwrap();
+    // CONNECT through the nested route, the answer through the root.
+    let post = |base: &str, body: &'static str| http.post(format!("{base}&sid={sid}")).body(body).send();
+    let answer = within("a post under the prefix", post(&nested, "40")).await.unwrap();
+    assert_eq!((answer.status().as_u16(), answer.text().await.unwrap()), (200, "ok".to_owned()));
+    let poll = |base: &str| http.get(format!("{base}&sid={sid}")).send();
+    let connected = within("a poll at the root", poll(&root)).await.unwrap().text().await.unwrap();
+    connect_answer(&connected);
+    // An event posted at the root, its reply polled under the prefix.
+    let answer = within("a post at the root", post(&root, r#"42["message","hi"]"#)).await.unwrap();
+    assert_eq!(answer.text().await.unwrap(), "ok");
+    let reply = within("a poll under the prefix", poll(&nested)).await.unwrap().text().await.unwrap();
+    assert_eq!(event(&reply)[..2], [json!("response"), json!("Message received!")]);
+    // Other paths are the router's: nothing else at the root.
+    let other = within("a path the router does not have", http.get(format!("http://{addr}/socket.io/x")).send()).await.unwrap();
+    assert_eq!(other.status(), 404);
+}
+
+/// Served ahead of the router or not, `/socket.io/` checks `Origin` as every route does: the
+/// page's own origin and no origin pass as they are, an allowed cross-origin request gets CORS
+/// (its preflight too), a foreign origin gets `403`, and other methods the route's `405`.
+#[tokio::test]
+async fn socket_io_requests_meet_the_origin_check_and_cors_of_every_route() {
+    let server = TestServer::start().await;
+    let (client, _) = Polling::open(&server).await;
+    let own = format!("http://{}", server.addr);
+    let with_origin = |request: reqwest::RequestBuilder, origin: &str| request.header("origin", origin).send();
+
+    let same = within("a same-origin post", with_origin(server.http.post(client.url()).body("40"), &own)).await.unwrap();
+    assert_eq!(same.status(), 200);
+    assert!(same.headers().get("access-control-allow-origin").is_none(), "no CORS for the page's own origin");
+    connect_answer(&client.next().await);
+
+    let cross = "http://localhost:1";
+    let allowed = within("a cross-origin post", with_origin(server.http.post(client.url()).body(r#"42["message","x"]"#), cross)).await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.headers()["access-control-allow-origin"], cross);
+    assert_eq!(event(&client.next().await)[0], json!("response"));
+    let preflight = server.http.request(reqwest::Method::OPTIONS, client.url()).header("access-control-request-method", "POST");
+    let preflight = within("a preflight", with_origin(preflight, cross)).await.unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], cross);
+
+    for request in [server.http.get(client.url()), server.http.post(client.url()).body(r#"42["message","x"]"#)] {
+        let refused = within("a foreign origin", with_origin(request, "https://evil.example")).await.unwrap();
+        assert_eq!(refused.status(), 403);
+    }
+    let put = within("a PUT", server.http.put(client.url()).body("40").send()).await.unwrap();
+    assert_eq!(put.status(), 405);
+}
+
+/// Over long-polling, a POST handles its events itself only while nothing of the client waits
+/// ahead of them: events posted while a handler waits (here for the client's own answer) are
+/// handled after it, in the order sent, one payload's packets included; then events are handled
+/// as they come again.
+#[tokio::test]
+async fn over_long_polling_events_after_a_waiting_handler_follow_it_in_order() {
+    let server = TestServer::start().await;
+    let (client, _) = Polling::open(&server).await;
+    client.connect(None).await;
+    client.post(r#"420["confirm","sure?"]"#).await;
+    let request = client.next().await;
+    let (id, body) = request.strip_prefix("42").unwrap().split_once('[').expect("a request with an ack id");
+    assert_eq!(body, r#""question","sure?"]"#);
+    client.post(r#"42["echo",1]"#).await;
+    client.post("42[\"echo\",2]\x1e42[\"echo\",3]").await;
+    client.post(&format!(r#"43{id}["yes"]"#)).await;
+    assert_eq!(client.next().await, r#"430["yes"]"#);
+    for n in 1..=3 {
+        assert_eq!(event(&client.next().await)[..2], [json!("echo"), json!(n)]);
+    }
+    for n in 4..=6 {
+        client.post(&format!(r#"42["echo",{n}]"#)).await;
+        assert_eq!(event(&client.next().await)[..2], [json!("echo"), json!(n)]);
+    }
+}

@@ -434,6 +434,13 @@ impl Attachment {
         self.wake.waker.take();
     }
 
+    /// Wakes the task waiting for this attachment's events, if one is: for a transport that
+    /// took events from another task while handling ([`Attachment::begin_handling`]) and left
+    /// some there for the waiting task to take.
+    pub fn wake(&self) {
+        self.wake.waker.wake();
+    }
+
     /// The transport is about to run handlers in its own task and will look for what they emit
     /// with [`Attachment::try_recv`] after [`Attachment::end_handling`]: emits meanwhile need
     /// not wake it (the reply to a request would otherwise schedule the task once for nothing).

@@ -6,7 +6,10 @@
 //! written, which transport writes them, and whether a poll or a post is in flight (the
 //! protocol allows one of each). What the client's packets mean is the socket task's business
 //! (`socket.rs`); long-polling and an upgraded WebSocket hand them over through a bounded
-//! inbox, in order (a session opened on a WebSocket has its socket task read that socket).
+//! inbox, in order (a session opened on a WebSocket has its socket task read that socket). A
+//! long-polling POST handles events itself when nothing waits ahead of them in the socket task
+//! ([`EngineSession::quiet`]), so the hub attachment lives here too, behind a lock that whoever
+//! writes the queue from it holds while writing (the order of the client's events).
 //!
 //! Why a queue of written-out packets and not the hub's ring directly: the same queue carries
 //! the protocol's own packets (ping, noop, CONNECT answers) beside events, and either transport
@@ -15,17 +18,25 @@
 //! where the hub's slow-consumer rule and the client's recovery offset apply.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
+
+use crate::hub::Attachment;
 
 /// Most packets waiting in a session's queue before its socket task stops taking events from
 /// the hub.
 pub const MAX_QUEUED: usize = 64;
 
+/// The handling of one event: its handlers, run in order with the session's other events. A
+/// handler may wait (for the client's answer to a request, for the application), so the
+/// socket task polls it beside its loop.
+pub type Handling = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// What a transport hands the socket task.
-#[derive(Debug)]
 pub enum Inbound {
     /// The payload of an Engine.IO message: one Socket.IO packet.
     Message(Box<str>),
@@ -33,6 +44,9 @@ pub enum Inbound {
     Pong,
     /// A binary packet (an attachment of a binary event).
     Binary,
+    /// An event a POST began to handle itself whose handler waits: the socket task finishes
+    /// it, and handles the events after it once it has.
+    Handling(Handling),
 }
 
 /// Which transport writes a session's packets.
@@ -72,6 +86,10 @@ pub struct EngineSession {
     closed: CancellationToken,
     /// To the socket task; it holds the receiver and ends when the session closes.
     inbox_tx: mpsc::Sender<Inbound>,
+    /// The hub attachment, once the client has connected to the main namespace: set and
+    /// cleared by the socket task; written from (onto the queue) by the socket task and by a
+    /// POST that handled its events itself, each holding this lock while it writes.
+    attachment: Mutex<Option<Attachment>>,
 }
 
 struct State {
@@ -82,6 +100,10 @@ struct State {
     polling: bool,
     posting: bool,
     cause: Option<CloseCause>,
+    /// Packets handed to the socket task's inbox that it has not taken yet.
+    unread: usize,
+    /// The socket task has events of the client in hand (held, or being handled).
+    busy: bool,
 }
 
 impl EngineSession {
@@ -95,11 +117,21 @@ impl EngineSession {
         let (inbox_tx, inbox_rx) = mpsc::channel(32);
         let session = EngineSession {
             id,
-            state: Mutex::new(State { queue: Vec::new(), carrier, upgrading: false, polling: false, posting: false, cause: None }),
+            state: Mutex::new(State {
+                queue: Vec::new(),
+                carrier,
+                upgrading: false,
+                polling: false,
+                posting: false,
+                cause: None,
+                unread: 0,
+                busy: false,
+            }),
             wake: Notify::new(),
             drained: Notify::new(),
             closed: CancellationToken::new(),
             inbox_tx,
+            attachment: Mutex::new(None),
         };
         (Arc::new(session), inbox_rx)
     }
@@ -147,7 +179,37 @@ impl EngineSession {
     /// Hands a packet to the socket task, waiting while its inbox is full. `false` once the
     /// session is closed.
     pub async fn deliver(&self, inbound: Inbound) -> bool {
-        self.inbox_tx.send(inbound).await.is_ok()
+        self.state().unread += 1;
+        let delivered = self.inbox_tx.send(inbound).await.is_ok();
+        if !delivered {
+            self.state().unread -= 1;
+        }
+        delivered
+    }
+
+    /// The socket task took a packet from its inbox: it is busy with it until it says
+    /// otherwise ([`EngineSession::settle`]).
+    pub fn took(&self) {
+        let mut state = self.state();
+        state.unread = state.unread.saturating_sub(1);
+        state.busy = true;
+    }
+
+    /// The socket task ends a turn, with events of the client still in hand (`busy`) or none.
+    pub fn settle(&self, busy: bool) {
+        self.state().busy = busy;
+    }
+
+    /// Whether no event of the client waits in the socket task (in its inbox, held, or being
+    /// handled): a POST may then handle the next one itself without overtaking any.
+    pub fn quiet(&self) -> bool {
+        let state = self.state();
+        state.unread == 0 && !state.busy
+    }
+
+    /// The hub attachment, locked (see the field's comment for who holds it).
+    pub fn attachment(&self) -> MutexGuard<'_, Option<Attachment>> {
+        self.attachment.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Starts a poll: `false` if one is already in flight (the protocol allows one).

@@ -12,15 +12,17 @@
 //! | `mod.rs` | the routes, the query, the settings |
 //! | `direct.rs` | the endpoint the server calls ahead of the router (`GET`/`POST /socket.io/`) |
 //! | `packet.rs` | the Engine.IO and Socket.IO codecs (pure, fuzzed) |
-//! | `engine.rs` | an Engine.IO session's shared state and the table of them |
-//! | `polling.rs` | long-polling: the GET that takes the queue, the POST that reads packets |
+//! | `engine.rs` | an Engine.IO session's shared state (its queue, its hub attachment) and the table of them |
+//! | `polling.rs` | long-polling: the GET that takes the queue, the POST that reads packets (and handles events) |
 //! | `ws.rs` | WebSocket: from the start, or by upgrade from long-polling (the probe) |
-//! | `socket.rs` | the socket task: pings, the Socket.IO packets, the hub attachment |
+//! | `socket.rs` | the socket task: pings, the Socket.IO packets, what the hub attachment yields; a POST's events |
 //! | `forward.rs` | cluster mode: a request for a session another node holds, passed to that node |
 //!
 //! Why it is shaped so: an Engine.IO session outlives its requests and changes carrier on
-//! upgrade, so one task per session (the socket task) owns what the packets mean and the hub
-//! attachment, and the transports only move text in and out of it. A session opened on a
+//! upgrade, so one task per session (the socket task) owns what the packets mean and holds the
+//! hub attachment, and the transports only move text in and out of it; the one exception, for
+//! speed, is a long-polling POST that handles its events itself while nothing of the client
+//! waits in that task (`socket::post_event`), in the order they were sent all the same. A session opened on a
 //! WebSocket runs that task in the socket's own task, reading and writing the socket itself
 //! (`socket::Link`), so that a frame and its reply cross no task boundary. Binary attachments are
 //! refused (an `error` event naming the event; the attachments are skipped): the hub carries
@@ -196,7 +198,7 @@ async fn post<H: Handler>(State(endpoint): State<Endpoint<H>>, request: Request)
         return Err(EngineIoError::BadRequest.into());
     }
     match endpoint.engines().get(&sid) {
-        Some(session) => polling::post(&session, request.into_body(), endpoint.config().socketio.max_payload).await,
+        Some(session) => polling::post(&endpoint, &session, request.into_body()).await,
         None => elsewhere(&endpoint, &sid, forward::Kind::Post, request).await,
     }
 }

@@ -1,5 +1,6 @@
 //! Engine.IO long-polling: `GET` takes what is queued for the client (waiting until something
-//! is), `POST` hands the client's packets to the socket task.
+//! is), `POST` handles the client's events itself while nothing waits ahead of them in the
+//! socket task (see `socket.rs`), and hands the socket task every other packet.
 //!
 //! The protocol allows one poll and one post in flight per session; a second of either is a
 //! protocol error that closes the session. After an upgrade to WebSocket, polling requests get
@@ -11,6 +12,8 @@ use axum::response::Response;
 
 use super::engine::{Carrier, CloseCause, EngineSession, Inbound};
 use super::packet::{decode_payload, EnginePacket, SEPARATOR};
+use super::socket::{post_event, Posted};
+use super::super::{Endpoint, Handler};
 use crate::error::{EngineIoError, Error};
 
 /// Ends a poll or a post however its request ends (a client that drops a poll cancels it).
@@ -66,8 +69,10 @@ pub async fn poll(session: &EngineSession) -> Result<Response, Error> {
     Ok(super::text(body))
 }
 
-/// `POST ?sid=`: the client's packets, in order. Answers `ok` once they are handed over.
-pub async fn post(session: &EngineSession, body: Body, max_payload: usize) -> Result<Response, Error> {
+/// `POST ?sid=`: the client's packets, in order. Answers `ok` once they are handled or handed
+/// over.
+pub async fn post<H: Handler>(endpoint: &Endpoint<H>, session: &EngineSession, body: Body) -> Result<Response, Error> {
+    let max_payload = endpoint.config().socketio.max_payload;
     let _in_flight = InFlight::begin(session, EngineSession::begin_post, EngineSession::end_post)?;
     let Ok(bytes) = to_bytes(body, max_payload).await else {
         // Over maxPayload (or a body that broke off): the protocol closes the session.
@@ -80,6 +85,12 @@ pub async fn post(session: &EngineSession, body: Body, max_payload: usize) -> Re
     };
     for packet in decode_payload(text) {
         let inbound = match packet {
+            Ok(EnginePacket::Message(message)) if session.quiet() => match post_event(endpoint, session, message).await {
+                Posted::Handled => continue,
+                Posted::Waiting(handling) => Inbound::Handling(handling),
+                Posted::Theirs => Inbound::Message(message.into()),
+                Posted::Closed => break,
+            },
             Ok(EnginePacket::Message(message)) => Inbound::Message(message.into()),
             Ok(EnginePacket::Pong(_)) => Inbound::Pong,
             Ok(EnginePacket::Binary(_)) => Inbound::Binary,
