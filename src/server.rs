@@ -69,8 +69,9 @@ pub fn app(gateway: &Gateway, static_dir: &Path) -> Router {
 /// stops accepting, shuts the gateway down (every client is told to reconnect and its transport
 /// closed) and waits for connections to finish. Returns once they have.
 ///
-/// Every request carries `axum::extract::ConnectInfo<SocketAddr>`, the peer's address, in its
-/// extensions: the per-address limit on new sessions reads it, and so may the app's handlers.
+/// Every request `router` sees carries `axum::extract::ConnectInfo<SocketAddr>`, the peer's
+/// address, in its extensions: the per-address limit on new sessions reads it, and so may the
+/// app's handlers.
 ///
 /// `GET` and `POST /socket.io/` (Socket.IO clients), when not from a foreign origin, are
 /// answered by `gateway`'s Socket.IO endpoint ahead of `router`, as the route of

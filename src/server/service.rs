@@ -1,9 +1,10 @@
 //! The service hyper calls for each request of a connection: the peer's address put on the
 //! request, then the gateway's `/socket.io/` endpoint or the router.
 //!
-//! Every request carries `ConnectInfo<SocketAddr>`, as under axum's
+//! Every request to the router carries `ConnectInfo<SocketAddr>`, as under axum's
 //! `into_make_service_with_connect_info`: a cheap insert per request rather than a
-//! `Router::layer` per connection, which would wrap every route again each time.
+//! `Router::layer` per connection, which would wrap every route again each time. The Engine.IO
+//! endpoint is given the address to put on the requests that read it.
 //!
 //! Engine.IO requests (`GET`/`POST /socket.io/` that the origin layer would pass untouched; see
 //! `transport/socketio/direct.rs`) go to the gateway's endpoint directly, without the router's
@@ -51,11 +52,13 @@ impl hyper::service::Service<axum::http::Request<Incoming>> for Routes {
     type Future = Either<axum::routing::future::RouteFuture<Infallible>, Answer>;
 
     fn call(&self, mut request: axum::http::Request<Incoming>) -> Self::Future {
-        request.extensions_mut().insert(ConnectInfo(self.peer));
         if self.engine_io.takes(&request) {
-            let answer = self.engine_io.serve(request.map(axum::body::Body::new));
+            // The endpoint puts the address on the requests that open a session, the only
+            // ones that read it: an extension map per poll and post is some 400 instructions.
+            let answer = self.engine_io.serve(request.map(axum::body::Body::new), self.peer);
             return Either::Right(Box::pin(async move { Ok(answer.await) }));
         }
+        request.extensions_mut().insert(ConnectInfo(self.peer));
         // A router is always ready (axum's `Service` impl says so), and cloning it is a
         // reference count.
         Either::Left(self.router.clone().call(request))

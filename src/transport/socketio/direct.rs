@@ -14,6 +14,7 @@
 //! for applications that nest [`crate::Gateway::router`] under a prefix.
 
 use std::future::Future;
+use std::net::SocketAddr;
 
 use axum::extract::{Request, State};
 use axum::http::Method;
@@ -53,12 +54,14 @@ impl<H: Handler> EngineIo<H> {
             && matches!(self.origins.judge_request(request), None | Some(Verdict::SameOrigin))
     }
 
-    /// Answers a request [`takes`](Self::takes) accepted, as the route would.
-    pub fn serve(&self, request: Request) -> impl Future<Output = Response> + Send + 'static {
+    /// Answers a request [`takes`](Self::takes) accepted, as the route would, for the
+    /// connection from `peer`. The request need not carry `ConnectInfo`: the address is put on
+    /// it only where a session opens (the per-address limit reads it), not on every poll.
+    pub fn serve(&self, request: Request, peer: SocketAddr) -> impl Future<Output = Response> + Send + 'static {
         let endpoint = self.endpoint.clone();
         async move {
             let answer = if request.method() == Method::GET {
-                super::get(State(endpoint), request).await
+                super::get(endpoint, request, Some(peer)).await
             } else {
                 super::post(State(endpoint), request).await
             };

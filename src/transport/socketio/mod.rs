@@ -41,11 +41,12 @@ mod socket;
 mod ws;
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::Response;
 use serde::Deserialize;
@@ -96,8 +97,13 @@ pub(crate) struct Opening {
 impl Opening {
     /// What the socket task keeps of the request `parts` opening a session. The client's
     /// address is read here, only where a session opens (the per-address limit): a poll
-    /// needs none.
-    async fn of<H: Handler>(endpoint: &Endpoint<H>, parts: &mut axum::http::request::Parts) -> Opening {
+    /// needs none, so the server's direct path ([`EngineIo`]) does not put the connection's
+    /// address (`peer`) on every request, as it does for the router, but hands it over for
+    /// this.
+    async fn of<H: Handler>(endpoint: &Endpoint<H>, parts: &mut axum::http::request::Parts, peer: Option<SocketAddr>) -> Opening {
+        if let Some(peer) = peer {
+            parts.extensions.insert(ConnectInfo(peer));
+        }
         let client = match ClientAddr::from_request_parts(parts, endpoint).await {
             Ok(client) => client,
             Err(never) => match never {},
@@ -161,12 +167,20 @@ impl<'a> Params<'a> {
 
 /// The routes, for [`super::router`].
 pub(crate) fn routes<H: Handler>() -> axum::routing::MethodRouter<Endpoint<H>> {
-    axum::routing::get(get::<H>).post(post::<H>)
+    axum::routing::get(get_routed::<H>).post(post::<H>)
+}
+
+/// `GET` through the router: the request carries its peer's address (`ConnectInfo`), if the
+/// server gave it one.
+async fn get_routed<H: Handler>(State(endpoint): State<Endpoint<H>>, request: Request) -> Result<Response, Error> {
+    get(endpoint, request, None).await
 }
 
 /// `GET`: the handshake (no sid), a poll, or a WebSocket (new, or an upgrade). A poll or an
-/// upgrade for a session another node holds is passed to that node (`forward.rs`).
-async fn get<H: Handler>(State(endpoint): State<Endpoint<H>>, request: Request) -> Result<Response, Error> {
+/// upgrade for a session another node holds is passed to that node (`forward.rs`). `peer`, the
+/// address of the connection, is given by a caller that left it off the request (see
+/// [`Opening::of`]).
+async fn get<H: Handler>(endpoint: Endpoint<H>, request: Request, peer: Option<SocketAddr>) -> Result<Response, Error> {
     let (mut parts, body) = request.into_parts();
     let (carrier, sid) = EngineQuery::read(&parts.uri)?;
     match (carrier, sid) {
@@ -174,13 +188,13 @@ async fn get<H: Handler>(State(endpoint): State<Endpoint<H>>, request: Request) 
             elsewhere(&endpoint, &sid, forward::Kind::Upgrade, Request::from_parts(parts, body)).await
         }
         (Carrier::WebSocket, sid) => {
-            let opening = Opening::of(&endpoint, &mut parts).await;
+            let opening = Opening::of(&endpoint, &mut parts, peer).await;
             let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(|_| EngineIoError::BadRequest)?;
             ws::upgrade(endpoint, upgrade, sid, opening)
         }
         (Carrier::Polling, None) => {
             let (session, inbox_rx) = open(&endpoint, Carrier::Polling)?;
-            tokio::spawn(socket::run(endpoint.clone(), session.clone(), inbox_rx, Opening::of(&endpoint, &mut parts).await));
+            tokio::spawn(socket::run(endpoint.clone(), session.clone(), inbox_rx, Opening::of(&endpoint, &mut parts, peer).await));
             Ok(text(handshake(&endpoint, &session, true)))
         }
         (Carrier::Polling, Some(sid)) => match endpoint.engines().get(&sid) {

@@ -6,7 +6,8 @@
 //! protocol error that closes the session. After an upgrade to WebSocket, polling requests get
 //! `400` (`Bad request`) and the session goes on over the WebSocket.
 
-use axum::body::{to_bytes, Body};
+use axum::body::{Body, Bytes};
+use http_body_util::BodyExt;
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
 
@@ -74,7 +75,7 @@ pub async fn poll(session: &EngineSession) -> Result<Response, Error> {
 pub async fn post<H: Handler>(endpoint: &Endpoint<H>, session: &EngineSession, body: Body) -> Result<Response, Error> {
     let max_payload = endpoint.config().socketio.max_payload;
     let _in_flight = InFlight::begin(session, EngineSession::begin_post, EngineSession::end_post)?;
-    let Ok(bytes) = to_bytes(body, max_payload).await else {
+    let Ok(bytes) = read_body(body, max_payload).await else {
         // Over maxPayload (or a body that broke off): the protocol closes the session.
         session.close(CloseCause::ProtocolError);
         return Err(Error::TooLarge(max_payload));
@@ -109,6 +110,39 @@ pub async fn post<H: Handler>(endpoint: &Endpoint<H>, session: &EngineSession, b
         }
     }
     Ok(ok())
+}
+
+/// The body of a POST, at most `max` bytes; `Err` for a larger one or one that broke off.
+///
+/// A client's POST body (small, with a `Content-Length`) comes in one frame: taken as it is,
+/// where `to_bytes`'s `Limited` and `Collect` adapters cost some 1,400 instructions a POST
+/// (callgrind). A body in several frames is gathered, the bound checked as it grows.
+async fn read_body(mut body: Body, max: usize) -> Result<Bytes, ()> {
+    use axum::body::HttpBody as _;
+    if body.size_hint().lower() > max as u64 {
+        return Err(());
+    }
+    let mut gathered: Option<Vec<u8>> = None;
+    loop {
+        let data = match body.frame().await {
+            None => break,
+            Some(Err(_)) => return Err(()),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue, // trailers
+            },
+        };
+        let so_far = gathered.as_ref().map_or(0, Vec::len);
+        if so_far + data.len() > max {
+            return Err(());
+        }
+        match &mut gathered {
+            None if body.is_end_stream() => return Ok(data),
+            None => gathered = Some(data.to_vec()),
+            Some(gathered) => gathered.extend_from_slice(&data),
+        }
+    }
+    Ok(gathered.map(Bytes::from).unwrap_or_default())
 }
 
 /// A post's answer: `ok`, as `text/html` (as Socket.IO's own server answers), built directly,
