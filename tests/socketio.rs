@@ -587,3 +587,20 @@ async fn over_long_polling_events_after_a_waiting_handler_follow_it_in_order() {
         assert_eq!(event(&client.next().await)[..2], [json!("echo"), json!(n)]);
     }
 }
+
+/// The per-address limit on new sessions holds for Socket.IO clients too: the server's direct
+/// path to `/socket.io/` puts the client's address on the requests that open a session. Past
+/// the limit, CONNECT is answered with a CONNECT_ERROR and no hub session is made.
+#[tokio::test]
+async fn the_per_address_limit_on_new_sessions_holds_for_socket_io_clients() {
+    let server = TestServer::with_config(Config { max_new_sessions_per_ip: 2, ..Config::default() }).await;
+    for _ in 0..2 {
+        let (client, _) = Polling::open(&server).await;
+        client.connect(None).await;
+    }
+    let (client, _) = Polling::open(&server).await;
+    client.post("40").await;
+    let refused = client.next().await;
+    assert!(refused.starts_with("44"), "a CONNECT_ERROR, got {refused}");
+    assert_eq!(server.gateway.hub().len(), 2, "no session for the refused client");
+}
