@@ -590,7 +590,7 @@ async fn over_long_polling_events_after_a_waiting_handler_follow_it_in_order() {
 
 /// The per-address limit on new sessions holds for Socket.IO clients too: the server's direct
 /// path to `/socket.io/` puts the client's address on the requests that open a session. Past
-/// the limit, CONNECT is answered with a CONNECT_ERROR and no hub session is made.
+/// the limit, CONNECT is answered with a `CONNECT_ERROR` and no hub session is made.
 #[tokio::test]
 async fn the_per_address_limit_on_new_sessions_holds_for_socket_io_clients() {
     let server = TestServer::with_config(Config { max_new_sessions_per_ip: 2, ..Config::default() }).await;
