@@ -47,7 +47,7 @@ impl<H: Handler> EngineIo<H> {
     }
 
     /// Whether `request` is one to [`serve`](Self::serve) here: `GET` or `POST` of
-    /// [`PATH`], from no browser or from the page's own origin.
+    /// `/socket.io/`, from no browser or from the page's own origin.
     pub fn takes<B>(&self, request: &axum::http::Request<B>) -> bool {
         request.uri().path() == PATH
             && matches!(*request.method(), Method::GET | Method::POST)

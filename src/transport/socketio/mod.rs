@@ -51,7 +51,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::Response;
 use serde::Deserialize;
 
-pub use direct::EngineIo;
+pub(crate) use direct::EngineIo;
 pub use engine::Engines;
 use engine::{Carrier, EngineSession, Inbound};
 use tokio::sync::mpsc;
