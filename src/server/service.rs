@@ -55,8 +55,7 @@ impl hyper::service::Service<axum::http::Request<Incoming>> for Routes {
         if self.engine_io.takes(&request) {
             // The endpoint puts the address on the requests that open a session, the only
             // ones that read it: an extension map per poll and post is some 400 instructions.
-            let answer = self.engine_io.serve(request.map(axum::body::Body::new), self.peer);
-            return Either::Right(Box::pin(async move { Ok(answer.await) }));
+            return Either::Right(self.engine_io.serve(request.map(axum::body::Body::new), self.peer));
         }
         request.extensions_mut().insert(ConnectInfo(self.peer));
         // A router is always ready (axum's `Service` impl says so), and cloning it is a

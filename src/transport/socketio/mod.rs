@@ -114,7 +114,9 @@ impl Opening {
 
 impl EngineQuery {
     /// Reads and checks the query: protocol version 4 and a known transport.
-    fn read(uri: &Uri) -> Result<(Carrier, Option<String>), EngineIoError> {
+    /// The sid is borrowed from the query where it needed no decoding (the usual case): a poll
+    /// or a post looks its session up by it and needs no copy.
+    fn read(uri: &Uri) -> Result<(Carrier, Option<Cow<'_, str>>), EngineIoError> {
         let query = Params::parse(uri.query().unwrap_or(""))?;
         if query.eio.as_deref() != Some("4") {
             return Err(EngineIoError::UnsupportedVersion);
@@ -124,7 +126,7 @@ impl EngineQuery {
             Some("websocket") => Carrier::WebSocket,
             _ => return Err(EngineIoError::UnknownTransport),
         };
-        Ok((carrier, query.sid.map(Cow::into_owned)))
+        Ok((carrier, query.sid))
     }
 }
 
@@ -185,9 +187,11 @@ async fn get<H: Handler>(endpoint: Endpoint<H>, request: Request, peer: Option<S
     let (carrier, sid) = EngineQuery::read(&parts.uri)?;
     match (carrier, sid) {
         (Carrier::WebSocket, Some(sid)) if endpoint.engines().get(&sid).is_none() => {
+            let sid = sid.into_owned();
             elsewhere(&endpoint, &sid, forward::Kind::Upgrade, Request::from_parts(parts, body)).await
         }
         (Carrier::WebSocket, sid) => {
+            let sid = sid.map(Cow::into_owned);
             let opening = Opening::of(&endpoint, &mut parts, peer).await;
             let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(|_| EngineIoError::BadRequest)?;
             ws::upgrade(endpoint, upgrade, sid, opening)
@@ -199,7 +203,10 @@ async fn get<H: Handler>(endpoint: Endpoint<H>, request: Request, peer: Option<S
         }
         (Carrier::Polling, Some(sid)) => match endpoint.engines().get(&sid) {
             Some(session) => polling::poll(&session).await,
-            None => elsewhere(&endpoint, &sid, forward::Kind::Poll, Request::from_parts(parts, body)).await,
+            None => {
+                let sid = sid.into_owned();
+                elsewhere(&endpoint, &sid, forward::Kind::Poll, Request::from_parts(parts, body)).await
+            }
         },
     }
 }
@@ -213,7 +220,10 @@ async fn post<H: Handler>(State(endpoint): State<Endpoint<H>>, request: Request)
     }
     match endpoint.engines().get(&sid) {
         Some(session) => polling::post(&endpoint, &session, request.into_body()).await,
-        None => elsewhere(&endpoint, &sid, forward::Kind::Post, request).await,
+        None => {
+            let sid = sid.into_owned();
+            elsewhere(&endpoint, &sid, forward::Kind::Post, request).await
+        }
     }
 }
 
