@@ -180,9 +180,13 @@ impl EngineSession {
     /// session is closed.
     pub async fn deliver(&self, inbound: Inbound) -> bool {
         self.state().unread += 1;
+        // Counted back if the packet does not get there: the inbox closed, or the wait for room
+        // given up (a client that drops its POST), which would otherwise leave the session
+        // looking busy for good.
+        let undelivered = Undelivered(self);
         let delivered = self.inbox_tx.send(inbound).await.is_ok();
-        if !delivered {
-            self.state().unread -= 1;
+        if delivered {
+            std::mem::forget(undelivered);
         }
         delivered
     }
@@ -277,6 +281,17 @@ impl EngineSession {
     }
 }
 
+/// A packet counted in [`State::unread`] that has not reached the inbox (yet): uncounted when
+/// dropped.
+struct Undelivered<'a>(&'a EngineSession);
+
+impl Drop for Undelivered<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.unread = state.unread.saturating_sub(1);
+    }
+}
+
 /// The live Engine.IO sessions, by id: looked up on every long-polling request, so hashed
 /// with foldhash (seeded per process) rather than SipHash, which cost some 300 instructions
 /// a lookup of a 22-character sid.
@@ -344,6 +359,26 @@ mod tests {
         session.end_upgrade(true);
         assert_eq!(session.carrier(), Carrier::WebSocket);
         assert!(!session.begin_upgrade(), "no upgrade from a WebSocket");
+    }
+
+    /// A POST that gives up waiting for room in the inbox leaves no packet counted: once the
+    /// socket task has taken what did arrive, the session is quiet again.
+    #[tokio::test]
+    async fn a_delivery_given_up_is_not_counted_as_waiting() {
+        let (session, mut inbox) = EngineSession::new(Carrier::Polling);
+        let room = inbox.max_capacity();
+        for _ in 0..room {
+            assert!(session.deliver(Inbound::Pong).await);
+        }
+        let full = tokio::time::timeout(std::time::Duration::from_millis(20), session.deliver(Inbound::Pong)).await;
+        assert!(full.is_err(), "the inbox is full, so the delivery waits and is given up");
+        assert!(!session.quiet());
+        for _ in 0..room {
+            assert!(inbox.try_recv().is_ok());
+            session.took();
+        }
+        session.settle(false);
+        assert!(session.quiet(), "nothing waits in the socket task");
     }
 
     #[test]
