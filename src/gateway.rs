@@ -128,6 +128,9 @@ pub struct GatewayBuilder {
     tasks: Tasks,
     /// Cluster mode's Redis, if given ([`GatewayBuilder::cluster`]).
     cluster: Option<Cluster>,
+    /// Whether the server answers the root `/socket.io/` ahead of the router
+    /// ([`GatewayBuilder::socket_io_at_root`]).
+    socket_io_at_root: bool,
 }
 
 impl GatewayBuilder {
@@ -225,6 +228,19 @@ impl GatewayBuilder {
         self
     }
 
+    /// Says that the router given to `server::run` (or `run_tls`) mounts this gateway's router
+    /// at `/`, so that the root `/socket.io/` is this gateway's. The server then answers `GET`
+    /// and `POST /socket.io/` that are not from a foreign origin itself, ahead of the router
+    /// (a long-polling round trip is two such requests, and they skip axum's routing), and
+    /// layers added around the router do not see those requests. Off by default: a gateway
+    /// nested under a prefix, or an application whose layers must see every request, serves
+    /// `/socket.io/` through its router alone. The binary turns it on.
+    #[must_use]
+    pub fn socket_io_at_root(mut self) -> Self {
+        self.socket_io_at_root = true;
+        self
+    }
+
     /// The tasks the gateway will own, for starting work that belongs to it before it is built
     /// (an upstream's workers): see [`Tasks`].
     pub fn tasks(&self) -> Tasks {
@@ -270,6 +286,7 @@ impl GatewayBuilder {
                 auth,
                 admission,
                 engines: Arc::default(),
+                socket_io_at_root: self.socket_io_at_root,
             }),
         }
     }
@@ -454,6 +471,8 @@ struct Shared {
     /// for the endpoint the server serves ahead of them ([`Gateway::engine_io`]), so that a
     /// session opened through one is found through the other.
     engines: Arc<transport::socketio::Engines>,
+    /// See [`GatewayBuilder::socket_io_at_root`].
+    socket_io_at_root: bool,
 }
 
 /// Dropping the last `Gateway` handle shuts the gateway down, as [`Gateway::shutdown`] would:
@@ -486,6 +505,7 @@ impl Gateway {
             parent: None,
             tasks: Tasks::new(),
             cluster: None,
+            socket_io_at_root: false,
         }
     }
 
@@ -547,9 +567,10 @@ impl Gateway {
     }
 
     /// The gateway's `/socket.io/` endpoint, for the server to serve ahead of [`Gateway::router`]
-    /// (see `transport/socketio/direct.rs`).
-    pub(crate) fn engine_io(&self) -> transport::socketio::EngineIo<Gateway> {
-        transport::socketio::EngineIo::new(self.endpoint())
+    /// (see `transport/socketio/direct.rs`), if the gateway was told its router is at the root
+    /// ([`GatewayBuilder::socket_io_at_root`]).
+    pub(crate) fn engine_io(&self) -> Option<transport::socketio::EngineIo<Gateway>> {
+        self.inner.socket_io_at_root.then(|| transport::socketio::EngineIo::new(self.endpoint()))
     }
 
     /// The state of the transport routes: the parts of this gateway they use, and the gateway

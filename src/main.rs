@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
         Some(upstream) => upstream.install(app::seed(builder)),
         None => app::seed(builder),
     };
-    let gateway = builder.build();
+    let gateway = builder.socket_io_at_root().build();
     if let Some(cluster) = gateway.hub().cluster() {
         if !cluster.ready(std::time::Duration::from_secs(10)).await {
             tracing::warn!("not subscribed to Redis yet; serving anyway (new sessions get 503 until it is)");

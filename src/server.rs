@@ -73,12 +73,12 @@ pub fn app(gateway: &Gateway, static_dir: &Path) -> Router {
 /// address, in its extensions: the per-address limit on new sessions reads it, and so may the
 /// app's handlers.
 ///
+/// With [`GatewayBuilder::socket_io_at_root`](crate::GatewayBuilder::socket_io_at_root),
 /// `GET` and `POST /socket.io/` (Socket.IO clients), when not from a foreign origin, are
 /// answered by `gateway`'s Socket.IO endpoint ahead of `router`, as the route of
 /// [`Gateway::router`] at the root would answer them, without the router's matching (see
-/// docs/design.md). A `router` that nests the gateway under a prefix serves it there too; the
-/// root `/socket.io/` is the gateway's either way, and layers added to `router` do not see
-/// those requests.
+/// docs/design.md); layers added to `router` do not see those requests. Without it, every
+/// request goes through `router`.
 ///
 /// ```no_run
 /// use switchyard::{server, Config, Gateway};
@@ -195,7 +195,7 @@ async fn drain(gateway: &Gateway, connections: TaskTracker) {
 struct Serving {
     router: Router,
     /// The gateway's `/socket.io/`, served ahead of `router` (see `server/service.rs`).
-    engine_io: EngineIo<Gateway>,
+    engine_io: Option<EngineIo<Gateway>>,
     builder: http1::Builder,
     /// The first request's limits, when [`event_stream::first_request`] reads it.
     limits: event_stream::Limits,

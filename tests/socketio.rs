@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::engineio::{connect_answer, error_code, event, path, ws_next, ws_open, ws_send, Polling};
@@ -496,13 +498,26 @@ async fn a_websocket_client_that_stops_reading_is_closed_after_the_ping_timeout(
     assert!(events < 800, "the session closed before writing everything ({events} events arrived)");
 }
 
-/// `server::run` serves the gateway's `/socket.io/` ahead of the router it is given, at the
-/// root, and a router that nests the gateway under a prefix still serves it there: both are one
-/// endpoint, so a session opened through one is polled and posted to through the other.
+/// Counts the requests for `/socket.io/` that pass through a layer around the router: a layer
+/// of the application's own, which the requests served ahead of the router skip.
+fn counting_socket_io(router: axum::Router, seen: Arc<AtomicUsize>) -> axum::Router {
+    router.layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+        if request.uri().path().ends_with("/socket.io/") {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+        next.run(request)
+    }))
+}
+
+/// With `socket_io_at_root`, `server::run` serves the gateway's root `/socket.io/` ahead of the
+/// router it is given (the application's layers do not see those requests), and a router that
+/// also nests the gateway under a prefix serves it there: both are one endpoint, so a session
+/// opened through one is polled and posted to through the other.
 #[tokio::test]
 async fn the_root_socket_io_is_served_ahead_of_the_router_and_is_the_nested_one_too() {
-    let gateway = switchyard::app::seed(switchyard::Gateway::builder(Config::default())).build();
-    let router = axum::Router::new().nest("/realtime", gateway.router());
+    let gateway = switchyard::app::seed(switchyard::Gateway::builder(Config::default())).socket_io_at_root().build();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let router = counting_socket_io(gateway.router().nest("/realtime", gateway.router()), seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(switchyard::server::run(listener, router, gateway.clone(), std::future::pending()));
@@ -512,10 +527,12 @@ async fn the_root_socket_io_is_served_ahead_of_the_router_and_is_the_nested_one_
     let body = within("the handshake at the root", http.get(&root).send()).await.unwrap().text().await.unwrap();
     let open: Value = serde_json::from_str(body.strip_prefix('0').expect("an open packet")).unwrap();
     let sid = open["sid"].as_str().unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "the root handshake is answered ahead of the router");
     // CONNECT through the nested route, the answer through the root.
     let post = |base: &str, body: &'static str| http.post(format!("{base}&sid={sid}")).body(body).send();
     let answer = within("a post under the prefix", post(&nested, "40")).await.unwrap();
     assert_eq!((answer.status().as_u16(), answer.text().await.unwrap()), (200, "ok".to_owned()));
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "the nested route is the router's");
     let poll = |base: &str| http.get(format!("{base}&sid={sid}")).send();
     let connected = within("a poll at the root", poll(&root)).await.unwrap().text().await.unwrap();
     connect_answer(&connected);
@@ -524,9 +541,34 @@ async fn the_root_socket_io_is_served_ahead_of_the_router_and_is_the_nested_one_
     assert_eq!(answer.text().await.unwrap(), "ok");
     let reply = within("a poll under the prefix", poll(&nested)).await.unwrap().text().await.unwrap();
     assert_eq!(event(&reply)[..2], [json!("response"), json!("Message received!")]);
+    assert_eq!(seen.load(Ordering::SeqCst), 2, "only the two nested requests went through the router");
     // Other paths are the router's: nothing else at the root.
     let other = within("a path the router does not have", http.get(format!("http://{addr}/socket.io/x")).send()).await.unwrap();
     assert_eq!(other.status(), 404);
+}
+
+/// Without `socket_io_at_root` (the default, for a gateway nested under a prefix), every
+/// request goes through the application's router and its layers: the root `/socket.io/` is not
+/// the gateway's, and the nested one works through the router.
+#[tokio::test]
+async fn a_gateway_nested_under_a_prefix_leaves_the_root_socket_io_to_the_router() {
+    let gateway = switchyard::app::seed(switchyard::Gateway::builder(Config::default())).build();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let router = counting_socket_io(axum::Router::new().nest("/realtime", gateway.router()), seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(switchyard::server::run(listener, router, gateway.clone(), std::future::pending()));
+    let http = reqwest::Client::new();
+    let root = within("a handshake at the root", http.get(format!("http://{addr}/socket.io/?EIO=4&transport=polling")).send()).await.unwrap();
+    assert_eq!(root.status(), 404, "the root /socket.io/ is not the nested gateway's");
+    let nested = format!("http://{addr}/realtime/socket.io/?EIO=4&transport=polling");
+    let body = within("the nested handshake", http.get(&nested).send()).await.unwrap().text().await.unwrap();
+    let open: Value = serde_json::from_str(body.strip_prefix('0').expect("an open packet")).unwrap();
+    let sid = open["sid"].as_str().unwrap();
+    let answer = within("a nested post", http.post(format!("{nested}&sid={sid}")).body("40").send()).await.unwrap();
+    assert_eq!(answer.text().await.unwrap(), "ok");
+    connect_answer(&within("a nested poll", http.get(format!("{nested}&sid={sid}")).send()).await.unwrap().text().await.unwrap());
+    assert_eq!(seen.load(Ordering::SeqCst), 4, "every request went through the application's layer");
 }
 
 /// Served ahead of the router or not, `/socket.io/` checks `Origin` as every route does: the

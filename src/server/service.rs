@@ -9,7 +9,9 @@
 //! Engine.IO requests (`GET`/`POST /socket.io/` that the origin layer would pass untouched; see
 //! `transport/socketio/direct.rs`) go to the gateway's endpoint directly, without the router's
 //! matching: two such requests make a long-polling round trip, and the router was a tenth of
-//! each. Applications that nest the gateway's router still have the route, through the router.
+//! each. Only when the gateway says its router is at the root (`socket_io_at_root`): a gateway
+//! nested under a prefix, or behind layers that must see every request, has the route through
+//! the router alone.
 //!
 //! A hyper `Service` of its own rather than a tower service behind `TowerToHyperService`, which
 //! clones the service and runs a `Oneshot` for every request.
@@ -33,13 +35,14 @@ use crate::transport::socketio::EngineIo;
 #[derive(Clone)]
 pub struct Routes {
     router: Router,
-    engine_io: EngineIo<Gateway>,
+    engine_io: Option<EngineIo<Gateway>>,
     peer: SocketAddr,
 }
 
 impl Routes {
-    /// `router` and `engine_io` for the connection from `peer`.
-    pub fn new(router: Router, engine_io: EngineIo<Gateway>, peer: SocketAddr) -> Routes {
+    /// `router` and, if the gateway's router is at the root, `engine_io` for the connection
+    /// from `peer`.
+    pub fn new(router: Router, engine_io: Option<EngineIo<Gateway>>, peer: SocketAddr) -> Routes {
         Routes { router, engine_io, peer }
     }
 }
@@ -52,10 +55,10 @@ impl hyper::service::Service<axum::http::Request<Incoming>> for Routes {
     type Future = Either<axum::routing::future::RouteFuture<Infallible>, Answer>;
 
     fn call(&self, mut request: axum::http::Request<Incoming>) -> Self::Future {
-        if self.engine_io.takes(&request) {
+        if let Some(engine_io) = self.engine_io.as_ref().filter(|engine_io| engine_io.takes(&request)) {
             // The endpoint puts the address on the requests that open a session, the only
             // ones that read it: an extension map per poll and post is some 400 instructions.
-            return Either::Right(self.engine_io.serve(request.map(axum::body::Body::new), self.peer));
+            return Either::Right(engine_io.serve(request.map(axum::body::Body::new), self.peer));
         }
         request.extensions_mut().insert(ConnectInfo(self.peer));
         // A router is always ready (axum's `Service` impl says so), and cloning it is a

@@ -132,6 +132,8 @@ impl TestServer {
                     let _ = ctx.emit("told", told).await;
                 });
             })
+            // As the binary does: the router below is the gateway's at the root.
+            .socket_io_at_root()
             .build();
         let mut router = server::app(&gateway, static_dir);
         if let Some(access) = admin {
