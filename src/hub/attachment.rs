@@ -487,6 +487,7 @@ impl Attachment {
             return Err(reason);
         }
         let last_seq = state.ring.last_seq();
+        let mut direct = None;
         if last_seq > self.position {
             // The ring holds events `first..=last_seq` (none if `first` is past `last_seq`).
             let first = state.ring.first_seq();
@@ -502,12 +503,20 @@ impl Attachment {
                            "message": format!("{lost} events were dropped from the session buffer before they could be delivered")}),
                 ));
             }
-            let batch = state.ring.bodies_after(self.position, BATCH);
-            // Exactly the batch (the queue is empty here): the storage is never larger than
-            // the largest batch, where `VecDeque`'s own growth could double it.
-            self.pending.reserve_exact(batch.len());
-            self.position += batch.len() as u64;
-            self.pending.extend(batch.cloned());
+            {
+                let mut batch = state.ring.bodies_after(self.position, BATCH);
+                self.position += batch.len() as u64;
+                // The usual case, one new event with nothing before it, is handed out as it is:
+                // the queue's reserve, extend and pop cost about 100 instructions (callgrind).
+                if batch.len() == 1 && self.pending.is_empty() && self.notices.is_empty() {
+                    direct = batch.next().cloned();
+                } else {
+                    // Exactly the batch (the queue is empty here): the storage is never larger
+                    // than the largest batch, where `VecDeque`'s own growth could double it.
+                    self.pending.reserve_exact(batch.len());
+                    self.pending.extend(batch.cloned());
+                }
+            }
             state.delivered = state.delivered.max(self.position);
             let (position, caught_up) = (self.position, self.position == last_seq);
             if let Some(attached) = &mut state.attached {
@@ -521,6 +530,9 @@ impl Attachment {
             }
         }
         drop(state);
+        if let Some(body) = direct {
+            return Ok(Some(Event { seq: self.position, notice: false, body }));
+        }
         if self.pending.is_empty() && self.notices.is_empty() && self.hub.inner.closing.load(Ordering::Acquire) {
             self.said_goodbye = true;
             self.notices.push(Event::notice(
