@@ -334,7 +334,13 @@ impl SessionHandle {
     /// Fails in cluster mode only: the session is gone ([`HubError::NoSession`]) or Redis
     /// cannot be reached ([`HubError::Unavailable`]).
     pub async fn inbox(&self) -> Result<Inbox<'_>, HubError> {
-        let guard = self.session.inbox.lock().await;
+        // Tried first without a wait: tokio's lock hands a released inbox to its first waiter
+        // directly, so an inbox that is free has no one waiting for it, and the order is kept;
+        // the wait's future costs about 60 instructions per event more (callgrind).
+        let guard = match self.session.inbox.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => self.session.inbox.lock().await,
+        };
         let ticket = match &self.cluster {
             None => None,
             Some(cluster) => Some(Box::pin(lease::take(&self.session, cluster)).await?),
