@@ -48,7 +48,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::handler::{Context, IntoAck, Opening, Registry, Reply};
 use crate::hub::{AttachRequest, Attachment, Cluster, Expired, Hub, HubError, SessionHandle, ACK_EVENT};
-use crate::protocol::{Envelope, Envelopes, Sid};
+use crate::protocol::{Envelope, Envelopes, EventName, Sid};
 use crate::tasks::Tasks;
 use crate::transport::{self, Endpoint, TransportConfig};
 
@@ -589,9 +589,10 @@ impl Gateway {
                 metrics::counter!("switchyard_resends_skipped_total").increment(1);
                 continue;
             }
-            match self.inner.handlers.get(&event).or(self.inner.fallback.as_ref()) {
+            match self.inner.handlers.get(event.as_str()).or(self.inner.fallback.as_ref()) {
                 Some(handler) => {
-                    // The name goes to the context; a request keeps a copy for its error form.
+                    // The name goes to the context; a request keeps a copy for its error form (a
+                    // copy of an inline name, or a count for a long one).
                     let name = ack.map(|_| event.clone());
                     let ctx = Context::new(session.clone(), event, self.hub.clone(), subject.clone(), ack);
                     // `Some` only when the event asked for an answer (see `boxed`).
@@ -615,9 +616,9 @@ impl Gateway {
 
     /// Tells the client that no handler took `event`: the error form of its answer if it asked
     /// for one, else an `error` event.
-    async fn no_handler(&self, session: &SessionHandle, event: String, ack: Option<u64>) {
-        tracing::debug!(sid = session.sid().short(), event, "no handler");
-        let notice = json!({"error": format!("no handler for event `{event}`"), "event": event});
+    async fn no_handler(&self, session: &SessionHandle, event: EventName, ack: Option<u64>) {
+        tracing::debug!(sid = session.sid().short(), event = event.as_str(), "no handler");
+        let notice = json!({"error": format!("no handler for event `{event}`"), "event": event.as_str()});
         let _ = match ack {
             Some(number) => self.hub.answer_to(session, number, Err(&notice)).await,
             None => self.hub.emit(session.sid(), "error", &notice).await,

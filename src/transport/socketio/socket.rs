@@ -292,7 +292,7 @@ impl<H: Handler> Socket<'_, H> {
         if !Ack::in_range(id) {
             return; // no request of the server has this number
         }
-        let envelope = Envelope { event: ACK_EVENT.to_owned(), data: data_of(args), seq: None, ack: Some(id) };
+        let envelope = Envelope { event: ACK_EVENT.into(), data: data_of(args), seq: None, ack: Some(id) };
         if let Err(err) = self.endpoint.dispatch_to(&attachment.session(), smallvec::smallvec![envelope]).await {
             tracing::debug!(sid = attachment.sid().short(), %err, "Socket.IO answer not taken");
         }
@@ -330,7 +330,7 @@ impl<H: Handler> Socket<'_, H> {
         } else {
             crate::metrics::events_in_websocket(1);
         }
-        self.held.push_back((attachment.session(), Envelope { event: name, data, seq: None, ack }));
+        self.held.push_back((attachment.session(), Envelope { event: name.into(), data, seq: None, ack }));
     }
 
     /// Starts handling the held events, in order, each polled once at once: a handler that
