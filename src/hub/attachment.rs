@@ -739,6 +739,28 @@ mod tests {
         assert!(b.try_recv().unwrap().is_none());
     }
 
+    /// The usual round trip (one reply, nothing else waiting) hands the event out as it is: the
+    /// queue is not used, so it never holds storage; two at once go through it, in order.
+    #[tokio::test]
+    async fn a_lone_new_event_is_handed_out_without_the_queue() {
+        let hub = hub(8);
+        let mut a = hub.attach(Transport::WebSocket, None, None).await.unwrap();
+        let sid = a.sid().clone();
+        assert_eq!(next(&mut a).await.0, "session");
+        for seq in 1..=3 {
+            hub.emit(&sid, "n", &json!(seq)).await.unwrap();
+            let event = a.try_recv().unwrap().expect("the new event");
+            assert_eq!((event.seq, event.notice, event.data()), (seq, false, seq.to_string().as_str()));
+            assert!(a.try_recv().unwrap().is_none());
+        }
+        assert_eq!(a.pending.capacity(), 0, "the queue was used for a lone event");
+        hub.emit(&sid, "n", &json!(4)).await.unwrap();
+        hub.emit(&sid, "n", &json!(5)).await.unwrap();
+        assert_eq!(a.try_recv().unwrap().map(|e| e.seq), Some(4));
+        assert_eq!(a.try_recv().unwrap().map(|e| e.seq), Some(5));
+        assert!(a.try_recv().unwrap().is_none());
+    }
+
     #[tokio::test]
     async fn an_end_is_reported_on_every_look_after_it() {
         let hub = hub(8);

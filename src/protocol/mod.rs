@@ -562,6 +562,20 @@ mod tests {
         }
     }
 
+    /// The names clients send are kept in the envelope without an allocation of their own, by
+    /// the compact reading and the full one alike; a long name is still the same text.
+    #[test]
+    fn usual_event_names_are_kept_inline() {
+        for body in [r#"{"event":"message","data":"hi"}"#, r#"{"data":"hi","event":"message"}"#, r#"[{"event":"message"}]"#] {
+            let envelope = &parse_envelopes(body).unwrap()[0];
+            assert_eq!(envelope.event, "message");
+            assert!(!envelope.event.is_heap_allocated(), "{body}");
+        }
+        let long = "n".repeat(MAX_EVENT_NAME);
+        let envelope = &parse_envelopes(&format!(r#"{{"event":"{long}"}}"#)).unwrap()[0];
+        assert_eq!(envelope.event.as_str(), long);
+    }
+
     #[test]
     fn parses_one_envelope_or_a_batch() {
         assert_eq!(
