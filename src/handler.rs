@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::hub::{AckError, Expired, Hub, HubError, Rendered, SessionHandle, Transport};
-use crate::protocol::{Cursor, Sid};
+use crate::protocol::{Cursor, EventName, Sid};
 use crate::tasks::Tasks;
 
 /// What an open hook knows about a session being created: enough to authorize it.
@@ -70,7 +70,7 @@ pub struct Opening {
 #[derive(Clone)]
 pub struct Context {
     session: SessionHandle,
-    event: String,
+    event: EventName,
     hub: Hub,
     subject: Option<Arc<str>>,
     ack: Option<u64>,
@@ -79,7 +79,7 @@ pub struct Context {
 impl Context {
     /// The context of `event`, sent by the session `session` whose client is `subject`, asking
     /// for an answer numbered `ack` if any.
-    pub(crate) fn new(session: SessionHandle, event: String, hub: Hub, subject: Option<Arc<str>>, ack: Option<u64>) -> Context {
+    pub(crate) fn new(session: SessionHandle, event: EventName, hub: Hub, subject: Option<Arc<str>>, ack: Option<u64>) -> Context {
         Context { session, event, hub, subject, ack }
     }
 

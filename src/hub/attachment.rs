@@ -494,6 +494,7 @@ impl Attachment {
             return Err(reason);
         }
         let last_seq = state.ring.last_seq();
+        let mut direct = None;
         if last_seq > self.position {
             // The ring holds events `first..=last_seq` (none if `first` is past `last_seq`).
             let first = state.ring.first_seq();
@@ -509,12 +510,20 @@ impl Attachment {
                            "message": format!("{lost} events were dropped from the session buffer before they could be delivered")}),
                 ));
             }
-            let batch = state.ring.bodies_after(self.position, BATCH);
-            // Exactly the batch (the queue is empty here): the storage is never larger than
-            // the largest batch, where `VecDeque`'s own growth could double it.
-            self.pending.reserve_exact(batch.len());
-            self.position += batch.len() as u64;
-            self.pending.extend(batch.cloned());
+            {
+                let mut batch = state.ring.bodies_after(self.position, BATCH);
+                self.position += batch.len() as u64;
+                // The usual case, one new event with nothing before it, is handed out as it is:
+                // the queue's reserve, extend and pop cost about 100 instructions (callgrind).
+                if batch.len() == 1 && self.pending.is_empty() && self.notices.is_empty() {
+                    direct = batch.next().cloned();
+                } else {
+                    // Exactly the batch (the queue is empty here): the storage is never larger
+                    // than the largest batch, where `VecDeque`'s own growth could double it.
+                    self.pending.reserve_exact(batch.len());
+                    self.pending.extend(batch.cloned());
+                }
+            }
             state.delivered = state.delivered.max(self.position);
             let (position, caught_up) = (self.position, self.position == last_seq);
             if let Some(attached) = &mut state.attached {
@@ -528,6 +537,9 @@ impl Attachment {
             }
         }
         drop(state);
+        if let Some(body) = direct {
+            return Ok(Some(Event { seq: self.position, notice: false, body }));
+        }
         if self.pending.is_empty() && self.notices.is_empty() && self.hub.inner.closing.load(Ordering::Acquire) {
             self.said_goodbye = true;
             self.notices.push(Event::notice(
@@ -732,6 +744,28 @@ mod tests {
             assert_eq!(next(&mut b).await.1, seq);
         }
         assert!(b.try_recv().unwrap().is_none());
+    }
+
+    /// The usual round trip (one reply, nothing else waiting) hands the event out as it is: the
+    /// queue is not used, so it never holds storage; two at once go through it, in order.
+    #[tokio::test]
+    async fn a_lone_new_event_is_handed_out_without_the_queue() {
+        let hub = hub(8);
+        let mut a = hub.attach(Transport::WebSocket, None, None).await.unwrap();
+        let sid = a.sid().clone();
+        assert_eq!(next(&mut a).await.0, "session");
+        for seq in 1..=3 {
+            hub.emit(&sid, "n", &json!(seq)).await.unwrap();
+            let event = a.try_recv().unwrap().expect("the new event");
+            assert_eq!((event.seq, event.notice, event.data()), (seq, false, seq.to_string().as_str()));
+            assert!(a.try_recv().unwrap().is_none());
+        }
+        assert_eq!(a.pending.capacity(), 0, "the queue was used for a lone event");
+        hub.emit(&sid, "n", &json!(4)).await.unwrap();
+        hub.emit(&sid, "n", &json!(5)).await.unwrap();
+        assert_eq!(a.try_recv().unwrap().map(|e| e.seq), Some(4));
+        assert_eq!(a.try_recv().unwrap().map(|e| e.seq), Some(5));
+        assert!(a.try_recv().unwrap().is_none());
     }
 
     #[tokio::test]

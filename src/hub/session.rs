@@ -334,7 +334,13 @@ impl SessionHandle {
     /// Fails in cluster mode only: the session is gone ([`HubError::NoSession`]) or Redis
     /// cannot be reached ([`HubError::Unavailable`]).
     pub async fn inbox(&self) -> Result<Inbox<'_>, HubError> {
-        let guard = self.session.inbox.lock().await;
+        // Tried first without a wait: tokio's lock hands a released inbox to its first waiter
+        // directly, so an inbox that is free has no one waiting for it, and the order is kept;
+        // the wait's future costs about 60 instructions per event more (callgrind).
+        let guard = match self.session.inbox.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => self.session.inbox.lock().await,
+        };
         let ticket = match &self.cluster {
             None => None,
             Some(cluster) => Some(Box::pin(lease::take(&self.session, cluster)).await?),
@@ -406,6 +412,25 @@ mod tests {
 
     use super::super::testing::{hub, next};
     use super::super::{CloseReason, Transport};
+
+    /// The inbox is taken without a wait when it is free, and that never jumps the queue: a
+    /// released inbox goes to the first that waited for it, not to a later taker.
+    #[tokio::test]
+    async fn an_inbox_goes_to_its_waiters_in_order_before_a_later_taker() {
+        use std::task::Poll;
+        let hub = hub(8);
+        let a = hub.attach(Transport::WebSocket, None, None).await.unwrap();
+        let session = a.session();
+        let held = session.inbox().await.unwrap();
+        let mut first = std::pin::pin!(session.inbox());
+        assert!(futures_util::poll!(first.as_mut()).is_pending(), "the inbox is held");
+        drop(held);
+        let mut later = std::pin::pin!(session.inbox());
+        assert!(futures_util::poll!(later.as_mut()).is_pending(), "a later taker went ahead of a waiter");
+        let Poll::Ready(first) = futures_util::poll!(first.as_mut()) else { panic!("the waiter did not get the released inbox") };
+        drop(first.unwrap());
+        assert!(matches!(futures_util::poll!(later.as_mut()), Poll::Ready(Ok(_))), "the later taker gets it next");
+    }
 
     #[tokio::test]
     async fn a_reader_overtaken_by_the_ring_is_detached_and_told_what_it_lost_on_resume() {

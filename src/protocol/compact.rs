@@ -51,7 +51,7 @@ pub(super) fn parse(text: &str, limits: &Limits) -> Option<Envelope> {
         None => serde_json::from_str(data).ok()?,
     };
     let valid = depth(&data) <= limits.max_depth && reserved_key(&data).is_none();
-    valid.then(|| Envelope { event: event.to_owned(), data, seq, ack: None })
+    valid.then(|| Envelope { event: event.into(), data, seq, ack: None })
 }
 
 /// Whether digits are the canonical decimal of a positive number: what `seq` may be on this path

@@ -511,7 +511,7 @@ impl<H: Handler> Socket<'_, H> {
         if !Ack::in_range(id) {
             return; // no request of the server has this number
         }
-        let envelope = Envelope { event: ACK_EVENT.to_owned(), data: data_of(args), seq: None, ack: Some(id) };
+        let envelope = Envelope { event: ACK_EVENT.into(), data: data_of(args), seq: None, ack: Some(id) };
         if let Err(err) = self.endpoint.dispatch_to(&hub_session, smallvec::smallvec![envelope]).await {
             tracing::debug!(sid = hub_session.sid().short(), %err, "Socket.IO answer not taken");
         }
