@@ -379,7 +379,7 @@ async fn envelope<H: Handler>(
     } else {
         crate::metrics::events_in_websocket(1);
     }
-    Some(Envelope { event: name, data, seq: None, ack })
+    Some(Envelope { event: name.into(), data, seq: None, ack })
 }
 
 /// The handling of one event: its handlers, for the hub session it came from.
