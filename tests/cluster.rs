@@ -491,6 +491,42 @@ async fn resume_anywhere_from_any_cursor_replays_exactly_what_was_missed(cluster
     }
 }
 
+/// Point 2 with a short buffer (`--buffer 8`): 31 events emitted through every node while no
+/// transport holds the session. Every node reports the last 8 as kept and the 31st as the
+/// last; a resume inside them replays exactly what came after its cursor, one from before them
+/// gets `gap` (`overflow`, with how many were lost) and then the 8, under the numbers they
+/// were emitted with; the numbering goes on after that.
+async fn a_short_buffer_keeps_the_last_events_and_numbers_go_on(cluster: &Cluster) {
+    let (_, hello) = cluster.attach(0, Via::Ws, None, None).await;
+    let sid = hello_sid(hello, "websocket");
+    cluster.wait_for_transport(1, &sid, None).await;
+    for i in 1..=31 {
+        cluster.emit(i % NODES, &sid, "n", json!(i)).await;
+    }
+    for node in 0..NODES {
+        let (status, info) = cluster.api(node, "GET", &format!("/sessions/{sid}"), None).await;
+        assert_eq!((status, &info["buffered"], &info["last_cursor"]), (200, &json!(8), &json!(format!("{sid}.31"))), "node {node}: {info}");
+    }
+    let (mut link, hello) = cluster.attach(1, Via::Sse, Some(&sid), Some(&format!("{sid}.25"))).await;
+    assert_eq!(hello.data["resumed"], json!(true), "{hello:?}");
+    for i in 26..=31 {
+        let event = link.next(cluster).await;
+        assert_eq!((event.event.as_str(), &event.data, event.id.as_str()), ("n", &json!(i), format!("{sid}.{i}").as_str()), "resumed after .25");
+    }
+    drop(link);
+    let (mut link, hello) = cluster.attach(2, Via::Poll, Some(&sid), Some(&format!("{sid}.10"))).await;
+    assert_eq!(hello.data["resumed"], json!(true), "{hello:?}");
+    let gap = link.next(cluster).await;
+    assert_eq!((gap.event.as_str(), &gap.data["reason"], &gap.data["lost"]), ("gap", &json!("overflow"), &json!(13)), "{gap:?}");
+    for i in 24..=31 {
+        let event = link.next(cluster).await;
+        assert_eq!((event.event.as_str(), &event.data, event.id.as_str()), ("n", &json!(i), format!("{sid}.{i}").as_str()), "after the gap");
+    }
+    cluster.emit(0, &sid, "n", json!(32)).await;
+    let event = link.next(cluster).await;
+    assert_eq!((event.event.as_str(), &event.data, event.id.as_str()), ("n", &json!(32), format!("{sid}.32").as_str()), "live after the replay");
+}
+
 /// Point 3: whichever node the newer transport attaches on, the older one, on another node, is
 /// closed within a second: a WebSocket with 4000, an SSE stream ended, a waiting poll 409.
 async fn the_newest_transport_wins_across_nodes(cluster: &Cluster) {
@@ -631,6 +667,45 @@ async fn a_session_made_on_one_node_is_known_to_every_node() {
 async fn a_resume_on_any_node_from_any_cursor_replays_exactly_what_was_missed() {
     let cluster = Cluster::start(&[]).await;
     resume_anywhere_from_any_cursor_replays_exactly_what_was_missed(&cluster).await;
+}
+
+#[tokio::test]
+async fn a_short_buffer_keeps_the_last_events_on_every_node_and_numbers_go_on() {
+    let cluster = Cluster::start(&["--buffer", "8"]).await;
+    a_short_buffer_keeps_the_last_events_and_numbers_go_on(&cluster).await;
+}
+
+/// The same on a Redis Cluster, where every event is appended by the one-event `emit` script
+/// rather than a batch's `emit_many`.
+#[tokio::test]
+async fn a_short_buffer_keeps_the_last_events_on_a_redis_cluster() {
+    let cluster = Cluster::on_redis_cluster(&["--buffer", "8"]).await;
+    a_short_buffer_keeps_the_last_events_and_numbers_go_on(&cluster).await;
+}
+
+/// A session's buffer list lost in Redis while its hash stays (an eviction, say): the next
+/// event's number goes past every number the lost list can have held, so none is used twice,
+/// and a client resuming from what it saw last gets `gap` (`overflow`), then the new event.
+#[tokio::test]
+async fn a_lost_buffer_list_never_reuses_an_event_number() {
+    let mut cluster = Cluster::start(&["--buffer", "8"]).await;
+    let (_, hello) = cluster.attach(0, Via::Ws, None, None).await;
+    let sid = hello_sid(hello, "websocket");
+    cluster.wait_for_transport(1, &sid, None).await;
+    for i in 1..=5 {
+        cluster.emit(i % NODES, &sid, "n", json!(i)).await;
+    }
+    let port = cluster.redis().port;
+    assert_eq!(command(port, &["DEL", &format!("sy:{{{sid}}}:b")]).await, Ok("1".to_owned()), "the buffer list was there");
+    cluster.emit(1, &sid, "n", json!(6)).await;
+    let (status, info) = cluster.api(2, "GET", &format!("/sessions/{sid}"), None).await;
+    let last: u64 = info["last_cursor"].as_str().and_then(|c| c.rsplit('.').next()?.parse().ok()).expect("a last cursor");
+    assert!(status == 200 && last > 5, "the event after the loss is numbered past .5: {info}");
+    let (mut link, _) = cluster.attach(2, Via::Sse, Some(&sid), Some(&format!("{sid}.5"))).await;
+    let gap = link.next(&cluster).await;
+    assert_eq!((gap.event.as_str(), &gap.data["reason"]), ("gap", &json!("overflow")), "{gap:?}");
+    let event = link.next(&cluster).await;
+    assert_eq!((event.event.as_str(), &event.data, event.id), ("n", &json!(6), format!("{sid}.{last}")), "the new event after the gap");
 }
 
 #[tokio::test]

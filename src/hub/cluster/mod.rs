@@ -315,12 +315,13 @@ impl Cluster {
     }
 
     /// Attaches this node to session `sid` from `cursor` (`None`: after what was last handed
-    /// out); a transport held elsewhere is told it was superseded.
-    pub(super) async fn attach(&self, sid: &Sid, transport: Transport, cursor: Option<u64>, ttl: Duration) -> Result<Attached, HubError> {
+    /// out); a transport held elsewhere is told it was superseded. `buffer`: how many events a
+    /// session keeps (`--buffer`).
+    pub(super) async fn attach(&self, sid: &Sid, transport: Transport, cursor: Option<u64>, ttl: Duration, buffer: usize) -> Result<Attached, HubError> {
         let mut invocation = self.inner.scripts.attach.prepare_invoke();
         keys(&mut invocation, sid);
         let cursor = cursor.map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX));
-        invocation.arg(&*self.node()).arg(transport.as_str()).arg(cursor).arg(millis(ttl)).arg(sid.as_str());
+        invocation.arg(&*self.node()).arg(transport.as_str()).arg(cursor).arg(millis(ttl)).arg(sid.as_str()).arg(buffer);
         let reply = array(self.run("attach", &invocation).await?);
         match reply.first().map(int) {
             Some(-1) | None => return Ok(Attached::Missing),
@@ -403,11 +404,11 @@ impl Cluster {
     }
 
     /// The buffered events of `sid` after `after`: the number of the first returned, and the
-    /// events. `None`: the session is gone.
-    pub(super) async fn fetch(&self, sid: &Sid, after: u64) -> Result<Option<(u64, Vec<Arc<Body>>)>, HubError> {
+    /// events. `None`: the session is gone. `buffer`: how many events a session keeps.
+    pub(super) async fn fetch(&self, sid: &Sid, after: u64, buffer: usize) -> Result<Option<(u64, Vec<Arc<Body>>)>, HubError> {
         let mut invocation = self.inner.scripts.fetch.prepare_invoke();
         keys(&mut invocation, sid);
-        invocation.arg(after);
+        invocation.arg(after).arg(buffer);
         let reply = array(self.run("fetch", &invocation).await?);
         match reply.first().map(int) {
             Some(last) if last >= 0 => {
@@ -597,10 +598,12 @@ impl Cluster {
         }
     }
 
-    /// A snapshot of one session; `None` when it is gone.
-    pub(super) async fn info(&self, sid: &Sid) -> Result<Option<Info>, HubError> {
+    /// A snapshot of one session; `None` when it is gone. `buffer`: how many events a session
+    /// keeps.
+    pub(super) async fn info(&self, sid: &Sid, buffer: usize) -> Result<Option<Info>, HubError> {
         let mut invocation = self.inner.scripts.info.prepare_invoke();
         keys(&mut invocation, sid);
+        invocation.arg(buffer);
         let reply = array(self.run("info", &invocation).await?);
         if reply.is_empty() {
             return Ok(None);
