@@ -337,7 +337,10 @@ impl SessionHandle {
         let guard = self.session.inbox.lock().await;
         let ticket = match &self.cluster {
             None => None,
-            Some(cluster) => Some(Box::pin(lease::take(&self.session, cluster)).await?),
+            Some(cluster) => Some(match lease::held(&self.session, cluster) {
+                Some(ticket) => ticket,
+                None => Box::pin(lease::take(&self.session, cluster)).await?,
+            }),
         };
         Ok(Inbox { handle: self, guard: Some(guard), ticket })
     }
