@@ -865,6 +865,23 @@ async fn runs_on_redis_over_tls_with_its_ca() {
     sessions_are_known_to_every_node(&cluster).await;
 }
 
+/// A Redis reached with a login and a database in the URL (`redis://USER:PASSWORD@HOST:PORT/DB`):
+/// every connection of a node logs in and selects it, the emits' own connection too (an emit in
+/// another database would find no session, and no reply would come), so the sessions and their
+/// replies are all in database 2.
+#[tokio::test]
+async fn runs_on_redis_with_a_login_and_a_database() {
+    let redis = RedisServer::start_with_args(&["--user", "alice", "on", ">secret", "~*", "&*", "+@all"]).await;
+    let port = redis.port;
+    let url = format!("redis://alice:secret@127.0.0.1:{port}/2");
+    let cluster = Cluster::on(Backing::Server(redis), &url, &[]).await;
+    sessions_are_known_to_every_node(&cluster).await;
+    let keyspace = command(port, &["INFO", "keyspace"]).await.unwrap();
+    assert!(keyspace.contains("db2:") && !keyspace.contains("db0:"), "{keyspace}");
+    let wrong = format!("redis://alice:wrong@127.0.0.1:{port}/2");
+    assert!(switchyard::hub::Cluster::connect(&wrong, None).await.is_err(), "a wrong password is refused");
+}
+
 // ---------------------------------------------------------------------------------------------
 // An application behind the nodes: every node forwards to it and posts its hooks to it.
 // ---------------------------------------------------------------------------------------------
