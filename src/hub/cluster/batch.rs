@@ -209,6 +209,9 @@ async fn send(conn: ConnectionManager, emit_many: Sha, mut own: Option<Emits>, m
     while let Some(first) = queue.recv().await {
         let Ok(permit) = places.clone().acquire_owned().await else { return };
         let permit = Arc::new(permit);
+        // The tasks woken with this one (the connections whose events just came in) run first
+        // and queue their emits: a batch then holds them, rather than the next batch.
+        tokio::task::yield_now().await;
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
