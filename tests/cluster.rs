@@ -422,6 +422,12 @@ async fn sessions_are_known_to_every_node(cluster: &Cluster) {
         let (status, body) = cluster.post_json(node, UNKNOWN_SID, &message("anyone?")).await;
         assert_eq!((status, &body), (404, &json!({"error": "unknown or expired session"})), "POST to an unknown sid on node {node}");
     }
+    // Every reply above was an emit, timed on the node that made it: seven at least.
+    let mut emits = 0.0;
+    for node in 0..NODES {
+        emits += redis_requests(cluster, node, "emit").await;
+    }
+    assert!(emits >= 7.0, "the nodes' /metrics count the emits: {emits}");
 }
 
 /// Point 2: resumes on every node, over every transport, from cursors of every kind (the first
@@ -1061,9 +1067,15 @@ const ONE_LEASE: Duration = Duration::from_millis(2500);
 /// The Redis requests a node made for sessions' inboxes (`inbox` on its `/metrics`): tickets
 /// taken, waits, releases.
 async fn inbox_requests(cluster: &Cluster, node: usize) -> f64 {
+    redis_requests(cluster, node, "inbox").await
+}
+
+/// How many Redis requests of kind `op` a node's `/metrics` counts.
+async fn redis_requests(cluster: &Cluster, node: usize, op: &str) -> f64 {
     let text = within("/metrics", async { cluster.http.get(cluster.url(node, "/metrics")).send().await.unwrap().text().await.unwrap() }).await;
+    let label = format!("op=\"{op}\"");
     text.lines()
-        .filter(|line| line.starts_with("switchyard_redis_command_seconds_count{") && line.contains("op=\"inbox\""))
+        .filter(|line| line.starts_with("switchyard_redis_command_seconds_count{") && line.contains(&label))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
