@@ -703,11 +703,16 @@ async fn a_lost_buffer_list_never_reuses_an_event_number() {
     }
     let port = cluster.redis().port;
     assert_eq!(command(port, &["DEL", &format!("sy:{{{sid}}}:b")]).await, Ok("1".to_owned()), "the buffer list was there");
+    let last = |info: &Value| -> u64 { info["last_cursor"].as_str().and_then(|c| c.rsplit('.').next()?.parse().ok()).expect("a last cursor") };
+    let (status, info) = cluster.api(0, "GET", &format!("/sessions/{sid}"), None).await;
+    let lost = last(&info);
+    assert!(status == 200 && lost >= 5, "the numbers are read past the lost ones at once: {info}");
     cluster.emit(1, &sid, "n", json!(6)).await;
     let (status, info) = cluster.api(2, "GET", &format!("/sessions/{sid}"), None).await;
-    let last: u64 = info["last_cursor"].as_str().and_then(|c| c.rsplit('.').next()?.parse().ok()).expect("a last cursor");
-    assert!(status == 200 && last > 5, "the event after the loss is numbered past .5: {info}");
-    let (mut link, _) = cluster.attach(2, Via::Sse, Some(&sid), Some(&format!("{sid}.5"))).await;
+    assert!(status == 200 && last(&info) == lost + 1, "the event after the loss is numbered next: {info}");
+    let last = last(&info);
+    let (mut link, hello) = cluster.attach(2, Via::Sse, Some(&sid), Some(&format!("{sid}.5"))).await;
+    assert_eq!((hello.data["sid"].as_str(), &hello.data["resumed"]), (Some(sid.as_str()), &json!(true)), "the same session: {hello:?}");
     let gap = link.next(&cluster).await;
     assert_eq!((gap.event.as_str(), &gap.data["reason"]), ("gap", &json!("overflow")), "{gap:?}");
     let event = link.next(&cluster).await;

@@ -85,9 +85,9 @@ return 1
             attach: script(&format!(
                 r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {{-1}} end
-local h = redis.call('HMGET', KEYS[1], 'base', 'recv', 'owner', 'tr', 'dlv', 'sub')
+local h = redis.call('HMGET', KEYS[1], 'base', 'recv', 'owner', 'tr', 'dlv', 'sub', 'lst')
 {SPAN}
-local last, first, base = span(tonumber(h[1]), tonumber(ARGV[6]))
+local last, first, base = span(tonumber(h[1]), h[7], tonumber(ARGV[6]))
 local cursor = tonumber(ARGV[3])
 if cursor > last then return {{-2}} end
 local start = cursor
@@ -181,7 +181,8 @@ return out
                 r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {{-1}} end
 {SPAN}
-local last, first, base = span(tonumber(redis.call('HGET', KEYS[1], 'base')), tonumber(ARGV[2]))
+local h = redis.call('HMGET', KEYS[1], 'base', 'lst')
+local last, first, base = span(tonumber(h[1]), h[2], tonumber(ARGV[2]))
 local from = math.max(tonumber(ARGV[1]) + 1, first)
 local out = {{last, from}}
 if from <= last then
@@ -305,9 +306,9 @@ return removed
             info: script(&format!(
                 r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {{}} end
-local h = redis.call('HMGET', KEYS[1], 'owner', 'tr', 'base', 'det', 'since', 'sub')
+local h = redis.call('HMGET', KEYS[1], 'owner', 'tr', 'base', 'det', 'since', 'sub', 'lst')
 {SPAN}
-local last, first = span(tonumber(h[3]), tonumber(ARGV[1]))
+local last, first = span(tonumber(h[3]), h[7], tonumber(ARGV[1]))
 local out = {{h[1] or '', h[2] or '', last, last - first + 1, h[4] or '', h[5] or '', now_ms(), h[6] or ''}}
 local rooms = redis.call('SMEMBERS', KEYS[3])
 for i = 1, #rooms do out[#out + 1] = rooms[i] end
@@ -429,13 +430,17 @@ local function append(s, b, base, entry, buffer, keep)
 end
 ";
 
-/// The numbers of a session's buffer, shared by its readers: `span(base, buffer)` returns the
-/// last event's number, the first kept one's (at most `buffer` before it: what the list holds
-/// beyond that waits for [`APPEND`]'s next trim) and `base`, the number before the list's first
-/// entry (list index `n - base - 1` holds event `n`).
+/// The numbers of a session's buffer, shared by its readers: `span(base, lst, buffer)` (`lst` as
+/// read from the hash) returns the last event's number, the first kept one's (at most `buffer`
+/// before it: what the list holds beyond that waits for [`APPEND`]'s next trim) and `base`, the
+/// number before the list's first entry (list index `n - base - 1` holds event `n`). A list
+/// that was made once and is gone was lost: the numbers are read as [`APPEND`] will go on from
+/// them, past every number it can have held, so that a client's cursor is not taken for one
+/// beyond the last event.
 const SPAN: &str = r"
-local function span(base, buffer)
+local function span(base, lst, buffer)
   local len = redis.call('LLEN', KEYS[2])
+  if len == 0 and lst then base = base + buffer + math.floor(buffer / 8) end
   local last = base + len
   return last, last - math.min(len, math.max(buffer, 1)) + 1, base
 end
