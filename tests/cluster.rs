@@ -422,6 +422,12 @@ async fn sessions_are_known_to_every_node(cluster: &Cluster) {
         let (status, body) = cluster.post_json(node, UNKNOWN_SID, &message("anyone?")).await;
         assert_eq!((status, &body), (404, &json!({"error": "unknown or expired session"})), "POST to an unknown sid on node {node}");
     }
+    // Every reply above was an emit, timed on the node that made it: seven at least.
+    let mut emits = 0.0;
+    for node in 0..NODES {
+        emits += redis_requests(cluster, node, "emit").await;
+    }
+    assert!(emits >= 7.0, "the nodes' /metrics count the emits: {emits}");
 }
 
 /// Point 2: resumes on every node, over every transport, from cursors of every kind (the first
@@ -489,6 +495,42 @@ async fn resume_anywhere_from_any_cursor_replays_exactly_what_was_missed(cluster
         assert!(is_event(&event, "sentinel", &json!(sentinel)), "after the replay on node {node} over {via:?}, the next live event: {event:?}");
         history.push(event);
     }
+}
+
+/// Point 2 with a short buffer (`--buffer 8`): 31 events emitted through every node while no
+/// transport holds the session. Every node reports the last 8 as kept and the 31st as the
+/// last; a resume inside them replays exactly what came after its cursor, one from before them
+/// gets `gap` (`overflow`, with how many were lost) and then the 8, under the numbers they
+/// were emitted with; the numbering goes on after that.
+async fn a_short_buffer_keeps_the_last_events_and_numbers_go_on(cluster: &Cluster) {
+    let (_, hello) = cluster.attach(0, Via::Ws, None, None).await;
+    let sid = hello_sid(hello, "websocket");
+    cluster.wait_for_transport(1, &sid, None).await;
+    for i in 1..=31 {
+        cluster.emit(i % NODES, &sid, "n", json!(i)).await;
+    }
+    for node in 0..NODES {
+        let (status, info) = cluster.api(node, "GET", &format!("/sessions/{sid}"), None).await;
+        assert_eq!((status, &info["buffered"], &info["last_cursor"]), (200, &json!(8), &json!(format!("{sid}.31"))), "node {node}: {info}");
+    }
+    let (mut link, hello) = cluster.attach(1, Via::Sse, Some(&sid), Some(&format!("{sid}.25"))).await;
+    assert_eq!(hello.data["resumed"], json!(true), "{hello:?}");
+    for i in 26..=31 {
+        let event = link.next(cluster).await;
+        assert_eq!((event.event.as_str(), &event.data, event.id.as_str()), ("n", &json!(i), format!("{sid}.{i}").as_str()), "resumed after .25");
+    }
+    drop(link);
+    let (mut link, hello) = cluster.attach(2, Via::Poll, Some(&sid), Some(&format!("{sid}.10"))).await;
+    assert_eq!(hello.data["resumed"], json!(true), "{hello:?}");
+    let gap = link.next(cluster).await;
+    assert_eq!((gap.event.as_str(), &gap.data["reason"], &gap.data["lost"]), ("gap", &json!("overflow"), &json!(13)), "{gap:?}");
+    for i in 24..=31 {
+        let event = link.next(cluster).await;
+        assert_eq!((event.event.as_str(), &event.data, event.id.as_str()), ("n", &json!(i), format!("{sid}.{i}").as_str()), "after the gap");
+    }
+    cluster.emit(0, &sid, "n", json!(32)).await;
+    let event = link.next(cluster).await;
+    assert_eq!((event.event.as_str(), &event.data, event.id.as_str()), ("n", &json!(32), format!("{sid}.32").as_str()), "live after the replay");
 }
 
 /// Point 3: whichever node the newer transport attaches on, the older one, on another node, is
@@ -631,6 +673,50 @@ async fn a_session_made_on_one_node_is_known_to_every_node() {
 async fn a_resume_on_any_node_from_any_cursor_replays_exactly_what_was_missed() {
     let cluster = Cluster::start(&[]).await;
     resume_anywhere_from_any_cursor_replays_exactly_what_was_missed(&cluster).await;
+}
+
+#[tokio::test]
+async fn a_short_buffer_keeps_the_last_events_on_every_node_and_numbers_go_on() {
+    let cluster = Cluster::start(&["--buffer", "8"]).await;
+    a_short_buffer_keeps_the_last_events_and_numbers_go_on(&cluster).await;
+}
+
+/// The same on a Redis Cluster, where every event is appended by the one-event `emit` script
+/// rather than a batch's `emit_many`.
+#[tokio::test]
+async fn a_short_buffer_keeps_the_last_events_on_a_redis_cluster() {
+    let cluster = Cluster::on_redis_cluster(&["--buffer", "8"]).await;
+    a_short_buffer_keeps_the_last_events_and_numbers_go_on(&cluster).await;
+}
+
+/// A session's buffer list lost in Redis while its hash stays (an eviction, say): the next
+/// event's number goes past every number the lost list can have held, so none is used twice,
+/// and a client resuming from what it saw last gets `gap` (`overflow`), then the new event.
+#[tokio::test]
+async fn a_lost_buffer_list_never_reuses_an_event_number() {
+    let mut cluster = Cluster::start(&["--buffer", "8"]).await;
+    let (_, hello) = cluster.attach(0, Via::Ws, None, None).await;
+    let sid = hello_sid(hello, "websocket");
+    cluster.wait_for_transport(1, &sid, None).await;
+    for i in 1..=5 {
+        cluster.emit(i % NODES, &sid, "n", json!(i)).await;
+    }
+    let port = cluster.redis().port;
+    assert_eq!(command(port, &["DEL", &format!("sy:{{{sid}}}:b")]).await, Ok("1".to_owned()), "the buffer list was there");
+    let last = |info: &Value| -> u64 { info["last_cursor"].as_str().and_then(|c| c.rsplit('.').next()?.parse().ok()).expect("a last cursor") };
+    let (status, info) = cluster.api(0, "GET", &format!("/sessions/{sid}"), None).await;
+    let lost = last(&info);
+    assert!(status == 200 && lost >= 5, "the numbers are read past the lost ones at once: {info}");
+    cluster.emit(1, &sid, "n", json!(6)).await;
+    let (status, info) = cluster.api(2, "GET", &format!("/sessions/{sid}"), None).await;
+    assert!(status == 200 && last(&info) == lost + 1, "the event after the loss is numbered next: {info}");
+    let last = last(&info);
+    let (mut link, hello) = cluster.attach(2, Via::Sse, Some(&sid), Some(&format!("{sid}.5"))).await;
+    assert_eq!((hello.data["sid"].as_str(), &hello.data["resumed"]), (Some(sid.as_str()), &json!(true)), "the same session: {hello:?}");
+    let gap = link.next(&cluster).await;
+    assert_eq!((gap.event.as_str(), &gap.data["reason"]), ("gap", &json!("overflow")), "{gap:?}");
+    let event = link.next(&cluster).await;
+    assert_eq!((event.event.as_str(), &event.data, event.id), ("n", &json!(6), format!("{sid}.{last}")), "the new event after the gap");
 }
 
 #[tokio::test]
@@ -788,6 +874,23 @@ async fn runs_on_redis_over_tls_with_its_ca() {
     let ca = ca.display().to_string();
     let cluster = Cluster::on(Backing::Server(redis), &url, &["--redis-ca", &ca]).await;
     sessions_are_known_to_every_node(&cluster).await;
+}
+
+/// A Redis reached with a login and a database in the URL (`redis://USER:PASSWORD@HOST:PORT/DB`):
+/// every connection of a node logs in and selects it, the emits' own connection too (an emit in
+/// another database would find no session, and no reply would come), so the sessions and their
+/// replies are all in database 2.
+#[tokio::test]
+async fn runs_on_redis_with_a_login_and_a_database() {
+    let redis = RedisServer::start_with_args(&["--user", "alice", "on", ">secret", "~*", "&*", "+@all"]).await;
+    let port = redis.port;
+    let url = format!("redis://alice:secret@127.0.0.1:{port}/2");
+    let cluster = Cluster::on(Backing::Server(redis), &url, &[]).await;
+    sessions_are_known_to_every_node(&cluster).await;
+    let keyspace = command(port, &["INFO", "keyspace"]).await.unwrap();
+    assert!(keyspace.contains("db2:") && !keyspace.contains("db0:"), "{keyspace}");
+    let wrong = format!("redis://alice:wrong@127.0.0.1:{port}/2");
+    assert!(switchyard::hub::Cluster::connect(&wrong, None).await.is_err(), "a wrong password is refused");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -969,9 +1072,15 @@ const ONE_LEASE: Duration = Duration::from_millis(2500);
 /// The Redis requests a node made for sessions' inboxes (`inbox` on its `/metrics`): tickets
 /// taken, waits, releases.
 async fn inbox_requests(cluster: &Cluster, node: usize) -> f64 {
+    redis_requests(cluster, node, "inbox").await
+}
+
+/// How many Redis requests of kind `op` a node's `/metrics` counts.
+async fn redis_requests(cluster: &Cluster, node: usize, op: &str) -> f64 {
     let text = within("/metrics", async { cluster.http.get(cluster.url(node, "/metrics")).send().await.unwrap().text().await.unwrap() }).await;
+    let label = format!("op=\"{op}\"");
     text.lines()
-        .filter(|line| line.starts_with("switchyard_redis_command_seconds_count{") && line.contains("op=\"inbox\""))
+        .filter(|line| line.starts_with("switchyard_redis_command_seconds_count{") && line.contains(&label))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

@@ -62,9 +62,11 @@ pub(super) struct Lease {
     busy: AtomicBool,
 }
 
-/// Takes the session's inbox in Redis for a client event, its local lock being held: under the
-/// lease this node holds, or by a ticket. Returns the ticket.
-pub(super) async fn take(session: &Session, cluster: &Cluster) -> Result<u64, HubError> {
+/// The session's inbox under the lease this node holds, its local lock being held, if enough
+/// of the lease is left to handle an event: the ticket, with no request to Redis. `None`: take
+/// it with [`take`]. Not async, so that the caller awaits (and boxes) nothing on the path most
+/// events take.
+pub(super) fn held(session: &Session, cluster: &Cluster) -> Option<u64> {
     let lease = &session.lease;
     let mine = lease.ticket.load(Ordering::Acquire);
     if mine != 0
@@ -73,8 +75,19 @@ pub(super) async fn take(session: &Session, cluster: &Cluster) -> Result<u64, Hu
         && cluster.clock_ms() + millis(FAST_LEFT) <= lease.until.load(Ordering::Acquire)
     {
         lease.busy.store(true, Ordering::Release);
+        return Some(mine);
+    }
+    None
+}
+
+/// Takes the session's inbox in Redis for a client event, its local lock being held: under the
+/// lease this node holds ([`held`]), or by a ticket. Returns the ticket.
+pub(super) async fn take(session: &Session, cluster: &Cluster) -> Result<u64, HubError> {
+    let lease = &session.lease;
+    if let Some(mine) = held(session, cluster) {
         return Ok(mine);
     }
+    let mine = lease.ticket.load(Ordering::Acquire);
     // Whatever happens in Redis now, the old lease is not to be used again.
     lease.ticket.store(0, Ordering::Release);
     let epoch = lease.rooms_epoch.load(Ordering::Acquire);

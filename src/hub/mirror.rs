@@ -126,7 +126,7 @@ impl Hub {
                     state.syncing += 1;
                     state.early.get_or_insert_with(Vec::new);
                 }
-                let result = cluster.attach(&sid, request.transport, cursor, self.cluster_ttl()).await;
+                let result = cluster.attach(&sid, request.transport, cursor, self.cluster_ttl(), self.inner.config.buffer).await;
                 let held = match result {
                     Ok(Attached::Held(held)) => held,
                     other => {
@@ -304,7 +304,7 @@ impl Hub {
         let Some(cluster) = self.inner.cluster.clone() else { return };
         let hub = self.clone();
         tokio::spawn(async move {
-            let Ok(Some((first, events))) = cluster.fetch(&session.sid, after).await else { return };
+            let Ok(Some((first, events))) = cluster.fetch(&session.sid, after, hub.inner.config.buffer).await else { return };
             let mut state = lock(&session.state);
             if state.removed || state.early.is_some() {
                 return;

@@ -49,7 +49,7 @@
 //! | `counters.rs` | the metrics recorded on every attach and detach |
 //! | `mirror.rs` | cluster mode, the hub's side: the table as this node's mirror of the sessions it serves |
 //! | `lease.rs` | cluster mode: a session's inbox kept by the node that handled its last client event, handed over when another node asks |
-//! | `cluster/` | cluster mode, the Redis side: the connection and one method per session operation (`mod.rs`), the Lua scripts and key layout (`scripts.rs`), the commands to a standalone Redis sent in batches (`batch.rs`), the node's subscription, heartbeat, lease renewals, cluster-wide expiry and shutdown (`node.rs`), the nodes' addresses (`peers.rs`) |
+//! | `cluster/` | cluster mode, the Redis side: the connection and one method per session operation (`mod.rs`), the Lua scripts and key layout (`scripts.rs`), the commands to a standalone Redis sent in batches (`batch.rs`), the emits' own connection to it (`link.rs`), the node's subscription, heartbeat, lease renewals, cluster-wide expiry and shutdown (`node.rs`), the nodes' addresses (`peers.rs`) |
 //!
 //! The hub imports nothing of the crate but [`protocol`](crate::protocol): it sits at the bottom,
 //! under the transports, the app, upstream forwarding and the gateway, which all reach sessions

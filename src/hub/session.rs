@@ -162,7 +162,7 @@ impl Hub {
     /// cluster's view, the same on every node; `None` also when Redis cannot be reached.
     pub async fn info(&self, sid: &Sid) -> Option<SessionInfo> {
         if let Some(cluster) = &self.inner.cluster {
-            let info = Box::pin(cluster.info(sid)).await.ok()??;
+            let info = Box::pin(cluster.info(sid, self.inner.config.buffer)).await.ok()??;
             return Some(SessionInfo {
                 transport: info.transport,
                 last_seq: info.last_seq,
@@ -343,7 +343,10 @@ impl SessionHandle {
         };
         let ticket = match &self.cluster {
             None => None,
-            Some(cluster) => Some(Box::pin(lease::take(&self.session, cluster)).await?),
+            Some(cluster) => Some(match lease::held(&self.session, cluster) {
+                Some(ticket) => ticket,
+                None => Box::pin(lease::take(&self.session, cluster)).await?,
+            }),
         };
         Ok(Inbox { handle: self, guard: Some(guard), ticket })
     }

@@ -39,6 +39,12 @@ impl RedisServer {
         RedisServer::start_with(free_port(), Vec::new()).await
     }
 
+    /// A standalone Redis started with `extra` configuration (`--user ...`, say), given again on
+    /// a restart.
+    pub async fn start_with_args(extra: &[&str]) -> RedisServer {
+        RedisServer::start_with(free_port(), extra.iter().map(|&a| a.to_owned()).collect()).await
+    }
+
     async fn start_with(port: u16, extra: Vec<String>) -> RedisServer {
         let dir = TempDir::new("redis");
         let child = spawn(port, &extra, &dir);

@@ -19,11 +19,17 @@
 //! server error answers its own command only (a `NOSCRIPT` is then retried by the caller's
 //! script invocation, which loads the script through here too); a connection error answers
 //! every command of its batch.
+//!
+//! The emits go over a connection of their own, written and read by hand (`link.rs`), when
+//! Redis is reached over plain TCP; with TLS (`rediss://`) they are calls in the pipeline of
+//! the `redis` crate's connection like every other command. Either way one batch is one write,
+//! and the emits of a batch one script call.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, RedisError, RedisFuture, RedisResult, Value};
@@ -32,6 +38,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use crate::protocol::Sid;
 
 use super::super::event::Body;
+use super::link::{self, Caller, Emitted, Failure, Link, Target};
 
 /// The most commands in one batch: a bound on the write and on what one slow batch holds up.
 const MAX_BATCH: usize = 256;
@@ -41,13 +48,13 @@ const MAX_BATCH: usize = 256;
 /// into batches under load.
 const IN_FLIGHT: usize = 2;
 
+/// How long emits fail at once after the emit connection could not be opened, before the next
+/// batch tries again.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
 type Answer = oneshot::Sender<RedisResult<Value>>;
 
-/// What an emit answers: the event's number and whether the emitting node holds the session's
-/// transport; `None` when the session is gone.
-pub(super) type Emitted = Option<(u64, bool)>;
-
-type EmitAnswer = oneshot::Sender<RedisResult<Emitted>>;
+type EmitAnswer = Caller;
 
 /// A command waiting for its batch, and where its answer goes.
 enum Job {
@@ -81,7 +88,7 @@ enum Slot {
 struct Sent {
     answers: Vec<Slot>,
     reply: Pin<Box<dyn Future<Output = RedisResult<Vec<Value>>> + Send>>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Arc<OwnedSemaphorePermit>,
 }
 
 /// The sending side: cheap to clone; the tasks end when every clone is dropped.
@@ -96,11 +103,13 @@ type Sha = Arc<str>;
 
 impl Batcher {
     /// Starts the tasks that send the commands over `conn` and hand out the answers (on the
-    /// current Tokio runtime).
-    pub(super) fn start(conn: ConnectionManager, emit_many: Sha) -> Batcher {
+    /// current Tokio runtime). The emits go over a connection of their own to `target` if given
+    /// (see `link.rs`), else over `conn` too.
+    pub(super) fn start(conn: ConnectionManager, emit_many: Sha, target: Option<Target>) -> Batcher {
         let (jobs, queue) = mpsc::unbounded_channel();
         let (sent, replies) = mpsc::unbounded_channel();
-        tokio::spawn(send(conn, emit_many, queue, sent));
+        let emits = target.map(|target| Emits { target, link: None, retry_at: None, out: Vec::new() });
+        tokio::spawn(send(conn, emit_many, emits, queue, sent));
         tokio::spawn(answer(replies));
         Batcher { jobs }
     }
@@ -115,22 +124,94 @@ impl Batcher {
     }
 
     /// Appends one event with the next batch (see [`Emit`]).
-    pub(super) async fn emit(&self, emit: Emit) -> RedisResult<Emitted> {
+    pub(super) async fn emit(&self, emit: Emit) -> Result<Emitted, Failure> {
+        let gone = || Failure::Redis("the batching task is gone".to_owned());
         let (answer, answered) = oneshot::channel();
         self.jobs.send(Job::Emit(emit, answer)).map_err(|_| gone())?;
         answered.await.map_err(|_| gone())?
     }
 }
 
+/// The emit connection (`link.rs`) as the batching task keeps it.
+struct Emits {
+    target: Target,
+    /// The connection, once opened; replaced when it failed.
+    link: Option<Link>,
+    /// Until when emits fail at once: opening the connection failed.
+    retry_at: Option<Instant>,
+    /// The batch's calls as RESP, reused from batch to batch.
+    out: Vec<u8>,
+}
+
+impl Emits {
+    /// Writes the batch's emits, as one `emit_many` call for each run of them with the same node
+    /// id and buffer, and hands their callers to the connection's reader.
+    async fn send(&mut self, sha: &str, emits: Vec<(Emit, EmitAnswer)>, entry: &mut Vec<u8>, permit: Arc<OwnedSemaphorePermit>) {
+        self.out.clear();
+        let mut calls: Vec<Vec<Caller>> = Vec::new();
+        let mut emits = emits.into_iter().peekable();
+        while let Some((first, answer)) = emits.next() {
+            let mut run = vec![(first, answer)];
+            while let Some((next, _)) = emits.peek() {
+                if next.node != run[0].0.node || next.buffer != run[0].0.buffer {
+                    break;
+                }
+                run.push(emits.next().expect("peeked"));
+            }
+            let (node, buffer) = (run[0].0.node.clone(), run[0].0.buffer);
+            link::array(&mut self.out, 5 + 3 * run.len());
+            link::bulk(&mut self.out, b"EVALSHA");
+            link::bulk(&mut self.out, sha.as_bytes());
+            link::bulk(&mut self.out, b"0");
+            link::bulk(&mut self.out, node.as_bytes());
+            link::bulk(&mut self.out, itoa::Buffer::new().format(buffer).as_bytes());
+            let mut callers = Vec::with_capacity(run.len());
+            for (emit, answer) in run {
+                link::bulk(&mut self.out, emit.sid.as_str().as_bytes());
+                entry.clear();
+                emit.body.write_entry(entry);
+                link::bulk(&mut self.out, entry);
+                link::bulk(&mut self.out, itoa::Buffer::new().format(emit.mark).as_bytes());
+                callers.push(answer);
+            }
+            calls.push(callers);
+        }
+        if self.link.as_ref().is_none_or(Link::is_dead) {
+            self.link = None;
+            if self.retry_at.is_some_and(|at| Instant::now() < at) {
+                link::fail_all(calls, &Failure::Redis("Redis is unreachable".to_owned()));
+                return;
+            }
+            match Link::open(&self.target).await {
+                Ok(opened) => {
+                    self.link = Some(opened);
+                    self.retry_at = None;
+                }
+                Err(failure) => {
+                    self.retry_at = Some(Instant::now() + RECONNECT_PAUSE);
+                    link::fail_all(calls, &failure);
+                    return;
+                }
+            }
+        }
+        let link = self.link.as_mut().expect("opened above");
+        link.send(&self.out, calls, permit).await;
+    }
+}
+
 /// Makes batches of what waits, once one of the [`IN_FLIGHT`] places is free, and puts each on
 /// the connection before the next is made (its first poll queues it there), so they reach
 /// Redis in order.
-async fn send(conn: ConnectionManager, emit_many: Sha, mut queue: mpsc::UnboundedReceiver<Job>, sent: mpsc::UnboundedSender<Sent>) {
+async fn send(conn: ConnectionManager, emit_many: Sha, mut own: Option<Emits>, mut queue: mpsc::UnboundedReceiver<Job>, sent: mpsc::UnboundedSender<Sent>) {
     let places = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut batch = Vec::new();
     let mut entry = Vec::new();
     while let Some(first) = queue.recv().await {
         let Ok(permit) = places.clone().acquire_owned().await else { return };
+        let permit = Arc::new(permit);
+        // The tasks woken with this one (the connections whose events just came in) run first
+        // and queue their emits: a batch then holds them, rather than the next batch.
+        tokio::task::yield_now().await;
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -140,8 +221,10 @@ async fn send(conn: ConnectionManager, emit_many: Sha, mut queue: mpsc::Unbounde
         }
         let mut cmds = Vec::with_capacity(batch.len());
         let mut answers = Vec::with_capacity(batch.len());
-        // The emits, one script call for each run of them with the same node id and buffer
-        // (one call, but for the moment a node takes a new id).
+        let mut emits = Vec::new();
+        // Without a connection of their own, the emits are calls in the pipeline: one call for
+        // each run of them with the same node id and buffer (one call, but for the moment a node
+        // takes a new id).
         let mut call: Option<(Cmd, Vec<EmitAnswer>, Arc<str>, usize)> = None;
         for job in batch.drain(..) {
             match job {
@@ -149,6 +232,7 @@ async fn send(conn: ConnectionManager, emit_many: Sha, mut queue: mpsc::Unbounde
                     cmds.push(cmd);
                     answers.push(Slot::One(answer));
                 }
+                Job::Emit(emit, answer) if own.is_some() => emits.push((emit, answer)),
                 Job::Emit(emit, answer) => {
                     if call.as_ref().is_some_and(|(_, _, node, buffer)| *node != emit.node || *buffer != emit.buffer) {
                         let (cmd, callers, _, _) = call.take().expect("a call");
@@ -170,6 +254,12 @@ async fn send(conn: ConnectionManager, emit_many: Sha, mut queue: mpsc::Unbounde
         if let Some((cmd, callers, _, _)) = call {
             cmds.push(cmd);
             answers.push(Slot::Emits(callers));
+        }
+        if let (Some(own), false) = (own.as_mut(), emits.is_empty()) {
+            own.send(&emit_many, emits, &mut entry, permit.clone()).await;
+        }
+        if cmds.is_empty() {
+            continue;
         }
         let mut conn = conn.clone();
         let mut reply: Pin<Box<dyn Future<Output = RedisResult<Vec<Value>>> + Send>> = if cmds.len() == 1 {
@@ -234,11 +324,19 @@ fn hand_out_emits(answers: Vec<EmitAnswer>, value: Value) {
             }
         }
         Value::ServerError(err) => {
-            for answer in answers {
-                let _ = answer.send(Err(err.clone().into()));
-            }
+            let err = RedisError::from(err);
+            link::fail_all([answers], &emit_failure(&err));
         }
         _ => fail(Slot::Emits(answers), &broken("emit_many answered something else")),
+    }
+}
+
+/// An emit's failure as the `redis` crate's connection reports it.
+fn emit_failure(err: &RedisError) -> Failure {
+    if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+        Failure::NoScript
+    } else {
+        Failure::Redis(err.to_string())
     }
 }
 
@@ -247,7 +345,7 @@ fn fail(slot: Slot, err: &RedisError) {
     let copy = || RedisError::from((err.kind(), "a batch failed", err.to_string()));
     match slot {
         Slot::One(answer) => drop(answer.send(Err(copy()))),
-        Slot::Emits(answers) => answers.into_iter().for_each(|answer| drop(answer.send(Err(copy())))),
+        Slot::Emits(answers) => link::fail_all([answers], &emit_failure(err)),
     }
 }
 

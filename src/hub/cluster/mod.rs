@@ -38,6 +38,7 @@
 
 mod answers;
 mod batch;
+mod link;
 mod node;
 mod peers;
 mod scripts;
@@ -221,7 +222,7 @@ impl Cluster {
                 .set_max_delay(Duration::from_millis(500));
             let manager = first.get_connection_manager_with_config(config).await?;
             let emit_many = Arc::from(scripts.emit_many.get_hash());
-            Conn::Single(manager.clone(), batch::Batcher::start(manager, emit_many))
+            Conn::Single(manager.clone(), batch::Batcher::start(manager, emit_many, link::Target::of(first)))
         };
         let node = new_node_id();
         tracing::info!(%node, clustered, servers = urls.len(), "cluster mode: connected to Redis");
@@ -282,11 +283,14 @@ impl Cluster {
 
     fn record<T>(&self, op: &'static str, started: Instant, result: redis::RedisResult<T>) -> Result<T, HubError> {
         metrics::histogram!("switchyard_redis_command_seconds", "op" => op).record(started.elapsed().as_secs_f64());
-        result.map_err(|err| {
-            metrics::counter!("switchyard_redis_errors_total", "op" => op).increment(1);
-            tracing::warn!(op, %err, "Redis command failed");
-            HubError::Unavailable
-        })
+        result.map_err(|err| self.failed(op, &err))
+    }
+
+    /// Counts and logs a failed request.
+    fn failed(&self, op: &'static str, err: &dyn std::fmt::Display) -> HubError {
+        metrics::counter!("switchyard_redis_errors_total", "op" => op).increment(1);
+        tracing::warn!(op, %err, "Redis command failed");
+        HubError::Unavailable
     }
 
     /// Records a new session, held by this node.
@@ -315,12 +319,13 @@ impl Cluster {
     }
 
     /// Attaches this node to session `sid` from `cursor` (`None`: after what was last handed
-    /// out); a transport held elsewhere is told it was superseded.
-    pub(super) async fn attach(&self, sid: &Sid, transport: Transport, cursor: Option<u64>, ttl: Duration) -> Result<Attached, HubError> {
+    /// out); a transport held elsewhere is told it was superseded. `buffer`: how many events a
+    /// session keeps (`--buffer`).
+    pub(super) async fn attach(&self, sid: &Sid, transport: Transport, cursor: Option<u64>, ttl: Duration, buffer: usize) -> Result<Attached, HubError> {
         let mut invocation = self.inner.scripts.attach.prepare_invoke();
         keys(&mut invocation, sid);
         let cursor = cursor.map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX));
-        invocation.arg(&*self.node()).arg(transport.as_str()).arg(cursor).arg(millis(ttl)).arg(sid.as_str());
+        invocation.arg(&*self.node()).arg(transport.as_str()).arg(cursor).arg(millis(ttl)).arg(sid.as_str()).arg(buffer);
         let reply = array(self.run("attach", &invocation).await?);
         match reply.first().map(int) {
             Some(-1) | None => return Ok(Attached::Missing),
@@ -361,26 +366,33 @@ impl Cluster {
     /// handled, if not 0) and wakes the node holding its transport. Returns the event's number
     /// and whether this node holds the transport.
     pub(super) async fn emit(&self, sid: &Sid, body: &Arc<Body>, buffer: usize, mark: u64) -> Result<(u64, bool), HubError> {
-        let node = self.node();
-        let reply = match &self.inner.conn {
+        if let Conn::Single(_, batcher) = &self.inner.conn {
             // Merged with the batch's other emits into one script call (see `batch.rs`).
-            Conn::Single(_, batcher) => {
-                let started = Instant::now();
-                let emit = batch::Emit { node: node.clone(), buffer, sid: sid.clone(), body: body.clone(), mark };
-                match batcher.emit(emit).await {
-                    Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                        // Redis lost its scripts (a restart): load the batch's script for the
-                        // next ones, and append this event with the one-event script.
-                        let mut conn = self.inner.conn.clone();
-                        let _ = self.inner.scripts.emit_many.load_async(&mut conn).await;
-                        self.emit_one(sid, body, buffer, mark, &node).await?
-                    }
-                    result => return self.record("emit", started, result)?.ok_or(HubError::NoSession),
+            let started = Instant::now();
+            let emit = batch::Emit { node: self.node(), buffer, sid: sid.clone(), body: body.clone(), mark };
+            match batcher.emit(emit).await {
+                // Redis lost its scripts (a restart): the cold path below.
+                Err(link::Failure::NoScript) => {}
+                result => {
+                    emit_seconds().record(started.elapsed().as_secs_f64());
+                    return result.map_err(|err| self.failed("emit", &err))?.ok_or(HubError::NoSession);
                 }
             }
-            Conn::Cluster(_) => self.emit_one(sid, body, buffer, mark, &node).await?,
-        };
-        let reply = array(reply);
+        }
+        // Boxed: the path every emit takes stays a small future.
+        Box::pin(self.emit_alone(sid, body, buffer, mark)).await
+    }
+
+    /// An emit with the one-event `emit` script: every emit on a Redis Cluster, and on a
+    /// standalone Redis the one that found the batch's script gone (which is loaded again here
+    /// for the next batches).
+    async fn emit_alone(&self, sid: &Sid, body: &Body, buffer: usize, mark: u64) -> Result<(u64, bool), HubError> {
+        let node = self.node();
+        if let Conn::Single(..) = &self.inner.conn {
+            let mut conn = self.inner.conn.clone();
+            let _ = self.inner.scripts.emit_many.load_async(&mut conn).await;
+        }
+        let reply = array(self.emit_one(sid, body, buffer, mark, &node).await?);
         match reply.first().map(int) {
             Some(seq) if seq > 0 => {
                 let mine = match reply.get(1) {
@@ -403,11 +415,11 @@ impl Cluster {
     }
 
     /// The buffered events of `sid` after `after`: the number of the first returned, and the
-    /// events. `None`: the session is gone.
-    pub(super) async fn fetch(&self, sid: &Sid, after: u64) -> Result<Option<(u64, Vec<Arc<Body>>)>, HubError> {
+    /// events. `None`: the session is gone. `buffer`: how many events a session keeps.
+    pub(super) async fn fetch(&self, sid: &Sid, after: u64, buffer: usize) -> Result<Option<(u64, Vec<Arc<Body>>)>, HubError> {
         let mut invocation = self.inner.scripts.fetch.prepare_invoke();
         keys(&mut invocation, sid);
-        invocation.arg(after);
+        invocation.arg(after).arg(buffer);
         let reply = array(self.run("fetch", &invocation).await?);
         match reply.first().map(int) {
             Some(last) if last >= 0 => {
@@ -597,10 +609,12 @@ impl Cluster {
         }
     }
 
-    /// A snapshot of one session; `None` when it is gone.
-    pub(super) async fn info(&self, sid: &Sid) -> Result<Option<Info>, HubError> {
+    /// A snapshot of one session; `None` when it is gone. `buffer`: how many events a session
+    /// keeps.
+    pub(super) async fn info(&self, sid: &Sid, buffer: usize) -> Result<Option<Info>, HubError> {
         let mut invocation = self.inner.scripts.info.prepare_invoke();
         keys(&mut invocation, sid);
+        invocation.arg(buffer);
         let reply = array(self.run("info", &invocation).await?);
         if reply.is_empty() {
             return Ok(None);
@@ -681,6 +695,14 @@ impl Cluster {
         }
         self.cmd("admin", &cmd).await.map(drop)
     }
+}
+
+/// The `emit` series of `switchyard_redis_command_seconds`, registered once: the macro builds and
+/// looks up its key on every call, and an emit is the request of every event. Taken at the first
+/// emit, after the gateway installed its recorder (see `metrics.rs`).
+fn emit_seconds() -> &'static metrics::Histogram {
+    static EMIT: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
+    EMIT.get_or_init(|| metrics::histogram!("switchyard_redis_command_seconds", "op" => "emit"))
 }
 
 /// The hash of the nodes' operator-page reports, by node id.

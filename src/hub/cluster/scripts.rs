@@ -12,8 +12,8 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `sy:{SID}:s` | hash | `seq` last event number, `recv` highest client `seq` handled, `gen` attachment generation, `owner` node holding the transport (`""`: none), `tr` its transport, `since` attached since (ms), `det` detached at (ms), `dlv` highest event number handed out, `sub` auth subject, `tk`/`srv`/`hold`/`inb` the inbox's ticket lock and the node holding the served ticket as a lease |
-//! | `sy:{SID}:b` | list | the buffer: `name\ndata` (`name\tACK\ndata` for an event with an ack) of the last `--buffer` events, oldest first |
+//! | `sy:{SID}:s` | hash | `base` the number of events trimmed from the buffer's front (the last event's number is `base` plus the buffer's length), `lst` set once the buffer list was first made, `recv` highest client `seq` handled, `gen` attachment generation, `owner` node holding the transport (`""`: none), `tr` its transport, `since` attached since (ms), `det` detached at (ms), `dlv` highest event number handed out, `sub` auth subject, `tk`/`srv`/`hold`/`inb` the inbox's ticket lock and the node holding the served ticket as a lease |
+//! | `sy:{SID}:b` | list | the buffer: `name\ndata` (`name\tACK\ndata` for an event with an ack) of the last events, oldest first: the last `--buffer` of them are kept, and up to an eighth more wait for the next trim (see [`APPEND`]) |
 //! | `sy:{SID}:r` | set | the session's rooms |
 //! | `sy:{SID}:w` | hash | inbox tickets waiting: ticket -> alive until (ms) |
 //!
@@ -70,25 +70,26 @@ impl Scripts {
             create: script(
                 r"
 local now = now_ms()
-redis.call('HSET', KEYS[1], 'seq', 0, 'recv', 0, 'gen', 1, 'owner', ARGV[1], 'tr', ARGV[2], 'since', now,
+redis.call('HSET', KEYS[1], 'base', 0, 'recv', 0, 'gen', 1, 'owner', ARGV[1], 'tr', ARGV[2], 'since', now,
            'dlv', 0, 'tk', 0, 'srv', 1, 'hold', 0)
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'sub', ARGV[4]) end
 touch(tonumber(ARGV[3]))
 return 1
 ",
             ),
-            // ARGV: node, transport, cursor (-1: none), ttl, sid.
+            // ARGV: node, transport, cursor (-1: none), ttl, sid, buffer.
             // Returns {-1} no session; {-2} cursor beyond the last event; else
             // {gen, last, recv, start, previous transport, subject, entries after start...}
-            // where entries are the buffered events after `start`, the first of them numbered
-            // max(start + 1, first buffered).
-            attach: script(
+            // where entries are the kept events after `start`, the first of them numbered
+            // max(start + 1, first kept).
+            attach: script(&format!(
                 r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
-local h = redis.call('HMGET', KEYS[1], 'seq', 'recv', 'owner', 'tr', 'dlv', 'sub')
-local last = tonumber(h[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{-1}} end
+local h = redis.call('HMGET', KEYS[1], 'base', 'recv', 'owner', 'tr', 'dlv', 'sub', 'lst')
+{SPAN}
+local last, first, base = span(tonumber(h[1]), h[7], tonumber(ARGV[6]))
 local cursor = tonumber(ARGV[3])
-if cursor > last then return {-2} end
+if cursor > last then return {{-2}} end
 local start = cursor
 if start < 0 then start = tonumber(h[5]) end
 local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)
@@ -100,17 +101,15 @@ if prev and prev ~= '' and prev ~= ARGV[1] then
   redis.call('PUBLISH', 'sy:node:' .. prev, 's\n' .. ARGV[5] .. '\n' .. gen)
 end
 touch(tonumber(ARGV[4]))
-local len = redis.call('LLEN', KEYS[2])
-local first = last - len + 1
 local from = math.max(start + 1, first)
-local out = {gen, last, tonumber(h[2]), start, h[4] or '', h[6] or ''}
+local out = {{gen, last, tonumber(h[2]), start, h[4] or '', h[6] or ''}}
 if from <= last then
-  local entries = redis.call('LRANGE', KEYS[2], from - first, -1)
+  local entries = redis.call('LRANGE', KEYS[2], from - base - 1, -1)
   for i = 1, #entries do out[#out + 1] = entries[i] end
 end
 return out
-",
-            ),
+"
+            )),
             // ARGV: node, gen, delivered, ttl, grace. Returns the expiry deadline (ms) if this
             // attachment still held the session, else 0.
             detach: script(
@@ -126,52 +125,42 @@ return now + tonumber(ARGV[5])
             ),
             // ARGV: node, entry, buffer, recv mark (0: none), sid.
             // Returns {seq, owner} or {-1} when the session is gone.
-            emit: script(
+            emit: script(&format!(
                 r"
-local h = redis.call('HMGET', KEYS[1], 'seq', 'owner', 'recv')
-if not h[1] then return {-1} end
-local seq = tonumber(h[1]) + 1
-local mark = tonumber(ARGV[4])
-if mark > tonumber(h[3] or '0') then
-  redis.call('HSET', KEYS[1], 'seq', seq, 'recv', mark)
-else
-  redis.call('HSET', KEYS[1], 'seq', seq)
-end
-local len = redis.call('RPUSH', KEYS[2], ARGV[2])
+local h = redis.call('HMGET', KEYS[1], 'base', 'owner', 'recv')
+if not h[1] then return {{-1}} end
+{APPEND}
 local buffer = tonumber(ARGV[3])
-if len > buffer then redis.call('LTRIM', KEYS[2], len - buffer, -1) end
+local seq = append(KEYS[1], KEYS[2], tonumber(h[1]), ARGV[2], buffer, buffer + math.floor(buffer / 8))
+local mark = ARGV[4]
+if mark ~= '0' and tonumber(mark) > tonumber(h[3] or '0') then redis.call('HSET', KEYS[1], 'recv', mark) end
 local owner = h[2] or ''
 if owner ~= '' and owner ~= ARGV[1] then
   redis.call('PUBLISH', 'sy:node:' .. owner, 'e\n' .. ARGV[5] .. '\n' .. seq .. '\n' .. ARGV[2])
 end
-if len == 1 then redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1])) end
-return {seq, owner}
-",
-            ),
+return {{seq, owner}}
+"
+            )),
             // `emit` for several events at once, in order (a standalone Redis only: the keys span
             // slots and are made here from the sids; see `batch.rs`). No KEYS. ARGV: node,
             // buffer, then each event's sid, entry and recv mark. Returns {seq, mine} per event
             // (mine: 1 if this node holds the transport, else 0; {-1, 0}: the session is gone).
-            emit_many: script(
+            emit_many: script(&format!(
                 r"
-local out = {}
+{APPEND}
+local out = {{}}
 local node, buffer = ARGV[1], tonumber(ARGV[2])
+local keep = buffer + math.floor(buffer / 8)
 for a = 3, #ARGV, 3 do
-  local sid, entry, mark = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  local s, b = 'sy:{' .. sid .. '}:s', 'sy:{' .. sid .. '}:b'
-  local h = redis.call('HMGET', s, 'seq', 'owner', 'recv')
+  local sid, entry, mark = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local s = 'sy:{{' .. sid .. '}}:s'
+  local h = redis.call('HMGET', s, 'base', 'owner', 'recv')
   if not h[1] then
     out[#out + 1] = -1
     out[#out + 1] = 0
   else
-    local seq = tonumber(h[1]) + 1
-    if mark > tonumber(h[3] or '0') then
-      redis.call('HSET', s, 'seq', seq, 'recv', mark)
-    else
-      redis.call('HSET', s, 'seq', seq)
-    end
-    local len = redis.call('RPUSH', b, entry)
-    if len > buffer then redis.call('LTRIM', b, len - buffer, -1) end
+    local seq = append(s, 'sy:{{' .. sid .. '}}:b', tonumber(h[1]), entry, buffer, keep)
+    if mark ~= '0' and tonumber(mark) > tonumber(h[3] or '0') then redis.call('HSET', s, 'recv', mark) end
     local owner = h[2] or ''
     local mine = 0
     if owner == node then
@@ -179,30 +168,30 @@ for a = 3, #ARGV, 3 do
     elseif owner ~= '' then
       redis.call('PUBLISH', 'sy:node:' .. owner, 'e\n' .. sid .. '\n' .. seq .. '\n' .. entry)
     end
-    if len == 1 then redis.call('PEXPIRE', b, redis.call('PTTL', s)) end
     out[#out + 1] = seq
     out[#out + 1] = mine
   end
 end
 return out
-",
-            ),
-            // ARGV: after. Returns {last, first entry's number, entries after `after`...} or {-1}.
-            fetch: script(
+"
+            )),
+            // ARGV: after, buffer. Returns {last, first entry's number, entries after `after`...}
+            // or {-1}.
+            fetch: script(&format!(
                 r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
-local last = tonumber(redis.call('HGET', KEYS[1], 'seq'))
-local len = redis.call('LLEN', KEYS[2])
-local first = last - len + 1
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{-1}} end
+{SPAN}
+local h = redis.call('HMGET', KEYS[1], 'base', 'lst')
+local last, first, base = span(tonumber(h[1]), h[2], tonumber(ARGV[2]))
 local from = math.max(tonumber(ARGV[1]) + 1, first)
-local out = {last, from}
+local out = {{last, from}}
 if from <= last then
-  local entries = redis.call('LRANGE', KEYS[2], from - first, -1)
+  local entries = redis.call('LRANGE', KEYS[2], from - base - 1, -1)
   for i = 1, #entries do out[#out + 1] = entries[i] end
 end
 return out
-",
-            ),
+"
+            )),
             // The inbox's ticket lock: client events of a session are handled one at a time in
             // the order they took tickets, whichever nodes they arrived at. A ticket is served
             // when `srv` reaches it; one whose holder (or waiter) stopped renewing its lease is
@@ -312,17 +301,20 @@ if removed == 1 then {ROOMS_CHANGED} end
 return removed
 "
             )),
-            // Returns {} when gone, else {owner, tr, seq, buffered, det, since, now, subject, rooms...}.
-            info: script(
+            // ARGV: buffer. Returns {} when gone, else {owner, tr, seq, buffered, det, since, now,
+            // subject, rooms...}.
+            info: script(&format!(
                 r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-local h = redis.call('HMGET', KEYS[1], 'owner', 'tr', 'seq', 'det', 'since', 'sub')
-local out = {h[1] or '', h[2] or '', h[3] or '0', redis.call('LLEN', KEYS[2]), h[4] or '', h[5] or '', now_ms(), h[6] or ''}
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{}} end
+local h = redis.call('HMGET', KEYS[1], 'owner', 'tr', 'base', 'det', 'since', 'sub', 'lst')
+{SPAN}
+local last, first = span(tonumber(h[3]), h[7], tonumber(ARGV[1]))
+local out = {{h[1] or '', h[2] or '', last, last - first + 1, h[4] or '', h[5] or '', now_ms(), h[6] or ''}}
 local rooms = redis.call('SMEMBERS', KEYS[3])
 for i = 1, #rooms do out[#out + 1] = rooms[i] end
 return out
-",
-            ),
+"
+            )),
             // Whether the session exists, and its subject: {} when gone, else {subject}.
             lookup: script(
                 r"
@@ -408,6 +400,49 @@ local function try(t, srv, now, lease, node, sid)
     srv = srv + 1
     redis.call('HSET', KEYS[1], 'srv', srv, 'hold', 0, 'inb', '')
   end
+end
+";
+
+/// Appends an event to a session's buffer, shared by `emit` and `emit_many`: `append(s, b, base,
+/// entry, buffer, keep)` with `base` as read from the hash; returns the event's number,
+/// `base` plus the list's length. The number is not stored: an event costs the hash's read and
+/// the list's push alone. The list is trimmed back to `buffer` once it holds more than `keep`
+/// (an eighth more), moving `base` on by what was cut, so a trim's cost is shared by an eighth
+/// of a buffer's events; readers look at the last `buffer` entries only ([`SPAN`]). A trim never
+/// empties the list (`buffer` is at least 1), so a push that makes a new list is the session's
+/// first, or follows the list's loss (an eviction; its TTL lapsing a moment before the
+/// hash's): then the numbers go on past any the lost list can have held, so none is used twice
+/// (the readers see a gap).
+const APPEND: &str = r"
+local function append(s, b, base, entry, buffer, keep)
+  local len = redis.call('RPUSH', b, entry)
+  if len == 1 then
+    if redis.call('HSETNX', s, 'lst', 1) == 0 then
+      base = base + keep
+      redis.call('HSET', s, 'base', base)
+    end
+    redis.call('PEXPIRE', b, redis.call('PTTL', s))
+  elseif len > keep then
+    redis.call('LTRIM', b, len - buffer, -1)
+    redis.call('HINCRBY', s, 'base', len - buffer)
+  end
+  return base + len
+end
+";
+
+/// The numbers of a session's buffer, shared by its readers: `span(base, lst, buffer)` (`lst` as
+/// read from the hash) returns the last event's number, the first kept one's (at most `buffer`
+/// before it: what the list holds beyond that waits for [`APPEND`]'s next trim) and `base`, the
+/// number before the list's first entry (list index `n - base - 1` holds event `n`). A list
+/// that was made once and is gone was lost: the numbers are read as [`APPEND`] will go on from
+/// them, past every number it can have held, so that a client's cursor is not taken for one
+/// beyond the last event.
+const SPAN: &str = r"
+local function span(base, lst, buffer)
+  local len = redis.call('LLEN', KEYS[2])
+  if len == 0 and lst then base = base + buffer + math.floor(buffer / 8) end
+  local last = base + len
+  return last, last - math.min(len, math.max(buffer, 1)) + 1, base
 end
 ";
 
