@@ -50,7 +50,13 @@ impl HeadTimer {
 
 impl Timer for HeadTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
-        self.sleep_until(Instant::now() + duration)
+        self.sleep_until(self.now() + duration)
+    }
+
+    /// tokio's clock, which the deadlines are set on (the same as `std`'s, except in a test
+    /// that pauses tokio's).
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
@@ -98,7 +104,6 @@ impl Sleep for HeadDeadline {}
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
     use std::pin::Pin;
     use std::task::{Context, Poll};
     use std::time::Duration;

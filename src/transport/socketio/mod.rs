@@ -192,9 +192,7 @@ async fn get<H: Handler>(endpoint: Endpoint<H>, request: Request, peer: Option<S
         }
         (Carrier::WebSocket, sid) => {
             let sid = sid.map(Cow::into_owned);
-            let opening = Box::pin(Opening::of(&endpoint, &mut parts, peer)).await;
-            let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(|_| EngineIoError::BadRequest)?;
-            ws::upgrade(endpoint, upgrade, sid, opening)
+            Box::pin(websocket(endpoint, parts, sid, peer)).await
         }
         (Carrier::Polling, None) => {
             let (session, inbox_rx) = open(&endpoint, Carrier::Polling)?;
@@ -215,6 +213,15 @@ async fn get<H: Handler>(endpoint: Endpoint<H>, request: Request, peer: Option<S
             }
         },
     }
+}
+
+/// A WebSocket, new (`sid` none) or an upgrade of session `sid`, from the request `parts`.
+/// Boxed by [`get`], as [`elsewhere`] is: what it holds across its waits (the opening's
+/// headers, the request) would otherwise be part of every poll's future.
+async fn websocket<H: Handler>(endpoint: Endpoint<H>, mut parts: axum::http::request::Parts, sid: Option<String>, peer: Option<SocketAddr>) -> Result<Response, Error> {
+    let opening = Opening::of(&endpoint, &mut parts, peer).await;
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(|_| EngineIoError::BadRequest)?;
+    ws::upgrade(endpoint, upgrade, sid, opening)
 }
 
 /// `POST`: packets over long-polling (passed to the node holding the session, if another does).
