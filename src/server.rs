@@ -7,7 +7,8 @@
 //! a gateway on the open internet needs and `axum::serve` does not offer:
 //!
 //! * a **header read timeout**, so a client that opens a connection and sends headers slowly,
-//!   or nothing at all (slowloris), is dropped instead of holding a file descriptor forever;
+//!   or nothing at all (slowloris), is dropped instead of holding a file descriptor forever
+//!   (timed with one timer per connection, `server/head_timer.rs`);
 //! * a clean answer when the process runs out of **file descriptors**: one descriptor is kept in
 //!   reserve, and on `EMFILE` it is released to accept the waiting connection, answer `503` with
 //!   `Retry-After`, close it and take the reserve back, so the accept loop neither spins nor
@@ -30,7 +31,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,7 @@ use crate::gateway::Gateway;
 use crate::transport::socketio::EngineIo;
 
 mod event_stream;
+mod head_timer;
 mod https;
 mod service;
 pub mod tls;
@@ -208,9 +210,9 @@ impl Serving {
         // HTTP/1.1 only: browsers speak HTTP/2 only over TLS, which a terminating proxy in
         // front of the gateway handles; and hyper's HTTP/1 server applies the header timeout
         // from the first byte on, where version sniffing would wait unbounded for that byte.
+        // The timer is set per connection (`head_timer.rs`).
         let mut builder = http1::Builder::new();
         builder
-            .timer(TokioTimer::new())
             .header_read_timeout(gateway.config().header_timeout)
             .keep_alive(true)
             // hyper buffers up to ~400 KiB per connection by default when the peer reads slower
@@ -238,9 +240,11 @@ impl Serving {
                 event_stream::Next::Hyper(io) => io,
             };
             let service = service::Routes::new(self.router, self.engine_io, peer);
+            let mut builder = self.builder;
+            builder.timer(head_timer::HeadTimer::new(self.limits.header_timeout));
             // Boxed so that a connection served by `first_request` alone (an SSE stream) does
             // not carry room for hyper's connection state in its task.
-            let mut connection = Box::pin(self.builder.serve_connection(TokioIo::new(io), service).with_upgrades());
+            let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service).with_upgrades());
             let result = tokio::select! {
                 biased;
                 result = connection.as_mut() => result,

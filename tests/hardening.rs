@@ -202,6 +202,54 @@ async fn a_client_that_sends_headers_slowly_is_dropped_and_others_are_served() {
     }
 }
 
+/// A kept-alive connection is held to the header timeout for each head after the first: one
+/// that sends its next heads in time is served however long it lives, and one that then goes
+/// quiet, or sends half a head, is dropped.
+#[tokio::test]
+async fn a_kept_alive_connection_is_timed_on_each_head() {
+    const TIMEOUT: Duration = Duration::from_millis(400);
+    let server = TestServer::with_config(Config { header_timeout: TIMEOUT, ..Config::default() }).await;
+    let request = format!("GET /socket.io/?EIO=4&transport=polling&sid=unknown HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    let answered = |tcp: TcpStream| {
+        let request = request.clone();
+        async move {
+            let mut tcp = tcp;
+            tcp.write_all(request.as_bytes()).await.unwrap();
+            let head = within("an answer on the kept-alive connection", read_head(&mut tcp)).await;
+            assert!(head.starts_with("HTTP/1.1 400"), "{head:?}");
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|n| n.trim().parse().unwrap()))
+                .expect("a content-length");
+            let mut body = vec![0u8; length];
+            within("the answer's body", tcp.read_exact(&mut body)).await.unwrap();
+            tcp
+        }
+    };
+    let mut quiet = TcpStream::connect(server.addr).await.unwrap();
+    let mut half = TcpStream::connect(server.addr).await.unwrap();
+    // Heads half a timeout apart, for three timeouts: each is timed from its own start.
+    for _ in 0..6 {
+        quiet = answered(quiet).await;
+        half = answered(half).await;
+        tokio::time::sleep(TIMEOUT / 2).await;
+    }
+    half.write_all(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n").await.unwrap();
+    for conn in [&mut quiet, &mut half] {
+        let mut buf = [0u8; 256];
+        // Closed, or answered 408 and closed.
+        within("the server to drop a quiet or slow kept-alive connection", async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn stuck_readers_are_detached_and_memory_stays_bounded_while_others_are_served() {
     const STUCK: usize = 200;

@@ -9,19 +9,6 @@ use common::*;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Reads one response head (up to its blank line) from `tcp`, byte by byte so that nothing after
-/// it is consumed; empty if the connection ends first.
-async fn read_head(tcp: &mut tokio::net::TcpStream) -> String {
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        match tcp.read_u8().await {
-            Ok(byte) => head.push(byte),
-            Err(_) => break,
-        }
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
     loop {

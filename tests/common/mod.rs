@@ -28,6 +28,19 @@ pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
     tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// Reads one response head (up to its blank line) from `tcp`, byte by byte so that nothing after
+/// it is consumed; empty if the connection ends first.
+pub async fn read_head(tcp: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::io::AsyncReadExt::read_u8(tcp).await {
+            Ok(byte) => head.push(byte),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 /// Waits until `condition` holds, asking again every 10 ms, for at most [`WAIT`]; panics naming
 /// `what` if it never does. For states nothing announces and a test can only ask about (which
 /// transport holds a session, whether a sid still answers): the wait ends as soon as the state

@@ -188,27 +188,40 @@ async fn get<H: Handler>(endpoint: Endpoint<H>, request: Request, peer: Option<S
     match (carrier, sid) {
         (Carrier::WebSocket, Some(sid)) if endpoint.engines().get(&sid).is_none() => {
             let sid = sid.into_owned();
-            elsewhere(&endpoint, &sid, forward::Kind::Upgrade, Request::from_parts(parts, body)).await
+            Box::pin(elsewhere(&endpoint, &sid, forward::Kind::Upgrade, Request::from_parts(parts, body))).await
         }
         (Carrier::WebSocket, sid) => {
             let sid = sid.map(Cow::into_owned);
-            let opening = Opening::of(&endpoint, &mut parts, peer).await;
-            let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(|_| EngineIoError::BadRequest)?;
-            ws::upgrade(endpoint, upgrade, sid, opening)
+            Box::pin(websocket(endpoint, parts, sid, peer)).await
         }
         (Carrier::Polling, None) => {
             let (session, inbox_rx) = open(&endpoint, Carrier::Polling)?;
-            tokio::spawn(socket::run(endpoint.clone(), session.clone(), inbox_rx, Opening::of(&endpoint, &mut parts, peer).await));
+            tokio::spawn(socket::run(endpoint.clone(), session.clone(), inbox_rx, Box::pin(Opening::of(&endpoint, &mut parts, peer)).await));
             Ok(text(handshake(&endpoint, &session, true)))
         }
         (Carrier::Polling, Some(sid)) => match endpoint.engines().get(&sid) {
-            Some(session) => polling::poll(&session).await,
+            Some(session) => {
+                // The request is done with before the wait: held across it, it would be part of
+                // every poll's future (copied into its box) and of a waiting poll's memory.
+                drop(sid);
+                drop((parts, body));
+                polling::poll(&session).await
+            }
             None => {
                 let sid = sid.into_owned();
-                elsewhere(&endpoint, &sid, forward::Kind::Poll, Request::from_parts(parts, body)).await
+                Box::pin(elsewhere(&endpoint, &sid, forward::Kind::Poll, Request::from_parts(parts, body))).await
             }
         },
     }
+}
+
+/// A WebSocket, new (`sid` none) or an upgrade of session `sid`, from the request `parts`.
+/// Boxed by [`get`], as [`elsewhere`] is: what it holds across its waits (the opening's
+/// headers, the request) would otherwise be part of every poll's future.
+async fn websocket<H: Handler>(endpoint: Endpoint<H>, mut parts: axum::http::request::Parts, sid: Option<String>, peer: Option<SocketAddr>) -> Result<Response, Error> {
+    let opening = Opening::of(&endpoint, &mut parts, peer).await;
+    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &()).await.map_err(|_| EngineIoError::BadRequest)?;
+    ws::upgrade(endpoint, upgrade, sid, opening)
 }
 
 /// `POST`: packets over long-polling (passed to the node holding the session, if another does).
@@ -222,7 +235,7 @@ async fn post<H: Handler>(State(endpoint): State<Endpoint<H>>, request: Request)
         Some(session) => polling::post(&endpoint, &session, request.into_body()).await,
         None => {
             let sid = sid.into_owned();
-            elsewhere(&endpoint, &sid, forward::Kind::Post, request).await
+            Box::pin(elsewhere(&endpoint, &sid, forward::Kind::Post, request)).await
         }
     }
 }
@@ -231,6 +244,10 @@ async fn post<H: Handler>(State(endpoint): State<Endpoint<H>>, request: Request)
 /// node that does; otherwise, and when that node is gone, `Session ID unknown`. The wait for
 /// the holder's answer is bounded by what a poll may take there (a ping interval) and the ping
 /// timeout.
+///
+/// Its callers box it, as they box [`Opening::of`]: the state of a forwarded request is large,
+/// and held inline it would make every poll's and post's future as large, copied at each move
+/// (the direct path's box of a poll or post cost some 800 instructions of copying; callgrind).
 async fn elsewhere<H: Handler>(endpoint: &Endpoint<H>, sid: &str, kind: forward::Kind, request: Request) -> Result<Response, Error> {
     let config = &endpoint.config().socketio;
     forward::to_holder(endpoint.hub(), sid, kind, request, config.ping_interval + config.ping_timeout).await
