@@ -80,13 +80,10 @@ pub(super) fn held(session: &Session, cluster: &Cluster) -> Option<u64> {
     None
 }
 
-/// Takes the session's inbox in Redis for a client event, its local lock being held: under the
-/// lease this node holds ([`held`]), or by a ticket. Returns the ticket.
+/// Takes the session's inbox in Redis for a client event, its local lock being held, by a
+/// ticket: what a caller does when [`held`] found no lease to use. Returns the ticket.
 pub(super) async fn take(session: &Session, cluster: &Cluster) -> Result<u64, HubError> {
     let lease = &session.lease;
-    if let Some(mine) = held(session, cluster) {
-        return Ok(mine);
-    }
     let mine = lease.ticket.load(Ordering::Acquire);
     // Whatever happens in Redis now, the old lease is not to be used again.
     lease.ticket.store(0, Ordering::Release);

@@ -144,27 +144,18 @@ struct Emits {
 }
 
 impl Emits {
-    /// Writes the batch's emits, as one `emit_many` call for each run of them with the same node
-    /// id and buffer, and hands their callers to the connection's reader.
-    async fn send(&mut self, sha: &str, emits: Vec<(Emit, EmitAnswer)>, entry: &mut Vec<u8>, permit: Arc<OwnedSemaphorePermit>) {
+    /// Writes the batch's emits, one `emit_many` call for each run of them (see [`runs`]), and
+    /// hands their callers to the connection's reader.
+    async fn send(&mut self, sha: &str, runs: Vec<Vec<(Emit, EmitAnswer)>>, entry: &mut Vec<u8>, permit: Arc<OwnedSemaphorePermit>) {
         self.out.clear();
-        let mut calls: Vec<Vec<Caller>> = Vec::new();
-        let mut emits = emits.into_iter().peekable();
-        while let Some((first, answer)) = emits.next() {
-            let mut run = vec![(first, answer)];
-            while let Some((next, _)) = emits.peek() {
-                if next.node != run[0].0.node || next.buffer != run[0].0.buffer {
-                    break;
-                }
-                run.push(emits.next().expect("peeked"));
-            }
-            let (node, buffer) = (run[0].0.node.clone(), run[0].0.buffer);
+        let mut calls: Vec<Vec<Caller>> = Vec::with_capacity(runs.len());
+        for run in runs {
             link::array(&mut self.out, 5 + 3 * run.len());
             link::bulk(&mut self.out, b"EVALSHA");
             link::bulk(&mut self.out, sha.as_bytes());
             link::bulk(&mut self.out, b"0");
-            link::bulk(&mut self.out, node.as_bytes());
-            link::bulk(&mut self.out, itoa::Buffer::new().format(buffer).as_bytes());
+            link::bulk(&mut self.out, run[0].0.node.as_bytes());
+            link::bulk(&mut self.out, itoa::Buffer::new().format(run[0].0.buffer).as_bytes());
             let mut callers = Vec::with_capacity(run.len());
             for (emit, answer) in run {
                 link::bulk(&mut self.out, emit.sid.as_str().as_bytes());
@@ -222,41 +213,36 @@ async fn send(conn: ConnectionManager, emit_many: Sha, mut own: Option<Emits>, m
         let mut cmds = Vec::with_capacity(batch.len());
         let mut answers = Vec::with_capacity(batch.len());
         let mut emits = Vec::new();
-        // Without a connection of their own, the emits are calls in the pipeline: one call for
-        // each run of them with the same node id and buffer (one call, but for the moment a node
-        // takes a new id).
-        let mut call: Option<(Cmd, Vec<EmitAnswer>, Arc<str>, usize)> = None;
         for job in batch.drain(..) {
             match job {
                 Job::Cmd(cmd, answer) => {
                     cmds.push(cmd);
                     answers.push(Slot::One(answer));
                 }
-                Job::Emit(emit, answer) if own.is_some() => emits.push((emit, answer)),
-                Job::Emit(emit, answer) => {
-                    if call.as_ref().is_some_and(|(_, _, node, buffer)| *node != emit.node || *buffer != emit.buffer) {
-                        let (cmd, callers, _, _) = call.take().expect("a call");
+                Job::Emit(emit, answer) => emits.push((emit, answer)),
+            }
+        }
+        if !emits.is_empty() {
+            let runs = runs(emits);
+            match own.as_mut() {
+                Some(own) => own.send(&emit_many, runs, &mut entry, permit.clone()).await,
+                // Without a connection of their own, the emits are calls in the pipeline.
+                None => {
+                    for run in runs {
+                        let mut cmd = redis::cmd("EVALSHA");
+                        cmd.arg(&*emit_many).arg(0).arg(&*run[0].0.node).arg(run[0].0.buffer);
+                        let mut callers = Vec::with_capacity(run.len());
+                        for (emit, answer) in run {
+                            entry.clear();
+                            emit.body.write_entry(&mut entry);
+                            cmd.arg(emit.sid.as_str()).arg(&entry[..]).arg(emit.mark);
+                            callers.push(answer);
+                        }
                         cmds.push(cmd);
                         answers.push(Slot::Emits(callers));
                     }
-                    let (cmd, callers, _, _) = call.get_or_insert_with(|| {
-                        let mut cmd = redis::cmd("EVALSHA");
-                        cmd.arg(&*emit_many).arg(0).arg(&*emit.node).arg(emit.buffer);
-                        (cmd, Vec::new(), emit.node.clone(), emit.buffer)
-                    });
-                    entry.clear();
-                    emit.body.write_entry(&mut entry);
-                    cmd.arg(emit.sid.as_str()).arg(&entry[..]).arg(emit.mark);
-                    callers.push(answer);
                 }
             }
-        }
-        if let Some((cmd, callers, _, _)) = call {
-            cmds.push(cmd);
-            answers.push(Slot::Emits(callers));
-        }
-        if let (Some(own), false) = (own.as_mut(), emits.is_empty()) {
-            own.send(&emit_many, emits, &mut entry, permit.clone()).await;
         }
         if cmds.is_empty() {
             continue;
@@ -282,6 +268,20 @@ async fn send(conn: ConnectionManager, emit_many: Sha, mut own: Option<Emits>, m
             }
         }
     }
+}
+
+/// A batch's emits in runs with the same node id and buffer, in the order they were queued:
+/// each run is one `emit_many` call, which takes both once (one call per batch, but for the
+/// moment a node takes a new id).
+fn runs(emits: Vec<(Emit, EmitAnswer)>) -> Vec<Vec<(Emit, EmitAnswer)>> {
+    let mut runs: Vec<Vec<(Emit, EmitAnswer)>> = Vec::new();
+    for (emit, answer) in emits {
+        match runs.last_mut() {
+            Some(run) if run[0].0.node == emit.node && run[0].0.buffer == emit.buffer => run.push((emit, answer)),
+            _ => runs.push(vec![(emit, answer)]),
+        }
+    }
+    runs
 }
 
 /// Waits for the batches' answers, in the order they were sent, and hands them out.
@@ -317,7 +317,7 @@ fn hand_out_emits(answers: Vec<EmitAnswer>, value: Value) {
         Value::Array(pairs) if pairs.len() == answers.len() * 2 => {
             for (answer, pair) in answers.into_iter().zip(pairs.chunks_exact(2)) {
                 let emitted = match pair {
-                    [Value::Int(seq), Value::Int(mine)] if *seq > 0 => Some((seq.unsigned_abs(), *mine == 1)),
+                    [Value::Int(seq), Value::Int(mine)] => link::emitted(*seq, *mine),
                     _ => None,
                 };
                 let _ = answer.send(Ok(emitted));

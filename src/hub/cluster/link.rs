@@ -255,9 +255,14 @@ fn hand_out(call: Vec<Caller>, ints: &[i64]) {
         return;
     }
     for (caller, pair) in call.into_iter().zip(ints.chunks_exact(2)) {
-        let emitted = (pair[0] > 0).then(|| (pair[0].unsigned_abs(), pair[1] == 1));
-        let _ = caller.send(Ok(emitted));
+        let _ = caller.send(Ok(emitted(pair[0], pair[1])));
     }
+}
+
+/// What one event's `[seq, mine]` pair of `emit_many`'s answer says (a `seq` of 0 or less: the
+/// session is gone).
+pub(super) fn emitted(seq: i64, mine: i64) -> Emitted {
+    (seq > 0).then(|| (seq.unsigned_abs(), mine == 1))
 }
 
 /// A whole reply at the front of the buffer, and the bytes it takes.
