@@ -6,7 +6,9 @@
 //! protocol error that closes the session. After an upgrade to WebSocket, polling requests get
 //! `400` (`Bad request`) and the session goes on over the WebSocket.
 
-use axum::body::{Body, Bytes};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes, HttpBody};
 use http_body_util::BodyExt;
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
@@ -70,9 +72,19 @@ pub async fn poll(session: &EngineSession) -> Result<Response, Error> {
     Ok(super::text(body))
 }
 
+/// [`poll`] of a session the caller looked up (the server's direct path, `direct.rs`).
+pub async fn poll_owned(session: Arc<EngineSession>) -> Result<Response, Error> {
+    poll(&session).await
+}
+
+/// [`post`] of a session the caller looked up (the server's direct path, `direct.rs`).
+pub async fn post_owned<H: Handler, B: HttpBody<Data = Bytes> + Unpin>(endpoint: Endpoint<H>, session: Arc<EngineSession>, body: B) -> Result<Response, Error> {
+    post(&endpoint, &session, body).await
+}
+
 /// `POST ?sid=`: the client's packets, in order. Answers `ok` once they are handled or handed
-/// over.
-pub async fn post<H: Handler>(endpoint: &Endpoint<H>, session: &EngineSession, body: Body) -> Result<Response, Error> {
+/// over. The body is axum's through the router, hyper's own on the server's direct path.
+pub async fn post<H: Handler, B: HttpBody<Data = Bytes> + Unpin>(endpoint: &Endpoint<H>, session: &EngineSession, body: B) -> Result<Response, Error> {
     let max_payload = endpoint.config().socketio.max_payload;
     let _in_flight = InFlight::begin(session, EngineSession::begin_post, EngineSession::end_post)?;
     let Ok(bytes) = read_body(body, max_payload).await else {
@@ -117,8 +129,7 @@ pub async fn post<H: Handler>(endpoint: &Endpoint<H>, session: &EngineSession, b
 /// A client's POST body (small, with a `Content-Length`) comes in one frame: taken as it is,
 /// where `to_bytes`'s `Limited` and `Collect` adapters cost some 1,400 instructions a POST
 /// (callgrind). A body in several frames is gathered, the bound checked as it grows.
-async fn read_body(mut body: Body, max: usize) -> Result<Bytes, ()> {
-    use axum::body::HttpBody as _;
+async fn read_body<B: HttpBody<Data = Bytes> + Unpin>(mut body: B, max: usize) -> Result<Bytes, ()> {
     if body.size_hint().lower() > max as u64 {
         return Err(());
     }
