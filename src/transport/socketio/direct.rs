@@ -93,7 +93,7 @@ impl<H: Handler> EngineIo<H> {
                 drop(request);
                 Box::pin(polling::poll_owned(session).map(answer))
             }
-            (Some(session), false) => Box::pin(polling::post_owned(endpoint, session, request.into_body()).map(answer)),
+            (Some(session), false) => Box::pin(polling::post(endpoint, session, request.into_body()).map(answer)),
             (None, true) => Box::pin(super::get(endpoint, request.map(axum::body::Body::new), Some(peer)).map(answer)),
             (None, false) => Box::pin(super::post(State(endpoint), request.map(axum::body::Body::new)).map(answer)),
         }

@@ -77,16 +77,13 @@ pub async fn poll_owned(session: Arc<EngineSession>) -> Result<Response, Error> 
     poll(&session).await
 }
 
-/// [`post`] of a session the caller looked up (the server's direct path, `direct.rs`).
-pub async fn post_owned<H: Handler, B: HttpBody<Data = Bytes> + Unpin>(endpoint: Endpoint<H>, session: Arc<EngineSession>, body: B) -> Result<Response, Error> {
-    post(&endpoint, &session, body).await
-}
-
 /// `POST ?sid=`: the client's packets, in order. Answers `ok` once they are handled or handed
-/// over. The body is axum's through the router, hyper's own on the server's direct path.
-pub async fn post<H: Handler, B: HttpBody<Data = Bytes> + Unpin>(endpoint: &Endpoint<H>, session: &EngineSession, body: B) -> Result<Response, Error> {
+/// over. The body is axum's through the router, hyper's own on the server's direct path
+/// (`direct.rs`). The endpoint and the session are its own, not borrowed, so that the direct
+/// path's box holds no `async` wrapper keeping them a second time.
+pub async fn post<H: Handler, B: HttpBody<Data = Bytes> + Unpin>(endpoint: Endpoint<H>, session: Arc<EngineSession>, body: B) -> Result<Response, Error> {
     let max_payload = endpoint.config().socketio.max_payload;
-    let _in_flight = InFlight::begin(session, EngineSession::begin_post, EngineSession::end_post)?;
+    let _in_flight = InFlight::begin(&session, EngineSession::begin_post, EngineSession::end_post)?;
     let Ok(bytes) = read_body(body, max_payload).await else {
         // Over maxPayload (or a body that broke off): the protocol closes the session.
         session.close(CloseCause::ProtocolError);
@@ -98,7 +95,7 @@ pub async fn post<H: Handler, B: HttpBody<Data = Bytes> + Unpin>(endpoint: &Endp
     };
     for packet in decode_payload(text) {
         let inbound = match packet {
-            Ok(EnginePacket::Message(message)) if session.quiet() => match post_event(endpoint, session, message).await {
+            Ok(EnginePacket::Message(message)) if session.quiet() => match post_event(&endpoint, &session, message).await {
                 Posted::Handled => continue,
                 Posted::Waiting(handling) => Inbound::Handling(handling),
                 Posted::Theirs => Inbound::Message(message.into()),
