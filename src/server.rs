@@ -217,6 +217,11 @@ impl Serving {
         builder
             .header_read_timeout(gateway.config().header_timeout)
             .keep_alive(true)
+            // A response's head and body copied into one buffer and sent with one `send`, not
+            // a `writev` of the two: the kernel's vectored path (the iovec's import and checks,
+            // the copy from it) cost some 0.4 µs of a long-polling round trip's two responses
+            // more than the copy saves (`perf`, docs/performance.md); bodies here are small.
+            .writev(false)
             // hyper buffers up to ~400 KiB per connection by default when the peer reads slower
             // than we write; a stuck reader would pin that much. 64 KiB holds many events, still
             // bounds a stuck connection's cost, and caps request headers at a sane size.
