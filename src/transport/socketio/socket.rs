@@ -354,7 +354,7 @@ async fn envelope<H: Handler>(
     let polling = session.carrier() == Carrier::Polling;
     // Sends over HTTP are rate limited per request, as POSTs of switchyard's own clients are.
     if polling {
-        if let Err(err) = endpoint.hub().admit(sid).await {
+        if let Err(err) = endpoint.hub().admit_to(hub_session).await {
             Box::pin(endpoint.report_error(sid, err)).await;
             return None;
         }
