@@ -220,7 +220,8 @@ impl Serving {
             // A response's head and body copied into one buffer and sent with one `send`, not
             // a `writev` of the two: the kernel's vectored path (the iovec's import and checks,
             // the copy from it) cost some 0.4 µs of a long-polling round trip's two responses
-            // more than the copy saves (`perf`, docs/performance.md); bodies here are small.
+            // more than the copy saves (`perf`, docs/performance.md). Bodies here are small, and a
+            // larger one is copied through the connection buffer a piece at a time.
             .writev(false)
             // hyper buffers up to ~400 KiB per connection by default when the peer reads slower
             // than we write; a stuck reader would pin that much. 64 KiB holds many events, still
