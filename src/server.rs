@@ -27,6 +27,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -215,6 +217,12 @@ impl Serving {
         builder
             .header_read_timeout(gateway.config().header_timeout)
             .keep_alive(true)
+            // A response's head and body copied into one buffer and sent with one `send`, not
+            // a `writev` of the two: the kernel's vectored path (the iovec's import and checks,
+            // the copy from it) cost some 0.4 µs of a long-polling round trip's two responses
+            // more than the copy saves (`perf`, docs/performance.md). Bodies here are small, and a
+            // larger one is copied through the connection buffer a piece at a time.
+            .writev(false)
             // hyper buffers up to ~400 KiB per connection by default when the peer reads slower
             // than we write; a stuck reader would pin that much. 64 KiB holds many events, still
             // bounds a stuck connection's cost, and caps request headers at a sane size.
@@ -340,20 +348,43 @@ async fn read_head(tcp: &mut tokio::net::TcpStream) {
 }
 
 /// `token`'s cancellation, for a wait polled at every wake-up of its task: it registers with the
-/// token on its first poll only, and later polls read the token's flag. A `cancelled()` future
-/// polled again takes the token's lock to check its waker each time, which an HTTP/1 connection's
-/// task paid on every wake-up (some 540 instructions per long-polling round trip, callgrind).
-/// Sound only where the future stays in one task, whose waker does not change: the wake-up the
-/// first poll registered is the one the cancellation sends.
+/// token on its first poll only, through a waker that notes it was woken ([`Noted`]), and
+/// later polls read that note, a plain load. A `cancelled()` future polled again takes the
+/// token's lock to check its waker each time, which an HTTP/1 connection's task paid on every
+/// wake-up (some 540 instructions per long-polling round trip, callgrind); reading the token's
+/// flag (`is_cancelled`) takes the same lock, some 0.1 µs of a long-polling round trip
+/// (`perf`, docs/performance.md). Sound only where the future stays in one task, whose waker
+/// does not change: the wake-up the first poll registered is the one the cancellation sends.
 async fn cancelled_once(token: &CancellationToken) {
     let mut wait = std::pin::pin!(token.cancelled());
-    let mut registered = false;
+    let mut noted: Option<Arc<Noted>> = None;
     std::future::poll_fn(|cx| {
-        if registered {
-            return if token.is_cancelled() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending };
+        if noted.as_ref().is_some_and(|noted| !noted.woken.load(Ordering::Acquire)) {
+            return std::task::Poll::Pending;
         }
-        registered = true;
-        wait.as_mut().poll(cx)
+        let noted = noted.get_or_insert_with(|| Arc::new(Noted { woken: AtomicBool::new(false), task: cx.waker().clone() }));
+        noted.woken.store(false, Ordering::Relaxed);
+        let waker = std::task::Waker::from(noted.clone());
+        wait.as_mut().poll(&mut std::task::Context::from_waker(&waker))
     })
     .await;
+}
+
+/// The waker [`cancelled_once`] registers: wakes the connection's task, noting that it did.
+struct Noted {
+    /// Set by the wake-up; cleared when the wait is polled again.
+    woken: AtomicBool,
+    /// The connection's task.
+    task: std::task::Waker,
+}
+
+impl std::task::Wake for Noted {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake_by_ref();
+    }
 }

@@ -3477,6 +3477,39 @@ mod chaos {
     }
 }
 
+/// Over long-polling a Socket.IO client's events take from its send budget in cluster mode as
+/// in memory (`Hub::admit_to` looks the session up as `Hub::admit` does): one over the burst
+/// gets the `error` event.
+#[tokio::test]
+async fn socket_io_events_over_polling_are_rate_limited_in_cluster_mode() {
+    use common::engineio::event;
+
+    let cluster = Cluster::start(&["--send-rate", "1", "--send-burst", "2"]).await;
+    let base = cluster.url(0, "/socket.io/?EIO=4&transport=polling");
+    let get = |url: String| {
+        let http = cluster.http.clone();
+        async move { within("a poll", http.get(url).send()).await.unwrap().text().await.unwrap() }
+    };
+    let post = |url: String, body: &'static str| {
+        let http = cluster.http.clone();
+        async move { assert_eq!(within("a post", http.post(url).body(body).send()).await.unwrap().text().await.unwrap(), "ok") }
+    };
+    let open: Value = serde_json::from_str(get(base.clone()).await.strip_prefix('0').unwrap()).unwrap();
+    let url = format!("{base}&sid={}", open["sid"].as_str().unwrap());
+    post(url.clone(), "40").await;
+    assert!(get(url.clone()).await.starts_with("40"), "the CONNECT answer");
+    post(url.clone(), "42[\"message\",\"1\"]\x1e42[\"message\",\"2\"]\x1e42[\"message\",\"3\"]").await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(get(url.clone()).await.split('\x1e').filter(|p| p.starts_with("42")).map(event));
+    }
+    // The refusal is reported when the event is read, the replies when their handlers have
+    // run (through Redis here): the order between them is not the point.
+    let replies = got.iter().filter(|e| e[..2] == [json!("response"), json!("Message received!")]).count();
+    let refusals = got.iter().filter(|e| e[0] == "error" && e[1]["error"] == "too many sends for this session; slow down").count();
+    assert_eq!((replies, refusals), (2, 1), "{got:?}");
+}
+
 #[tokio::test]
 async fn a_socket_io_client_recovers_its_session_on_another_node() {
     use common::engineio::{connect_answer, event, ws_next, ws_send, Ws};

@@ -357,6 +357,36 @@ async fn shutdown_closes_a_connection_that_never_sent_a_request() {
     assert!(read.is_ok_and(|n| n == 0) || rest.is_empty(), "closed without an answer: {rest:?}");
 }
 
+/// A keep-alive connection that has been answered and waits for its next request head (served
+/// by hyper, with the server's own shutdown wait, `cancelled_once`) is closed at shutdown, not
+/// held until its header timeout.
+#[tokio::test]
+async fn shutdown_closes_a_keep_alive_connection_between_requests() {
+    let config = Config { header_timeout: Duration::from_secs(30), drain: Duration::from_secs(30), ..Config::default() };
+    let gateway = switchyard::Gateway::builder(config).build();
+    let router = switchyard::server::app(&gateway, std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("static").as_path());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(switchyard::server::run(listener, router, gateway, async {
+        let _ = stop_rx.await;
+    }));
+    let mut kept = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    // Two requests, so that the second is read by hyper's loop (a first request is read ahead
+    // of it, `src/server/event_stream.rs`), then the connection waits for a third.
+    for _ in 0..2 {
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let from = buf.len();
+        read_until_from(&mut kept, &mut buf, from, b"\"status\"").await;
+    }
+    stop_tx.send(()).unwrap();
+    within("run() to return well before the 30 s header timeout", served).await.unwrap().unwrap();
+    let mut rest = Vec::new();
+    let read = within("the kept connection to be closed", kept.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "closed: {read:?}");
+}
+
 /// One server-to-client WebSocket frame of at most 64 KiB (unmasked), starting at `at` in
 /// `buf`: its opcode and payload, and where the next frame starts.
 async fn ws_frame(tcp: &mut TcpStream, buf: &mut Vec<u8>, at: usize) -> (u8, String, usize) {

@@ -221,6 +221,23 @@ async fn websocket_only_sessions_connect_and_exchange_events() {
     common::wait_until("the hub session to be detached", || async { server.gateway.hub().info(&pid).await.unwrap().transport.is_none() }).await;
 }
 
+/// Events over long-polling take from the session's send budget, as a switchyard client's POSTs
+/// do: one over the burst gets the `error` event, and is not handled.
+#[tokio::test]
+async fn events_over_polling_are_rate_limited() {
+    let server = TestServer::with_config(Config { send_rate: 1, send_burst: 2, ..Config::default() }).await;
+    let (client, _) = Polling::open(&server).await;
+    client.connect(None).await;
+    client.post("42[\"echo\",1]\x1e42[\"echo\",2]\x1e42[\"echo\",3]").await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(event(&client.next().await));
+    }
+    assert_eq!((&got[0][..2], &got[1][..2]), (&[json!("echo"), json!(1)][..], &[json!("echo"), json!(2)][..]));
+    assert_eq!(got[2][0], "error", "{got:?}");
+    assert_eq!(got[2][1]["error"], "too many sends for this session; slow down");
+}
+
 #[tokio::test]
 async fn binary_attachments_are_refused_with_an_error_event_over_both_transports() {
     let server = TestServer::start().await;

@@ -115,6 +115,22 @@ impl Hub {
     /// session up again.
     pub async fn admit(&self, sid: &Sid) -> Result<SessionHandle, HubError> {
         let session = self.local(sid).await?;
+        self.take_send(&session)?;
+        Ok(self.handle(session))
+    }
+
+    /// [`Hub::admit`] for a session already in hand (a transport's attached session): no
+    /// table lookup, which was a tenth of the hub's share of a Socket.IO long-polling POST
+    /// (`perf`). In cluster mode the session is looked up as [`Hub::admit`] does.
+    pub async fn admit_to(&self, handle: &SessionHandle) -> Result<(), HubError> {
+        if self.inner.cluster.is_some() {
+            return Box::pin(self.admit(handle.sid())).await.map(drop);
+        }
+        self.take_send(&handle.session)
+    }
+
+    /// Takes one send from `session`'s budget (see [`Hub::admit`]).
+    fn take_send(&self, session: &Session) -> Result<(), HubError> {
         let mut state = lock(&session.state);
         if state.removed {
             return Err(HubError::NoSession);
@@ -128,8 +144,7 @@ impl Hub {
             return Err(HubError::RateLimited);
         }
         state.send_tokens -= 1.0;
-        drop(state);
-        Ok(self.handle(session))
+        Ok(())
     }
 
     /// Records who opened the session (the auth subject); handlers see it in their context.

@@ -58,7 +58,7 @@ impl hyper::service::Service<axum::http::Request<Incoming>> for Routes {
         if let Some(engine_io) = self.engine_io.as_ref().filter(|engine_io| engine_io.takes(&request)) {
             // The endpoint puts the address on the requests that open a session, the only
             // ones that read it: an extension map per poll and post is some 400 instructions.
-            return Either::Right(engine_io.serve(request.map(axum::body::Body::new), self.peer));
+            return Either::Right(engine_io.serve(request, self.peer));
         }
         request.extensions_mut().insert(ConnectInfo(self.peer));
         // A router is always ready (axum's `Service` impl says so), and cloning it is a

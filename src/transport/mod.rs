@@ -171,9 +171,11 @@ impl<H: Handler> Endpoint<H> {
         self.dispatch_to(&session, envelopes).await
     }
 
-    /// See [`Handler::dispatch_to`].
-    pub async fn dispatch_to(&self, session: &SessionHandle, envelopes: Envelopes) -> Result<(), HubError> {
-        self.inner.handler.dispatch_to(session, envelopes).await
+    /// See [`Handler::dispatch_to`]. The handler's own future, not one of an `async fn` around
+    /// it, which would hold `envelopes` a second time: a Socket.IO event's handling is boxed,
+    /// and that copy took its box over the allocator's per-thread cache limit (1,032 bytes).
+    pub fn dispatch_to<'a>(&'a self, session: &'a SessionHandle, envelopes: Envelopes) -> impl Future<Output = Result<(), HubError>> + Send + 'a {
+        self.inner.handler.dispatch_to(session, envelopes)
     }
 
     /// Tells the session, in its own event stream, that something it sent was refused.

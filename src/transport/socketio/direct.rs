@@ -18,13 +18,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt as _;
+use hyper::body::Incoming;
 
 use super::super::origin::{OriginPolicy, Verdict};
 use super::super::{Endpoint, Handler};
+use super::engine::Carrier;
+use super::{polling, EngineQuery};
 
 /// The path served.
 pub const PATH: &str = "/socket.io/";
@@ -61,21 +64,38 @@ impl<H: Handler> EngineIo<H> {
     /// connection from `peer`. The request need not carry `ConnectInfo`: the address is put on
     /// it only where a session opens (the per-address limit reads it), not on every poll.
     ///
+    /// A poll or a post of a session this node holds (all but a session's first and last
+    /// requests) has its session looked up here, and the request's head is dropped before this
+    /// returns: hyper reads on (to see a client that goes away) before it polls the future, and
+    /// the head's URI and header values are slices of its read buffer, which, while they live,
+    /// it cannot reuse for that read, so it allocated a new 8 KiB buffer per request (callgrind,
+    /// gdb: docs/performance.md). The body is read as hyper's `Incoming`, not boxed into an
+    /// axum `Body`. Every other request (a handshake, a WebSocket, a session another node
+    /// holds, a malformed query) goes the route's way.
+    ///
     /// Boxed here, where the future is made, rather than by the caller: a future this size
     /// (it holds a poll's and a post's state) is copied at every move, and the moves into a
     /// caller's box cost some 450 instructions a request (callgrind).
     ///
-    /// A box for each method, each the size of its own request's state: a `GET`'s is not
+    /// A box for each kind, each the size of its own request's state: a `GET`'s is not
     /// carried (and copied) by every `POST`, nor the reverse. The request's future is boxed as
     /// it is (mapped), not inside an `async` block, which would keep a second room for the
     /// request it moves on: a poll's box fits the allocator's per-thread cache (at most 1,032
     /// bytes), where 1,048 bytes took its slow path, some 400 instructions (gdb, callgrind).
-    pub fn serve(&self, request: Request, peer: SocketAddr) -> Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>> {
+    pub fn serve(&self, request: axum::http::Request<Incoming>, peer: SocketAddr) -> Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>> {
         let endpoint = self.endpoint.clone();
-        if request.method() == Method::GET {
-            Box::pin(super::get(endpoint, request, Some(peer)).map(answer))
-        } else {
-            Box::pin(super::post(State(endpoint), request).map(answer))
+        let held = match EngineQuery::read(request.uri()) {
+            Ok((Carrier::Polling, Some(sid))) => endpoint.engines().get(&sid),
+            _ => None,
+        };
+        match (held, request.method() == Method::GET) {
+            (Some(session), true) => {
+                drop(request);
+                Box::pin(polling::poll_owned(session).map(answer))
+            }
+            (Some(session), false) => Box::pin(polling::post(endpoint, session, request.into_body()).map(answer)),
+            (None, true) => Box::pin(super::get(endpoint, request.map(axum::body::Body::new), Some(peer)).map(answer)),
+            (None, false) => Box::pin(super::post(State(endpoint), request.map(axum::body::Body::new)).map(answer)),
         }
     }
 }

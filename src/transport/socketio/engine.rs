@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{mpsc, Notify};
@@ -84,6 +85,10 @@ pub struct EngineSession {
     drained: Notify,
     /// Cancelled when the session closes: its socket task, WebSocket and waiting poll end.
     closed: CancellationToken,
+    /// Set when the session closes, before `closed` is cancelled: what [`EngineSession::is_closed`]
+    /// reads, a plain load where the token's flag takes its lock (every lookup of the session
+    /// asks, twice a long-polling round trip).
+    closed_flag: AtomicBool,
     /// To the socket task; it holds the receiver and ends when the session closes.
     inbox_tx: mpsc::Sender<Inbound>,
     /// The hub attachment, once the client has connected to the main namespace: set and
@@ -130,6 +135,7 @@ impl EngineSession {
             wake: Notify::new(),
             drained: Notify::new(),
             closed: CancellationToken::new(),
+            closed_flag: AtomicBool::new(false),
             inbox_tx,
             attachment: Mutex::new(None),
         };
@@ -261,13 +267,14 @@ impl EngineSession {
     /// poll end.
     pub fn close(&self, cause: CloseCause) {
         self.state().cause.get_or_insert(cause);
+        self.closed_flag.store(true, Ordering::Release);
         self.closed.cancel();
         self.wake.notify_one();
     }
 
     /// Whether the session is closed.
     pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        self.closed_flag.load(Ordering::Acquire)
     }
 
     /// Why it closed, once it has.

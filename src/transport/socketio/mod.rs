@@ -232,7 +232,7 @@ async fn post<H: Handler>(State(endpoint): State<Endpoint<H>>, request: Request)
         return Err(EngineIoError::BadRequest.into());
     }
     match endpoint.engines().get(&sid) {
-        Some(session) => polling::post(&endpoint, &session, request.into_body()).await,
+        Some(session) => polling::post(endpoint, session, request.into_body()).await,
         None => {
             let sid = sid.into_owned();
             Box::pin(elsewhere(&endpoint, &sid, forward::Kind::Post, request)).await
@@ -306,6 +306,15 @@ mod tests {
             "EIO=4&transport=poll+ing",
             "transport=polling&EIO=4&page=1&page=2",
             "EIO=4=4&transport=",
+            "sid=a&sid=b&x=%41",
+            "sid=%zz&sid=b",
+            "=x&EIO=4&=",
+            "&EIO=4&transport=polling&sid=abc&",
+            "sid=a&SID=b",
+            "t=1+2&EIO=4",
+            "EIO=4&transport=polling&sid=a&b=%",
+            "sid",
+            "sid=&sid",
         ];
         for query in queries {
             let ours = Params::parse(query).map(|q| (q.eio.map(Into::into), q.transport.map(Into::into), q.sid.map(Into::into)));

@@ -6,7 +6,9 @@
 //! protocol error that closes the session. After an upgrade to WebSocket, polling requests get
 //! `400` (`Bad request`) and the session goes on over the WebSocket.
 
-use axum::body::{Body, Bytes};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes, HttpBody};
 use http_body_util::BodyExt;
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
@@ -70,11 +72,18 @@ pub async fn poll(session: &EngineSession) -> Result<Response, Error> {
     Ok(super::text(body))
 }
 
+/// [`poll`] of a session the caller looked up (the server's direct path, `direct.rs`).
+pub async fn poll_owned(session: Arc<EngineSession>) -> Result<Response, Error> {
+    poll(&session).await
+}
+
 /// `POST ?sid=`: the client's packets, in order. Answers `ok` once they are handled or handed
-/// over.
-pub async fn post<H: Handler>(endpoint: &Endpoint<H>, session: &EngineSession, body: Body) -> Result<Response, Error> {
+/// over. The body is axum's through the router, hyper's own on the server's direct path
+/// (`direct.rs`). The endpoint and the session are its own, not borrowed, so that the direct
+/// path's box holds no `async` wrapper keeping them a second time.
+pub async fn post<H: Handler, B: HttpBody<Data = Bytes> + Unpin>(endpoint: Endpoint<H>, session: Arc<EngineSession>, body: B) -> Result<Response, Error> {
     let max_payload = endpoint.config().socketio.max_payload;
-    let _in_flight = InFlight::begin(session, EngineSession::begin_post, EngineSession::end_post)?;
+    let _in_flight = InFlight::begin(&session, EngineSession::begin_post, EngineSession::end_post)?;
     let Ok(bytes) = read_body(body, max_payload).await else {
         // Over maxPayload (or a body that broke off): the protocol closes the session.
         session.close(CloseCause::ProtocolError);
@@ -86,7 +95,7 @@ pub async fn post<H: Handler>(endpoint: &Endpoint<H>, session: &EngineSession, b
     };
     for packet in decode_payload(text) {
         let inbound = match packet {
-            Ok(EnginePacket::Message(message)) if session.quiet() => match post_event(endpoint, session, message).await {
+            Ok(EnginePacket::Message(message)) if session.quiet() => match post_event(&endpoint, &session, message).await {
                 Posted::Handled => continue,
                 Posted::Waiting(handling) => Inbound::Handling(handling),
                 Posted::Theirs => Inbound::Message(message.into()),
@@ -117,8 +126,7 @@ pub async fn post<H: Handler>(endpoint: &Endpoint<H>, session: &EngineSession, b
 /// A client's POST body (small, with a `Content-Length`) comes in one frame: taken as it is,
 /// where `to_bytes`'s `Limited` and `Collect` adapters cost some 1,400 instructions a POST
 /// (callgrind). A body in several frames is gathered, the bound checked as it grows.
-async fn read_body(mut body: Body, max: usize) -> Result<Bytes, ()> {
-    use axum::body::HttpBody as _;
+async fn read_body<B: HttpBody<Data = Bytes> + Unpin>(mut body: B, max: usize) -> Result<Bytes, ()> {
     if body.size_hint().lower() > max as u64 {
         return Err(());
     }

@@ -339,7 +339,9 @@ pub async fn post_event<H: Handler>(endpoint: &Endpoint<H>, session: &EngineSess
 /// the event name, the data): its data is the single argument, `null` for none, or the array of
 /// them for several. With an ack id (Socket.IO counts from 0), the envelope asks for an answer
 /// numbered one more (the hub counts from 1). A refusal is reported to the client's session,
-/// and gives `None`.
+/// and gives `None`; its report is boxed, as it is rare: held inline, an emit's future made
+/// this future 688 bytes rather than about 300, and a long-polling POST's (which holds it) too
+/// large for the allocator's per-thread cache (1,032 bytes; docs/performance.md).
 async fn envelope<H: Handler>(
     endpoint: &Endpoint<H>,
     session: &EngineSession,
@@ -352,8 +354,8 @@ async fn envelope<H: Handler>(
     let polling = session.carrier() == Carrier::Polling;
     // Sends over HTTP are rate limited per request, as POSTs of switchyard's own clients are.
     if polling {
-        if let Err(err) = endpoint.hub().admit(sid).await {
-            endpoint.report_error(sid, err).await;
+        if let Err(err) = endpoint.hub().admit_to(hub_session).await {
+            Box::pin(endpoint.report_error(sid, err)).await;
             return None;
         }
     }
@@ -362,16 +364,16 @@ async fn envelope<H: Handler>(
         None => None,
         Some(Some(number)) => Some(number),
         Some(None) => {
-            endpoint.report_error(sid, "ack id out of range").await;
+            Box::pin(endpoint.report_error(sid, "ack id out of range")).await;
             return None;
         }
     };
     if let Err(why) = check_event_name(&name) {
-        endpoint.report_error(sid, format!("event name {why}")).await;
+        Box::pin(endpoint.report_error(sid, format!("event name {why}"))).await;
         return None;
     }
     if let Err(err) = check_data(&data, &endpoint.config().limits) {
-        endpoint.report_error(sid, err).await;
+        Box::pin(endpoint.report_error(sid, err)).await;
         return None;
     }
     if polling {
