@@ -332,9 +332,9 @@ data: {"heartbeat":300000,"max_batch":100,"max_body":65536,"received":0,"resumed
     );
 }
 
-/// A connection that has sent no request yet does not hold up shutdown until its header timeout.
-#[tokio::test]
-async fn shutdown_closes_a_connection_that_never_sent_a_request() {
+/// The default app on a loopback port, with 30 s header and drain timeouts (longer than any
+/// test waits): its address, the sender that stops it, and its `run()` to wait for.
+async fn serve_until_stopped() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
     let config = Config { header_timeout: Duration::from_secs(30), drain: Duration::from_secs(30), ..Config::default() };
     let gateway = switchyard::Gateway::builder(config).build();
     let router = switchyard::server::app(&gateway, std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("static").as_path());
@@ -344,6 +344,13 @@ async fn shutdown_closes_a_connection_that_never_sent_a_request() {
     let served = tokio::spawn(switchyard::server::run(listener, router, gateway, async {
         let _ = stop_rx.await;
     }));
+    (addr, stop_tx, served)
+}
+
+/// A connection that has sent no request yet does not hold up shutdown until its header timeout.
+#[tokio::test]
+async fn shutdown_closes_a_connection_that_never_sent_a_request() {
+    let (addr, stop_tx, served) = serve_until_stopped().await;
     // Accepted and silent: the server is waiting for its first request head.
     let mut idle = TcpStream::connect(addr).await.unwrap();
     let mut probe = TcpStream::connect(addr).await.unwrap();
@@ -362,15 +369,7 @@ async fn shutdown_closes_a_connection_that_never_sent_a_request() {
 /// held until its header timeout.
 #[tokio::test]
 async fn shutdown_closes_a_keep_alive_connection_between_requests() {
-    let config = Config { header_timeout: Duration::from_secs(30), drain: Duration::from_secs(30), ..Config::default() };
-    let gateway = switchyard::Gateway::builder(config).build();
-    let router = switchyard::server::app(&gateway, std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("static").as_path());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(switchyard::server::run(listener, router, gateway, async {
-        let _ = stop_rx.await;
-    }));
+    let (addr, stop_tx, served) = serve_until_stopped().await;
     let mut kept = TcpStream::connect(addr).await.unwrap();
     let mut buf = Vec::new();
     // Two requests, so that the second is read by hyper's loop (a first request is read ahead
