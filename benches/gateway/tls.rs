@@ -26,9 +26,9 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::time::{sleep, timeout};
 
-use crate::client::{self, closed_loop, Endpoints, LoopResult, Transport, OPEN_TIMEOUT};
+use crate::client::{self, Endpoints, LoopResult, Transport, OPEN_TIMEOUT};
 use crate::procs::{self, Kind, Server};
-use crate::{met, q, ratio, Args};
+use crate::{measure_loop, met, q, ratio, Args};
 
 /// Writes a CA and a server certificate it signed under `target/bench-tls/`; returns the
 /// certificate and key paths (PEM, for the server) and the CA's (DER, for [`client_config`]).
@@ -90,26 +90,34 @@ async fn rtt(args: &Args, cert: &str, key: &str, out: &mut String) -> anyhow::Re
         "### tls: round trips, {} sessions in closed loops, {} alternating rounds of {:.1} s (median ratio)\n",
         args.sessions, args.alternations, args.seconds
     )?;
-    writeln!(out, "| transport | plain (HTTP/1.1) rt/s | p99 | TLS rt/s | p99 | errors | TLS / plain | target | |")?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|")?;
+    writeln!(
+        out,
+        "| transport | plain (HTTP/1.1) rt/s | p99 | TLS rt/s | p99 | errors | TLS / plain | target | | server CPU µs per round trip, plain / TLS | loadgen CPU, plain / TLS | server CPU ratio, plain / TLS |"
+    )?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")?;
     for (transport, label) in [(Transport::Ws, "WebSocket (TLS: HTTP/1.1 upgrade)"), (Transport::Sse, "SSE+POST (TLS: HTTP/2, one connection)")] {
         let mut ratios = Vec::new();
         let (mut plain_all, mut tls_all) = (Vec::<LoopResult>::new(), Vec::<LoopResult>::new());
+        // Each side's server and load-generator CPU shares, summed over the rounds.
+        let (mut plain_cpu, mut tls_cpu) = ((0.0, 0.0), (0.0, 0.0));
         let mut errors = 0;
         for round in 0..args.alternations {
             eprintln!("  {} round {} ...", transport.label(), round + 1);
-            let run = |to: Endpoints| closed_loop(transport, to, args.sessions, true, warmup, seconds, Duration::ZERO, |_| {});
+            let plain_run = || measure_loop(&plain, Endpoints::single(plain.addr), transport, args.sessions, warmup, seconds, Duration::ZERO);
+            let tls_run = || measure_loop(&tls, Endpoints::tls(tls.addr), transport, args.sessions, warmup, seconds, Duration::ZERO);
             let (p, t) = if round % 2 == 0 {
-                let p = run(Endpoints::single(plain.addr)).await;
-                (p, run(Endpoints::tls(tls.addr)).await)
+                let p = plain_run().await;
+                (p, tls_run().await)
             } else {
-                let t = run(Endpoints::tls(tls.addr)).await;
-                (run(Endpoints::single(plain.addr)).await, t)
+                let t = tls_run().await;
+                (plain_run().await, t)
             };
-            errors += p.errors + t.errors;
-            ratios.push(ratio(t.rate(), p.rate()));
-            plain_all.push(p);
-            tls_all.push(t);
+            errors += p.result.errors + t.result.errors;
+            ratios.push(ratio(t.result.rate(), p.result.rate()));
+            plain_cpu = (plain_cpu.0 + p.server_cpu, plain_cpu.1 + p.loadgen_cpu);
+            tls_cpu = (tls_cpu.0 + t.server_cpu, tls_cpu.1 + t.loadgen_cpu);
+            plain_all.push(p.result);
+            tls_all.push(t.result);
         }
         ratios.sort_by(f64::total_cmp);
         let median = ratios[ratios.len() / 2];
@@ -123,12 +131,19 @@ async fn rtt(args: &Args, cert: &str, key: &str, out: &mut String) -> anyhow::Re
             (rate / all.len().max(1) as f64, h)
         };
         let ((p_rate, p_h), (t_rate, t_h)) = (sum(&plain_all), sum(&tls_all));
+        // CPU per round trip from the mean share of a core and the mean rate; their ratio is
+        // the rate ratio to expect where the server's core is the limit, not the load generator.
+        let rounds = args.alternations.max(1) as f64;
+        let (p_us, t_us) = (plain_cpu.0 / rounds * 1e6 / p_rate.max(1.0), tls_cpu.0 / rounds * 1e6 / t_rate.max(1.0));
         writeln!(
             out,
-            "| {label} | {p_rate:.0} | {} µs | {t_rate:.0} | {} µs | {errors} | {median:.2} | >= 0.8 | {} |",
+            "| {label} | {p_rate:.0} | {} µs | {t_rate:.0} | {} µs | {errors} | {median:.2} | >= 0.8 | {} | {p_us:.1} / {t_us:.1} | {:.0} % / {:.0} % | {:.2} |",
             q(&p_h, 0.99),
             q(&t_h, 0.99),
-            met(median >= 0.8 && errors == 0)
+            met(median >= 0.8 && errors == 0),
+            plain_cpu.1 / rounds * 100.0,
+            tls_cpu.1 / rounds * 100.0,
+            ratio(p_us, t_us)
         )?;
     }
     writeln!(out)?;
