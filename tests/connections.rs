@@ -225,16 +225,7 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
     assert!(flooded.elapsed() < Duration::from_secs(2), "dropped {:?} after the flood", flooded.elapsed());
     // Had the server kept the connection, draining it now would unblock the writes, end the
     // stream with its last chunk, and leave the socket open (keep-alive): no end of file.
-    within("the server to have dropped the connection", async {
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            match tcp.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
+    until_closed("the server to have dropped the connection", &mut tcp).await;
 }
 
 /// Reads one chunked body from `buf[body_at..]` (reading more from `tcp` as needed) until at

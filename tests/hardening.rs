@@ -188,17 +188,8 @@ async fn a_client_that_sends_headers_slowly_is_dropped_and_others_are_served() {
     let mut sse = server.sse("/sse").await;
     sse.hello().await;
     for conn in [&mut slow, &mut idle] {
-        let mut buf = [0u8; 256];
         // Closed, or answered 408 Request Timeout and closed: either way the descriptor is freed.
-        within("the server to drop a slow client", async {
-            loop {
-                match conn.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
-                }
-            }
-        })
-        .await;
+        until_closed("the server to drop a slow client", conn).await;
     }
 }
 
@@ -236,17 +227,8 @@ async fn a_kept_alive_connection_is_timed_on_each_head() {
     }
     half.write_all(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n").await.unwrap();
     for conn in [&mut quiet, &mut half] {
-        let mut buf = [0u8; 256];
         // Closed, or answered 408 and closed.
-        within("the server to drop a quiet or slow kept-alive connection", async {
-            loop {
-                match conn.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
-                }
-            }
-        })
-        .await;
+        until_closed("the server to drop a quiet or slow kept-alive connection", conn).await;
     }
 }
 

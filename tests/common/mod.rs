@@ -28,6 +28,22 @@ pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
     tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// Reads and discards what `tcp` still gets until the server closes it (end of file or a reset),
+/// failing after [`WAIT`] as [`within`] does.
+pub async fn until_closed(what: &str, tcp: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt as _;
+    within(what, async {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
 /// Reads one response head (up to its blank line) from `tcp`, byte by byte so that nothing after
 /// it is consumed; empty if the connection ends first.
 pub async fn read_head(tcp: &mut tokio::net::TcpStream) -> String {
