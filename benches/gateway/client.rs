@@ -719,11 +719,19 @@ pub fn drive_main(args: &[String]) -> anyhow::Result<()> {
     };
     let sessions: usize = sessions.parse()?;
     let total: usize = total.parse()?;
+    // `BENCH_TLS_CA=target/bench-tls/ca.der`: the server is HTTPS (the `tls` scenario's).
+    let endpoints = match std::env::var("BENCH_TLS_CA") {
+        Ok(ca) => {
+            set_tls(crate::tls::client_config(&ca)?);
+            Endpoints::tls(addr)
+        }
+        Err(_) => Endpoints::single(addr),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let mut open = Vec::new();
         for _ in 0..sessions {
-            open.push(timeout(OPEN_TIMEOUT, Session::open(transport, Endpoints::single(addr), hello)).await??);
+            open.push(timeout(OPEN_TIMEOUT, Session::open(transport, endpoints, hello)).await??);
         }
         let started = Instant::now();
         let per = total.div_ceil(sessions.max(1));
