@@ -77,6 +77,7 @@ enum Storage {
 type Block = [Option<Arc<Body>>; BLOCK];
 
 impl Storage {
+    #[inline]
     fn len(&self) -> usize {
         match self {
             Storage::Small(bodies) => bodies.len(),
@@ -103,6 +104,7 @@ impl Storage {
         }
     }
 
+    #[inline]
     fn pop_front(&mut self) {
         match self {
             Storage::Small(bodies) => {
