@@ -77,7 +77,6 @@ enum Storage {
 type Block = [Option<Arc<Body>>; BLOCK];
 
 impl Storage {
-    #[inline]
     fn len(&self) -> usize {
         match self {
             Storage::Small(bodies) => bodies.len(),
@@ -104,7 +103,6 @@ impl Storage {
         }
     }
 
-    #[inline]
     fn pop_front(&mut self) {
         match self {
             Storage::Small(bodies) => {
