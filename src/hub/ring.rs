@@ -9,23 +9,11 @@
 //! The body itself (name and JSON data) is shared by every session holding the event, so a
 //! broadcast costs each member one pointer.
 //!
-//! **Storage** comes in two shapes, so that it is neither much larger than what the ring holds
-//! nor left behind in the allocator as the ring fills:
-//!
-//! * up to [`BLOCK`] entries, one contiguous buffer, grown by doubling from [`FIRST_CAPACITY`]
-//!   (to at most twice what it holds, never past the buffer size): a session that gets a
-//!   handful of events holds a handful of pointers;
-//! * past that, **blocks of [`BLOCK`] entries** (512 bytes each), a new one allocated as the
-//!   newest entry needs it and the oldest freed once its last entry leaves. A full ring of 1,024
-//!   holds 16 or 17 blocks, at most one block more than its entries, and its storage never moves.
-//!   Storage that doubled all the way up would leave each ring's earlier buffers (8 to 512
-//!   entries, 8 KiB on the way to 1,024) free in the allocator until something of their size
-//!   came along, which for sessions filling their buffers together is long after: half-full
-//!   buffers cost up to 18 bytes per event where full ones cost 15 (docs/performance.md,
-//!   "History memory"). Blocks all have one size, so a freed one is the next one allocated.
-//!
-//! A session that never gets an event allocates nothing; one whose buffer is full allocates a
-//! block and frees one every [`BLOCK`] events, and its storage stays the same size.
+//! The ring grows its storage itself rather than leaving it to `VecDeque`, whose growth doubles
+//! and would leave up to half of it unused: at most to twice what it holds, and never past the
+//! buffer size. A session that never gets an event allocates nothing; one whose buffer is full
+//! holds exactly `buffer` entries and allocates nothing more (the oldest leaves as the newest
+//! comes).
 //!
 //! **An age bound** (`--buffer-age`, off by default) drops events older than the age as well.
 //! Time is counted in ticks of a sixteenth of the age ([`AGE_TICKS`] to the age), and the ring
@@ -46,16 +34,12 @@ use super::event::Event;
 /// once, not three times.
 const FIRST_CAPACITY: usize = 8;
 
-/// Entries per block of a ring holding more than this many (see the module header): 512 bytes,
-/// inside the allocator's per-thread cache.
-const BLOCK: usize = 64;
-
 /// Ticks to the age bound: a tick is a sixteenth of `--buffer-age`, the precision of the bound.
 pub(super) const AGE_TICKS: u32 = 16;
 
 pub(super) struct Ring {
     /// The bodies of events `first_seq()..=last`, oldest first.
-    bodies: Storage,
+    bodies: VecDeque<Arc<Body>>,
     /// Number of the last event appended (0: none yet). It outlives the bodies: a ring cleared
     /// or overtaken still numbers the next event after it.
     last: u64,
@@ -63,81 +47,6 @@ pub(super) struct Ring {
     /// events from one mark to the next were all appended in the first one's tick. Empty (and
     /// unallocated) without an age bound.
     marks: VecDeque<Mark>,
-}
-
-/// A ring's entries, oldest first, in one of the two shapes of the module header.
-enum Storage {
-    /// At most [`BLOCK`] entries in one buffer.
-    Small(VecDeque<Arc<Body>>),
-    /// More: `len` entries from slot `head` of the first block on. Every slot from there to the
-    /// last entry is `Some`, every other `None`.
-    Blocks { blocks: VecDeque<Box<Block>>, head: u32, len: u32 },
-}
-
-type Block = [Option<Arc<Body>>; BLOCK];
-
-impl Storage {
-    fn len(&self) -> usize {
-        match self {
-            Storage::Small(bodies) => bodies.len(),
-            Storage::Blocks { len, .. } => *len as usize,
-        }
-    }
-
-    fn capacity(&self) -> usize {
-        match self {
-            Storage::Small(bodies) => bodies.capacity(),
-            Storage::Blocks { blocks, .. } => blocks.len() * BLOCK,
-        }
-    }
-
-    /// Entry `i`, counted from the oldest; `i < len()`.
-    #[inline]
-    fn get(&self, i: usize) -> &Arc<Body> {
-        match self {
-            Storage::Small(bodies) => &bodies[i],
-            Storage::Blocks { blocks, head, .. } => {
-                let at = *head as usize + i;
-                blocks[at / BLOCK][at % BLOCK].as_ref().expect("slots from head to the last entry are filled")
-            }
-        }
-    }
-
-    fn pop_front(&mut self) {
-        match self {
-            Storage::Small(bodies) => {
-                bodies.pop_front();
-            }
-            Storage::Blocks { blocks, head, len } => {
-                if *len == 0 {
-                    return;
-                }
-                blocks[0][*head as usize] = None;
-                *head += 1;
-                *len -= 1;
-                if *head as usize == BLOCK || *len == 0 {
-                    blocks.pop_front();
-                    *head = 0;
-                }
-            }
-        }
-    }
-
-    /// Appends `body`; a small buffer must have room (see [`Ring::grow`]).
-    #[inline]
-    fn push_back(&mut self, body: Arc<Body>) {
-        match self {
-            Storage::Small(bodies) => bodies.push_back(body),
-            Storage::Blocks { blocks, head, len } => {
-                let at = *head as usize + *len as usize;
-                if at == blocks.len() * BLOCK {
-                    blocks.push_back(Box::new([const { None }; BLOCK]));
-                }
-                blocks[at / BLOCK][at % BLOCK] = Some(body);
-                *len += 1;
-            }
-        }
-    }
 }
 
 /// Event `seq` was the first appended in tick `tick` (see the module header).
@@ -149,7 +58,7 @@ struct Mark {
 
 impl Ring {
     pub(super) const fn new() -> Ring {
-        Ring { bodies: Storage::Small(VecDeque::new()), last: 0, marks: VecDeque::new() }
+        Ring { bodies: VecDeque::new(), last: 0, marks: VecDeque::new() }
     }
 
     /// Number of the last event appended (0: none yet).
@@ -161,10 +70,7 @@ impl Ring {
     /// Empties the ring and numbers the next event `last + 1` (cluster mode: the ring is
     /// filled from Redis from there).
     pub(super) fn reset(&mut self, last: u64) {
-        match &mut self.bodies {
-            Storage::Small(bodies) => bodies.clear(),
-            blocks => *blocks = Storage::Small(VecDeque::new()),
-        }
+        self.bodies.clear();
         self.marks.clear();
         self.last = last;
     }
@@ -202,10 +108,8 @@ impl Ring {
             if self.marks.get(1).is_some_and(|next| next.seq <= self.first_seq()) {
                 self.marks.pop_front();
             }
-        } else if let Storage::Small(bodies) = &self.bodies {
-            if bodies.len() == bodies.capacity() {
-                self.grow(limit);
-            }
+        } else if self.bodies.len() == self.bodies.capacity() {
+            self.grow(limit);
         }
         self.bodies.push_back(body);
         self.last += 1;
@@ -229,56 +133,27 @@ impl Ring {
             let keep_from = self.marks.front().map_or(self.last + 1, |next| next.seq);
             let old = keep_from.saturating_sub(self.first_seq()).min(self.bodies.len() as u64) as usize;
             if old > 0 {
-                match &mut self.bodies {
-                    Storage::Small(bodies) => {
-                        bodies.drain(..old);
-                    }
-                    blocks => (0..old).for_each(|_| blocks.pop_front()),
-                }
+                self.bodies.drain(..old);
                 dropped = Some(keep_from - 1);
             }
         }
         if dropped.is_some() {
-            let len = self.bodies.len();
-            if len == 0 {
+            if self.bodies.is_empty() {
                 self.clear();
-            } else if self.bodies.capacity() > FIRST_CAPACITY && len * 4 <= self.bodies.capacity() {
-                match &mut self.bodies {
-                    Storage::Small(bodies) => bodies.shrink_to((len * 2).max(FIRST_CAPACITY)),
-                    // Blocks hold at most one block more than their entries; when few are
-                    // left, they go back into one small buffer of twice their number.
-                    blocks if len * 2 <= BLOCK => {
-                        let mut small = VecDeque::with_capacity((len * 2).max(FIRST_CAPACITY));
-                        small.extend((0..len).map(|i| blocks.get(i).clone()));
-                        *blocks = Storage::Small(small);
-                    }
-                    Storage::Blocks { .. } => {}
-                }
+            } else if self.bodies.capacity() > FIRST_CAPACITY && self.bodies.len() * 4 <= self.bodies.capacity() {
+                self.bodies.shrink_to((self.bodies.len() * 2).max(FIRST_CAPACITY));
             }
         }
         dropped
     }
 
-    /// Room for more entries in a full small buffer (which holds at most [`BLOCK`]): twice what
-    /// it holds (at least [`FIRST_CAPACITY`]), never more than [`BLOCK`] nor `limit`; once it
-    /// holds [`BLOCK`], with `limit` past that, its entries become the first block.
+    /// Room for more entries: twice what is held (at least [`FIRST_CAPACITY`]), never more than
+    /// `limit` in all.
     #[cold]
     fn grow(&mut self, limit: usize) {
-        let Storage::Small(bodies) = &mut self.bodies else { return };
-        let len = bodies.len();
-        if len < BLOCK {
-            bodies.reserve_exact((len * 2).max(FIRST_CAPACITY).min(limit).min(BLOCK) - len);
-            return;
-        }
-        let mut block = Box::new([const { None }; BLOCK]);
-        for (slot, body) in block.iter_mut().zip(bodies.drain(..)) {
-            *slot = Some(body);
-        }
-        // Room for the most blocks a full ring spans (17 for 1,024), so that this list is not
-        // grown by doubling either; past 64 blocks it doubles.
-        let mut blocks = VecDeque::with_capacity((limit.div_ceil(BLOCK) + 1).min(64));
-        blocks.push_back(block);
-        self.bodies = Storage::Blocks { blocks, head: 0, len: BLOCK as u32 };
+        let len = self.bodies.len();
+        let target = (len * 2).max(FIRST_CAPACITY).min(limit);
+        self.bodies.reserve_exact(target - len);
     }
 
     /// The events after number `after`, at most `max` of them, oldest first. Events the ring
@@ -286,7 +161,7 @@ impl Ring {
     pub(super) fn bodies_after(&self, after: u64, max: usize) -> impl ExactSizeIterator<Item = &Arc<Body>> + '_ {
         let skip = after.saturating_sub(self.first_seq() - 1).min(self.bodies.len() as u64) as usize;
         let take = (self.bodies.len() - skip).min(max);
-        (skip..skip + take).map(|i| self.bodies.get(i))
+        self.bodies.range(skip..skip + take)
     }
 
     /// [`Ring::bodies_after`] as the events the hub hands out, with their numbers.
@@ -301,7 +176,7 @@ impl Ring {
 
     /// Frees the storage (the session is gone, or all it held aged out); the numbering stays.
     pub(super) fn clear(&mut self) {
-        self.bodies = Storage::Small(VecDeque::new());
+        self.bodies = VecDeque::new();
         self.marks = VecDeque::new();
     }
 }
@@ -337,7 +212,7 @@ mod tests {
 
     #[test]
     fn capacity_grows_to_the_buffer_and_never_past_it() {
-        for limit in [1, 3, 8, 9, 63, 64] {
+        for limit in [1, 3, 8, 9, 100, 1000, 1024, 1500] {
             let mut ring = Ring::new();
             let mut most = 0;
             for n in 1..=(3 * limit as u64 + 7) {
@@ -349,50 +224,6 @@ mod tests {
             }
             assert_eq!(most, limit, "a full ring holds exactly the buffer");
         }
-    }
-
-    /// Past one block's worth, storage is blocks: at most one block more than the entries span,
-    /// the same number of them from the moment the ring is full on, and every entry in order.
-    #[test]
-    fn past_a_block_storage_is_blocks_and_stops_growing_when_full() {
-        for limit in [65usize, 100, 128, 1000, 1024, 1500] {
-            let mut ring = Ring::new();
-            let full_span = limit.next_multiple_of(BLOCK) + BLOCK;
-            for n in 1..=(5 * limit as u64 + 7) {
-                ring.push(body(n), limit, None);
-                let len = ring.len();
-                assert_eq!(len, (n as usize).min(limit));
-                if len <= BLOCK {
-                    assert!(ring.capacity() <= (2 * len).max(FIRST_CAPACITY), "capacity {} for {len} held", ring.capacity());
-                } else {
-                    assert!(matches!(ring.bodies, Storage::Blocks { .. }));
-                    assert!(ring.capacity() < len + 2 * BLOCK, "capacity {} for {len} held", ring.capacity());
-                    assert!(ring.capacity() <= full_span, "capacity {} past {full_span} for a buffer of {limit}", ring.capacity());
-                }
-                if n % 97 == 0 || n as usize == limit + 1 {
-                    assert_eq!(seqs(&ring, 0, usize::MAX), (ring.first_seq()..=n).collect::<Vec<_>>(), "limit {limit}, after {n}");
-                }
-            }
-            if let Storage::Blocks { blocks, .. } = &ring.bodies {
-                assert!(blocks.capacity() <= limit.div_ceil(BLOCK) + 1, "the block list holds {} for a buffer of {limit}", blocks.capacity());
-            }
-        }
-    }
-
-    /// Replays read across block boundaries, from any cursor, in batches.
-    #[test]
-    fn replay_across_blocks() {
-        let mut ring = Ring::new();
-        for n in 1..=1300u64 {
-            ring.push(body(n), 1024, None);
-        }
-        // Holds 277..=1300: slot 20 of its first block on.
-        assert_eq!(ring.first_seq(), 277);
-        for after in [0, 276, 277, 300, 339, 340, 341, 1000, 1299] {
-            let want: Vec<u64> = (after.max(276) + 1..=1300).take(64).collect();
-            assert_eq!(seqs(&ring, after, 64), want, "after {after}");
-        }
-        assert!(seqs(&ring, 1300, 64).is_empty());
     }
 
     #[test]
@@ -472,26 +303,6 @@ mod tests {
         assert_eq!(ring.age(10 + AGE_TICKS + 1), Some(1010));
         assert_eq!((ring.len(), ring.capacity(), ring.marks.capacity(), ring.first_seq()), (0, 0, 0, 1011));
         assert_eq!(ring.push(body(1011), 1024, Some(40)), (1011, None));
-    }
-
-    /// Aging in blocks: whole ticks leave from the front, across block boundaries, and the
-    /// storage follows what is left.
-    #[test]
-    fn aging_drops_whole_ticks_across_blocks() {
-        let mut ring = Ring::new();
-        for n in 1..=1000u64 {
-            ring.push(body(n), 1024, Some((n as u32 - 1) / 100));
-        }
-        // Ticks 0..=9, 100 events each. At tick 23 the ticks before 7 are past the age.
-        assert_eq!(ring.age(7 + AGE_TICKS), Some(700));
-        assert_eq!((ring.first_seq(), ring.len()), (701, 300));
-        assert!(matches!(ring.bodies, Storage::Blocks { .. }));
-        assert!(ring.capacity() < 300 + 2 * BLOCK, "capacity {} for 300 held", ring.capacity());
-        assert_eq!(seqs(&ring, 0, usize::MAX), (701..=1000).collect::<Vec<_>>());
-        assert_eq!(ring.push(body(1001), 1024, Some(7 + AGE_TICKS)), (1001, None));
-        assert_eq!(ring.age(9 + AGE_TICKS), Some(900));
-        assert!(matches!(ring.bodies, Storage::Blocks { .. }), "101 left: still blocks");
-        assert_eq!(seqs(&ring, 0, usize::MAX), (901..=1001).collect::<Vec<_>>());
     }
 
     #[test]
