@@ -1398,6 +1398,8 @@ struct HistoryRow {
     sessions: usize,
     broadcasts: usize,
     rss_kib: u64,
+    /// The anonymous part of `rss_kib` (see `procs::anon_kib`): what the figures are of.
+    anon_kib: u64,
     /// Kernel TCP buffers, machine-wide.
     tcp_kib: u64,
     /// Broadcasts the readers received, all sessions together (readers only).
@@ -1507,7 +1509,15 @@ async fn history(args: &Args) -> anyhow::Result<String> {
             }
         }
         sleep(settle).await;
-        rows.push(HistoryRow { group, sessions, broadcasts: 0, rss_kib: server.rss_kib(), tcp_kib: procs::tcp_mem_kib(), received: None });
+        rows.push(HistoryRow {
+            group,
+            sessions,
+            broadcasts: 0,
+            rss_kib: server.rss_kib(),
+            anon_kib: server.anon_kib(),
+            tcp_kib: procs::tcp_mem_kib(),
+            received: None,
+        });
         let mut sent = 0;
         let mut received = 0usize;
         for &step in &steps {
@@ -1536,6 +1546,7 @@ async fn history(args: &Args) -> anyhow::Result<String> {
                 sessions,
                 broadcasts: step,
                 rss_kib: server.rss_kib(),
+                anon_kib: server.anon_kib(),
                 tcp_kib: procs::tcp_mem_kib(),
                 received: (group == "SSE reading").then_some(received),
             });
@@ -1552,9 +1563,9 @@ async fn history(args: &Args) -> anyhow::Result<String> {
         "### history: {} SSE sessions reading, {} never reading, and {} WebSocket sessions never reading; broadcasts of {} bytes to all (`POST /api/emit`), `--buffer {buffer}`\n",
         args.history_readers, args.history_stalled, args.history_stalled_ws, args.history_payload
     )?;
-    writeln!(out, "The server's RSS growth from the sessions' opening (buffers empty) to each step, over sessions x events buffered per session (min(broadcasts, buffer)); then the growth since the previous step, per session; and the kernel's TCP buffers (machine-wide, not in any RSS), where most of what a client that stops reading is sent waits.\n")?;
-    writeln!(out, "| sessions | broadcasts | buffered each | RSS | growth | bytes per buffered event per session | KiB per session since previous step | kernel TCP buffers |")?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(out, "The growth of the server's anonymous memory (`RssAnon`: heap and stacks) from the sessions' opening (buffers empty) to each step, over sessions x events buffered per session (min(broadcasts, buffer)); then the growth since the previous step, per session; the growth of the executable's pages in RSS (`RssFile`: code run for the first time, not memory the sessions hold, and not counted); and the kernel's TCP buffers (machine-wide, not in any RSS), where most of what a client that stops reading is sent waits.\n")?;
+    writeln!(out, "| sessions | broadcasts | buffered each | RSS | anonymous | growth | bytes per buffered event per session | KiB per session since previous step | executable pages since opening | kernel TCP buffers |")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     let mut verdicts = Vec::new();
     let mut full_per_session: Vec<(&str, f64)> = Vec::new();
     for group_rows in rows.chunk_by(|a, b| a.group == b.group) {
@@ -1564,13 +1575,15 @@ async fn history(args: &Args) -> anyhow::Result<String> {
         let mut worst = 0.0f64;
         for (i, row) in group_rows.iter().enumerate() {
             let buffered = row.broadcasts.min(buffer);
-            let growth = row.rss_kib.saturating_sub(open.rss_kib) as f64 * 1024.0;
+            let growth = row.anon_kib.saturating_sub(open.anon_kib) as f64 * 1024.0;
             let per_event = if buffered > 0 { growth / (row.sessions * buffered) as f64 } else { f64::NAN };
             let since = if i > 0 {
-                (row.rss_kib as f64 - group_rows[i - 1].rss_kib as f64) / row.sessions as f64
+                (row.anon_kib as f64 - group_rows[i - 1].anon_kib as f64) / row.sessions as f64
             } else {
                 f64::NAN
             };
+            let file = |row: &HistoryRow| row.rss_kib.saturating_sub(row.anon_kib) as f64;
+            let code = (file(row) - file(open)) / 1024.0;
             if buffered > 0 && row.broadcasts <= buffer {
                 worst = worst.max(per_event);
             }
@@ -1583,11 +1596,12 @@ async fn history(args: &Args) -> anyhow::Result<String> {
             let received = row.received.map_or(String::new(), |r| format!(" ({r} received)"));
             writeln!(
                 out,
-                "| {} {}{received} | {} | {buffered} | {:.1} MiB | {:.1} MiB | {} | {} | {:.1} MiB |",
+                "| {} {}{received} | {} | {buffered} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} | {} | {code:.2} MiB | {:.1} MiB |",
                 row.sessions,
                 row.group,
                 row.broadcasts,
                 row.rss_kib as f64 / 1024.0,
+                row.anon_kib as f64 / 1024.0,
                 growth / 1024.0 / 1024.0,
                 if per_event.is_nan() { "-".into() } else { format!("{per_event:.1}") },
                 if since.is_nan() { "-".into() } else { format!("{since:.2}") },

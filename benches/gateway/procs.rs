@@ -171,6 +171,11 @@ impl Server {
         rss_kib(self.pid)
     }
 
+    /// [`anon_kib`] of the server.
+    pub fn anon_kib(&self) -> u64 {
+        anon_kib(self.pid)
+    }
+
     /// Whether the process is still running (a crash under load is a finding, not a hang).
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -190,10 +195,21 @@ pub fn open_files(pid: u32) -> usize {
 
 /// Resident set size from `/proc/PID/status` (`VmRSS`, in KiB); 0 if unreadable.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The anonymous part of a process's RSS in KiB (`RssAnon`): its heap, stacks and other
+/// private memory, without the pages of its executable and libraries (`RssFile`), which grow as
+/// code runs for the first time, not with what the process holds.
+pub fn anon_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
