@@ -3482,26 +3482,15 @@ mod chaos {
 /// gets the `error` event.
 #[tokio::test]
 async fn socket_io_events_over_polling_are_rate_limited_in_cluster_mode() {
-    use common::engineio::event;
+    use common::engineio::{event, path, Polling};
 
     let cluster = Cluster::start(&["--send-rate", "1", "--send-burst", "2"]).await;
-    let base = cluster.url(0, "/socket.io/?EIO=4&transport=polling");
-    let get = |url: String| {
-        let http = cluster.http.clone();
-        async move { within("a poll", http.get(url).send()).await.unwrap().text().await.unwrap() }
-    };
-    let post = |url: String, body: &'static str| {
-        let http = cluster.http.clone();
-        async move { assert_eq!(within("a post", http.post(url).body(body).send()).await.unwrap().text().await.unwrap(), "ok") }
-    };
-    let open: Value = serde_json::from_str(get(base.clone()).await.strip_prefix('0').unwrap()).unwrap();
-    let url = format!("{base}&sid={}", open["sid"].as_str().unwrap());
-    post(url.clone(), "40").await;
-    assert!(get(url.clone()).await.starts_with("40"), "the CONNECT answer");
-    post(url.clone(), "42[\"message\",\"1\"]\x1e42[\"message\",\"2\"]\x1e42[\"message\",\"3\"]").await;
+    let (client, _) = Polling::open_at(cluster.http.clone(), &cluster.url(0, &path("transport=polling"))).await;
+    client.connect(None).await;
+    client.post("42[\"message\",\"1\"]\x1e42[\"message\",\"2\"]\x1e42[\"message\",\"3\"]").await;
     let mut got = Vec::new();
     while got.len() < 3 {
-        got.extend(get(url.clone()).await.split('\x1e').filter(|p| p.starts_with("42")).map(event));
+        got.push(event(&client.next().await));
     }
     // The refusal is reported when the event is read, the replies when their handlers have
     // run (through Redis here): the order between them is not the point.

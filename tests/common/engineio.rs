@@ -14,31 +14,40 @@ pub fn path(query: &str) -> String {
 }
 
 /// A long-polling Engine.IO client.
-pub struct Polling<'a> {
-    pub server: &'a TestServer,
+pub struct Polling {
+    http: reqwest::Client,
+    /// The session's polling URL.
+    url: String,
     pub sid: String,
     /// Packets of a poll answer not yet looked at.
     pending: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
 
-impl<'a> Polling<'a> {
-    pub async fn open(server: &'a TestServer) -> (Polling<'a>, Value) {
-        let response = within("the handshake", server.http.get(server.url(&path("transport=polling"))).send()).await.unwrap();
+impl Polling {
+    pub async fn open(server: &TestServer) -> (Polling, Value) {
+        Polling::open_at(server.http.clone(), &server.url(&path("transport=polling"))).await
+    }
+
+    /// A session opened with a handshake at `handshake` (a `…/socket.io/?EIO=4&transport=polling`
+    /// URL of any server, a cluster's node for one).
+    pub async fn open_at(http: reqwest::Client, handshake: &str) -> (Polling, Value) {
+        let response = within("the handshake", http.get(handshake).send()).await.unwrap();
         assert_eq!(response.status(), 200);
         assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
         let body = response.text().await.unwrap();
         let open: Value = serde_json::from_str(body.strip_prefix('0').expect("an open packet")).unwrap();
         let sid = open["sid"].as_str().unwrap().to_owned();
-        (Polling { server, sid, pending: Default::default() }, open)
+        let url = format!("{handshake}&sid={sid}");
+        (Polling { http, url, sid, pending: Default::default() }, open)
     }
 
     pub fn url(&self) -> String {
-        self.server.url(&path(&format!("transport=polling&sid={}", self.sid)))
+        self.url.clone()
     }
 
     /// One poll: its status and its packets.
     pub async fn get_raw(&self) -> (u16, String) {
-        let response = within("a poll", self.server.http.get(self.url()).send()).await.unwrap();
+        let response = within("a poll", self.http.get(self.url()).send()).await.unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
@@ -64,7 +73,7 @@ impl<'a> Polling<'a> {
     }
 
     pub async fn post_raw(&self, body: impl Into<reqwest::Body>) -> (u16, String) {
-        let response = within("a post", self.server.http.post(self.url()).body(body).send()).await.unwrap();
+        let response = within("a post", self.http.post(self.url()).body(body).send()).await.unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
