@@ -91,7 +91,7 @@ impl<H: Handler> EngineIo<H> {
         match (held, request.method() == Method::GET) {
             (Some(session), true) => {
                 drop(request);
-                Box::pin(polling::poll_owned(session).map(answer))
+                Box::pin(polling::poll(session).map(answer))
             }
             (Some(session), false) => Box::pin(polling::post(endpoint, session, request.into_body()).map(answer)),
             (None, true) => Box::pin(super::get(endpoint, request.map(axum::body::Body::new), Some(peer)).map(answer)),

@@ -205,7 +205,7 @@ async fn get<H: Handler>(endpoint: Endpoint<H>, request: Request, peer: Option<S
                 // every poll's future (copied into its box) and of a waiting poll's memory.
                 drop(sid);
                 drop((parts, body));
-                polling::poll(&session).await
+                polling::poll(session).await
             }
             None => {
                 let sid = sid.into_owned();

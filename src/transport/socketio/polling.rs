@@ -45,9 +45,10 @@ impl Drop for InFlight<'_> {
 }
 
 /// `GET ?sid=`: every queued packet, separated by `\x1e`; waits until there is one. A session
-/// closed by the client answers `6` (noop) to the poll it left waiting.
-pub async fn poll(session: &EngineSession) -> Result<Response, Error> {
-    let _in_flight = InFlight::begin(session, EngineSession::begin_poll, EngineSession::end_poll)?;
+/// closed by the client answers `6` (noop) to the poll it left waiting. The session is its own,
+/// not borrowed, as [`post`]'s is: the direct path (`direct.rs`) boxes this future as it is.
+pub async fn poll(session: Arc<EngineSession>) -> Result<Response, Error> {
+    let _in_flight = InFlight::begin(&session, EngineSession::begin_poll, EngineSession::end_poll)?;
     let packets = loop {
         let packets = session.take();
         if !packets.is_empty() {
@@ -70,11 +71,6 @@ pub async fn poll(session: &EngineSession) -> Result<Response, Error> {
         body.push_str(packet);
     }
     Ok(super::text(body))
-}
-
-/// [`poll`] of a session the caller looked up (the server's direct path, `direct.rs`).
-pub async fn poll_owned(session: Arc<EngineSession>) -> Result<Response, Error> {
-    poll(&session).await
 }
 
 /// `POST ?sid=`: the client's packets, in order. Answers `ok` once they are handled or handed
